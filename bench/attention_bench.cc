@@ -1,0 +1,261 @@
+// Exact attention: decode and prefill per target, with the machine's limits
+// measured in the same run and the oneDNN peer on the same data.
+//
+//   build/release/bench/attention_bench --benchmark_counters_tabular=true
+//
+// Counters: bytes_per_second / tokens_per_second (decode), flops (prefill),
+// of_read_bw and of_fma_peak (fractions of the measured limits). Decode of a
+// whole layer streams a cache far larger than the caches; "cache-resident"
+// runs are labelled and carry no bandwidth fraction.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "covattn/covattn.h"
+#include "machine_limits.h"
+#ifdef COVATTN_BENCH_WITH_ONEDNN
+#include "onednn_peer.h"
+#endif
+
+namespace covattn_bench {
+namespace {
+
+uint64_t NextRandom(uint64_t& state) {
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return state;
+}
+
+// Uniform in [-1, 1).
+float RandomFloat(uint64_t& state) {
+  return static_cast<float>(static_cast<double>(NextRandom(state) >> 11) * 0x1.0p-52 - 1.0);
+}
+
+uint16_t Bits16(float f, uint32_t dtype) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  if (dtype == COVATTN_BF16) return static_cast<uint16_t>((x + 0x7FFF + ((x >> 16) & 1)) >> 16);
+  // binary16 by truncation is fine for benchmark data in [-1, 1).
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const int32_t exponent = static_cast<int32_t>((x >> 23) & 0xFF) - 112;
+  if (exponent <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (uint32_t(exponent) << 10) | ((x >> 13) & 0x3FF));
+}
+
+// A [token][head][dim] cache of random values, generated once per shape and
+// kept for the whole run.
+struct Cache {
+  Cache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim)
+      : view{dtype, nullptr, nullptr, n_tokens, n_kv_heads, dim,
+             n_kv_heads * dim, dim, n_kv_heads * dim, dim} {
+    const size_t n = n_tokens * n_kv_heads * dim;
+    uint64_t rng = 0x243F6A8885A308D3ull ^ (n * 31 + dtype);
+    f32_k.resize(n), f32_v.resize(n);
+    for (size_t i = 0; i < n; ++i) f32_k[i] = RandomFloat(rng), f32_v[i] = RandomFloat(rng);
+    if (dtype == COVATTN_F32) {
+      view.k = f32_k.data(), view.v = f32_v.data();
+    } else {
+      k16.resize(n), v16.resize(n);
+      for (size_t i = 0; i < n; ++i) k16[i] = Bits16(f32_k[i], dtype), v16[i] = Bits16(f32_v[i], dtype);
+      std::vector<float>().swap(f32_k), std::vector<float>().swap(f32_v);
+      view.k = k16.data(), view.v = v16.data();
+    }
+  }
+  size_t Bytes() const {
+    return 2 * view.n_tokens * view.n_heads * view.head_dim * (view.dtype == COVATTN_F32 ? 4 : 2);
+  }
+  covattn_kv_cache view;
+  std::vector<float> f32_k, f32_v;
+  std::vector<uint16_t> k16, v16;
+};
+
+Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim) {
+  static std::map<std::vector<size_t>, std::unique_ptr<Cache>> caches;
+  auto& slot = caches[{dtype, n_tokens, n_kv_heads, dim}];
+  if (!slot) slot.reset(new Cache(dtype, n_tokens, n_kv_heads, dim));
+  return *slot;
+}
+
+std::vector<float> RandomVector(size_t n, uint64_t seed) {
+  std::vector<float> x(n);
+  for (float& f : x) f = RandomFloat(seed);
+  return x;
+}
+
+const char* DtypeName(uint32_t dtype) {
+  return dtype == COVATTN_F32 ? "f32" : dtype == COVATTN_F16 ? "f16" : "bf16";
+}
+
+struct DecodeShape {
+  size_t n_kv_heads, group, dim, n_tokens;
+  bool streams_from_dram;  // the cache is far larger than the last-level cache
+};
+
+void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
+            DecodeShape shape) {
+  if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
+    state.SkipWithError("target unavailable");
+    return;
+  }
+  Cache& cache = SharedCache(dtype, shape.n_tokens, shape.n_kv_heads, shape.dim);
+  const size_t n_q_heads = shape.n_kv_heads * shape.group;
+  const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
+  std::vector<float> out(n_q_heads * shape.dim);
+  size_t scratch_bytes = 0;
+  covattn_attention_scratch_size(shape.dim, &scratch_bytes);
+  std::vector<uint8_t> scratch(scratch_bytes);
+  for (auto _ : state) {
+    if (covattn_decode(&cache.view, q.data(), n_q_heads, nullptr, out.data(), scratch.data(),
+                       scratch.size()) != COVATTN_OK) {
+      state.SkipWithError("covattn_decode failed");
+      break;
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = static_cast<double>(cache.Bytes());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  if (shape.streams_from_dram) {
+    state.counters["of_read_bw"] = benchmark::Counter(
+        bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  } else {
+    state.SetLabel("cache-resident");
+  }
+  covattn_restrict_targets(nullptr);
+}
+
+// FLOPs of causal attention over n positions: sum over rows of the visible
+// tokens, times 2 * dim for the scores and 2 * dim for the weighted sum.
+double CausalFlops(size_t n, size_t dim) { return 4.0 * dim * (0.5 * n * (n + 1)); }
+
+void Prefill(benchmark::State& state, const std::string& target, uint32_t dtype, size_t dim,
+             size_t n) {
+  if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
+    state.SkipWithError("target unavailable");
+    return;
+  }
+  Cache& cache = SharedCache(dtype, n, 1, dim);
+  const std::vector<float> q = RandomVector(n * dim, 11);
+  std::vector<float> out(n * dim);
+  size_t scratch_bytes = 0;
+  covattn_attention_scratch_size(dim, &scratch_bytes);
+  std::vector<uint8_t> scratch(scratch_bytes);
+  const covattn_queries queries{q.data(), n, 1, dim, dim};
+  const covattn_outputs outputs{out.data(), dim, dim, nullptr};
+  for (auto _ : state) {
+    if (covattn_prefill(&cache.view, &queries, 0, nullptr, &outputs, scratch.data(),
+                        scratch.size()) != COVATTN_OK) {
+      state.SkipWithError("covattn_prefill failed");
+      break;
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double flops = CausalFlops(n, dim);
+  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(
+      flops / Limits().fma_flops_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  covattn_restrict_targets(nullptr);
+}
+
+#ifdef COVATTN_BENCH_WITH_ONEDNN
+void OneDnnDecodeBench(benchmark::State& state, DecodeShape shape) {
+  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim);
+  const size_t n_q_heads = shape.n_kv_heads * shape.group;
+  const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
+  std::vector<float> out(n_q_heads * shape.dim);
+  OneDnnDecode peer(shape.n_kv_heads, shape.group, shape.dim, shape.n_tokens,
+                    static_cast<const float*>(cache.view.k), static_cast<const float*>(cache.view.v));
+  for (auto _ : state) {
+    peer.Run(q.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = static_cast<double>(cache.Bytes());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  if (shape.streams_from_dram) {
+    state.counters["of_read_bw"] = benchmark::Counter(
+        bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  } else {
+    state.SetLabel("cache-resident");
+  }
+}
+
+void OneDnnPrefillBench(benchmark::State& state, size_t dim, size_t n) {
+  Cache& cache = SharedCache(COVATTN_F32, n, 1, dim);
+  const std::vector<float> q = RandomVector(n * dim, 11);
+  std::vector<float> out(n * dim);
+  OneDnnPrefill peer(dim, n, static_cast<const float*>(cache.view.k),
+                     static_cast<const float*>(cache.view.v));
+  for (auto _ : state) {
+    peer.Run(q.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double flops = CausalFlops(n, dim);  // the useful work, as for covattn
+  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(
+      flops / Limits().fma_flops_per_second, benchmark::Counter::kIsIterationInvariantRate);
+}
+#endif
+
+void RegisterAll() {
+  RegisterLimitBenchmarks();
+  const DecodeShape layer{8, 4, 128, 32768, true};         // f32 cache: 256 MiB
+  const DecodeShape one_head{1, 4, 128, 32768, false};     // f32 cache: 32 MiB
+  const DecodeShape short_head{1, 4, 128, 4096, false};    // fits in L2
+  for (size_t i = 0; i < covattn_available_target_count(); ++i) {
+    const std::string target = covattn_available_target(i);
+    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
+      const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
+      benchmark::RegisterBenchmark(("decode/layer_kv8_gqa4_d128_ctx32768/" + suffix).c_str(),
+                                   Decode, target, dtype, layer)
+          ->UseRealTime()->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx32768/" + suffix).c_str(), Decode,
+                                   target, dtype, one_head)
+          ->UseRealTime()->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx4096/" + suffix).c_str(), Decode,
+                                   target, dtype, short_head)
+          ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    }
+    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f32/" + target).c_str(), Prefill,
+                                 target, COVATTN_F32, size_t{128}, size_t{4096})
+        ->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f16/" + target).c_str(), Prefill,
+                                 target, COVATTN_F16, size_t{128}, size_t{4096})
+        ->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+#ifdef COVATTN_BENCH_WITH_ONEDNN
+  benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, layer)
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, one_head)
+      ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx4096/f32/oneDNN", OneDnnDecodeBench, short_head)
+      ->UseRealTime()->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("prefill/head_d128_n4096/f32/oneDNN", OneDnnPrefillBench, size_t{128},
+                               size_t{4096})
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
+#endif
+}
+
+}  // namespace
+}  // namespace covattn_bench
+
+int main(int argc, char** argv) {
+  // Single-thread figures: keep oneDNN's OpenMP runtime on one thread too.
+  setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  covattn_bench::RegisterAll();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,42 @@
+// The benchmark peer: exact attention as oneDNN primitives (matmul, softmax,
+// matmul), on the same f32 data and shapes as covattn's kernels.
+#ifndef COVATTN_BENCH_ONEDNN_PEER_H_
+#define COVATTN_BENCH_ONEDNN_PEER_H_
+
+#include <cstddef>
+#include <memory>
+
+namespace covattn_bench {
+
+// Decode for a layer: q [n_q_heads][dim] against a [token][kv head][dim]
+// f32 cache, out [n_q_heads][dim]. Per KV head: S = (scale q_group) K^T,
+// softmax over tokens, O = P V, with oneDNN's primitives created once.
+class OneDnnDecode {
+ public:
+  OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens, const float* k,
+               const float* v);
+  ~OneDnnDecode();
+  void Run(const float* q, float* out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Causal prefill for one head: q, k, v, out all [n][dim]. The mask is a
+// post-op added to the scores; the n x n score matrix is materialised, as
+// primitive-based attention does.
+class OneDnnPrefill {
+ public:
+  OneDnnPrefill(size_t dim, size_t n, const float* k, const float* v);
+  ~OneDnnPrefill();
+  void Run(const float* q, float* out);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace covattn_bench
+
+#endif  // COVATTN_BENCH_ONEDNN_PEER_H_

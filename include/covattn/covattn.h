@@ -1,0 +1,214 @@
+/* covattn: attention kernels for CPUs (exact streaming softmax attention).
+ *
+ * C ABI. Every entry point validates its arguments and returns a status; the
+ * library never prints, never aborts and never throws across this boundary.
+ * A call that fails validation writes nothing. Kernels never allocate: the
+ * scratch memory they need is reported by a size function and passed in.
+ *
+ * The maths is in docs/MATH.md (a copy of the design notes); section numbers
+ * below refer to it. */
+#ifndef COVATTN_COVATTN_H_
+#define COVATTN_COVATTN_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "covattn/export.h"
+
+#define COVATTN_VERSION_MAJOR 0
+#define COVATTN_VERSION_MINOR 1
+#define COVATTN_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH */
+#define COVATTN_VERSION_NUMBER \
+  (COVATTN_VERSION_MAJOR * 10000 + COVATTN_VERSION_MINOR * 100 + COVATTN_VERSION_PATCH)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Status codes. Zero is success, positive values are success with a note,
+ * negative values are errors (nothing was written unless stated). */
+typedef enum covattn_status {
+  COVATTN_OK = 0,
+  /* Success, but at least one query row saw no visible token: its output is
+   * all zeros (and its log Z is -INFINITY when requested). */
+  COVATTN_FULLY_MASKED = 1,
+
+  COVATTN_ERR_NULL_POINTER = -1,       /* a required pointer is NULL */
+  COVATTN_ERR_UNSUPPORTED_DTYPE = -2,  /* element type is not a covattn_dtype */
+  COVATTN_ERR_INVALID_HEAD_DIM = -3,   /* head_dim is 0 or above COVATTN_MAX_HEAD_DIM */
+  COVATTN_ERR_INVALID_HEAD_COUNT = -4, /* a head count is 0 */
+  COVATTN_ERR_HEAD_MISMATCH = -5,      /* n_q_heads is not a multiple of n_kv_heads */
+  COVATTN_ERR_INVALID_STRIDE = -6,     /* strides make two vectors of one tensor overlap */
+  COVATTN_ERR_SIZE_OVERFLOW = -7,      /* the extent of a tensor does not fit in memory */
+  COVATTN_ERR_MISALIGNED = -8,         /* a pointer is not aligned to its element size */
+  COVATTN_ERR_ALIASING = -9,           /* an output overlaps an input or another output */
+  COVATTN_ERR_INVALID_SCALE = -10,     /* scale is NaN or infinite */
+  COVATTN_ERR_INVALID_POSITION = -11,  /* query positions lie beyond the cache */
+  COVATTN_ERR_INVALID_RANGE = -12,     /* a token range is reversed or beyond the cache */
+  COVATTN_ERR_SCRATCH_TOO_SMALL = -13, /* scratch is NULL or smaller than required */
+  /* The computation ran but produced NaN or infinity (from NaN/Inf or
+   * overflowing inputs). Outputs were written and must not be used. */
+  COVATTN_ERR_NONFINITE = -14,
+  COVATTN_ERR_UNKNOWN_TARGET = -15,    /* a target name is not one covattn knows */
+  COVATTN_ERR_TARGET_UNAVAILABLE = -16 /* no named target is compiled in and supported here */
+} covattn_status;
+
+/* A static English description of a status; never NULL. */
+COVATTN_API const char* covattn_status_string(covattn_status status);
+
+/* Version of the library actually linked ("MAJOR.MINOR.PATCH"), and its
+ * number in the form of COVATTN_VERSION_NUMBER. */
+COVATTN_API const char* covattn_version(void);
+COVATTN_API uint32_t covattn_version_number(void);
+
+/* ---------------------------------------------------------------------------
+ * Run-time CPU dispatch. Every kernel is compiled for several instruction
+ * sets (x86: AVX3 = AVX-512, AVX2, SSE4, and a portable fallback; aarch64:
+ * SVE2, SVE, SVE_256, SVE2_128, NEON, fallback) and the best one the CPU
+ * supports is used. The choice is covattn's own: restricting it does not
+ * affect other users of Highway in the same process.
+ *
+ * The environment variable COVATTN_TARGETS, read once at first use, restricts
+ * the choice like covattn_restrict_targets() (unknown or unavailable names
+ * are ignored there, since nobody could be told). */
+
+/* Name of the target kernels currently run on, e.g. "AVX3", "NEON". */
+COVATTN_API const char* covattn_target_name(void);
+
+/* Number of targets that are both compiled in and supported by this CPU, and
+ * their names, best first. Returns NULL for index >= count. */
+COVATTN_API size_t covattn_available_target_count(void);
+COVATTN_API const char* covattn_available_target(size_t index);
+
+/* Restricts dispatch to the targets named in a comma-separated,
+ * case-insensitive list (e.g. "avx2,sse4"); the best available one is used.
+ * NULL or "" lifts the restriction. On error the previous choice stays.
+ * Not thread-safe with respect to kernels running at the same time. */
+COVATTN_API covattn_status covattn_restrict_targets(const char* names);
+
+/* ---------------------------------------------------------------------------
+ * Tensors. */
+
+typedef enum covattn_dtype {
+  COVATTN_F32 = 0,
+  COVATTN_F16 = 1,  /* IEEE binary16, passed as uint16_t bits */
+  COVATTN_BF16 = 2  /* bfloat16, passed as uint16_t bits */
+} covattn_dtype;
+
+#define COVATTN_MAX_HEAD_DIM 512
+
+/* A KV cache of one layer. Element (token t, head h, dim i) of K is at
+ * k[t * k_token_stride + h * k_head_stride + i] (strides in elements), so both
+ * [token][head][dim] and [head][token][dim] layouts, and views into larger
+ * buffers, work without copies. The dims of one vector are contiguous. Within
+ * each of K and V, no two (token, head) vectors may overlap. */
+typedef struct covattn_kv_cache {
+  uint32_t dtype; /* a covattn_dtype, for both K and V */
+  const void* k;
+  const void* v;
+  size_t n_tokens; /* tokens in the cache; k and v may be NULL when 0 */
+  size_t n_heads;  /* KV heads */
+  size_t head_dim; /* 1 .. COVATTN_MAX_HEAD_DIM */
+  size_t k_token_stride;
+  size_t k_head_stride;
+  size_t v_token_stride;
+  size_t v_head_stride;
+} covattn_kv_cache;
+
+/* Queries, f32: element (position t, head h, dim i) at
+ * data[t * token_stride + h * head_stride + i]. Head h reads KV head
+ * h / (n_heads / kv.n_heads) (grouped-query attention; MHA when equal). */
+typedef struct covattn_queries {
+  const float* data;
+  size_t n_tokens; /* query positions */
+  size_t n_heads;  /* query heads, a multiple of the cache's n_heads */
+  size_t token_stride;
+  size_t head_stride;
+} covattn_queries;
+
+/* Outputs, f32, laid out like the queries (same n_tokens, n_heads, head_dim)
+ * with their own strides. log_z is optional (NULL to skip): one float per
+ * (position t, head h) at log_z[t * n_heads + h], the log of the softmax
+ * normaliser sum_j exp(s_j) (MATH.md section 1). */
+typedef struct covattn_outputs {
+  float* data;
+  size_t token_stride;
+  size_t head_stride;
+  float* log_z;
+} covattn_outputs;
+
+/* Masking and scaling, shared by decode and prefill. A query at position p
+ * sees token j when j <= p and (window == 0 or p - j < window or
+ * j < n_sinks): a sliding window of the last `window` tokens plus the first
+ * n_sinks tokens. Zero-initialised options mean: default scale, no window. */
+typedef struct covattn_attention_options {
+  float scale;    /* scores are scale * q.k; 0 selects 1/sqrt(head_dim) */
+  size_t window;  /* 0: unlimited */
+  size_t n_sinks; /* only meaningful with a window */
+} covattn_attention_options;
+
+/* Bytes of scratch memory the attention calls need for this head_dim. Any
+ * alignment is accepted. */
+COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes);
+
+/* Decode: one query position per head (the newest token, position
+ * kv->n_tokens - 1) against the whole cache. q is [n_q_heads][head_dim] and
+ * out the same, both contiguous. options may be NULL. */
+COVATTN_API covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q,
+                                          size_t n_q_heads,
+                                          const covattn_attention_options* options,
+                                          float* out, void* scratch, size_t scratch_bytes);
+
+/* Prefill: queries at positions n_past .. n_past + q->n_tokens - 1, causal,
+ * against a cache that already holds their own keys and values
+ * (kv->n_tokens >= n_past + q->n_tokens; tokens after the last query
+ * position are never seen). Tiled: memory use does not grow with the number
+ * of tokens. Decode is the case q->n_tokens == 1, n_past = n_tokens - 1. */
+COVATTN_API covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q,
+                                           size_t n_past,
+                                           const covattn_attention_options* options,
+                                           const covattn_outputs* out, void* scratch,
+                                           size_t scratch_bytes);
+
+/* ---------------------------------------------------------------------------
+ * Partial softmax states (MATH.md section 1): for each query row the running
+ * max m, normaliser l = sum exp(s_j - m) and un-normalised output
+ * o = sum exp(s_j - m) v_j over a range of the cache. Rows are numbered
+ * r = t * n_q_heads + h; o is [rows][head_dim] contiguous. A row that saw no
+ * visible token has l = 0, o = 0 and a finite, very negative m. */
+typedef struct covattn_partial {
+  float* m;
+  float* l;
+  float* o;
+} covattn_partial;
+
+/* Like covattn_prefill but over cache tokens [token_begin, token_end) only,
+ * writing a partial state of q->n_tokens * q->n_heads rows. Ranges that
+ * split the cache can be computed independently (e.g. on several threads)
+ * and merged. */
+COVATTN_API covattn_status covattn_prefill_partial(const covattn_kv_cache* kv,
+                                                   const covattn_queries* q, size_t n_past,
+                                                   const covattn_attention_options* options,
+                                                   size_t token_begin, size_t token_end,
+                                                   const covattn_partial* state, void* scratch,
+                                                   size_t scratch_bytes);
+
+/* into <- merge(into, other), row by row; exact up to rounding and
+ * associative. `other` may not overlap `into`. */
+COVATTN_API covattn_status covattn_partial_merge(size_t n_rows, size_t head_dim,
+                                                 const covattn_partial* into,
+                                                 const covattn_partial* other);
+
+/* out[r][i] = o[r][i] / l[r] (zeros where l = 0, reported as
+ * COVATTN_FULLY_MASKED); log_z[r] = m + log l when log_z is not NULL. */
+COVATTN_API covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
+                                                    const covattn_partial* state, float* out,
+                                                    float* log_z);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* COVATTN_COVATTN_H_ */

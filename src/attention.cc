@@ -1,0 +1,308 @@
+// C entry points of exact attention: argument validation, then one dispatch
+// into the per-target kernel (attention_kernels.cc).
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "attention.h"
+#include "covattn/covattn.h"
+#include "validate.h"
+
+namespace covattn {
+namespace detail {
+
+void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink,
+                  void* scratch, AttentionOutcome* outcome);
+
+namespace {
+
+// Extents of everything a call reads, to check outputs against.
+struct InputExtents {
+  Extent k, v, q;
+  bool Overlap(const Extent& e) const { return e.Overlaps(k) || e.Overlaps(v) || e.Overlaps(q); }
+};
+
+covattn_status CheckHeadDim(size_t head_dim) {
+  return (head_dim == 0 || head_dim > COVATTN_MAX_HEAD_DIM) ? COVATTN_ERR_INVALID_HEAD_DIM
+                                                            : COVATTN_OK;
+}
+
+// Validates everything but the destination and fills `pb` and `inputs`.
+covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries* q,
+                               size_t n_past, const covattn_attention_options* options,
+                               AttentionProblem* pb, InputExtents* inputs) {
+  if (kv == nullptr || q == nullptr) return COVATTN_ERR_NULL_POINTER;
+  const size_t elem = DtypeSize(kv->dtype);
+  if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  if (kv->n_heads == 0 || q->n_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
+  if (q->n_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
+  float scale = 1.0f / std::sqrt(static_cast<float>(kv->head_dim));
+  size_t window = 0, n_sinks = 0;
+  if (options != nullptr) {
+    if (!std::isfinite(options->scale)) return COVATTN_ERR_INVALID_SCALE;
+    if (options->scale != 0.0f) scale = options->scale;
+    window = options->window;
+    n_sinks = options->n_sinks;
+  }
+  size_t positions_end;
+  if (AddOverflows(n_past, q->n_tokens, &positions_end) || positions_end > kv->n_tokens) {
+    return COVATTN_ERR_INVALID_POSITION;
+  }
+  covattn_status status;
+  if ((status = CheckTensor(kv->k, elem, kv->n_tokens, kv->k_token_stride, kv->n_heads,
+                            kv->k_head_stride, kv->head_dim, &inputs->k)) != COVATTN_OK ||
+      (status = CheckTensor(kv->v, elem, kv->n_tokens, kv->v_token_stride, kv->n_heads,
+                            kv->v_head_stride, kv->head_dim, &inputs->v)) != COVATTN_OK ||
+      (status = CheckTensor(q->data, sizeof(float), q->n_tokens, q->token_stride, q->n_heads,
+                            q->head_stride, kv->head_dim, &inputs->q)) != COVATTN_OK) {
+    return status;
+  }
+  *pb = AttentionProblem{kv->dtype,         kv->k,          kv->v,           kv->k_token_stride,
+                         kv->k_head_stride, kv->v_token_stride, kv->v_head_stride, kv->n_heads,
+                         kv->head_dim,      q->data,        q->n_tokens,     q->n_heads,
+                         q->token_stride,   q->head_stride, n_past,          scale,
+                         window,            n_sinks,        0,               kv->n_tokens};
+  return COVATTN_OK;
+}
+
+covattn_status CheckScratch(size_t head_dim, const void* scratch, size_t scratch_bytes,
+                            Extent* extent) {
+  if (scratch == nullptr || scratch_bytes < AttentionScratchBytes(head_dim)) {
+    return COVATTN_ERR_SCRATCH_TOO_SMALL;
+  }
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(scratch);
+  if (scratch_bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
+  *extent = Extent{begin, begin + scratch_bytes};
+  return COVATTN_OK;
+}
+
+covattn_status Finish(const AttentionOutcome& outcome) {
+  if (outcome.nonfinite) return COVATTN_ERR_NONFINITE;
+  return outcome.fully_masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
+}
+
+// Checks a partial state of n_rows rows: three disjoint f32 arrays.
+covattn_status CheckPartial(const covattn_partial* state, size_t n_rows, size_t head_dim,
+                            Extent extents[3]) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  covattn_status status;
+  if ((status = CheckTensor(state->m, sizeof(float), n_rows, 1, 1, 0, 1, &extents[0])) !=
+          COVATTN_OK ||
+      (status = CheckTensor(state->l, sizeof(float), n_rows, 1, 1, 0, 1, &extents[1])) !=
+          COVATTN_OK ||
+      (status = CheckTensor(state->o, sizeof(float), n_rows, head_dim, 1, 0, head_dim,
+                            &extents[2])) != COVATTN_OK) {
+    return status;
+  }
+  if (extents[0].Overlaps(extents[1]) || extents[0].Overlaps(extents[2]) ||
+      extents[1].Overlaps(extents[2])) {
+    return COVATTN_ERR_ALIASING;
+  }
+  return COVATTN_OK;
+}
+
+bool PartialRowsFinite(const covattn_partial& s, size_t n_rows, size_t head_dim) {
+  for (size_t r = 0; r < n_rows; ++r) {
+    if (!std::isfinite(s.m[r]) || !std::isfinite(s.l[r])) return false;
+  }
+  for (size_t i = 0; i < n_rows * head_dim; ++i) {
+    if (!std::isfinite(s.o[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace covattn
+
+using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
+
+extern "C" {
+
+covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  *bytes = AttentionScratchBytes(head_dim);
+  return COVATTN_OK;
+}
+
+covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q,
+                               size_t n_past, const covattn_attention_options* options,
+                               const covattn_outputs* out, void* scratch, size_t scratch_bytes) {
+  if (out == nullptr) return COVATTN_ERR_NULL_POINTER;
+  AttentionProblem pb;
+  InputExtents inputs;
+  covattn_status status = ValidateProblem(kv, q, n_past, options, &pb, &inputs);
+  if (status != COVATTN_OK) return status;
+  Extent out_extent, log_z_extent, scratch_extent;
+  if ((status = CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
+                            q->n_heads, out->head_stride, kv->head_dim, &out_extent)) !=
+      COVATTN_OK) {
+    return status;
+  }
+  if (out->log_z != nullptr &&
+      (status = CheckTensor(out->log_z, sizeof(float), q->n_tokens, q->n_heads, q->n_heads, 1, 1,
+                            &log_z_extent)) != COVATTN_OK) {
+    return status;
+  }
+  if ((status = CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent)) !=
+      COVATTN_OK) {
+    return status;
+  }
+  if (inputs.Overlap(out_extent) || inputs.Overlap(log_z_extent) ||
+      inputs.Overlap(scratch_extent) || out_extent.Overlaps(log_z_extent) ||
+      out_extent.Overlaps(scratch_extent) || log_z_extent.Overlaps(scratch_extent)) {
+    return COVATTN_ERR_ALIASING;
+  }
+  if (q->n_tokens == 0) return COVATTN_OK;
+  AttentionResultSink sink{out->data, out->token_stride, out->head_stride, out->log_z,
+                           nullptr,   nullptr,           nullptr};
+  AttentionOutcome outcome{false, false};
+  RunAttention(pb, sink, scratch, &outcome);
+  return Finish(outcome);
+}
+
+covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q, size_t n_q_heads,
+                              const covattn_attention_options* options, float* out,
+                              void* scratch, size_t scratch_bytes) {
+  if (kv == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
+  // An empty cache leaves the query nothing to see: position 0 of an empty
+  // cache gives zeros and COVATTN_FULLY_MASKED, like any fully masked row.
+  if (kv->n_tokens == 0) {
+    const size_t elem = DtypeSize(kv->dtype);
+    if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+    if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+    if (kv->n_heads == 0 || n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
+    if (n_q_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
+    Extent q_extent, out_extent;
+    covattn_status status;
+    if ((status = CheckTensor(q, sizeof(float), 1, 0, n_q_heads, kv->head_dim, kv->head_dim,
+                              &q_extent)) != COVATTN_OK ||
+        (status = CheckTensor(out, sizeof(float), 1, 0, n_q_heads, kv->head_dim, kv->head_dim,
+                              &out_extent)) != COVATTN_OK) {
+      return status;
+    }
+    if (q_extent.Overlaps(out_extent)) return COVATTN_ERR_ALIASING;
+    std::fill(out, out + n_q_heads * kv->head_dim, 0.0f);
+    return COVATTN_FULLY_MASKED;
+  }
+  const covattn_queries queries{q, 1, n_q_heads, n_q_heads * kv->head_dim, kv->head_dim};
+  const covattn_outputs outputs{out, n_q_heads * kv->head_dim, kv->head_dim, nullptr};
+  return covattn_prefill(kv, &queries, kv->n_tokens - 1, options, &outputs, scratch,
+                         scratch_bytes);
+}
+
+covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn_queries* q,
+                                       size_t n_past, const covattn_attention_options* options,
+                                       size_t token_begin, size_t token_end,
+                                       const covattn_partial* state, void* scratch,
+                                       size_t scratch_bytes) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  AttentionProblem pb;
+  InputExtents inputs;
+  covattn_status status = ValidateProblem(kv, q, n_past, options, &pb, &inputs);
+  if (status != COVATTN_OK) return status;
+  if (token_begin > token_end || token_end > kv->n_tokens) return COVATTN_ERR_INVALID_RANGE;
+  size_t n_rows;
+  if (MulOverflows(q->n_tokens, q->n_heads, &n_rows)) return COVATTN_ERR_SIZE_OVERFLOW;
+  Extent state_extents[3], scratch_extent;
+  if ((status = CheckPartial(state, n_rows, kv->head_dim, state_extents)) != COVATTN_OK ||
+      (status = CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent)) !=
+          COVATTN_OK) {
+    return status;
+  }
+  for (const Extent& e : state_extents) {
+    if (inputs.Overlap(e) || e.Overlaps(scratch_extent)) return COVATTN_ERR_ALIASING;
+  }
+  if (inputs.Overlap(scratch_extent)) return COVATTN_ERR_ALIASING;
+  if (n_rows == 0) return COVATTN_OK;
+  pb.token_begin = token_begin;
+  pb.token_end = token_end;
+  AttentionResultSink sink{nullptr, 0, 0, nullptr, state->m, state->l, state->o};
+  AttentionOutcome outcome{false, false};
+  RunAttention(pb, sink, scratch, &outcome);
+  return outcome.nonfinite ? COVATTN_ERR_NONFINITE : COVATTN_OK;
+}
+
+covattn_status covattn_partial_merge(size_t n_rows, size_t head_dim, const covattn_partial* into,
+                                     const covattn_partial* other) {
+  if (into == nullptr || other == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  Extent a[3], b[3];
+  covattn_status status;
+  if ((status = CheckPartial(into, n_rows, head_dim, a)) != COVATTN_OK ||
+      (status = CheckPartial(other, n_rows, head_dim, b)) != COVATTN_OK) {
+    return status;
+  }
+  for (const Extent& x : a) {
+    for (const Extent& y : b) {
+      if (x.Overlaps(y)) return COVATTN_ERR_ALIASING;
+    }
+  }
+  // Refuse non-finite states before touching `into`.
+  if (!PartialRowsFinite(*into, n_rows, head_dim) || !PartialRowsFinite(*other, n_rows, head_dim)) {
+    return COVATTN_ERR_NONFINITE;
+  }
+  bool finite = true;
+  for (size_t r = 0; r < n_rows; ++r) {
+    const float m = std::max(into->m[r], other->m[r]);
+    const float wa = std::exp(into->m[r] - m);
+    const float wb = std::exp(other->m[r] - m);
+    into->m[r] = m;
+    into->l[r] = into->l[r] * wa + other->l[r] * wb;
+    finite &= std::isfinite(into->l[r]);
+    float* o = into->o + r * head_dim;
+    const float* ob = other->o + r * head_dim;
+    for (size_t i = 0; i < head_dim; ++i) {
+      o[i] = o[i] * wa + ob[i] * wb;
+      finite &= std::isfinite(o[i]);
+    }
+  }
+  return finite ? COVATTN_OK : COVATTN_ERR_NONFINITE;
+}
+
+covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
+                                        const covattn_partial* state, float* out, float* log_z) {
+  if (state == nullptr || (out == nullptr && n_rows != 0)) return COVATTN_ERR_NULL_POINTER;
+  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  Extent s[3], out_extent, log_z_extent;
+  covattn_status status;
+  if ((status = CheckPartial(state, n_rows, head_dim, s)) != COVATTN_OK ||
+      (status = CheckTensor(out, sizeof(float), n_rows, head_dim, 1, 0, head_dim,
+                            &out_extent)) != COVATTN_OK ||
+      (log_z != nullptr && (status = CheckTensor(log_z, sizeof(float), n_rows, 1, 1, 0, 1,
+                                                 &log_z_extent)) != COVATTN_OK)) {
+    return status;
+  }
+  for (const Extent& e : s) {
+    if (e.Overlaps(out_extent) || e.Overlaps(log_z_extent)) return COVATTN_ERR_ALIASING;
+  }
+  if (out_extent.Overlaps(log_z_extent)) return COVATTN_ERR_ALIASING;
+  bool masked = false, finite = true;
+  for (size_t r = 0; r < n_rows; ++r) {
+    float* dst = out + r * head_dim;
+    const float l = state->l[r];
+    if (l == 0.0f) {
+      std::fill(dst, dst + head_dim, 0.0f);
+      if (log_z != nullptr) log_z[r] = -std::numeric_limits<float>::infinity();
+      masked = true;
+      continue;
+    }
+    const float inv_l = 1.0f / l;
+    const float* o = state->o + r * head_dim;
+    for (size_t i = 0; i < head_dim; ++i) {
+      dst[i] = o[i] * inv_l;
+      finite &= std::isfinite(dst[i]);
+    }
+    if (log_z != nullptr) {
+      log_z[r] = state->m[r] + std::log(l);
+      finite &= std::isfinite(log_z[r]);
+    }
+  }
+  if (!finite) return COVATTN_ERR_NONFINITE;
+  return masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,54 @@
+#include "validate.h"
+
+#include <algorithm>
+
+namespace covattn {
+namespace detail {
+
+size_t DtypeSize(uint32_t dtype) {
+  switch (dtype) {
+    case COVATTN_F32:
+      return 4;
+    case COVATTN_F16:
+    case COVATTN_BF16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
+                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
+                           Extent* extent) {
+  *extent = Extent{};
+  if (n_outer == 0 || n_inner == 0 || dim == 0) return COVATTN_OK;
+  if (base == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (reinterpret_cast<uintptr_t>(base) % elem_size != 0) return COVATTN_ERR_MISALIGNED;
+
+  // Vectors do not overlap when, taking the strides of the dimensions with
+  // more than one vector from small to large, each stride steps over the
+  // whole block spanned by the smaller ones.
+  struct Axis {
+    size_t count, stride;
+  } axes[2] = {{n_outer, outer_stride}, {n_inner, inner_stride}};
+  if (axes[0].stride > axes[1].stride) std::swap(axes[0], axes[1]);
+  size_t span = dim;  // elements spanned by the axes handled so far
+  for (const Axis& axis : axes) {
+    if (axis.count == 1) continue;
+    if (axis.stride < span) return COVATTN_ERR_INVALID_STRIDE;
+    size_t reach;
+    if (MulOverflows(axis.count - 1, axis.stride, &reach) || AddOverflows(reach, span, &span)) {
+      return COVATTN_ERR_SIZE_OVERFLOW;
+    }
+  }
+  size_t bytes;
+  if (MulOverflows(span, elem_size, &bytes)) return COVATTN_ERR_SIZE_OVERFLOW;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(base);
+  if (bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
+  extent->begin = begin;
+  extent->end = begin + bytes;
+  return COVATTN_OK;
+}
+
+}  // namespace detail
+}  // namespace covattn

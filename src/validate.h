@@ -1,0 +1,46 @@
+// Argument checks shared by the C entry points: strided tensor layouts, size
+// arithmetic that must not overflow, alignment and aliasing between buffers.
+#ifndef COVATTN_SRC_VALIDATE_H_
+#define COVATTN_SRC_VALIDATE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "covattn/covattn.h"
+
+namespace covattn {
+namespace detail {
+
+// Bytes of one element, 0 for a value that is not a covattn_dtype.
+size_t DtypeSize(uint32_t dtype);
+
+// Byte range [begin, end) a buffer may touch; empty when begin == end.
+struct Extent {
+  uintptr_t begin = 0;
+  uintptr_t end = 0;
+  bool Overlaps(const Extent& other) const {
+    return begin < end && other.begin < other.end && begin < other.end && other.begin < end;
+  }
+};
+
+// A tensor of n_outer x n_inner vectors of `dim` contiguous elements, vector
+// (a, b) starting at element a * outer_stride + b * inner_stride of `base`.
+// Checks that no two vectors overlap (the strides nest), that the extent
+// neither overflows size_t nor wraps the address space, and alignment.
+// Empty tensors (a count of 0) are valid with any pointer.
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
+                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
+                           Extent* extent);
+
+// a * b and a + b, false on overflow.
+inline bool MulOverflows(size_t a, size_t b, size_t* out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+inline bool AddOverflows(size_t a, size_t b, size_t* out) {
+  return __builtin_add_overflow(a, b, out);
+}
+
+}  // namespace detail
+}  // namespace covattn
+
+#endif  // COVATTN_SRC_VALIDATE_H_

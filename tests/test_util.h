@@ -1,0 +1,302 @@
+// Shared test helpers: running a test on every target, random data with fixed
+// seeds, 16-bit rounding independent of the library, KV caches in several
+// layouts, and the double-precision attention reference with its error bound.
+#ifndef COVATTN_TESTS_TEST_UTIL_H_
+#define COVATTN_TESTS_TEST_UTIL_H_
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "covattn/covattn.h"
+
+namespace covattn_test {
+
+// f32 unit roundoff.
+constexpr double kU = 1.0 / (1 << 24);
+
+// Runs body() once per target compiled into covattn and supported by this
+// CPU, with dispatch restricted to that target; failures name the target.
+template <class Body>
+void ForEachTarget(Body&& body) {
+  const size_t count = covattn_available_target_count();
+  REQUIRE(count >= 1);
+  for (size_t i = 0; i < count; ++i) {
+    const std::string target = covattn_available_target(i);
+    REQUIRE(covattn_restrict_targets(target.c_str()) == COVATTN_OK);
+    REQUIRE(target == covattn_target_name());  // the forced choice is the one that runs
+    INFO("target " << target);
+    body();
+  }
+  REQUIRE(covattn_restrict_targets(nullptr) == COVATTN_OK);
+}
+
+// ---------------------------------------------------------------------------
+// 16-bit formats, written here independently of the library.
+
+inline double DoubleFromF16(uint16_t h) {
+  const int exponent = (h >> 10) & 0x1F;
+  const double mantissa = h & 0x3FF;
+  double magnitude;
+  if (exponent == 0x1F) {
+    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity()
+                              : std::numeric_limits<double>::quiet_NaN();
+  } else if (exponent == 0) {
+    magnitude = std::ldexp(mantissa, -24);
+  } else {
+    magnitude = std::ldexp(1024.0 + mantissa, exponent - 25);
+  }
+  return (h & 0x8000) ? -magnitude : magnitude;
+}
+
+// Nearest binary16 (ties to even), by search over the ordered bit patterns.
+inline uint16_t F16FromDouble(double x) {
+  const uint16_t sign = std::signbit(x) ? 0x8000 : 0;
+  if (std::isnan(x)) return static_cast<uint16_t>(sign | 0x7E00);
+  const double a = std::fabs(x);
+  uint16_t lo = 0, hi = 0x7C00;  // +0 .. +inf
+  while (hi - lo > 1) {           // invariant: value(lo) <= a < value(hi)
+    const uint16_t mid = static_cast<uint16_t>((lo + hi) / 2);
+    (DoubleFromF16(mid) <= a ? lo : hi) = mid;
+  }
+  const double dlo = a - DoubleFromF16(lo), dhi = DoubleFromF16(hi) - a;
+  const uint16_t pick = (dlo < dhi || (dlo == dhi && (lo & 1) == 0)) ? lo : hi;
+  return static_cast<uint16_t>(sign | pick);
+}
+
+inline double DoubleFromBF16(uint16_t b) {
+  const uint32_t bits = uint32_t{b} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline uint16_t BF16FromFloat(float f) {  // nearest, ties to even
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  bits += 0x7FFF + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline const char* DtypeName(uint32_t dtype) {
+  return dtype == COVATTN_F32 ? "f32" : dtype == COVATTN_F16 ? "f16" : "bf16";
+}
+
+// ---------------------------------------------------------------------------
+// Random data.
+
+struct Rng {
+  explicit Rng(uint64_t seed) : engine(seed) {}
+  double Normal() { return normal(engine); }
+  double Uniform(double lo, double hi) { return lo + (hi - lo) * uniform(engine); }
+  std::mt19937_64 engine;
+  std::normal_distribution<double> normal{0.0, 1.0};
+  std::uniform_real_distribution<double> uniform{0.0, 1.0};
+};
+
+// ---------------------------------------------------------------------------
+// KV caches in the layouts engines use.
+
+enum class Layout {
+  kTokenMajor,  // [token][head][dim]
+  kHeadMajor,   // [head][token][dim]
+  kPadded,      // [token][head][dim] inside a wider buffer, padded rows
+};
+
+inline const char* LayoutName(Layout layout) {
+  return layout == Layout::kTokenMajor ? "token-major"
+         : layout == Layout::kHeadMajor ? "head-major"
+                                        : "padded";
+}
+
+// Owns K and V storage of one dtype and layout, plus the exact values stored
+// (after rounding to the dtype) in [token][head][dim] order for references.
+class TestCache {
+ public:
+  TestCache(uint32_t dtype, Layout layout, size_t n_tokens, size_t n_heads, size_t dim)
+      : dtype_(dtype), n_tokens_(n_tokens), n_heads_(n_heads), dim_(dim) {
+    size_t token_stride, head_stride, elems;
+    switch (layout) {
+      case Layout::kTokenMajor:
+        token_stride = n_heads * dim, head_stride = dim, elems = n_tokens * n_heads * dim;
+        break;
+      case Layout::kHeadMajor:
+        token_stride = dim, head_stride = n_tokens * dim, elems = n_tokens * n_heads * dim;
+        break;
+      default:  // kPadded: 3 spare elements per head vector, 5 per token
+        head_stride = dim + 3, token_stride = n_heads * (dim + 3) + 5;
+        elems = n_tokens * token_stride;
+        break;
+    }
+    const size_t elem_size = dtype == COVATTN_F32 ? 4 : 2;
+    k_storage_.assign(std::max<size_t>(elems, 1) * elem_size, 0xFF);  // NaN/garbage in gaps
+    v_storage_.assign(std::max<size_t>(elems, 1) * elem_size, 0xFF);
+    k_.assign(n_tokens * n_heads * dim, 0.0);
+    v_.assign(n_tokens * n_heads * dim, 0.0);
+    view_ = covattn_kv_cache{dtype,        k_storage_.data(), v_storage_.data(), n_tokens,
+                             n_heads,      dim,               token_stride,      head_stride,
+                             token_stride, head_stride};
+  }
+
+  // Stores x (rounded to the dtype) at (t, h, i) of K or V.
+  void SetK(size_t t, size_t h, size_t i, double x) { Set(k_storage_, k_, t, h, i, x); }
+  void SetV(size_t t, size_t h, size_t i, double x) { Set(v_storage_, v_, t, h, i, x); }
+
+  // Fills K with N(k_mean, k_std) and V with N(0, 1) entries.
+  void FillRandom(Rng& rng, double k_std = 1.0, double k_mean = 0.0) {
+    for (size_t t = 0; t < n_tokens_; ++t)
+      for (size_t h = 0; h < n_heads_; ++h)
+        for (size_t i = 0; i < dim_; ++i) {
+          SetK(t, h, i, k_mean + k_std * rng.Normal());
+          SetV(t, h, i, rng.Normal());
+        }
+  }
+
+  double K(size_t t, size_t h, size_t i) const { return k_[(t * n_heads_ + h) * dim_ + i]; }
+  double V(size_t t, size_t h, size_t i) const { return v_[(t * n_heads_ + h) * dim_ + i]; }
+  const covattn_kv_cache& view() const { return view_; }
+  size_t n_tokens() const { return n_tokens_; }
+  size_t n_heads() const { return n_heads_; }
+  size_t dim() const { return dim_; }
+
+ private:
+  void Set(std::vector<uint8_t>& storage, std::vector<double>& exact, size_t t, size_t h,
+           size_t i, double x) {
+    const size_t index = t * view_.k_token_stride + h * view_.k_head_stride + i;
+    double stored;
+    if (dtype_ == COVATTN_F32) {
+      const float f = static_cast<float>(x);
+      std::memcpy(storage.data() + 4 * index, &f, 4);
+      stored = f;
+    } else {
+      const uint16_t bits = dtype_ == COVATTN_F16 ? F16FromDouble(x)
+                                                  : BF16FromFloat(static_cast<float>(x));
+      std::memcpy(storage.data() + 2 * index, &bits, 2);
+      stored = dtype_ == COVATTN_F16 ? DoubleFromF16(bits) : DoubleFromBF16(bits);
+    }
+    exact[(t * n_heads_ + h) * dim_ + i] = stored;
+  }
+
+  uint32_t dtype_;
+  size_t n_tokens_, n_heads_, dim_;
+  std::vector<uint8_t> k_storage_, v_storage_;
+  std::vector<double> k_, v_;
+  covattn_kv_cache view_;
+};
+
+// ---------------------------------------------------------------------------
+// Double-precision reference of softmax attention (MATH.md section 1) and
+// the error bound of an f32 kernel against it.
+
+inline bool Visible(size_t pos, size_t j, size_t window, size_t n_sinks) {
+  return j <= pos && (window == 0 || pos - j < window || j < n_sinks);
+}
+
+struct ReferenceRow {
+  std::vector<double> out;    // [dim]
+  std::vector<double> bound;  // [dim]: allowed |f32 result - out|
+  double log_z = 0.0;
+  double log_z_bound = 0.0;
+  size_t n_visible = 0;
+};
+
+// One query row: q (f32 values, the kernel's input) at position pos against
+// KV head kv_head of the cache, keys in [begin, end) only.
+//
+// The bound follows the f32 computation step by step (u = 2^-24):
+//  - a = fl(scale * q) and the score, a dot product of length d, are off by
+//    at most e_j = (d + 2) u sum_i |a_i k_ji| (Higham, Thm 3.5);
+//  - a weight exp(s_j - m) carries e_j, the rounding of s_j - m
+//    (u |s_j - m|) and the exp error (Highway: 1 ulp, counted as 4 u);
+//    first order, output i moves by sum_j w_j eps_j |v_ji - out_i|;
+//  - the numerator and denominator are f32 sums over n tokens with
+//    rescaling per chunk; their rounding errors behave like independent
+//    random variables (Higham, section 2.8), so each is bounded by
+//    4 u sqrt(n) sum_j w_j |v_ji| (4 standard deviations), plus 2 u |out_i|
+//    for the final division.
+inline ReferenceRow ReferenceAttention(const TestCache& cache, const float* q, float scale,
+                                       size_t kv_head, size_t pos, size_t window,
+                                       size_t n_sinks, size_t begin = 0,
+                                       size_t end = SIZE_MAX) {
+  const size_t dim = cache.dim();
+  end = std::min(end, cache.n_tokens());
+  std::vector<double> a(dim);
+  for (size_t i = 0; i < dim; ++i) a[i] = static_cast<double>(scale) * q[i];
+  std::vector<size_t> tokens;
+  std::vector<double> s, abs_dot;
+  for (size_t j = begin; j < end; ++j) {
+    if (!Visible(pos, j, window, n_sinks)) continue;
+    double dot = 0.0, abs_sum = 0.0;
+    for (size_t i = 0; i < dim; ++i) {
+      dot += a[i] * cache.K(j, kv_head, i);
+      abs_sum += std::fabs(a[i] * cache.K(j, kv_head, i));
+    }
+    tokens.push_back(j);
+    s.push_back(dot);
+    abs_dot.push_back(abs_sum);
+  }
+  ReferenceRow row;
+  row.out.assign(dim, 0.0);
+  row.bound.assign(dim, 0.0);
+  row.n_visible = tokens.size();
+  if (tokens.empty()) {
+    row.log_z = -std::numeric_limits<double>::infinity();
+    return row;
+  }
+  const double m = *std::max_element(s.begin(), s.end());
+  std::vector<double> w(tokens.size()), eps(tokens.size());
+  double norm = 0.0;
+  for (size_t n = 0; n < tokens.size(); ++n) {
+    w[n] = std::exp(s[n] - m);
+    norm += w[n];
+    eps[n] = (dim + 2) * kU * abs_dot[n] + kU * std::fabs(s[n] - m) + 4 * kU;
+  }
+  double eps_z = 0.0;
+  for (size_t n = 0; n < tokens.size(); ++n) {
+    w[n] /= norm;
+    eps_z += w[n] * eps[n];
+  }
+  row.log_z = m + std::log(norm);
+  const double sqrt_n = std::sqrt(static_cast<double>(tokens.size()));
+  // log Z: the weighted score error, the sum's rounding, and fl(m + log l).
+  row.log_z_bound = eps_z + 4 * kU * sqrt_n + 2 * kU * (std::fabs(row.log_z) + 1.0);
+  for (size_t i = 0; i < dim; ++i) {
+    double out = 0.0, abs_mean = 0.0;
+    for (size_t n = 0; n < tokens.size(); ++n) {
+      const double vi = cache.V(tokens[n], kv_head, i);
+      out += w[n] * vi;
+      abs_mean += w[n] * std::fabs(vi);
+    }
+    double spread = 0.0;
+    for (size_t n = 0; n < tokens.size(); ++n) {
+      spread += w[n] * eps[n] * std::fabs(cache.V(tokens[n], kv_head, i) - out);
+    }
+    row.out[i] = out;
+    row.bound[i] = spread + 2 * 4 * kU * sqrt_n * abs_mean + 2 * kU * std::fabs(out) + 1e-30;
+  }
+  return row;
+}
+
+// Checks f32 results against a reference row; reports the worst element.
+inline void CheckRow(const float* got, const ReferenceRow& ref, size_t dim) {
+  double worst_ratio = 0.0;
+  size_t worst = 0;
+  for (size_t i = 0; i < dim; ++i) {
+    const double ratio = std::fabs(got[i] - ref.out[i]) / ref.bound[i];
+    if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;  // NaN counts as worst
+  }
+  INFO("dim " << worst << ": got " << got[worst] << ", reference " << ref.out[worst]
+              << ", bound " << ref.bound[worst]);
+  CHECK(worst_ratio <= 1.0);
+}
+
+}  // namespace covattn_test
+
+#endif  // COVATTN_TESTS_TEST_UTIL_H_
