@@ -44,6 +44,28 @@ const char* covattn_status_string(covattn_status status) {
       return "unknown target name";
     case COVATTN_ERR_TARGET_UNAVAILABLE:
       return "none of the named targets is available on this CPU";
+    case COVATTN_ERR_EMPTY_STATE:
+      return "the state has seen no token";
+    case COVATTN_ERR_SHAPE_MISMATCH:
+      return "head count, head_dim or settings do not match";
+    case COVATTN_ERR_INVALID_FORGETTING:
+      return "forgetting factor must be in (0, 1]";
+    case COVATTN_ERR_OUT_OF_MEMORY:
+      return "out of memory";
+    case COVATTN_ERR_BUFFER_TOO_SMALL:
+      return "buffer too small";
+    case COVATTN_ERR_TRUNCATED:
+      return "serialized data is truncated";
+    case COVATTN_ERR_BAD_MAGIC:
+      return "serialized data is not a covattn object of this kind";
+    case COVATTN_ERR_VERSION:
+      return "unsupported serialized format version";
+    case COVATTN_ERR_CHECKSUM:
+      return "serialized data fails its checksum";
+    case COVATTN_ERR_CORRUPT:
+      return "serialized data is inconsistent or not finite";
+    case COVATTN_ERR_INVALID_BUDGET:
+      return "invalid cache budget";
   }
   return "unknown status";
 }

@@ -51,8 +51,21 @@ typedef enum covattn_status {
   /* The computation ran but produced NaN or infinity (from NaN/Inf or
    * overflowing inputs). Outputs were written and must not be used. */
   COVATTN_ERR_NONFINITE = -14,
-  COVATTN_ERR_UNKNOWN_TARGET = -15,    /* a target name is not one covattn knows */
-  COVATTN_ERR_TARGET_UNAVAILABLE = -16 /* no named target is compiled in and supported here */
+  COVATTN_ERR_UNKNOWN_TARGET = -15,     /* a target name is not one covattn knows */
+  COVATTN_ERR_TARGET_UNAVAILABLE = -16, /* no named target is compiled in and supported here */
+
+  /* Stateful objects (covariance state, bounded cache) and their files. */
+  COVATTN_ERR_EMPTY_STATE = -17,       /* a readout of a state that has seen no token */
+  COVATTN_ERR_SHAPE_MISMATCH = -18,    /* head count, head_dim or settings of two objects differ */
+  COVATTN_ERR_INVALID_FORGETTING = -19, /* forgetting factor not in (0, 1] */
+  COVATTN_ERR_OUT_OF_MEMORY = -20,     /* allocation at creation failed */
+  COVATTN_ERR_BUFFER_TOO_SMALL = -21,  /* caller memory or output buffer too small */
+  COVATTN_ERR_TRUNCATED = -22,         /* serialized data ends early */
+  COVATTN_ERR_BAD_MAGIC = -23,         /* serialized data is not a covattn object of this kind */
+  COVATTN_ERR_VERSION = -24,           /* serialized data has an unsupported format version */
+  COVATTN_ERR_CHECKSUM = -25,          /* serialized payload does not match its checksum */
+  COVATTN_ERR_CORRUPT = -26,           /* serialized fields are inconsistent, absurd or non-finite */
+  COVATTN_ERR_INVALID_BUDGET = -27     /* a cache budget that cannot work (see covattn/cache.h) */
 } covattn_status;
 
 /* A static English description of a status; never NULL. */
