@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "covattn/covariance.h"
 #include "machine_limits.h"
 #ifdef COVATTN_BENCH_WITH_ONEDNN
@@ -36,24 +37,6 @@
 
 namespace covattn_bench {
 namespace {
-
-uint64_t NextRandom(uint64_t& state) {
-  state ^= state << 13;
-  state ^= state >> 7;
-  state ^= state << 17;
-  return state;
-}
-
-// Uniform in [-1, 1).
-float RandomFloat(uint64_t& state) {
-  return static_cast<float>(static_cast<double>(NextRandom(state) >> 11) * 0x1.0p-52 - 1.0);
-}
-
-std::vector<float> RandomVector(size_t n, uint64_t seed) {
-  std::vector<float> x(n);
-  for (float& f : x) f = RandomFloat(seed);
-  return x;
-}
 
 struct StateDeleter {
   void operator()(covattn_cov_state* s) const { covattn_cov_state_destroy(s); }
@@ -186,17 +169,6 @@ void Readout(benchmark::State& state, const std::string& target, bool cold, bool
   covattn_restrict_targets(nullptr);
 }
 
-uint16_t F16Bits(float f) {  // round to nearest binary16; |f| < 1 here
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const int32_t exponent = static_cast<int32_t>((x >> 23) & 0xFF) - 112;
-  if (exponent <= 0) return static_cast<uint16_t>(sign);
-  uint32_t h = (uint32_t(exponent) << 10) | ((x >> 13) & 0x3FF);
-  if ((x & 0x1FFF) > 0x1000 || ((x & 0x1FFF) == 0x1000 && (h & 1))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
 void Decode(benchmark::State& state, const std::string& target, size_t n_ctx) {
   if (!UseTarget(state, target)) return;
   static std::map<size_t, std::vector<uint16_t>> caches;  // [token][k | v] f16
@@ -204,7 +176,7 @@ void Decode(benchmark::State& state, const std::string& target, size_t n_ctx) {
   if (kv.empty()) {
     uint64_t rng = 11 + n_ctx;
     kv.resize(n_ctx * 2 * kDim);
-    for (uint16_t& x : kv) x = F16Bits(RandomFloat(rng));
+    for (uint16_t& x : kv) x = Bits16(RandomFloat(rng), COVATTN_F16);
   }
   const covattn_kv_cache cache{COVATTN_F16, kv.data(), kv.data() + kDim, n_ctx, 1, kDim,
                                2 * kDim,    kDim,      2 * kDim,        kDim};
@@ -280,8 +252,7 @@ void RegisterAll() {
 }  // namespace covattn_bench
 
 int main(int argc, char** argv) {
-  // Single-thread figures: keep oneDNN's OpenMP runtime on one thread too.
-  setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
+  covattn_bench::PinOpenMpToOneThread(argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   covattn_bench::RegisterAll();

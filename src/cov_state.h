@@ -41,7 +41,7 @@ constexpr size_t kAlign = 64;
 constexpr size_t kVectorSlackBytes = 256;
 constexpr size_t kMaxLanesF32 = kVectorSlackBytes / sizeof(float);
 // Tokens per sub-block of a block update: the GEMM's packed operand of one
-// column panel (at most 48 f32 columns x 128 tokens = 24 KiB on AVX-512)
+// column panel (at most 64 f32 columns x 128 tokens = 32 KiB on AVX-512)
 // stays in L1 while every row tile streams past it.
 constexpr size_t kSubBlockTokens = 128;
 // Inputs whose magnitude exceeds this are refused like NaN: their squares,
