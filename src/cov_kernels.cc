@@ -133,18 +133,18 @@ struct Workspace {
     pack = base;
     token = pack + kSubBlockTokens * row;
     shift = token + row;
-    sums = shift + row;
-    u = sums + row;
+    sqrt_weights = shift + row;
+    u = sqrt_weights + row;
     mean = u + row;
     weights = mean + row;
   }
   float* pack;     // the centred sub-block in column panels
   float* token;    // one token's [k | v] as f32
   float* shift;    // the sub-block's first token, subtracted before summing
-  float* sums;     // weighted sums of the shifted tokens
+  float* sqrt_weights;  // per token: sqrt(w_t) (kSubBlockTokens <= 2d + padding)
   float* u;        // the merge vector
   float* mean;     // the sub-block's mean, relative to shift
-  float* weights;  // per token: w_t, then sqrt(w_t)
+  float* weights;  // per token: w_t
 };
 
 // ---------------------------------------------------------------------------
@@ -229,54 +229,70 @@ HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t ro
 #undef COVATTN_GEMM_ROW
 #undef COVATTN_GEMM_STORE
 
+// Lanes [c, c + N) of the row [k | v | 0] of one token, as f32: straight
+// from K or V when the vector lies wholly in one of them (always, when N
+// divides d), element by element where it straddles their border or the end.
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
+                                  size_t dim, size_t c) {
+  const size_t N = hn::Lanes(d);
+  if (c + N <= dim) return LoadAsF32(d, k + c);
+  if (c >= dim && c + N <= 2 * dim) return LoadAsF32(d, v + (c - dim));
+  HWY_ALIGN float buf[kMaxLanesF32];
+  for (size_t i = 0; i < N; ++i) {
+    const size_t col = c + i;
+    buf[i] = col < dim ? ElementAsF32(k + col) : col < 2 * dim ? ElementAsF32(v + col - dim) : 0.0f;
+  }
+  return hn::Load(d, buf);
+}
+
 // Packs b tokens of one head, centred on their weighted mean and scaled by
 // sqrt(w_t), into column panels of P = kGemmVecs * Lanes floats: element
 // (t, c) of the packed [k | v | 0] row sits at pack[(c / P) P b + t W + c % P]
-// with W the panel's width (the last panel may be narrower). Sets ws.mean
-// (relative to ws.shift) and returns the total weight.
+// with W the panel's width (the last panel may be narrower). One column
+// vector at a time, all tokens: y_t = x_t - x_0 (a shift near the data keeps
+// the f32 sums accurate when |mean| >> sigma), their weighted mean, then
+// c_t = sqrt(w_t) (y_t - mean) in place while the column is in L1. An error e
+// in the mean changes the co-moments only by total * e e^T (second order).
+// Sets ws.shift and ws.mean (the mean relative to the shift) and returns the
+// total weight.
 template <class D, typename T>
 HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k_stride,
                               const T* HWY_RESTRICT v, size_t v_stride, size_t b,
                               double lambda, const Workspace& ws) {
   const size_t N = hn::Lanes(d), P = kGemmVecs * N;
-  const size_t width = 2 * dim, padded = detail::RoundUp(width, N);
+  const size_t padded = detail::RoundUp(2 * dim, N);
   // w_t = lambda^(b - 1 - t): the newest token of the sub-block weighs 1.
   double w = 1.0, total = 0.0;
   for (size_t t = b; t-- > 0;) {
     ws.weights[t] = static_cast<float>(w);
+    ws.sqrt_weights[t] = std::sqrt(ws.weights[t]);
     total += ws.weights[t];
     w *= lambda;
   }
-  std::fill(ws.token + width, ws.token + padded, 0.0f);
-  std::fill(ws.sums, ws.sums + padded, 0.0f);
-  auto panel_at = [&](size_t c, size_t t) {
-    const size_t p0 = c - c % P;
-    return ws.pack + p0 * b + t * HWY_MIN(P, padded - p0) + c % P;
-  };
-  // Pass 1: y_t = x_t - x_0 (a shift near the data keeps f32 sums accurate
-  // when |mean| >> sigma), stored, and summed with weights.
-  for (size_t t = 0; t < b; ++t) {
-    LoadRow(d, k + t * k_stride, dim, ws.token);
-    LoadRow(d, v + t * v_stride, dim, ws.token + dim);
-    if (t == 0) std::copy(ws.token, ws.token + padded, ws.shift);
-    const auto wt = hn::Set(d, ws.weights[t]);
-    for (size_t c = 0; c < padded; c += N) {
-      const auto y = hn::Sub(hn::LoadU(d, ws.token + c), hn::LoadU(d, ws.shift + c));
-      hn::StoreU(y, d, panel_at(c, t));
-      hn::StoreU(hn::MulAdd(wt, y, hn::LoadU(d, ws.sums + c)), d, ws.sums + c);
-    }
-  }
   const auto inv_total = hn::Set(d, static_cast<float>(1.0 / total));
   for (size_t c = 0; c < padded; c += N) {
-    hn::StoreU(hn::Mul(hn::LoadU(d, ws.sums + c), inv_total), d, ws.mean + c);
-  }
-  // Pass 2: c_t = sqrt(w_t) (y_t - mean). An error e in the mean changes the
-  // co-moments only by total * e e^T (second order).
-  for (size_t t = 0; t < b; ++t) {
-    const auto sw = hn::Set(d, std::sqrt(ws.weights[t]));
-    for (size_t c = 0; c < padded; c += N) {
-      float* p = panel_at(c, t);
-      hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p), hn::LoadU(d, ws.mean + c)), sw), d, p);
+    const size_t p0 = c - c % P, stride = HWY_MIN(P, padded - p0);
+    float* HWY_RESTRICT p = ws.pack + p0 * b + c % P;
+    const auto shift = LoadColumns(d, k, v, dim, c);
+    auto sum = hn::Zero(d);
+    for (size_t t = 0; t < b; ++t) {
+      const auto y = hn::Sub(LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c), shift);
+      hn::StoreU(y, d, p + t * stride);
+      sum = hn::MulAdd(hn::Set(d, ws.weights[t]), y, sum);
+    }
+    const auto mean = hn::Mul(sum, inv_total);
+    hn::StoreU(shift, d, ws.shift + c);
+    hn::StoreU(mean, d, ws.mean + c);
+    if (lambda == 1.0) {
+      for (size_t t = 0; t < b; ++t) {
+        hn::StoreU(hn::Sub(hn::LoadU(d, p + t * stride), mean), d, p + t * stride);
+      }
+    } else {
+      for (size_t t = 0; t < b; ++t) {
+        const auto sw = hn::Set(d, ws.sqrt_weights[t]);
+        hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p + t * stride), mean), sw), d, p + t * stride);
+      }
     }
   }
   return total;

@@ -60,7 +60,7 @@ constexpr size_t HeadBytes(size_t dim) { return HeadDoublesBytes(dim) + HeadMome
 // Workspace of the block update, in floats (each array padded for vector
 // over-reads): the packed, centred sub-block [kSubBlockTokens][2d rounded up
 // to a vector], then five arrays of 2d + padding (one token's row, the shift,
-// the block sums, the merge vector u, the block mean) and the per-token
+// the sqrt weights, the merge vector u, the block mean) and the per-token
 // weights.
 constexpr size_t WorkspaceRowFloats(size_t dim) { return 2 * dim + 2 * kMaxLanesF32; }
 constexpr size_t WorkspaceBytes(size_t dim) {
