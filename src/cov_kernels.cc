@@ -1,0 +1,745 @@
+// The covariance state's kernels (MATH.md sections 2 and 3), compiled once
+// per Highway target:
+//  - block update: each sub-block of at most kSubBlockTokens tokens is centred
+//    on its own (weighted) mean and packed into column panels, then one
+//    register-tiled GEMM forms its co-moments sum_t w_t c_t [c_t]^T for the
+//    d rows of k against the 2d columns [k | v] and, in the same pass, Chan-
+//    merges them into the state: M <- decay M + M_block + u u^T;
+//  - single tokens: the weighted Welford step, a rank-1 update with the same
+//    formula and no packing;
+//  - merge of two states: the same formula with M_block = M_other;
+//  - readout: y = a^T [M_kk | M_kv] for all query heads of a GQA group at
+//    once, so every row of the state is loaded once per group.
+// Keeping one formula, u_i u_j + (decay M_ij + acc_ij), on every path keeps
+// M_kk exactly symmetric: every term is symmetric in (i, j) bit for bit.
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cov_kernels.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "cov_kernels.h"
+#include "covattn/covattn.h"
+#include "cov_state.h"
+#include "load-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace covattn {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using detail::CovBlock;
+using detail::CovHead;
+using detail::CovReadoutProblem;
+using detail::CovShape;
+using detail::kMaxLanesF32;
+using detail::kSubBlockTokens;
+
+// Register tiles: the GEMM keeps kGemmRows x kGemmVecs accumulators (rows of
+// k broadcast from memory, kGemmVecs vectors of columns loaded per token); the
+// readout keeps kReadHeads x kReadVecs. Sized to the register file (32
+// vectors on AVX-512 and ARM, 16 on AVX2/SSE4). kGemmRows divides the panel
+// width kGemmVecs * Lanes so that a row tile never straddles two panels.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr size_t kGemmRows = 4, kGemmVecs = 4, kReadHeads = 8, kReadVecs = 2;
+#elif HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
+constexpr size_t kGemmRows = 4, kGemmVecs = 3, kReadHeads = 4, kReadVecs = 2;
+#elif HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+constexpr size_t kGemmRows = 2, kGemmVecs = 4, kReadHeads = 4, kReadVecs = 2;
+#else  // NEON and SVE: 32 registers, at least 4 lanes (2 * Lanes is a multiple of 8)
+constexpr size_t kGemmRows = 8, kGemmVecs = 2, kReadHeads = 8, kReadVecs = 2;
+#endif
+
+// ---------------------------------------------------------------------------
+// Shared pieces.
+
+// m[0, valid) <- u_row * u_cols + (decay * m + acc): the Chan merge of one
+// vector of co-moments (acc = the block's, the other state's, or zero). Lanes
+// from `valid` on are left alone; a partial vector goes through a buffer so
+// that it gets exactly the arithmetic of a full one.
+template <class D, class V>
+HWY_INLINE void CombineVec(D d, float* HWY_RESTRICT m, size_t valid, V acc, V u_row,
+                           const float* HWY_RESTRICT u_cols, V decay) {
+  const size_t N = hn::Lanes(d);
+  if (valid >= N) {
+    const V old = hn::LoadU(d, m);
+    hn::StoreU(hn::MulAdd(u_row, hn::LoadU(d, u_cols), hn::MulAdd(decay, old, acc)), d, m);
+    return;
+  }
+  HWY_ALIGN float buf[kMaxLanesF32] = {};
+  std::copy(m, m + valid, buf);
+  const V old = hn::Load(d, buf);
+  hn::Store(hn::MulAdd(u_row, hn::LoadU(d, u_cols), hn::MulAdd(decay, old, acc)), d, buf);
+  std::copy(buf, buf + valid, m);
+}
+
+// For every row i < n_rows of m ([n_rows][width]):
+// m_i <- u_i u + (decay m_i + src_i), src = nullptr meaning zero.
+template <class D>
+HWY_INLINE void CombineRows(D d, float* m, size_t n_rows, size_t width, const float* src,
+                            const float* HWY_RESTRICT u, float decay) {
+  const size_t N = hn::Lanes(d);
+  const auto vdecay = hn::Set(d, decay);
+  for (size_t i = 0; i < n_rows; ++i) {
+    const auto ui = hn::Set(d, u[i]);
+    float* mi = m + i * width;
+    for (size_t c = 0; c < width; c += N) {
+      auto acc = hn::Zero(d);
+      if (src != nullptr) acc = hn::LoadU(d, src + i * width + c);  // may read the slack
+      CombineVec(d, mi + c, width - c, acc, ui, u + c, vdecay);
+    }
+  }
+}
+
+// Chan merge of weights and means in f64 (MATH.md section 3): the state's
+// already-decayed weight wa, then a part of weight wb > 0 and mean mean_b(c).
+// Writes u = sqrt(wa wb / w) (mu_b - mu_a) as f32, zero-padded to `padded`,
+// so that the co-moment correction delta delta^T wa wb / w is u u^T.
+template <class MeanB>
+HWY_INLINE void MergeMeans(size_t width, size_t padded, double wa, double wb, MeanB mean_b,
+                           double* HWY_RESTRICT weight, double* mean, float* HWY_RESTRICT u) {
+  const double w = wa + wb;
+  const double root = std::sqrt(wa * wb / w);
+  const double frac = wb / w;
+  for (size_t c = 0; c < width; ++c) {
+    const double mb = mean_b(c);  // read before mean[c] changes (self-merge)
+    const double delta = mb - mean[c];
+    u[c] = static_cast<float>(root * delta);
+    mean[c] = wa == 0.0 ? mb : mean[c] + delta * frac;
+  }
+  std::fill(u + width, u + padded, 0.0f);
+  *weight = w;
+}
+
+// One vector's worth of K or V as f32, the tail element by element (never
+// reading past the vector's end).
+template <class D, typename T>
+HWY_INLINE void LoadRow(D d, const T* HWY_RESTRICT src, size_t dim, float* HWY_RESTRICT dst) {
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
+  for (; i < dim; ++i) dst[i] = ElementAsF32(src + i);
+}
+
+// The workspace of a block update (cov_state.h, WorkspaceBytes).
+struct Workspace {
+  explicit Workspace(float* base, size_t dim) {
+    const size_t row = detail::WorkspaceRowFloats(dim);
+    pack = base;
+    token = pack + kSubBlockTokens * row;
+    shift = token + row;
+    sqrt_weights = shift + row;
+    u = sqrt_weights + row;
+    mean = u + row;
+    weights = mean + row;
+  }
+  float* pack;     // the centred sub-block in column panels
+  float* token;    // one token's [k | v] as f32
+  float* shift;    // the sub-block's first token, subtracted before summing
+  float* sqrt_weights;  // per token: sqrt(w_t) (kSubBlockTokens <= 2d + padding)
+  float* u;        // the merge vector
+  float* mean;     // the sub-block's mean, relative to shift
+  float* weights;  // per token: w_t
+};
+
+// ---------------------------------------------------------------------------
+// The block GEMM.
+
+// One register tile of the block's co-moments, merged into the state:
+// rows i0 + [0, rows) of k (from a, lda floats per token) against the kV
+// vectors of columns of b (ldb floats per token), over n_tokens tokens; then
+// m[r][c] <- u_rows[r] u_cols[c] + (decay m[r][c] + acc[r][c]) for the valid
+// rows and the first `cols` columns. Rows past `rows` repeat the last row
+// (valid memory, results discarded), so one instantiation serves every tile.
+#define COVATTN_GEMM_ROW(r)                                \
+  if (kR > r) {                                            \
+    const auto a = hn::Set(d, at[o##r]);                   \
+    c##r##0 = hn::MulAdd(a, b0, c##r##0);                  \
+    if (kV > 1) c##r##1 = hn::MulAdd(a, b1, c##r##1);      \
+    if (kV > 2) c##r##2 = hn::MulAdd(a, b2, c##r##2);      \
+    if (kV > 3) c##r##3 = hn::MulAdd(a, b3, c##r##3);      \
+  }
+#define COVATTN_GEMM_STORE(r)                                                        \
+  if (kR > r && r < rows) {                                                          \
+    float* HWY_RESTRICT mr = m + r * ldm;                                            \
+    const auto ur = hn::Set(d, u_rows[r]);                                           \
+    CombineVec(d, mr, cols, c##r##0, ur, u_cols, vdecay);                            \
+    if (kV > 1 && cols > N) CombineVec(d, mr + N, cols - N, c##r##1, ur, u_cols + N, vdecay); \
+    if (kV > 2 && cols > 2 * N) {                                                    \
+      CombineVec(d, mr + 2 * N, cols - 2 * N, c##r##2, ur, u_cols + 2 * N, vdecay);  \
+    }                                                                                \
+    if (kV > 3 && cols > 3 * N) {                                                    \
+      CombineVec(d, mr + 3 * N, cols - 3 * N, c##r##3, ur, u_cols + 3 * N, vdecay);  \
+    }                                                                                \
+  }
+
+template <size_t kR, size_t kV, class D>
+HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t rows,
+                         const float* HWY_RESTRICT b, size_t ldb, size_t n_tokens,
+                         float* HWY_RESTRICT m, size_t ldm, size_t cols,
+                         const float* HWY_RESTRICT u_rows, const float* HWY_RESTRICT u_cols,
+                         float decay) {
+  static_assert(kR >= 1 && kR <= 8 && kV >= 1 && kV <= 4, "tile shape");
+  const size_t N = hn::Lanes(d);
+  const size_t last = rows - 1;
+  const size_t o0 = 0, o1 = HWY_MIN(size_t{1}, last), o2 = HWY_MIN(size_t{2}, last);
+  const size_t o3 = HWY_MIN(size_t{3}, last), o4 = HWY_MIN(size_t{4}, last);
+  const size_t o5 = HWY_MIN(size_t{5}, last), o6 = HWY_MIN(size_t{6}, last);
+  const size_t o7 = HWY_MIN(size_t{7}, last);
+  auto c00 = hn::Zero(d), c01 = hn::Zero(d), c02 = hn::Zero(d), c03 = hn::Zero(d);
+  auto c10 = hn::Zero(d), c11 = hn::Zero(d), c12 = hn::Zero(d), c13 = hn::Zero(d);
+  auto c20 = hn::Zero(d), c21 = hn::Zero(d), c22 = hn::Zero(d), c23 = hn::Zero(d);
+  auto c30 = hn::Zero(d), c31 = hn::Zero(d), c32 = hn::Zero(d), c33 = hn::Zero(d);
+  auto c40 = hn::Zero(d), c41 = hn::Zero(d), c42 = hn::Zero(d), c43 = hn::Zero(d);
+  auto c50 = hn::Zero(d), c51 = hn::Zero(d), c52 = hn::Zero(d), c53 = hn::Zero(d);
+  auto c60 = hn::Zero(d), c61 = hn::Zero(d), c62 = hn::Zero(d), c63 = hn::Zero(d);
+  auto c70 = hn::Zero(d), c71 = hn::Zero(d), c72 = hn::Zero(d), c73 = hn::Zero(d);
+  for (size_t t = 0; t < n_tokens; ++t) {
+    const float* HWY_RESTRICT bt = b + t * ldb;
+    const float* HWY_RESTRICT at = a + t * lda;
+    const auto b0 = hn::LoadU(d, bt);
+    auto b1 = b0, b2 = b0, b3 = b0;
+    if (kV > 1) b1 = hn::LoadU(d, bt + N);
+    if (kV > 2) b2 = hn::LoadU(d, bt + 2 * N);
+    if (kV > 3) b3 = hn::LoadU(d, bt + 3 * N);
+    COVATTN_GEMM_ROW(0)
+    COVATTN_GEMM_ROW(1)
+    COVATTN_GEMM_ROW(2)
+    COVATTN_GEMM_ROW(3)
+    COVATTN_GEMM_ROW(4)
+    COVATTN_GEMM_ROW(5)
+    COVATTN_GEMM_ROW(6)
+    COVATTN_GEMM_ROW(7)
+  }
+  const auto vdecay = hn::Set(d, decay);
+  COVATTN_GEMM_STORE(0)
+  COVATTN_GEMM_STORE(1)
+  COVATTN_GEMM_STORE(2)
+  COVATTN_GEMM_STORE(3)
+  COVATTN_GEMM_STORE(4)
+  COVATTN_GEMM_STORE(5)
+  COVATTN_GEMM_STORE(6)
+  COVATTN_GEMM_STORE(7)
+}
+#undef COVATTN_GEMM_ROW
+#undef COVATTN_GEMM_STORE
+
+// Lanes [c, c + N) of the row [k | v | 0] of one token, as f32: straight
+// from K or V when the vector lies wholly in one of them (always, when N
+// divides d), element by element where it straddles their border or the end.
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
+                                  size_t dim, size_t c) {
+  const size_t N = hn::Lanes(d);
+  if (c + N <= dim) return LoadAsF32(d, k + c);
+  if (c >= dim && c + N <= 2 * dim) return LoadAsF32(d, v + (c - dim));
+  HWY_ALIGN float buf[kMaxLanesF32];
+  for (size_t i = 0; i < N; ++i) {
+    const size_t col = c + i;
+    buf[i] = col < dim ? ElementAsF32(k + col) : col < 2 * dim ? ElementAsF32(v + col - dim) : 0.0f;
+  }
+  return hn::Load(d, buf);
+}
+
+// Packs b tokens of one head, centred on their weighted mean and scaled by
+// sqrt(w_t), into column panels of P = kGemmVecs * Lanes floats: element
+// (t, c) of the packed [k | v | 0] row sits at pack[(c / P) P b + t W + c % P]
+// with W the panel's width (the last panel may be narrower). One column
+// vector at a time, all tokens: y_t = x_t - x_0 (a shift near the data keeps
+// the f32 sums accurate when |mean| >> sigma), their weighted mean, then
+// c_t = sqrt(w_t) (y_t - mean) in place while the column is in L1. An error e
+// in the mean changes the co-moments only by total * e e^T (second order).
+// Sets ws.shift and ws.mean (the mean relative to the shift) and returns the
+// total weight.
+template <class D, typename T>
+HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k_stride,
+                              const T* HWY_RESTRICT v, size_t v_stride, size_t b,
+                              double lambda, const Workspace& ws) {
+  const size_t N = hn::Lanes(d), P = kGemmVecs * N;
+  const size_t padded = detail::RoundUp(2 * dim, N);
+  // w_t = lambda^(b - 1 - t): the newest token of the sub-block weighs 1.
+  double w = 1.0, total = 0.0;
+  for (size_t t = b; t-- > 0;) {
+    ws.weights[t] = static_cast<float>(w);
+    ws.sqrt_weights[t] = std::sqrt(ws.weights[t]);
+    total += ws.weights[t];
+    w *= lambda;
+  }
+  const auto inv_total = hn::Set(d, static_cast<float>(1.0 / total));
+  for (size_t c = 0; c < padded; c += N) {
+    const size_t p0 = c - c % P, stride = HWY_MIN(P, padded - p0);
+    float* HWY_RESTRICT p = ws.pack + p0 * b + c % P;
+    const auto shift = LoadColumns(d, k, v, dim, c);
+    auto sum = hn::Zero(d);
+    for (size_t t = 0; t < b; ++t) {
+      const auto y = hn::Sub(LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c), shift);
+      hn::StoreU(y, d, p + t * stride);
+      sum = hn::MulAdd(hn::Set(d, ws.weights[t]), y, sum);
+    }
+    const auto mean = hn::Mul(sum, inv_total);
+    hn::StoreU(shift, d, ws.shift + c);
+    hn::StoreU(mean, d, ws.mean + c);
+    if (lambda == 1.0) {
+      for (size_t t = 0; t < b; ++t) {
+        hn::StoreU(hn::Sub(hn::LoadU(d, p + t * stride), mean), d, p + t * stride);
+      }
+    } else {
+      for (size_t t = 0; t < b; ++t) {
+        const auto sw = hn::Set(d, ws.sqrt_weights[t]);
+        hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p + t * stride), mean), sw), d, p + t * stride);
+      }
+    }
+  }
+  return total;
+}
+
+// Absorbs b >= 2 tokens of one head: pack, merge the means, then the GEMM
+// with the co-moment merge in its epilogue.
+template <class D, typename T>
+HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
+                                const T* HWY_RESTRICT k, size_t k_stride,
+                                const T* HWY_RESTRICT v, size_t v_stride, size_t b,
+                                const Workspace& ws) {
+  const size_t dim = shape.dim, width = 2 * dim;
+  const size_t N = hn::Lanes(d), P = kGemmVecs * N;
+  const size_t padded = detail::RoundUp(width, N);
+  const double lambda = shape.forgetting;
+  const double total = PackCentred(d, dim, k, k_stride, v, v_stride, b, lambda, ws);
+  const double decay = lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(b));
+  MergeMeans(
+      width, padded, *head.weight * decay, total,
+      [&](size_t c) { return double{ws.shift[c]} + double{ws.mean[c]}; }, head.weight,
+      head.mean, ws.u);
+  const float decay_f = static_cast<float>(decay);
+  // Column panels outside (each is read by every row tile while it sits in
+  // L1), row tiles of k inside, taken from the panels holding those rows.
+  // M_kk is symmetric: a tile skips its leading column vectors that lie
+  // wholly below the diagonal (j < i for all its rows), and those elements
+  // are copied from their mirror images afterwards. The copy is bit-exact:
+  // (j, i) is computed with the same products in the same order.
+  for (size_t col0 = 0; col0 < padded; col0 += P) {
+    const size_t pw = HWY_MIN(P, padded - col0), panel_vecs = pw / N;
+    const size_t cols = HWY_MIN(pw, width - col0);
+    const float* bp = ws.pack + col0 * b;
+    for (size_t r0 = 0; r0 < dim; r0 += P) {
+      const size_t rw = HWY_MIN(P, padded - r0), r_end = HWY_MIN(r0 + P, dim);
+      const float* ap = ws.pack + r0 * b;
+      for (size_t i0 = r0; i0 < r_end; i0 += kGemmRows) {
+        const size_t skip = i0 > col0 ? HWY_MIN(panel_vecs, (i0 - col0) / N) : 0;
+        if (skip == panel_vecs) continue;
+        const size_t n_vecs = panel_vecs - skip, c0 = skip * N;
+        const size_t rows = HWY_MIN(kGemmRows, r_end - i0);
+        float* mt = head.m + i0 * width + col0 + c0;
+        const float* a = ap + (i0 - r0);
+        const float* bt = bp + c0;
+        const float* u_cols = ws.u + col0 + c0;
+        if (n_vecs >= kGemmVecs) {
+          GemmTile<kGemmRows, kGemmVecs>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0,
+                                         ws.u + i0, u_cols, decay_f);
+        } else if (n_vecs == 1) {
+          GemmTile<kGemmRows, 1>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0,
+                                 u_cols, decay_f);
+        } else if (n_vecs == 2) {
+          GemmTile<kGemmRows, HWY_MIN(size_t{2}, kGemmVecs)>(
+              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
+        } else {
+          GemmTile<kGemmRows, HWY_MIN(size_t{3}, kGemmVecs)>(
+              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
+        }
+      }
+    }
+  }
+}
+
+// Fills what UpdateHeadBlock skipped below the diagonal of M_kk from its
+// mirror image: the columns [0, N floor(i0 / N)) of row i, with i0 the
+// first row of i's tile (kGemmRows divides the panel width). Only the GEMM
+// path skips, and it skips the same elements every time, so one copy after
+// all of a call's sub-blocks suffices. Where kGemmRows and N are multiples
+// of 4, four rows share their extent and the copy goes by 4 x 4 blocks
+// transposed in registers (gathers are slow on current x86 cores).
+template <class D>
+HWY_INLINE void MirrorSkipped(D d, float* HWY_RESTRICT m, size_t dim) {
+  const size_t N = hn::Lanes(d), width = 2 * dim;
+  size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  static_assert(kGemmRows % 4 == 0, "four rows per tile");
+  const hn::CappedTag<float, 4> d4;
+  const hn::Repartition<uint64_t, decltype(d4)> d64;
+  for (; i + 4 <= dim; i += 4) {
+    const size_t i0 = i - i % kGemmRows, end = i0 - i0 % N;
+    for (size_t j = 0; j < end; j += 4) {
+      const float* src = m + j * width + i;
+      const auto r0 = hn::LoadU(d4, src), r1 = hn::LoadU(d4, src + width);
+      const auto r2 = hn::LoadU(d4, src + 2 * width), r3 = hn::LoadU(d4, src + 3 * width);
+      const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d4, r0, r1));  // r0[0] r1[0] r0[1] r1[1]
+      const auto t1 = hn::BitCast(d64, hn::InterleaveLower(d4, r2, r3));
+      const auto t2 = hn::BitCast(d64, hn::InterleaveUpper(d4, r0, r1));  // r0[2] r1[2] r0[3] r1[3]
+      const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d4, r2, r3));
+      float* dst = m + i * width + j;
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t0, t1)), d4, dst);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t0, t1)), d4, dst + width);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t2, t3)), d4, dst + 2 * width);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t2, t3)), d4, dst + 3 * width);
+    }
+  }
+#endif
+  for (; i < dim; ++i) {
+    const size_t i0 = i - i % kGemmRows, end = i0 - i0 % N;
+    float* HWY_RESTRICT mi = m + i * width;
+    for (size_t j = 0; j < end; ++j) mi[j] = m[j * width + i];
+  }
+}
+
+// One token (decode): the weighted Welford step of MATH.md section 3,
+// W <- lambda W + 1, mu <- mu + delta / W, M <- lambda M + delta (z - mu)^T,
+// written as the merge with a one-token block (delta (z - mu)^T = u u^T).
+template <class D, typename T>
+HWY_INLINE void UpdateHeadToken(D d, const CovShape& shape, const CovHead& head,
+                                const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
+                                const Workspace& ws) {
+  const size_t dim = shape.dim, width = 2 * dim;
+  const size_t padded = detail::RoundUp(width, hn::Lanes(d));
+  LoadRow(d, k, dim, ws.token);
+  LoadRow(d, v, dim, ws.token + dim);
+  const double lambda = shape.forgetting;
+  MergeMeans(
+      width, padded, *head.weight * lambda, 1.0, [&](size_t c) { return double{ws.token[c]}; },
+      head.weight, head.mean, ws.u);
+  CombineRows(d, head.m, dim, width, nullptr, ws.u, static_cast<float>(lambda));
+}
+
+template <typename T>
+void UpdateTyped(covattn_cov_state* state, const CovBlock& block) {
+  const hn::ScalableTag<float> d;
+  const CovShape shape = state->Shape();
+  const Workspace ws(state->Workspace(), shape.dim);
+  const size_t n = block.n_tokens;
+  const size_t n_sub = (n + kSubBlockTokens - 1) / kSubBlockTokens;
+  for (size_t h = 0; h < shape.n_heads; ++h) {
+    const T* k = static_cast<const T*>(block.k) + h * block.k_head_stride;
+    const T* v = static_cast<const T*>(block.v) + h * block.v_head_stride;
+    const CovHead head = state->Head(h);
+    // Sub-blocks of near-equal size, in token order (n = 1 alone takes the
+    // rank-1 path: a sub-block of one token only arises then).
+    for (size_t s = 0, t0 = 0; s < n_sub; ++s) {
+      const size_t b = (n - t0 + (n_sub - s) - 1) / (n_sub - s);
+      const T* ks = k + t0 * block.k_token_stride;
+      const T* vs = v + t0 * block.v_token_stride;
+      if (b == 1) {
+        UpdateHeadToken(d, shape, head, ks, vs, ws);
+      } else {
+        UpdateHeadBlock(d, shape, head, ks, block.k_token_stride, vs, block.v_token_stride, b,
+                        ws);
+      }
+      t0 += b;
+    }
+    if (n > 1) MirrorSkipped(d, head.m, shape.dim);
+  }
+}
+
+void Update(covattn_cov_state* state, const CovBlock& block) {
+  WithElementType(block.dtype, [&](auto* tag) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    UpdateTyped<T>(state, block);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Input scan: finite and within kMaxInputMagnitude, checked on the bits
+// (|x| as an unsigned integer is monotonic in the magnitude, NaN and infinity
+// above every finite value).
+
+template <typename TU>
+bool BitsWithin(const CovBlock& block, size_t n_heads, size_t dim, TU abs_mask, TU limit) {
+  const hn::ScalableTag<TU> du;
+  const size_t N = hn::Lanes(du);
+  const auto vmask = hn::Set(du, abs_mask);
+  auto vmax = hn::Zero(du);
+  TU smax = 0;
+  const void* bases[2] = {block.k, block.v};
+  const size_t token_strides[2] = {block.k_token_stride, block.v_token_stride};
+  const size_t head_strides[2] = {block.k_head_stride, block.v_head_stride};
+  for (size_t which = 0; which < 2; ++which) {
+    const TU* base = static_cast<const TU*>(bases[which]);
+    for (size_t t = 0; t < block.n_tokens; ++t) {
+      for (size_t h = 0; h < n_heads; ++h) {
+        const TU* p = base + t * token_strides[which] + h * head_strides[which];
+        size_t i = 0;
+        for (; i + N <= dim; i += N) vmax = hn::Max(vmax, hn::And(hn::LoadU(du, p + i), vmask));
+        for (; i < dim; ++i) {
+          TU bits;
+          std::memcpy(&bits, p + i, sizeof(bits));
+          smax = HWY_MAX(smax, static_cast<TU>(bits & abs_mask));
+        }
+      }
+    }
+  }
+  HWY_ALIGN TU lanes[detail::kVectorSlackBytes / sizeof(TU)];
+  hn::Store(vmax, du, lanes);
+  for (size_t i = 0; i < N; ++i) smax = HWY_MAX(smax, lanes[i]);
+  return smax <= limit;
+}
+
+bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim) {
+  switch (block.dtype) {
+    case 0:  // COVATTN_F32: 2^40 is 0x53800000
+      return BitsWithin<uint32_t>(block, n_heads, dim, 0x7FFFFFFFu, 0x53800000u);
+    case 1:  // COVATTN_F16: every finite value is far below 2^40
+      return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x7BFF);
+    default:  // COVATTN_BF16: 2^40 is 0x5380
+      return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x5380);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Merge of two states.
+
+void Merge(covattn_cov_state* into, const covattn_cov_state* other) {
+  const hn::ScalableTag<float> d;
+  const size_t dim = into->head_dim, width = 2 * dim;
+  const size_t padded = detail::RoundUp(width, hn::Lanes(d));
+  const double lambda = into->forgetting;
+  // into's tokens all age by the number of tokens in other.
+  const double decay =
+      lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(other->n_tokens));
+  const Workspace ws(into->Workspace(), dim);
+  for (size_t h = 0; h < into->n_heads; ++h) {
+    const CovHead head = into->Head(h);
+    const double* other_doubles = other->Doubles(h);
+    const double wb = other_doubles[0];
+    if (wb == 0.0) continue;
+    MergeMeans(
+        width, padded, *head.weight * decay, wb, [&](size_t c) { return other_doubles[1 + c]; },
+        head.weight, head.mean, ws.u);
+    CombineRows(d, head.m, dim, width, other->Moments(h), ws.u, static_cast<float>(decay));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Readout.
+
+// Stores the first `valid` lanes of x at p.
+template <class D, class V>
+HWY_INLINE void StoreFirst(D d, V x, size_t valid, float* HWY_RESTRICT p) {
+  if (valid >= hn::Lanes(d)) {
+    hn::StoreU(x, d, p);
+    return;
+  }
+  HWY_ALIGN float buf[kMaxLanesF32];
+  hn::Store(x, d, buf);
+  std::copy(buf, buf + valid, p);
+}
+
+// Columns [col, col + kV Lanes) of y_h = a_h^T M for kH heads (rows of a,
+// lda apart), over the dim rows of M (ldm floats apart). For the k part
+// (col < dim) adds a_h . y_h over the valid columns to quad[h] (a is zero
+// beyond dim, so lanes past the k part add nothing); for the v part writes
+// out_h = mu + y_h / W to out + h * ld_out.
+#define COVATTN_READ_HEAD(h)                          \
+  if (kH > h) {                                       \
+    const auto s = hn::Set(d, a##h[j]);               \
+    y##h##0 = hn::MulAdd(s, x0, y##h##0);             \
+    if (kV > 1) y##h##1 = hn::MulAdd(s, x1, y##h##1); \
+  }
+#define COVATTN_READ_FINISH(h)                                                         \
+  if (kH > h) {                                                                        \
+    if (k_part) {                                                                      \
+      auto dot = hn::Mul(hn::LoadU(d, a##h + col), y##h##0);                           \
+      if (kV > 1) dot = hn::MulAdd(hn::LoadU(d, a##h + col + N), y##h##1, dot);        \
+      quad[h] += hn::GetLane(hn::SumOfLanes(d, dot));                                  \
+    } else {                                                                           \
+      float* o = out + h * ld_out;                                                     \
+      StoreFirst(d, hn::MulAdd(y##h##0, inv_w, hn::LoadU(d, mu)), valid, o);           \
+      if (kV > 1 && valid > N) {                                                       \
+        StoreFirst(d, hn::MulAdd(y##h##1, inv_w, hn::LoadU(d, mu + N)), valid - N, o + N); \
+      }                                                                                \
+    }                                                                                  \
+  }
+
+template <size_t kH, size_t kV, class D>
+HWY_INLINE void ReadoutChunk(D d, const float* HWY_RESTRICT m, size_t ldm, size_t dim,
+                             size_t col, size_t valid, const float* HWY_RESTRICT a, size_t lda,
+                             bool k_part, const float* HWY_RESTRICT mu, float w_inv,
+                             float* HWY_RESTRICT out, size_t ld_out, double* quad) {
+  static_assert(kH >= 1 && kH <= 8 && kV >= 1 && kV <= 2, "tile shape");
+  const size_t N = hn::Lanes(d);
+  const float* HWY_RESTRICT a0 = a;
+  const float* HWY_RESTRICT a1 = a + (kH > 1 ? lda : 0);
+  const float* HWY_RESTRICT a2 = a + (kH > 2 ? 2 * lda : 0);
+  const float* HWY_RESTRICT a3 = a + (kH > 3 ? 3 * lda : 0);
+  const float* HWY_RESTRICT a4 = a + (kH > 4 ? 4 * lda : 0);
+  const float* HWY_RESTRICT a5 = a + (kH > 5 ? 5 * lda : 0);
+  const float* HWY_RESTRICT a6 = a + (kH > 6 ? 6 * lda : 0);
+  const float* HWY_RESTRICT a7 = a + (kH > 7 ? 7 * lda : 0);
+  auto y00 = hn::Zero(d), y01 = hn::Zero(d), y10 = hn::Zero(d), y11 = hn::Zero(d);
+  auto y20 = hn::Zero(d), y21 = hn::Zero(d), y30 = hn::Zero(d), y31 = hn::Zero(d);
+  auto y40 = hn::Zero(d), y41 = hn::Zero(d), y50 = hn::Zero(d), y51 = hn::Zero(d);
+  auto y60 = hn::Zero(d), y61 = hn::Zero(d), y70 = hn::Zero(d), y71 = hn::Zero(d);
+  for (size_t j = 0; j < dim; ++j) {
+    const float* HWY_RESTRICT row = m + j * ldm + col;
+    const auto x0 = hn::LoadU(d, row);  // may read into the head's slack
+    auto x1 = x0;
+    if (kV > 1) x1 = hn::LoadU(d, row + N);
+    COVATTN_READ_HEAD(0)
+    COVATTN_READ_HEAD(1)
+    COVATTN_READ_HEAD(2)
+    COVATTN_READ_HEAD(3)
+    COVATTN_READ_HEAD(4)
+    COVATTN_READ_HEAD(5)
+    COVATTN_READ_HEAD(6)
+    COVATTN_READ_HEAD(7)
+  }
+  const auto inv_w = hn::Set(d, w_inv);
+  COVATTN_READ_FINISH(0)
+  COVATTN_READ_FINISH(1)
+  COVATTN_READ_FINISH(2)
+  COVATTN_READ_FINISH(3)
+  COVATTN_READ_FINISH(4)
+  COVATTN_READ_FINISH(5)
+  COVATTN_READ_FINISH(6)
+  COVATTN_READ_FINISH(7)
+}
+#undef COVATTN_READ_HEAD
+#undef COVATTN_READ_FINISH
+
+template <size_t kH, class D>
+HWY_INLINE void ReadoutPart(D d, const float* HWY_RESTRICT m, size_t dim, bool k_part,
+                            const double* HWY_RESTRICT mean, const float* HWY_RESTRICT a,
+                            size_t lda, float w_inv, float* HWY_RESTRICT out, double* quad) {
+  const size_t N = hn::Lanes(d), width = 2 * dim;
+  const size_t begin = k_part ? 0 : dim;
+  HWY_ALIGN float mu[kReadVecs * kMaxLanesF32] = {};
+  for (size_t col = begin; col < begin + dim; col += kReadVecs * N) {
+    const size_t valid = HWY_MIN(kReadVecs * N, begin + dim - col);
+    if (!k_part) {
+      for (size_t i = 0; i < valid; ++i) mu[i] = static_cast<float>(mean[col + i]);
+    }
+    float* o = out + (col - begin);
+    if (valid > N && kReadVecs > 1) {
+      ReadoutChunk<kH, kReadVecs>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o,
+                                  dim, quad);
+    } else {
+      ReadoutChunk<kH, 1>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o, dim,
+                          quad);
+    }
+  }
+}
+
+template <size_t kH, class D>
+HWY_INLINE void ReadoutHeads(D d, const float* HWY_RESTRICT m, size_t dim, bool stats,
+                             const double* HWY_RESTRICT mean, const float* HWY_RESTRICT a,
+                             size_t lda, float w_inv, float* HWY_RESTRICT out, double* quad) {
+  if (stats) ReadoutPart<kH>(d, m, dim, /*k_part=*/true, mean, a, lda, w_inv, out, quad);
+  ReadoutPart<kH>(d, m, dim, /*k_part=*/false, mean, a, lda, w_inv, out, quad);
+}
+
+bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const size_t dim = state->head_dim;
+  const size_t group = pb.n_q_heads / state->n_heads;
+  const bool stats = pb.log_z != nullptr || pb.ess != nullptr;
+  // Scaled queries of one head tile, zero beyond dim (no scratch: on the
+  // stack, at most kReadHeads x 576 floats).
+  constexpr size_t kLda = COVATTN_MAX_HEAD_DIM + kMaxLanesF32;
+  HWY_ALIGN float a[kReadHeads * kLda];
+  bool finite = true;
+  for (size_t kv = 0; kv < state->n_heads; ++kv) {
+    const float* m = state->Moments(kv);
+    const double* doubles = state->Doubles(kv);
+    const double weight = doubles[0];
+    const double* mean = doubles + 1;
+    const float w_inv = static_cast<float>(1.0 / weight);
+    for (size_t g0 = 0; g0 < group; g0 += kReadHeads) {
+      const size_t nh = HWY_MIN(kReadHeads, group - g0);
+      const size_t first = kv * group + g0;
+      for (size_t h = 0; h < nh; ++h) {
+        const float* q = pb.q + (first + h) * dim;
+        float* ah = a + h * kLda;
+        for (size_t i = 0; i < dim; ++i) ah[i] = pb.scale * q[i];
+        std::fill(ah + dim, ah + dim + N, 0.0f);
+      }
+      double quad[kReadHeads] = {};
+      float* out = pb.out + first * dim;
+      switch (nh) {
+#define COVATTN_READ_CASE(n)                                                     \
+  case n:                                                                        \
+    ReadoutHeads<HWY_MIN(size_t{n}, kReadHeads)>(d, m, dim, stats, mean, a, kLda, \
+                                                 w_inv, out, quad);              \
+    break;
+        COVATTN_READ_CASE(1)
+        COVATTN_READ_CASE(2)
+        COVATTN_READ_CASE(3)
+        COVATTN_READ_CASE(4)
+        COVATTN_READ_CASE(5)
+        COVATTN_READ_CASE(6)
+        COVATTN_READ_CASE(7)
+        default:
+          ReadoutHeads<kReadHeads>(d, m, dim, stats, mean, a, kLda, w_inv, out, quad);
+          break;
+#undef COVATTN_READ_CASE
+      }
+      for (size_t h = 0; h < nh; ++h) {
+        const float* o = out + h * dim;
+        for (size_t i = 0; i < dim; ++i) finite &= std::isfinite(o[i]);
+        if (!stats) continue;
+        // log Z = log W + a.mu_k + a^T C_kk a / 2, ESS = W exp(-a^T C_kk a).
+        const float* ah = a + h * kLda;
+        double a_mu = 0.0;
+        for (size_t i = 0; i < dim; ++i) a_mu += double{ah[i]} * mean[i];
+        const double sigma2 = quad[h] / weight;
+        if (pb.log_z != nullptr) {
+          pb.log_z[first + h] = static_cast<float>(std::log(weight) + a_mu + 0.5 * sigma2);
+          finite &= std::isfinite(pb.log_z[first + h]);
+        }
+        if (pb.ess != nullptr) {
+          pb.ess[first + h] = static_cast<float>(weight * std::exp(-sigma2));
+          finite &= std::isfinite(pb.ess[first + h]);
+        }
+      }
+    }
+  }
+  return finite;
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace covattn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+
+namespace covattn {
+HWY_EXPORT(BlockInRange);
+HWY_EXPORT(Update);
+HWY_EXPORT(Merge);
+HWY_EXPORT(Readout);
+
+namespace detail {
+
+bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim) {
+  return COVATTN_DISPATCH(BlockInRange)(block, n_heads, dim);
+}
+
+void CovUpdate(covattn_cov_state* state, const CovBlock& block) {
+  COVATTN_DISPATCH(Update)(state, block);
+}
+
+void CovMerge(covattn_cov_state* into, const covattn_cov_state* other) {
+  COVATTN_DISPATCH(Merge)(into, other);
+}
+
+bool CovReadout(const covattn_cov_state* state, const CovReadoutProblem& problem) {
+  return COVATTN_DISPATCH(Readout)(state, problem);
+}
+
+}  // namespace detail
+}  // namespace covattn
+#endif  // HWY_ONCE

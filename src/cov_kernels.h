@@ -1,0 +1,49 @@
+// What the C API of the covariance state (cov_state.cc) hands to the
+// per-target kernels (cov_kernels.cc), after validating it.
+#ifndef COVATTN_SRC_COV_KERNELS_H_
+#define COVATTN_SRC_COV_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cov_state.h"
+
+namespace covattn {
+namespace detail {
+
+// A block of tokens for every head of a state (layout as covattn_kv_cache).
+struct CovBlock {
+  uint32_t dtype;
+  const void* k;
+  const void* v;
+  size_t n_tokens;
+  size_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;
+};
+
+struct CovReadoutProblem {
+  const float* q;  // [n_q_heads][dim]
+  size_t n_q_heads;
+  float scale;
+  float* out;    // [n_q_heads][dim]
+  float* log_z;  // [n_q_heads] or nullptr
+  float* ess;    // [n_q_heads] or nullptr
+};
+
+// True when every element of the block is finite and at most
+// kMaxInputMagnitude in magnitude.
+bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim);
+
+// Absorbs a validated, in-range block into every head (MATH.md section 3).
+void CovUpdate(covattn_cov_state* state, const CovBlock& block);
+
+// into <- into followed by other (same shape and forgetting; may be the same
+// object).
+void CovMerge(covattn_cov_state* into, const covattn_cov_state* other);
+
+// The readout of a non-empty state; false if a result is not finite.
+bool CovReadout(const covattn_cov_state* state, const CovReadoutProblem& problem);
+
+}  // namespace detail
+}  // namespace covattn
+
+#endif  // COVATTN_SRC_COV_KERNELS_H_

@@ -1,0 +1,480 @@
+// C entry points of the covariance state (include/covattn/covariance.h):
+// memory layout and validation here, arithmetic in cov_kernels.cc. Every
+// call validates everything it will read before it writes anything, so a
+// failed call leaves the state byte for byte as it was.
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "cov_kernels.h"
+#include "cov_state.h"
+#include "covattn/covariance.h"
+#include "validate.h"
+
+namespace covattn {
+namespace detail {
+namespace {
+
+static_assert(sizeof(covattn_cov_state) <= covattn_cov_state::kHeaderBytes, "header");
+
+covattn_status CheckShape(size_t n_heads, size_t head_dim, float forgetting) {
+  if (n_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
+  if (head_dim == 0 || head_dim > COVATTN_MAX_HEAD_DIM) return COVATTN_ERR_INVALID_HEAD_DIM;
+  if (!(forgetting > 0.0f && forgetting <= 1.0f)) return COVATTN_ERR_INVALID_FORGETTING;
+  return COVATTN_OK;
+}
+
+// Bytes of a state: alignment slack, header, heads, workspace.
+covattn_status StateBytes(size_t n_heads, size_t head_dim, size_t* bytes) {
+  size_t heads;
+  if (MulOverflows(n_heads, HeadBytes(head_dim), &heads) ||
+      AddOverflows(heads, kAlign - 1 + covattn_cov_state::kHeaderBytes + WorkspaceBytes(head_dim),
+                   bytes)) {
+    return COVATTN_ERR_SIZE_OVERFLOW;
+  }
+  return COVATTN_OK;
+}
+
+Extent StateExtent(const covattn_cov_state* state) {
+  return Extent{state->memory_begin, state->memory_end};
+}
+
+bool SameShape(const covattn_cov_state* a, const covattn_cov_state* b) {
+  return a->n_heads == b->n_heads && a->head_dim == b->head_dim &&
+         a->forgetting == b->forgetting;
+}
+
+// An output vector of n elements of elem_size bytes.
+covattn_status CheckOutput(const void* p, size_t elem_size, size_t n, Extent* extent) {
+  return CheckTensor(p, elem_size, 1, 0, 1, 0, n, extent);
+}
+
+// True if any two of the non-empty extents overlap.
+bool AnyOverlap(const Extent* extents, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i + 1; j < n; ++j) {
+      if (extents[i].Overlaps(extents[j])) return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// Serialized form, all little-endian:
+//
+//   offset  0  magic "COVATTNS"
+//           8  u32 format version (kFormatVersion)
+//          12  u32 header bytes (64)
+//          16  u64 n_heads
+//          24  u64 head_dim
+//          32  f32 forgetting factor, u32 reserved (0)
+//          40  u64 tokens absorbed
+//          48  u64 payload elements: n_heads (1 + 2 head_dim + 2 head_dim^2)
+//          56  u64 payload bytes
+//          64  payload, per head: W (f64), mu_k, mu_v (f64 each), then the
+//              co-moments [head_dim][2 head_dim] (f32), as in cov_state.h
+//         end  u64 FNV-1a (64-bit) of every byte before it
+constexpr unsigned char kMagic[8] = {'C', 'O', 'V', 'A', 'T', 'T', 'N', 'S'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr size_t kFileHeaderBytes = 64;
+constexpr size_t kChecksumBytes = 8;
+
+uint64_t Fnv1a(const unsigned char* p, size_t n, uint64_t hash = 0xcbf29ce484222325ull) {
+  for (size_t i = 0; i < n; ++i) {
+    hash ^= p[i];
+    hash *= 0x100000001b3ull;
+  }
+  return hash;
+}
+
+void PutLE(unsigned char* p, uint64_t x, size_t bytes) {
+  for (size_t i = 0; i < bytes; ++i) p[i] = static_cast<unsigned char>(x >> (8 * i));
+}
+uint64_t GetLE(const unsigned char* p, size_t bytes) {
+  uint64_t x = 0;
+  for (size_t i = 0; i < bytes; ++i) x |= uint64_t{p[i]} << (8 * i);
+  return x;
+}
+
+// Copies n elements of 4 or 8 bytes between host order and little-endian.
+void CopyLE(unsigned char* dst, const unsigned char* src, size_t n, size_t elem) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  (void)elem;
+  std::memcpy(dst, src, n * elem);
+#else
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t b = 0; b < elem; ++b) dst[i * elem + b] = src[i * elem + elem - 1 - b];
+  }
+#endif
+}
+
+size_t PayloadBytesPerHead(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim * dim; }
+
+size_t SerializedBytes(const covattn_cov_state* state) {
+  // Cannot overflow: the state's memory holds more than this.
+  return kFileHeaderBytes + state->n_heads * PayloadBytesPerHead(state->head_dim) +
+         kChecksumBytes;
+}
+
+// The header fields that loading checks.
+struct FileHeader {
+  uint64_t n_heads, head_dim, n_tokens, payload_elements, payload_bytes;
+  uint32_t version, header_bytes, reserved;
+  float forgetting;
+};
+
+FileHeader ParseHeader(const unsigned char* p) {
+  FileHeader h;
+  h.version = static_cast<uint32_t>(GetLE(p + 8, 4));
+  h.header_bytes = static_cast<uint32_t>(GetLE(p + 12, 4));
+  h.n_heads = GetLE(p + 16, 8);
+  h.head_dim = GetLE(p + 24, 8);
+  const uint32_t bits = static_cast<uint32_t>(GetLE(p + 32, 4));
+  std::memcpy(&h.forgetting, &bits, sizeof(bits));
+  h.reserved = static_cast<uint32_t>(GetLE(p + 36, 4));
+  h.n_tokens = GetLE(p + 40, 8);
+  h.payload_elements = GetLE(p + 48, 8);
+  h.payload_bytes = GetLE(p + 56, 8);
+  return h;
+}
+
+float F32LE(const unsigned char* p) {
+  const uint32_t bits = static_cast<uint32_t>(GetLE(p, 4));
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+double F64LE(const unsigned char* p) {
+  const uint64_t bits = GetLE(p, 8);
+  double x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
+// Whether one head's serialized payload is a state this library could have
+// produced: finite; the weight equal to the first head's, at least 1 and at
+// most the token count (0 when empty, with everything else 0); M_kk exactly
+// symmetric (every update keeps it so) with a non-negative diagonal.
+bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
+                      double first_weight) {
+  const double w = F64LE(p);
+  if (!std::isfinite(w) || w != first_weight) return false;
+  if (n_tokens == 0 ? w != 0.0
+                    : !(w >= 1.0 && w <= static_cast<double>(n_tokens) * (1.0 + 0x1p-20))) {
+    return false;
+  }
+  for (size_t i = 0; i < 2 * dim; ++i) {
+    const double mean = F64LE(p + 8 * (1 + i));
+    if (!std::isfinite(mean) || (n_tokens == 0 && mean != 0.0)) return false;
+  }
+  const unsigned char* m = p + 8 * (1 + 2 * dim);
+  const size_t width = 2 * dim;
+  for (size_t i = 0; i < dim; ++i) {
+    for (size_t j = 0; j < width; ++j) {
+      const float x = F32LE(m + 4 * (i * width + j));
+      if (!std::isfinite(x) || (n_tokens == 0 && x != 0.0f)) return false;
+      if (j < dim && x != F32LE(m + 4 * (j * width + i))) return false;
+      if (j == i && x < 0.0f) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace covattn
+
+using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
+
+extern "C" {
+
+covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim, size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  const covattn_status status = CheckShape(n_heads, head_dim, 1.0f);
+  if (status != COVATTN_OK) return status;
+  return StateBytes(n_heads, head_dim, bytes);
+}
+
+covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads,
+                                      size_t head_dim, float forgetting,
+                                      covattn_cov_state** state) {
+  if (memory == nullptr || state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  covattn_status status = CheckShape(n_heads, head_dim, forgetting);
+  if (status != COVATTN_OK) return status;
+  size_t needed;
+  if ((status = StateBytes(n_heads, head_dim, &needed)) != COVATTN_OK) return status;
+  if (bytes < needed) return COVATTN_ERR_BUFFER_TOO_SMALL;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(memory);
+  if (bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
+  const uintptr_t aligned = (begin + kAlign - 1) & ~uintptr_t{kAlign - 1};
+  unsigned char* base = reinterpret_cast<unsigned char*>(aligned);
+  std::memset(base, 0, needed - (kAlign - 1));
+  auto* s = new (base) covattn_cov_state();
+  s->allocation = nullptr;
+  s->memory_begin = begin;
+  s->memory_end = begin + bytes;
+  s->n_heads = n_heads;
+  s->head_dim = head_dim;
+  s->forgetting = forgetting;
+  s->n_tokens = 0;
+  *state = s;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_create(size_t n_heads, size_t head_dim, float forgetting,
+                                        covattn_cov_state** state) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  covattn_status status = CheckShape(n_heads, head_dim, forgetting);
+  if (status != COVATTN_OK) return status;
+  size_t bytes;
+  if ((status = StateBytes(n_heads, head_dim, &bytes)) != COVATTN_OK) return status;
+  void* memory = std::malloc(bytes);
+  if (memory == nullptr) return COVATTN_ERR_OUT_OF_MEMORY;
+  covattn_cov_state* s = nullptr;
+  status = covattn_cov_state_init(memory, bytes, n_heads, head_dim, forgetting, &s);
+  if (status != COVATTN_OK) {
+    std::free(memory);
+    return status;
+  }
+  s->allocation = memory;
+  *state = s;
+  return COVATTN_OK;
+}
+
+void covattn_cov_state_destroy(covattn_cov_state* state) {
+  if (state == nullptr || state->allocation == nullptr) return;
+  std::free(state->allocation);
+}
+
+covattn_status covattn_cov_state_reset(covattn_cov_state* state) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  std::memset(state->HeadBase(0), 0, state->n_heads * HeadBytes(state->head_dim));
+  state->n_tokens = 0;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_info(const covattn_cov_state* state, covattn_cov_info* info) {
+  if (state == nullptr || info == nullptr) return COVATTN_ERR_NULL_POINTER;
+  *info = covattn_cov_info{state->n_heads, state->head_dim, state->forgetting, state->n_tokens};
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block) {
+  if (state == nullptr || block == nullptr) return COVATTN_ERR_NULL_POINTER;
+  const size_t elem = DtypeSize(block->dtype);
+  if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  if (block->n_heads != state->n_heads || block->head_dim != state->head_dim) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
+  Extent k, v;
+  covattn_status status;
+  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride,
+                            block->n_heads, block->k_head_stride, block->head_dim, &k)) !=
+          COVATTN_OK ||
+      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride,
+                            block->n_heads, block->v_head_stride, block->head_dim, &v)) !=
+          COVATTN_OK) {
+    return status;
+  }
+  if (k.Overlaps(StateExtent(state)) || v.Overlaps(StateExtent(state))) {
+    return COVATTN_ERR_ALIASING;
+  }
+  if (block->n_tokens > UINT64_MAX - state->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
+  if (block->n_tokens == 0) return COVATTN_OK;
+  const CovBlock cov_block{block->dtype,          block->k,
+                           block->v,              block->n_tokens,
+                           block->k_token_stride, block->k_head_stride,
+                           block->v_token_stride, block->v_head_stride};
+  if (!CovBlockInRange(cov_block, state->n_heads, state->head_dim)) {
+    return COVATTN_ERR_NONFINITE;
+  }
+  CovUpdate(state, cov_block);
+  state->n_tokens += block->n_tokens;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_cov_state* other) {
+  if (into == nullptr || other == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (!SameShape(into, other)) return COVATTN_ERR_SHAPE_MISMATCH;
+  const uint64_t other_tokens = other->n_tokens;  // `other` may be `into`
+  if (other_tokens > UINT64_MAX - into->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
+  if (other_tokens == 0) return COVATTN_OK;
+  CovMerge(into, other);
+  into->n_tokens += other_tokens;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* q,
+                                   size_t n_q_heads, float scale, float* out, float* log_z,
+                                   float* ess) {
+  if (state == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
+  if (n_q_heads % state->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
+  if (!std::isfinite(scale)) return COVATTN_ERR_INVALID_SCALE;
+  const size_t dim = state->head_dim;
+  Extent extents[5];  // q, out, log_z, ess, state
+  covattn_status status;
+  if ((status = CheckTensor(q, sizeof(float), 1, 0, n_q_heads, dim, dim, &extents[0])) !=
+          COVATTN_OK ||
+      (status = CheckTensor(out, sizeof(float), 1, 0, n_q_heads, dim, dim, &extents[1])) !=
+          COVATTN_OK ||
+      (log_z != nullptr &&
+       (status = CheckOutput(log_z, sizeof(float), n_q_heads, &extents[2])) != COVATTN_OK) ||
+      (ess != nullptr &&
+       (status = CheckOutput(ess, sizeof(float), n_q_heads, &extents[3])) != COVATTN_OK)) {
+    return status;
+  }
+  extents[4] = StateExtent(state);
+  // Inputs (q, state) may overlap each other; no output may overlap anything.
+  for (size_t o = 1; o <= 3; ++o) {
+    for (size_t i = 0; i < 5; ++i) {
+      if (i != o && extents[o].Overlaps(extents[i])) return COVATTN_ERR_ALIASING;
+    }
+  }
+  if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
+  const CovReadoutProblem problem{
+      q, n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
+      out, log_z, ess};
+  return CovReadout(state, problem) ? COVATTN_OK : COVATTN_ERR_NONFINITE;
+}
+
+covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head,
+                                        double* weight, float* mean_k, float* mean_v,
+                                        float* cov_kk, float* cov_vk) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (head >= state->n_heads) return COVATTN_ERR_INVALID_RANGE;
+  const size_t dim = state->head_dim;
+  Extent extents[6];  // weight, mean_k, mean_v, cov_kk, cov_vk, state
+  covattn_status status;
+  if ((weight != nullptr &&
+       (status = CheckOutput(weight, sizeof(double), 1, &extents[0])) != COVATTN_OK) ||
+      (mean_k != nullptr &&
+       (status = CheckOutput(mean_k, sizeof(float), dim, &extents[1])) != COVATTN_OK) ||
+      (mean_v != nullptr &&
+       (status = CheckOutput(mean_v, sizeof(float), dim, &extents[2])) != COVATTN_OK) ||
+      (cov_kk != nullptr &&
+       (status = CheckTensor(cov_kk, sizeof(float), dim, dim, 1, 0, dim, &extents[3])) !=
+           COVATTN_OK) ||
+      (cov_vk != nullptr &&
+       (status = CheckTensor(cov_vk, sizeof(float), dim, dim, 1, 0, dim, &extents[4])) !=
+           COVATTN_OK)) {
+    return status;
+  }
+  extents[5] = StateExtent(state);
+  if (AnyOverlap(extents, 6)) return COVATTN_ERR_ALIASING;
+  if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
+  const double* doubles = state->Doubles(head);
+  const double w = doubles[0];
+  const float* m = state->Moments(head);
+  const size_t width = 2 * dim;
+  if (weight != nullptr) *weight = w;
+  for (size_t i = 0; i < dim; ++i) {
+    if (mean_k != nullptr) mean_k[i] = static_cast<float>(doubles[1 + i]);
+    if (mean_v != nullptr) mean_v[i] = static_cast<float>(doubles[1 + dim + i]);
+    for (size_t j = 0; j < dim; ++j) {
+      if (cov_kk != nullptr) cov_kk[i * dim + j] = static_cast<float>(m[i * width + j] / w);
+      // Row j of M holds M_kv[j][*] = co-moments of k_j with v.
+      if (cov_vk != nullptr) cov_vk[i * dim + j] = static_cast<float>(m[j * width + dim + i] / w);
+    }
+  }
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_serialized_size(const covattn_cov_state* state, size_t* bytes) {
+  if (state == nullptr || bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  *bytes = SerializedBytes(state);
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void* buffer,
+                                           size_t capacity, size_t* written) {
+  if (state == nullptr || buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
+  const size_t total = SerializedBytes(state);
+  if (capacity < total) return COVATTN_ERR_BUFFER_TOO_SMALL;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
+  if (total > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
+  if (Extent{begin, begin + total}.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
+  const size_t dim = state->head_dim;
+  unsigned char* p = static_cast<unsigned char*>(buffer);
+  std::memset(p, 0, kFileHeaderBytes);
+  std::memcpy(p, kMagic, sizeof(kMagic));
+  PutLE(p + 8, kFormatVersion, 4);
+  PutLE(p + 12, kFileHeaderBytes, 4);
+  PutLE(p + 16, state->n_heads, 8);
+  PutLE(p + 24, dim, 8);
+  uint32_t bits;
+  std::memcpy(&bits, &state->forgetting, sizeof(bits));
+  PutLE(p + 32, bits, 4);
+  PutLE(p + 40, state->n_tokens, 8);
+  PutLE(p + 48, state->n_heads * (1 + 2 * dim + 2 * dim * dim), 8);
+  PutLE(p + 56, state->n_heads * PayloadBytesPerHead(dim), 8);
+  unsigned char* q = p + kFileHeaderBytes;
+  for (size_t h = 0; h < state->n_heads; ++h) {
+    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Doubles(h)), 1 + 2 * dim, 8);
+    q += 8 * (1 + 2 * dim);
+    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Moments(h)), 2 * dim * dim, 4);
+    q += 4 * 2 * dim * dim;
+  }
+  PutLE(q, Fnv1a(p, static_cast<size_t>(q - p)), 8);
+  if (written != nullptr) *written = total;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer,
+                                      size_t size) {
+  if (state == nullptr || buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
+  const unsigned char* p = static_cast<const unsigned char*>(buffer);
+  // Identity first (what is there of the magic must match), then version,
+  // then the header's own consistency, then the length, the checksum, the
+  // destination's shape and finally the payload's values.
+  if (std::memcmp(p, kMagic, size < sizeof(kMagic) ? size : sizeof(kMagic)) != 0) {
+    return COVATTN_ERR_BAD_MAGIC;
+  }
+  if (size < 12) return COVATTN_ERR_TRUNCATED;
+  if (GetLE(p + 8, 4) != kFormatVersion) return COVATTN_ERR_VERSION;
+  if (size < kFileHeaderBytes) return COVATTN_ERR_TRUNCATED;
+  const FileHeader h = ParseHeader(p);
+  if (h.header_bytes != kFileHeaderBytes || h.reserved != 0 ||
+      CheckShape(h.n_heads, h.head_dim, h.forgetting) != COVATTN_OK) {
+    return COVATTN_ERR_CORRUPT;
+  }
+  const size_t dim = h.head_dim;
+  size_t elements, payload, total;
+  if (MulOverflows(h.n_heads, 1 + 2 * dim + 2 * dim * dim, &elements) ||
+      MulOverflows(h.n_heads, PayloadBytesPerHead(dim), &payload) ||
+      AddOverflows(payload, kFileHeaderBytes + kChecksumBytes, &total) ||
+      h.payload_elements != elements || h.payload_bytes != payload) {
+    return COVATTN_ERR_CORRUPT;
+  }
+  if (size < total) return COVATTN_ERR_TRUNCATED;
+  if (size > total) return COVATTN_ERR_CORRUPT;
+  if (Fnv1a(p, total - kChecksumBytes) != GetLE(p + total - kChecksumBytes, 8)) {
+    return COVATTN_ERR_CHECKSUM;
+  }
+  if (h.n_heads != state->n_heads || h.head_dim != state->head_dim ||
+      h.forgetting != state->forgetting) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
+  if (Extent{begin, begin + size}.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
+  const size_t head_payload = PayloadBytesPerHead(dim);
+  const unsigned char* q = p + kFileHeaderBytes;
+  for (size_t head = 0; head < h.n_heads; ++head) {
+    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64LE(q))) {
+      return COVATTN_ERR_CORRUPT;
+    }
+  }
+  for (size_t head = 0; head < h.n_heads; ++head) {
+    CovHead dst = state->Head(head);
+    CopyLE(reinterpret_cast<unsigned char*>(dst.weight), q, 1 + 2 * dim, 8);
+    q += 8 * (1 + 2 * dim);
+    CopyLE(reinterpret_cast<unsigned char*>(dst.m), q, 2 * dim * dim, 4);
+    q += 4 * 2 * dim * dim;
+  }
+  state->n_tokens = h.n_tokens;
+  return COVATTN_OK;
+}
+
+}  // extern "C"
