@@ -159,22 +159,25 @@ double F64LE(const unsigned char* p) {
 // symmetric (every update keeps it so) with a non-negative diagonal.
 bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
                       double first_weight) {
+  // Heads may hold different weights (the bounded cache folds different
+  // tokens into different heads), each either empty or at least one token's.
   const double w = F64LE(p);
-  if (!std::isfinite(w) || w != first_weight) return false;
-  if (n_tokens == 0 ? w != 0.0
-                    : !(w >= 1.0 && w <= static_cast<double>(n_tokens) * (1.0 + 0x1p-20))) {
+  (void)first_weight;
+  if (!std::isfinite(w)) return false;
+  const bool empty = w == 0.0;
+  if (!empty && !(w >= 1.0 && w <= static_cast<double>(n_tokens) * (1.0 + 0x1p-20))) {
     return false;
   }
   for (size_t i = 0; i < 2 * dim; ++i) {
     const double mean = F64LE(p + 8 * (1 + i));
-    if (!std::isfinite(mean) || (n_tokens == 0 && mean != 0.0)) return false;
+    if (!std::isfinite(mean) || (empty && mean != 0.0)) return false;
   }
   const unsigned char* m = p + 8 * (1 + 2 * dim);
   const size_t width = 2 * dim;
   for (size_t i = 0; i < dim; ++i) {
     for (size_t j = 0; j < width; ++j) {
       const float x = F32LE(m + 4 * (i * width + j));
-      if (!std::isfinite(x) || (n_tokens == 0 && x != 0.0f)) return false;
+      if (!std::isfinite(x) || (empty && x != 0.0f)) return false;
       if (j < dim && x != F32LE(m + 4 * (j * width + i))) return false;
       if (j == i && x < 0.0f) return false;
     }
