@@ -111,11 +111,12 @@ covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout)
     if (s != COVATTN_OK) return s;
   }
   region(&l.summary, l.summary_bytes, 1);
-  region(&l.evicted_k, kAppendBatch * d, sizeof(float));
-  region(&l.evicted_v, kAppendBatch * d, sizeof(float));
-  region(&l.fold_k, 2 * kAppendBatch * d, sizeof(float));
-  region(&l.fold_v, 2 * kAppendBatch * d, sizeof(float));
-  region(&l.distances, kAppendBatch, sizeof(float));
+  const size_t batch = drop ? 0 : kAppendBatch;  // dropped tokens need no staging
+  region(&l.evicted_k, batch * d, sizeof(float));
+  region(&l.evicted_v, batch * d, sizeof(float));
+  region(&l.fold_k, 2 * batch * d, sizeof(float));
+  region(&l.fold_v, 2 * batch * d, sizeof(float));
+  region(&l.distances, batch, sizeof(float));
   region(&l.mahalanobis, kMahalanobisRows * d, sizeof(float));
   region(&l.refresh_cov, whiten ? d * d : 0, sizeof(float));
   region(&l.refresh_mean, whiten ? d : 0, sizeof(float));
@@ -328,7 +329,10 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
   float* dist = cache->Work(cache->layout.distances);
   float* work = cache->Work(cache->layout.mahalanobis);
 
-  for (size_t h = 0; evict != 0 && h < c.n_kv_heads; ++h) {
+  if (!cache->Summarizes()) {
+    cache->n_dropped += evict * c.n_kv_heads;
+  }
+  for (size_t h = 0; evict != 0 && cache->Summarizes() && h < c.n_kv_heads; ++h) {
     // Evicted rows of head h as f32, oldest first.
     for (size_t e = 0; e < from_window; ++e) {
       const size_t slot = static_cast<size_t>((oldest + e - c.n_sinks) % c.window);
@@ -345,10 +349,6 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
                       (b0 * block.v_token_stride + h * block.v_head_stride) * elem_in;
       CacheRowsToF32(block.dtype, k, block.k_token_stride, from_batch, d, ev_k + from_window * d, d);
       CacheRowsToF32(block.dtype, v, block.v_token_stride, from_batch, d, ev_v + from_window * d, d);
-    }
-    if (!cache->Summarizes()) {
-      cache->n_dropped += evict;
-      continue;
     }
     // Outlier selection: keep the n_outliers most outlying of residents and
     // evicted keys; fold the rest.
