@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <type_traits>
 
@@ -414,17 +415,20 @@ HWY_INLINE void UpdateHeadToken(D d, const CovShape& shape, const CovHead& head,
   CombineRows(d, head.m, dim, width, nullptr, ws.u, static_cast<float>(lambda));
 }
 
+// Heads [first_head, first_head + n_heads) absorb the block, whose head 0
+// is the state's head first_head.
 template <typename T>
-void UpdateTyped(covattn_cov_state* state, const CovBlock& block) {
+void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                 size_t n_heads) {
   const hn::ScalableTag<float> d;
   const CovShape shape = state->Shape();
   const Workspace ws(state->Workspace(), shape.dim);
   const size_t n = block.n_tokens;
   const size_t n_sub = (n + kSubBlockTokens - 1) / kSubBlockTokens;
-  for (size_t h = 0; h < shape.n_heads; ++h) {
+  for (size_t h = 0; h < n_heads; ++h) {
     const T* k = static_cast<const T*>(block.k) + h * block.k_head_stride;
     const T* v = static_cast<const T*>(block.v) + h * block.v_head_stride;
-    const CovHead head = state->Head(h);
+    const CovHead head = state->Head(first_head + h);
     // Sub-blocks of near-equal size, in token order (n = 1 alone takes the
     // rank-1 path: a sub-block of one token only arises then).
     for (size_t s = 0, t0 = 0; s < n_sub; ++s) {
@@ -443,10 +447,11 @@ void UpdateTyped(covattn_cov_state* state, const CovBlock& block) {
   }
 }
 
-void Update(covattn_cov_state* state, const CovBlock& block) {
+void Update(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+            size_t n_heads) {
   WithElementType(block.dtype, [&](auto* tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    UpdateTyped<T>(state, block);
+    UpdateTyped<T>(state, block, first_head, n_heads);
   });
 }
 
@@ -655,6 +660,16 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
     const double* doubles = state->Doubles(kv);
     const double weight = doubles[0];
     const double* mean = doubles + 1;
+    if (weight == 0.0) {
+      // A head that has seen nothing (the bounded cache folds tokens head by
+      // head) contributes no mass: log Z = -inf, ESS = 0, output 0.
+      for (size_t h = kv * group; h < (kv + 1) * group; ++h) {
+        std::fill(pb.out + h * dim, pb.out + (h + 1) * dim, 0.0f);
+        if (pb.log_z != nullptr) pb.log_z[h] = -std::numeric_limits<float>::infinity();
+        if (pb.ess != nullptr) pb.ess[h] = 0.0f;
+      }
+      continue;
+    }
     const float w_inv = static_cast<float>(1.0 / weight);
     for (size_t g0 = 0; g0 < group; g0 += kReadHeads) {
       const size_t nh = HWY_MIN(kReadHeads, group - g0);
@@ -729,7 +744,12 @@ bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim) {
 }
 
 void CovUpdate(covattn_cov_state* state, const CovBlock& block) {
-  COVATTN_DISPATCH(Update)(state, block);
+  COVATTN_DISPATCH(Update)(state, block, 0, state->n_heads);
+}
+
+void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                    size_t n_heads) {
+  COVATTN_DISPATCH(Update)(state, block, first_head, n_heads);
 }
 
 void CovMerge(covattn_cov_state* into, const covattn_cov_state* other) {

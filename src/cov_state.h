@@ -94,7 +94,12 @@ struct covattn_cov_state {
   size_t n_heads, head_dim;
   float forgetting;
   uint64_t n_tokens;
+  // kIndependentHeads: heads may hold different weights (the bounded cache
+  // folds different tokens into different heads); otherwise every head has
+  // seen every token. Serialized, and must match on load.
+  uint32_t flags;
 
+  static constexpr uint32_t kIndependentHeads = 1;
   static constexpr size_t kHeaderBytes = 128;
 
   unsigned char* HeadBase(size_t h) {
