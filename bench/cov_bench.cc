@@ -4,10 +4,14 @@
 //
 //   build/release/bench/cov_bench --benchmark_counters_tabular=true
 //
+// oneDNN runs on one thread: unless OMP_NUM_THREADS is set, the program sets
+// it to 1 and restarts itself (see bench_util.h).
+//
 // update/...: one covattn_cov_state_update of a block of B f32 tokens into a
 //   one-head state of head_dim d. flops counts the block product
-//   [k | v]^T-by-k GEMM of a d x 2d x B shape, 4 B d^2; of_fma_peak divides by
-//   the measured peak. The same run's oneDNN peer (update_peer/...) is
+//   [k | v]^T-by-k GEMM of a d x 2d x B shape, 4 B d^2 (nominal: the update
+//   skips the tiles of M_kk below the diagonal, about a fifth of them, and
+//   copies them instead); of_fma_peak divides by the measured peak. The same run's oneDNN peer (update_peer/...) is
 //   dnnl_sgemm on the same block, already centred (centring, conversion and
 //   the merge are not counted for the peer: the comparison favours it).
 // readout/...: covattn_cov_readout for a GQA group (1 KV head, 4 query
