@@ -171,29 +171,30 @@ HWY_INLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   }
 }
 
-// Largest of x[0, n); NaN if any element is NaN.
+// Largest of x[0, n), n >= 1; *finite says whether every element is finite.
 template <class D>
-HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n) {
+HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n, bool* finite) {
   const size_t N = hn::Lanes(d);
   float result = x[0];
-  bool nan = false;
+  bool all_finite = true;
   size_t j = 0;
   if (n >= N) {
     auto mx = hn::LoadU(d, x);
-    auto ok = hn::Eq(mx, mx);
+    auto ok = hn::IsFinite(mx);
     for (j = N; j + N <= n; j += N) {
       const auto xj = hn::LoadU(d, x + j);
-      ok = hn::And(ok, hn::Eq(xj, xj));
+      ok = hn::And(ok, hn::IsFinite(xj));
       mx = hn::Max(mx, xj);
     }
-    nan = !hn::AllTrue(d, ok);
+    all_finite = hn::AllTrue(d, ok);
     result = hn::GetLane(hn::MaxOfLanes(d, mx));
   }
   for (; j < n; ++j) {
-    nan |= std::isnan(x[j]);
+    all_finite &= std::isfinite(x[j]);
     result = std::max(result, x[j]);
   }
-  return nan ? std::numeric_limits<float>::quiet_NaN() : result;
+  *finite = all_finite;
+  return result;
 }
 
 // x[j] <- exp(x[j] - shift) for j in [0, n); returns their sum. NaN inputs
@@ -225,6 +226,9 @@ struct Tile {
   float* p;  // [kTileRows][kChunkTokens] scores, then softmax weights
   float m[kTileRows];
   float l[kTileRows];
+  // A score of the row was NaN or infinite: from non-finite input, or from
+  // an overflow (every score -inf would otherwise look like a masked row).
+  bool bad_score[kTileRows];
   size_t pos[kTileRows];     // query position of each row
   size_t q_token[kTileRows]; // query token index of each row
   size_t q_head[kTileRows];  // query head of each row
@@ -276,7 +280,9 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Tile& tile, siz
     }
     float& m = tile.m[r0 + r];
     float& l = tile.l[r0 + r];
-    const float chunk_max = MaxOf(d, pr + (b - ja), e - b);
+    bool finite;
+    const float chunk_max = MaxOf(d, pr + (b - ja), e - b, &finite);
+    tile.bad_score[r0 + r] |= !finite;
     if (chunk_max > m) {  // rescale what was accumulated under the old max
       const float correction = std::exp(m - chunk_max);
       l *= correction;
@@ -331,7 +337,7 @@ HWY_INLINE void EmitTile(const AttentionProblem& pb, const Tile& tile,
   for (size_t r = 0; r < tile.n_rows; ++r) {
     const float* o = tile.o + r * tile.ld;
     const size_t row = tile.q_token[r] * pb.n_q_heads + tile.q_head[r];
-    bool finite = std::isfinite(tile.m[r]) && std::isfinite(tile.l[r]);
+    bool finite = !tile.bad_score[r] && std::isfinite(tile.m[r]) && std::isfinite(tile.l[r]);
     if (sink.out == nullptr) {
       sink.m[row] = tile.m[r];
       sink.l[row] = tile.l[r];
@@ -345,7 +351,7 @@ HWY_INLINE void EmitTile(const AttentionProblem& pb, const Tile& tile,
     }
     float* dst =
         sink.out + tile.q_token[r] * sink.out_token_stride + tile.q_head[r] * sink.out_head_stride;
-    if (tile.l[r] == 0.0f) {
+    if (tile.l[r] == 0.0f && finite) {
       std::fill(dst, dst + dim, 0.0f);
       if (sink.log_z != nullptr) sink.log_z[row] = -std::numeric_limits<float>::infinity();
       outcome->fully_masked = true;
@@ -394,6 +400,7 @@ void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink,
         tile.pos[r] = pb.n_past + t;
         tile.m[r] = kInitialMax;
         tile.l[r] = 0.0f;
+        tile.bad_score[r] = false;
         const float* q = pb.q + t * pb.q_token_stride + h * pb.q_head_stride;
         float* a = tile.a + r * tile.ld;
         for (size_t i = 0; i < dim; ++i) a[i] = pb.scale * q[i];
