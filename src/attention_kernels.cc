@@ -198,7 +198,9 @@ HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n, bool* finite)
 }
 
 // x[j] <- exp(x[j] - shift) for j in [0, n); returns their sum. NaN inputs
-// stay NaN (Highway's Exp maps them to 0), so bad input cannot vanish.
+// stay NaN (Highway's Exp maps them to 0), so bad input cannot vanish; they
+// are not passed to Exp, whose float-to-int conversion on the emulated
+// targets (EMU128, SCALAR) is undefined behaviour for NaN.
 template <class D>
 HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift) {
   const size_t N = hn::Lanes(d);
@@ -207,7 +209,8 @@ HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift
   size_t j = 0;
   for (; j + N <= n; j += N) {
     const auto arg = hn::Sub(hn::LoadU(d, x + j), vshift);
-    const auto e = hn::IfThenElse(hn::Eq(arg, arg), hn::Exp(d, arg), arg);
+    const auto is_number = hn::Eq(arg, arg);
+    const auto e = hn::IfThenElse(is_number, hn::Exp(d, hn::IfThenElseZero(is_number, arg)), arg);
     hn::StoreU(e, d, x + j);
     sum = hn::Add(sum, e);
   }
