@@ -126,19 +126,23 @@ void PlaceFrom(ByteReader& in, TensorBuffer* buf) {
   Place(buf, placement, misalign, placement == Placement::kWild ? in.U64() : 0);
 }
 
-// K and V interleaved in one block (layout 3), when both are exact.
+// K and V interleaved in one block (layout 3), when both are exact: V starts
+// head_dim elements after K, the block ends where the last V vector does.
 void PlaceFused(ByteReader& in, Call* c) {
   const size_t misalign = Misalignment(in);
-  const u128 bytes = u128(c->kv.n_tokens) * c->kv.n_heads * 2 * c->kv.head_dim * c->k.t.elem;
-  if (c->k.t.Empty() || bytes + misalign > kMaxBlockBytes) {
+  const bool fits =
+      !c->k.t.Empty() && c->k.t.Nested() && c->v.t.Nested() &&
+      c->v.t.SpanBytes() + u128(c->kv.head_dim) * c->k.t.elem + misalign <= kMaxBlockBytes;
+  if (!fits) {
     Place(&c->k, Placement::kExact, misalign, 0);
     Place(&c->v, Placement::kExact, misalign, 0);
     return;
   }
-  c->k.block = Block(static_cast<size_t>(bytes) + misalign);
+  const size_t offset = c->kv.head_dim * c->k.t.elem;
+  c->k.block = Block(static_cast<size_t>(c->v.t.SpanBytes()) + offset + misalign);
   c->k.t.base = c->k.block.data() + misalign;
   c->k.backed = true;
-  c->v.t.base = c->k.data() + c->kv.head_dim * c->k.t.elem;
+  c->v.t.base = c->k.data() + offset;
   c->v.backed = true;
   c->v.shares_block = true;
 }
@@ -216,8 +220,9 @@ void Build(ByteReader& in, Call* c) {
     if (range < 0x80) {
       c->token_begin = 0, c->token_end = kv.n_tokens;
     } else if (range < 0xE0) {
-      const size_t a = kv.n_tokens ? in.U32() % (kv.n_tokens + 1) : 0;
-      const size_t b = kv.n_tokens ? in.U32() % (kv.n_tokens + 1) : 0;
+      const u128 range_end = u128(kv.n_tokens) + 1;
+      const size_t a = static_cast<size_t>(in.U32() % range_end);
+      const size_t b = static_cast<size_t>(in.U32() % range_end);
       c->token_begin = std::min(a, b), c->token_end = std::max(a, b);
     } else {
       c->token_begin = in.Size(4096), c->token_end = in.Size(4096);
