@@ -24,7 +24,7 @@ constexpr Entry kEntry = static_cast<Entry>(COVATTN_FUZZ_ENTRY);
 
 // Query rows x tokens x head_dim above which a valid call is not run (it is
 // turned into one that must fail), to keep executions fast.
-constexpr u128 kMaxWork = u128{1} << 21;
+constexpr u128 kMaxWork = u128{1} << 18;
 
 constexpr double kU = 1.0 / (1 << 24);          // f32 unit roundoff
 constexpr double kBig = 1.7014118346046923e38;  // half of FLT_MAX

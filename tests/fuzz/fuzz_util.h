@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "covattn/covattn.h"
+#include "float16.h"  // tests/: the decoders of 16-bit elements
 
 // Aborts with a message; libFuzzer then saves the input as a crash.
 #define FUZZ_CHECK(cond, ...)                                                                  \
@@ -211,28 +212,6 @@ inline uint16_t BF16BitsFromFloat(float f) {
   return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
-inline double DoubleFromF16Bits(uint16_t h) {
-  const int exponent = (h >> 10) & 0x1F;
-  const double mantissa = h & 0x3FF;
-  double magnitude;
-  if (exponent == 0x1F) {
-    magnitude = mantissa == 0 ? std::numeric_limits<double>::infinity()
-                              : std::numeric_limits<double>::quiet_NaN();
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(mantissa, -24);
-  } else {
-    magnitude = std::ldexp(1024.0 + mantissa, exponent - 25);
-  }
-  return (h & 0x8000) ? -magnitude : magnitude;
-}
-
-inline double DoubleFromBF16Bits(uint16_t b) {
-  const uint32_t bits = uint32_t{b} << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
 // Element `index` of a tensor of `dtype` at `base`.
 inline double LoadElement(const void* base, uint32_t dtype, size_t index) {
   const uint8_t* p = static_cast<const uint8_t*>(base) + index * ElemSize(dtype);
@@ -243,7 +222,8 @@ inline double LoadElement(const void* base, uint32_t dtype, size_t index) {
   }
   uint16_t bits;
   std::memcpy(&bits, p, sizeof(bits));
-  return dtype == COVATTN_F16 ? DoubleFromF16Bits(bits) : DoubleFromBF16Bits(bits);
+  return dtype == COVATTN_F16 ? covattn_test::DoubleFromF16(bits)
+                              : covattn_test::DoubleFromBF16(bits);
 }
 
 inline void StoreElement(void* base, uint32_t dtype, size_t index, float value) {
@@ -502,7 +482,7 @@ struct TensorBuffer {
 };
 
 // Largest block a fuzz input may ask for.
-constexpr size_t kMaxBlockBytes = size_t{1} << 20;
+constexpr size_t kMaxBlockBytes = size_t{1} << 18;
 
 // Gives `buf` memory according to `placement`: an exact block of the
 // tensor's extent after `misalign` bytes when that extent is small enough;
