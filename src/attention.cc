@@ -29,8 +29,10 @@ covattn_status CheckHeadDim(size_t head_dim) {
 }
 
 // Validates everything but the destination and fills `pb` and `inputs`.
-covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries* q,
-                               size_t n_past, const covattn_attention_options* options,
+// check_position is false only for decode on an empty cache, whose single
+// query sits at position 0 of a cache without tokens.
+covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
+                               const covattn_attention_options* options, bool check_position,
                                AttentionProblem* pb, InputExtents* inputs) {
   if (kv == nullptr || q == nullptr) return COVATTN_ERR_NULL_POINTER;
   const size_t elem = DtypeSize(kv->dtype);
@@ -47,7 +49,8 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
     n_sinks = options->n_sinks;
   }
   size_t positions_end;
-  if (AddOverflows(n_past, q->n_tokens, &positions_end) || positions_end > kv->n_tokens) {
+  if (check_position &&
+      (AddOverflows(n_past, q->n_tokens, &positions_end) || positions_end > kv->n_tokens)) {
     return COVATTN_ERR_INVALID_POSITION;
   }
   covattn_status status;
@@ -128,13 +131,23 @@ covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes) {
   return COVATTN_OK;
 }
 
-covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q,
-                               size_t n_past, const covattn_attention_options* options,
-                               const covattn_outputs* out, void* scratch, size_t scratch_bytes) {
+}  // extern "C"
+
+namespace covattn {
+namespace detail {
+namespace {
+
+// covattn_prefill, and covattn_decode through it. empty_cache_decode: the
+// query of a decode call on an empty cache, validated like any other and
+// answered with zeros (it sees no token).
+covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
+                       const covattn_attention_options* options, const covattn_outputs* out,
+                       void* scratch, size_t scratch_bytes, bool empty_cache_decode) {
   if (out == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
-  covattn_status status = ValidateProblem(kv, q, n_past, options, &pb, &inputs);
+  covattn_status status =
+      ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs);
   if (status != COVATTN_OK) return status;
   Extent out_extent, log_z_extent, scratch_extent;
   if ((status = CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
@@ -157,6 +170,10 @@ covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries
     return COVATTN_ERR_ALIASING;
   }
   if (q->n_tokens == 0) return COVATTN_OK;
+  if (empty_cache_decode) {
+    std::fill(out->data, out->data + q->n_heads * kv->head_dim, 0.0f);
+    return COVATTN_FULLY_MASKED;
+  }
   AttentionResultSink sink{out->data, out->token_stride, out->head_stride, out->log_z,
                            nullptr,   nullptr,           nullptr};
   AttentionOutcome outcome{false, false};
@@ -164,34 +181,30 @@ covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries
   return Finish(outcome);
 }
 
+}  // namespace
+}  // namespace detail
+}  // namespace covattn
+
+extern "C" {
+
+covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
+                               const covattn_attention_options* options, const covattn_outputs* out,
+                               void* scratch, size_t scratch_bytes) {
+  return Prefill(kv, q, n_past, options, out, scratch, scratch_bytes,
+                 /*empty_cache_decode=*/false);
+}
+
 covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q, size_t n_q_heads,
                               const covattn_attention_options* options, float* out,
                               void* scratch, size_t scratch_bytes) {
   if (kv == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
-  // An empty cache leaves the query nothing to see: position 0 of an empty
-  // cache gives zeros and COVATTN_FULLY_MASKED, like any fully masked row.
-  if (kv->n_tokens == 0) {
-    const size_t elem = DtypeSize(kv->dtype);
-    if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
-    if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
-    if (kv->n_heads == 0 || n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
-    if (n_q_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
-    Extent q_extent, out_extent;
-    covattn_status status;
-    if ((status = CheckTensor(q, sizeof(float), 1, 0, n_q_heads, kv->head_dim, kv->head_dim,
-                              &q_extent)) != COVATTN_OK ||
-        (status = CheckTensor(out, sizeof(float), 1, 0, n_q_heads, kv->head_dim, kv->head_dim,
-                              &out_extent)) != COVATTN_OK) {
-      return status;
-    }
-    if (q_extent.Overlaps(out_extent)) return COVATTN_ERR_ALIASING;
-    std::fill(out, out + n_q_heads * kv->head_dim, 0.0f);
-    return COVATTN_FULLY_MASKED;
-  }
+  // On an empty cache the query sees nothing: zeros and COVATTN_FULLY_MASKED,
+  // like any fully masked row, after the same checks as any decode call.
+  const bool empty = kv->n_tokens == 0;
   const covattn_queries queries{q, 1, n_q_heads, n_q_heads * kv->head_dim, kv->head_dim};
   const covattn_outputs outputs{out, n_q_heads * kv->head_dim, kv->head_dim, nullptr};
-  return covattn_prefill(kv, &queries, kv->n_tokens - 1, options, &outputs, scratch,
-                         scratch_bytes);
+  return Prefill(kv, &queries, empty ? 0 : kv->n_tokens - 1, options, &outputs, scratch,
+                 scratch_bytes, empty);
 }
 
 covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn_queries* q,
@@ -202,7 +215,8 @@ covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
-  covattn_status status = ValidateProblem(kv, q, n_past, options, &pb, &inputs);
+  covattn_status status =
+      ValidateProblem(kv, q, n_past, options, /*check_position=*/true, &pb, &inputs);
   if (status != COVATTN_OK) return status;
   if (token_begin > token_end || token_end > kv->n_tokens) return COVATTN_ERR_INVALID_RANGE;
   size_t n_rows;
@@ -241,26 +255,36 @@ covattn_status covattn_partial_merge(size_t n_rows, size_t head_dim, const covat
       if (x.Overlaps(y)) return COVATTN_ERR_ALIASING;
     }
   }
-  // Refuse non-finite states before touching `into`.
+  // Refuse non-finite states, and merges whose result would overflow, before
+  // touching `into`: a refused merge leaves it as it was. The first pass
+  // computes exactly what the second stores.
   if (!PartialRowsFinite(*into, n_rows, head_dim) || !PartialRowsFinite(*other, n_rows, head_dim)) {
     return COVATTN_ERR_NONFINITE;
   }
-  bool finite = true;
-  for (size_t r = 0; r < n_rows; ++r) {
-    const float m = std::max(into->m[r], other->m[r]);
-    const float wa = std::exp(into->m[r] - m);
-    const float wb = std::exp(other->m[r] - m);
-    into->m[r] = m;
-    into->l[r] = into->l[r] * wa + other->l[r] * wb;
-    finite &= std::isfinite(into->l[r]);
-    float* o = into->o + r * head_dim;
-    const float* ob = other->o + r * head_dim;
-    for (size_t i = 0; i < head_dim; ++i) {
-      o[i] = o[i] * wa + ob[i] * wb;
-      finite &= std::isfinite(o[i]);
+  for (const bool store : {false, true}) {
+    for (size_t r = 0; r < n_rows; ++r) {
+      const float m = std::max(into->m[r], other->m[r]);
+      const float wa = std::exp(into->m[r] - m);
+      const float wb = std::exp(other->m[r] - m);
+      const float l = into->l[r] * wa + other->l[r] * wb;
+      if (!store && !std::isfinite(l)) return COVATTN_ERR_NONFINITE;
+      float* o = into->o + r * head_dim;
+      const float* ob = other->o + r * head_dim;
+      for (size_t i = 0; i < head_dim; ++i) {
+        const float merged = o[i] * wa + ob[i] * wb;
+        if (store) {
+          o[i] = merged;
+        } else if (!std::isfinite(merged)) {
+          return COVATTN_ERR_NONFINITE;
+        }
+      }
+      if (store) {
+        into->m[r] = m;
+        into->l[r] = l;
+      }
     }
   }
-  return finite ? COVATTN_OK : COVATTN_ERR_NONFINITE;
+  return COVATTN_OK;
 }
 
 covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
@@ -280,6 +304,9 @@ covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
     if (e.Overlaps(out_extent) || e.Overlaps(log_z_extent)) return COVATTN_ERR_ALIASING;
   }
   if (out_extent.Overlaps(log_z_extent)) return COVATTN_ERR_ALIASING;
+  // A state with NaN or infinity is refused before anything is written (an
+  // infinite l would otherwise finalize to zeros).
+  if (!PartialRowsFinite(*state, n_rows, head_dim)) return COVATTN_ERR_NONFINITE;
   bool masked = false, finite = true;
   for (size_t r = 0; r < n_rows; ++r) {
     float* dst = out + r * head_dim;

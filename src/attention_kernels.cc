@@ -285,33 +285,36 @@ HWY_INLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   }
 }
 
-// Largest of x[0, n); NaN if any element is NaN.
+// Largest of x[0, n), n >= 1; *finite says whether every element is finite.
 template <class D>
-HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n) {
+HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n, bool* finite) {
   const size_t N = hn::Lanes(d);
   float result = x[0];
-  bool nan = false;
+  bool all_finite = true;
   size_t j = 0;
   if (n >= N) {
     auto mx = hn::LoadU(d, x);
-    auto ok = hn::Eq(mx, mx);
+    auto ok = hn::IsFinite(mx);
     for (j = N; j + N <= n; j += N) {
       const auto xj = hn::LoadU(d, x + j);
-      ok = hn::And(ok, hn::Eq(xj, xj));
+      ok = hn::And(ok, hn::IsFinite(xj));
       mx = hn::Max(mx, xj);
     }
-    nan = !hn::AllTrue(d, ok);
+    all_finite = hn::AllTrue(d, ok);
     result = hn::GetLane(hn::MaxOfLanes(d, mx));
   }
   for (; j < n; ++j) {
-    nan |= std::isnan(x[j]);
+    all_finite &= std::isfinite(x[j]);
     result = std::max(result, x[j]);
   }
-  return nan ? std::numeric_limits<float>::quiet_NaN() : result;
+  *finite = all_finite;
+  return result;
 }
 
 // x[j] <- exp(x[j] - shift) for j in [0, n); returns their sum. NaN inputs
-// stay NaN (Highway's Exp maps them to 0), so bad input cannot vanish.
+// stay NaN (Highway's Exp maps them to 0), so bad input cannot vanish; they
+// are not passed to Exp, whose float-to-int conversion on the emulated
+// targets (EMU128, SCALAR) is undefined behaviour for NaN.
 template <class D>
 HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift) {
   const size_t N = hn::Lanes(d);
@@ -320,7 +323,8 @@ HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift
   size_t j = 0;
   for (; j + N <= n; j += N) {
     const auto arg = hn::Sub(hn::LoadU(d, x + j), vshift);
-    const auto e = hn::IfThenElse(hn::Eq(arg, arg), hn::Exp(d, arg), arg);
+    const auto is_number = hn::Eq(arg, arg);
+    const auto e = hn::IfThenElse(is_number, hn::Exp(d, hn::IfThenElseZero(is_number, arg)), arg);
     hn::StoreU(e, d, x + j);
     sum = hn::Add(sum, e);
   }
@@ -343,6 +347,9 @@ struct Pass {
   float* p;  // [kPassRows][kChunkTokens] scores, then softmax weights
   float m[kPassRows];
   float l[kPassRows];
+  // A score of the row was NaN or infinite: from non-finite input, or from
+  // an overflow (every score -inf would otherwise look like a masked row).
+  bool bad_score[kPassRows];
   size_t pos[kPassRows];      // query position of each row
   size_t q_token[kPassRows];  // query token index of each row
   size_t q_head[kPassRows];   // query head of each row
@@ -399,7 +406,9 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     }
     float& m = pass.m[r0 + r];
     float& l = pass.l[r0 + r];
-    const float chunk_max = MaxOf(d, pr + (b - ja), e - b);
+    bool finite;
+    const float chunk_max = MaxOf(d, pr + (b - ja), e - b, &finite);
+    pass.bad_score[r0 + r] |= !finite;
     if (chunk_max > m) {  // rescale what was accumulated under the old max
       const float correction = std::exp(m - chunk_max);
       l *= correction;
@@ -466,7 +475,7 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
   for (size_t r = 0; r < pass.n_rows; ++r) {
     const float* o = pass.o + r * pass.ld;
     const size_t row = pass.q_token[r] * pb.n_q_heads + pass.q_head[r];
-    bool finite = std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
+    bool finite = !pass.bad_score[r] && std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
     if (sink.out == nullptr) {
       sink.m[row] = pass.m[r];
       sink.l[row] = pass.l[r];
@@ -480,7 +489,7 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
     }
     float* dst =
         sink.out + pass.q_token[r] * sink.out_token_stride + pass.q_head[r] * sink.out_head_stride;
-    if (pass.l[r] == 0.0f) {
+    if (pass.l[r] == 0.0f && finite) {
       std::fill(dst, dst + dim, 0.0f);
       if (sink.log_z != nullptr) sink.log_z[row] = -std::numeric_limits<float>::infinity();
       outcome->fully_masked = true;
@@ -532,6 +541,7 @@ void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink,
         pass.pos[r] = pb.n_past + t;
         pass.m[r] = kInitialMax;
         pass.l[r] = 0.0f;
+        pass.bad_score[r] = false;
         const float* q = pb.q + t * pb.q_token_stride + h * pb.q_head_stride;
         float* a = pass.a + r * pass.ld;
         for (size_t c = 0; c < dim; ++c) a[c] = pb.scale * q[c];

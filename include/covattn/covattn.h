@@ -48,8 +48,11 @@ typedef enum covattn_status {
   COVATTN_ERR_INVALID_POSITION = -11,  /* query positions lie beyond the cache */
   COVATTN_ERR_INVALID_RANGE = -12,     /* a token range is reversed or beyond the cache */
   COVATTN_ERR_SCRATCH_TOO_SMALL = -13, /* scratch is NULL or smaller than required */
-  /* The computation ran but produced NaN or infinity (from NaN/Inf or
-   * overflowing inputs). Outputs were written and must not be used. */
+  /* NaN or infinity: in an input the call reads (queries, the K/V of visible
+   * tokens, partial states), in a score (|scale q.k| beyond FLT_MAX) or in
+   * a result (sums of values beyond FLT_MAX). Decode and prefill outputs may
+   * have been written and must not be used; partial_merge and
+   * partial_finalize write nothing in this case. */
   COVATTN_ERR_NONFINITE = -14,
   COVATTN_ERR_UNKNOWN_TARGET = -15,     /* a target name is not one covattn knows */
   COVATTN_ERR_TARGET_UNAVAILABLE = -16, /* no named target is compiled in and supported here */
@@ -168,7 +171,9 @@ COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_
 
 /* Decode: one query position per head (the newest token, position
  * kv->n_tokens - 1) against the whole cache. q is [n_q_heads][head_dim] and
- * out the same, both contiguous. options may be NULL. */
+ * out the same, both contiguous. options may be NULL. On an empty cache
+ * (n_tokens == 0) the arguments are checked as for any other call and out is
+ * set to zeros with COVATTN_FULLY_MASKED. */
 COVATTN_API covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q,
                                           size_t n_q_heads,
                                           const covattn_attention_options* options,
@@ -209,13 +214,17 @@ COVATTN_API covattn_status covattn_prefill_partial(const covattn_kv_cache* kv,
                                                    size_t scratch_bytes);
 
 /* into <- merge(into, other), row by row; exact up to rounding and
- * associative. `other` may not overlap `into`. */
+ * associative. `other` may not overlap `into`. All or nothing: a state with
+ * NaN or infinity, or a result that would overflow, gives
+ * COVATTN_ERR_NONFINITE and leaves `into` as it was. */
 COVATTN_API covattn_status covattn_partial_merge(size_t n_rows, size_t head_dim,
                                                  const covattn_partial* into,
                                                  const covattn_partial* other);
 
 /* out[r][i] = o[r][i] / l[r] (zeros where l = 0, reported as
- * COVATTN_FULLY_MASKED); log_z[r] = m + log l when log_z is not NULL. */
+ * COVATTN_FULLY_MASKED); log_z[r] = m + log l when log_z is not NULL. A state
+ * with NaN or infinity is refused (COVATTN_ERR_NONFINITE) before anything is
+ * written. */
 COVATTN_API covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
                                                     const covattn_partial* state, float* out,
                                                     float* log_z);

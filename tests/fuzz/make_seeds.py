@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/).
+
+Each seed is a small, readable call in the byte format the targets read
+(fuzz_util.h: ByteReader; fields in the order Build() reads them), so that
+fuzzing starts from valid calls of every kind and mutates from there. Run it
+after changing the format; the corpus is committed.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def u8(x):
+    return bytes([x & 0xFF])
+
+
+def u32(x):
+    return struct.pack('<I', x & 0xFFFFFFFF)
+
+
+def u64(x):
+    return struct.pack('<Q', x & 0xFFFFFFFFFFFFFFFF)
+
+
+def size(x):
+    """A small count (below 8192) in ByteReader::Size's small form."""
+    assert 0 <= x < 8192
+    return bytes([x >> 8, x & 0xFF])
+
+
+def edge(index):
+    """ByteReader::Size's edge-value table, by index."""
+    return bytes([0xA0, index])
+
+
+SIZE_MAX_EDGE = 37  # index of SIZE_MAX in kEdges
+
+
+def exact(misalign=0):
+    """PlaceFrom: an exact block, optionally misaligned by 1..7 bytes."""
+    return u8(0) + (u8(0xE0 + misalign) if misalign else u8(0))
+
+
+NULL = u8(13) + u8(0)
+
+# FillValues magnitude classes (index into kMagnitudes) and kinds.
+MAG = {'1': 0, '1e-2': 1, '1e4': 3, '1e19': 5, '1e30': 6, '3e38': 7, '1e-38': 9,
+       '1e-41': 10, 'zero': 11, 'f16max': 12, 'f16sub': 13}
+UNIFORM, EQUAL, SIGNS, INTS = 0, 1, 2, 3
+SPECIAL = {'nan': 2, 'inf': 4, '-inf': 5, 'max': 6, '1e30': 8, '-1e30': 9, 'denorm': 13,
+           '65520': 17}
+
+
+def values(mag='1', kind=UNIFORM, seed=1, planted=()):
+    out = u8((MAG[mag] << 2) | kind) + u64(seed) + u8(len(planted))
+    for index, special in planted:
+        out += u32(index) + u8(SPECIAL[special])
+    return out
+
+
+def options(scale=None, window=None, sinks=None):
+    if scale is None and window is None and sinks is None:
+        return u8(0)  # NULL options
+    flags = 1 | (2 if scale is not None else 0) | (4 if window is not None else 0) | \
+        (8 if sinks is not None else 0)
+    out = u8(flags)
+    if scale is not None:
+        out += scale
+    if window is not None:
+        out += size(window)
+    if sinks is not None:
+        out += size(sinks)
+    return out
+
+
+def float_special(name):
+    return u8(0xC0) + u8(SPECIAL[name])
+
+
+def float_small(x16):
+    """ByteReader::Float's ordinary form: int8 / 16."""
+    return u8(0) + u8(x16)
+
+
+def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, layout=0,
+              group=1, q_tokens=1, q_layout=0, past_auto=True, n_past=0, opts=u8(0),
+              out_layout=0, log_z=True, range_all=True, begin=0, end=0, k_place=None,
+              scratch_mode=0, scratch_offset=0, k=None, v=None, q=None, nulls=0):
+    """One call of fuzz_attention.cc; entry 0 decode, 1 prefill, 2 partial."""
+    tokens = n_tokens if isinstance(n_tokens, bytes) else size(n_tokens)
+    b = u8(target) + u8(dtype) + tokens + size(kv_heads) + size(head_dim)
+    b += u8(layout)
+    if layout == 2:
+        b += u8(3) + u8(5)
+    b += u8(group - 1)
+    if entry != 0:
+        b += size(q_tokens) + u8(q_layout)
+        if q_layout == 2:
+            b += u8(1) + u8(2)
+        b += u8(0) if past_auto else u8(0xC0) + size(n_past)
+    b += opts + u8(nulls)
+    if entry == 1:
+        b += u8(out_layout)
+        if out_layout == 2:
+            b += u8(2) + u8(1)
+    if entry == 2:
+        if range_all:
+            b += u8(0)
+        elif begin <= end:
+            b += u8(0x80) + u32(begin) + u32(end)
+        else:  # raw values, so that the range can be reversed
+            b += u8(0xE0) + size(begin) + size(end)
+    if entry == 1:
+        b += u8(1 if log_z else 0)
+    if layout == 3:
+        b += u8(0) + u8(0)  # fused K/V: exact, aligned
+    else:
+        b += (k_place or exact()) + exact()
+    b += exact()  # q
+    if entry != 2:
+        b += exact()  # out
+    if entry == 1 and log_z:
+        b += exact()
+    if entry == 2:
+        b += exact() * 3
+    b += u8(scratch_mode) + u8(scratch_offset) + u8(0)  # scratch, no aliasing
+    b += (k or values()) + (v or values(seed=2)) + (q or values(seed=3))
+    return b
+
+
+def partial_state(merge, n_rows=4, head_dim=8, log_z=True, m=None, l=None, o=None,
+                  m2=None, l2=None, o2=None, nulls=0):
+    b = size(64) + u8(0 if merge else 1) + size(n_rows) + size(head_dim) + u8(nulls)
+    b += exact() * 3
+    if merge:
+        b += exact() * 3
+    else:
+        b += exact() + (u8(1) + exact() if log_z else u8(0))
+    b += u8(0)  # no aliasing
+    b += (m or values('1e4', UNIFORM, 1)) + (l or values('1e4', EQUAL, 2)) + \
+        (o or values('1e4', UNIFORM, 3))
+    if merge:
+        b += (m2 or values('1', UNIFORM, 4)) + (l2 or values('1', EQUAL, 5)) + \
+            (o2 or values('1', UNIFORM, 6))
+    return b
+
+
+def write(target, name, data):
+    directory = os.path.join(HERE, 'corpus', target)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, name), 'wb') as f:
+        f.write(data)
+
+
+def main():
+    for entry, target in ((0, 'fuzz_decode'), (1, 'fuzz_prefill'), (2, 'fuzz_prefill_partial')):
+        seeds = {
+            'f32_mha': attention(entry),
+            'f16_gqa': attention(entry, dtype=1, group=4, head_dim=64, layout=1, target=1),
+            'bf16_padded': attention(entry, dtype=2, layout=2, head_dim=17, target=2),
+            'fused_kv': attention(entry, layout=3, head_dim=33, kv_heads=3, target=3),
+            'window_sinks': attention(entry, n_tokens=200, kv_heads=1,
+                                      opts=options(float_small(8), 10, 3)),
+            'overflow_1e30': attention(entry, k=values('1e30', SIGNS),
+                                       q=values('1e30', SIGNS, 3)),
+            'subnormal': attention(entry, dtype=1, k=values('f16sub'), v=values('f16sub', seed=5)),
+            'equal_keys': attention(entry, k=values('1', EQUAL), head_dim=5),
+            'nan_value': attention(entry, v=values(planted=((7, 'nan'),))),
+            'inf_key': attention(entry, k=values(planted=((3, '-inf'),))),
+            'single_token': attention(entry, n_tokens=1, kv_heads=1, head_dim=1),
+            'empty_cache': attention(entry, n_tokens=0, q_tokens=0),
+            'misaligned_k': attention(entry, k_place=exact(misalign=2)),
+            'scratch_short': attention(entry, scratch_mode=4),
+            'scratch_offset': attention(entry, scratch_offset=13),
+            'nan_scale': attention(entry, opts=options(float_special('nan'))),
+            'huge_tokens': attention(entry, n_tokens=edge(SIZE_MAX_EDGE)),
+        }
+        if entry != 0:
+            seeds['prefill_chunk'] = attention(entry, n_tokens=150, q_tokens=70, kv_heads=1,
+                                               group=2, head_dim=16, q_layout=2, out_layout=2)
+            seeds['past_beyond'] = attention(entry, past_auto=False, n_past=100)
+        if entry == 2:
+            seeds['split_range'] = attention(entry, n_tokens=100, q_tokens=3, range_all=False,
+                                             begin=20, end=70)
+            seeds['reversed_range'] = attention(entry, range_all=False, begin=9, end=3)
+        for name, data in seeds.items():
+            write(target, name, data)
+
+    write('fuzz_partial_state', 'merge', partial_state(True))
+    write('fuzz_partial_state', 'finalize', partial_state(False))
+    write('fuzz_partial_state', 'merge_overflow',
+          partial_state(True, m=values('1', EQUAL, 1), l=values('3e38', EQUAL, 2),
+                        m2=values('1', EQUAL, 1), l2=values('3e38', EQUAL, 2)))
+    write('fuzz_partial_state', 'merge_nan',
+          partial_state(True, o2=values('1', UNIFORM, 6, planted=((5, 'nan'),))))
+    write('fuzz_partial_state', 'finalize_masked',
+          partial_state(False, l=values('zero', EQUAL, 2)))
+    write('fuzz_partial_state', 'finalize_inf_l',
+          partial_state(False, log_z=False, l=values('1', EQUAL, 2, planted=((1, 'inf'),))))
+    write('fuzz_partial_state', 'merge_null_into', partial_state(True, nulls=0xFF))
+
+    # fuzz_cov_state (built once the covariance state is in the library):
+    # target, mode, heads - 1, head_dim - 1, forgetting, tokens, then Feed's
+    # seed, magnitude (2^(x-40)) and planted-special byte.
+    def cov(mode, heads=2, dim=16, tokens=20, forgetting=0):
+        return u8(0) + u8(mode) + u8(heads - 1) + u8(dim - 1) + u8(forgetting) + u8(tokens) + \
+            u64(7) + u8(40) + u8(0)
+    write('fuzz_cov_state', 'load_garbage', cov(0) + b'covattn?' + bytes(range(64)))
+    write('fuzz_cov_state', 'file_intact', cov(1) + u8(0))
+    write('fuzz_cov_state', 'file_truncated', cov(1) + u8(1) + u8(0) + u32(50))
+    write('fuzz_cov_state', 'file_bitflip', cov(1, forgetting=0xC0) + u8(7) + u8(1) + u8(1) +
+          u32(30) + u8(3))
+    write('fuzz_cov_state', 'calls', cov(2) + u8(0) + u8(1) + u8(33) + u64(9) + u8(44) + u8(0) +
+          u8(1) + u8(3) + u8(0) + u8(1) + b'\x00\x10' * 64 + u8(5) + u8(4) + u8(0))
+
+    for name, text in {'one': b'avx2', 'list': b' fallback , SSE4', 'fallback': b'fallback',
+                       'unknown': b'avx9000', 'foreign': b'neon,sve', 'empty': b'',
+                       'commas': b' , ,', 'case': b'Avx3,EMU128'}.items():
+        write('fuzz_restrict_targets', name, text)
+
+
+if __name__ == '__main__':
+    main()
