@@ -80,7 +80,7 @@ covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout)
   size_t row;  // elements of one token of all heads
   if (MulOverflows(h, d, &row)) return COVATTN_ERR_SIZE_OVERFLOW;
   CacheLayout l{};
-  size_t at = 0, n;
+  size_t at = 0, n = 0;
   bool ok = true;
   auto region = [&](size_t* field, size_t count, size_t elem_bytes) {
     *field = at;
