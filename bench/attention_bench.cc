@@ -50,12 +50,21 @@ uint16_t Bits16(float f, uint32_t dtype) {
   return static_cast<uint16_t>(sign | (uint32_t(exponent) << 10) | ((x >> 13) & 0x3FF));
 }
 
-// A [token][head][dim] cache of random values, generated once per shape and
-// kept for the whole run.
+enum class Layout { kTokenMajor, kHeadMajor };  // [token][head][dim], [head][token][dim]
+
+covattn_kv_cache MakeView(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim,
+                          Layout layout) {
+  const size_t token_stride = layout == Layout::kTokenMajor ? n_kv_heads * dim : dim;
+  const size_t head_stride = layout == Layout::kTokenMajor ? dim : n_tokens * dim;
+  return covattn_kv_cache{dtype, nullptr, nullptr, n_tokens, n_kv_heads, dim,
+                          token_stride, head_stride, token_stride, head_stride};
+}
+
+// A cache of random values, generated once per shape and kept for the whole
+// run.
 struct Cache {
-  Cache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim)
-      : view{dtype, nullptr, nullptr, n_tokens, n_kv_heads, dim,
-             n_kv_heads * dim, dim, n_kv_heads * dim, dim} {
+  Cache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim, Layout layout)
+      : view(MakeView(dtype, n_tokens, n_kv_heads, dim, layout)) {
     const size_t n = n_tokens * n_kv_heads * dim;
     uint64_t rng = 0x243F6A8885A308D3ull ^ (n * 31 + dtype);
     f32_k.resize(n), f32_v.resize(n);
@@ -77,10 +86,11 @@ struct Cache {
   std::vector<uint16_t> k16, v16;
 };
 
-Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim) {
+Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim,
+                   Layout layout = Layout::kTokenMajor) {
   static std::map<std::vector<size_t>, std::unique_ptr<Cache>> caches;
-  auto& slot = caches[{dtype, n_tokens, n_kv_heads, dim}];
-  if (!slot) slot.reset(new Cache(dtype, n_tokens, n_kv_heads, dim));
+  auto& slot = caches[{dtype, n_tokens, n_kv_heads, dim, static_cast<size_t>(layout)}];
+  if (!slot) slot.reset(new Cache(dtype, n_tokens, n_kv_heads, dim, layout));
   return *slot;
 }
 
@@ -97,6 +107,7 @@ const char* DtypeName(uint32_t dtype) {
 struct DecodeShape {
   size_t n_kv_heads, group, dim, n_tokens;
   bool streams_from_dram;  // the cache is far larger than the last-level cache
+  Layout layout;
 };
 
 void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
@@ -105,7 +116,7 @@ void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
     state.SkipWithError("target unavailable");
     return;
   }
-  Cache& cache = SharedCache(dtype, shape.n_tokens, shape.n_kv_heads, shape.dim);
+  Cache& cache = SharedCache(dtype, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
   const size_t n_q_heads = shape.n_kv_heads * shape.group;
   const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
   std::vector<float> out(n_q_heads * shape.dim);
@@ -168,11 +179,12 @@ void Prefill(benchmark::State& state, const std::string& target, uint32_t dtype,
 
 #ifdef COVATTN_BENCH_WITH_ONEDNN
 void OneDnnDecodeBench(benchmark::State& state, DecodeShape shape) {
-  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim);
+  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
   const size_t n_q_heads = shape.n_kv_heads * shape.group;
   const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
   std::vector<float> out(n_q_heads * shape.dim);
   OneDnnDecode peer(shape.n_kv_heads, shape.group, shape.dim, shape.n_tokens,
+                    cache.view.k_token_stride, cache.view.k_head_stride,
                     static_cast<const float*>(cache.view.k), static_cast<const float*>(cache.view.v));
   for (auto _ : state) {
     peer.Run(q.data(), out.data());
@@ -209,15 +221,21 @@ void OneDnnPrefillBench(benchmark::State& state, size_t dim, size_t n) {
 
 void RegisterAll() {
   RegisterLimitBenchmarks();
-  const DecodeShape layer{8, 4, 128, 32768, true};         // f32 cache: 256 MiB
-  const DecodeShape one_head{1, 4, 128, 32768, false};     // f32 cache: 32 MiB
-  const DecodeShape short_head{1, 4, 128, 4096, false};    // fits in L2
+  // f32 caches: layer 256 MiB (streams from DRAM), one head 32 MiB, short 4 MiB.
+  const DecodeShape layer{8, 4, 128, 32768, true, Layout::kTokenMajor};
+  const DecodeShape layer_head_major{8, 4, 128, 32768, true, Layout::kHeadMajor};
+  const DecodeShape one_head{1, 4, 128, 32768, false, Layout::kTokenMajor};
+  const DecodeShape short_head{1, 4, 128, 4096, false, Layout::kTokenMajor};
   for (size_t i = 0; i < covattn_available_target_count(); ++i) {
     const std::string target = covattn_available_target(i);
     for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
       const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
       benchmark::RegisterBenchmark(("decode/layer_kv8_gqa4_d128_ctx32768/" + suffix).c_str(),
                                    Decode, target, dtype, layer)
+          ->UseRealTime()->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(
+          ("decode/layer_kv8_gqa4_d128_ctx32768_headmajor/" + suffix).c_str(), Decode, target,
+          dtype, layer_head_major)
           ->UseRealTime()->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx32768/" + suffix).c_str(), Decode,
                                    target, dtype, one_head)
@@ -235,6 +253,9 @@ void RegisterAll() {
   }
 #ifdef COVATTN_BENCH_WITH_ONEDNN
   benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, layer)
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768_headmajor/f32/oneDNN",
+                               OneDnnDecodeBench, layer_head_major)
       ->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, one_head)
       ->UseRealTime()->Unit(benchmark::kMicrosecond);

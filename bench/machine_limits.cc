@@ -92,7 +92,8 @@ MachineLimits Measure() {
     limits.fma_flops_per_second = std::max(limits.fma_flops_per_second, 2.0 * lanes / Seconds(start));
   }
   benchmark::DoNotOptimize(sink);
-  limits.fma_target = hwy::TargetName(hwy::SupportedTargets() & -hwy::SupportedTargets());
+  const int64_t used = hwy::SupportedTargets() & HWY_TARGETS;  // what dispatch picked
+  limits.fma_target = hwy::TargetName(used & -used);
   return limits;
 }
 

@@ -23,7 +23,7 @@ memory::dims Dims(size_t a, size_t b) {
 struct OneDnnDecode::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  size_t n_kv_heads, group, dim, n_tokens;
+  size_t n_kv_heads, group, dim, n_tokens, head_stride;
   const float* k;
   const float* v;
   float scale;
@@ -34,20 +34,21 @@ struct OneDnnDecode::Impl {
 };
 
 OneDnnDecode::OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens,
-                           const float* k, const float* v)
+                           size_t token_stride, size_t head_stride, const float* k,
+                           const float* v)
     : impl_(new Impl) {
   Impl& m = *impl_;
   m.n_kv_heads = n_kv_heads, m.group = group, m.dim = dim, m.n_tokens = n_tokens;
-  m.k = k, m.v = v;
+  m.k = k, m.v = v, m.head_stride = head_stride;
   m.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   m.q_scaled.resize(group * dim);
   m.scores.resize(group * n_tokens);
-  const auto token_stride = static_cast<memory::dim>(n_kv_heads * dim);
+  const auto stride = static_cast<memory::dim>(token_stride);
   m.q_md = memory::desc(Dims(group, dim), dt::f32, tag::ab);
   // K^T of one head as a [dim][n_tokens] view of the token-major cache.
-  m.kt_md = memory::desc(Dims(dim, n_tokens), dt::f32, memory::dims{1, token_stride});
+  m.kt_md = memory::desc(Dims(dim, n_tokens), dt::f32, memory::dims{1, stride});
   m.s_md = memory::desc(Dims(group, n_tokens), dt::f32, tag::ab);
-  m.v_md = memory::desc(Dims(n_tokens, dim), dt::f32, memory::dims{token_stride, 1});
+  m.v_md = memory::desc(Dims(n_tokens, dim), dt::f32, memory::dims{stride, 1});
   m.o_md = memory::desc(Dims(group, dim), dt::f32, tag::ab);
   m.scores_mm = dnnl::matmul(
       dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.q_md, m.kt_md, m.s_md), m.engine));
@@ -65,9 +66,9 @@ void OneDnnDecode::Run(const float* q, float* out) {
     const float* qh = q + h * m.group * m.dim;
     for (size_t i = 0; i < m.group * m.dim; ++i) m.q_scaled[i] = m.scale * qh[i];
     memory q_mem(m.q_md, m.engine, m.q_scaled.data());
-    memory k_mem(m.kt_md, m.engine, const_cast<float*>(m.k + h * m.dim));
+    memory k_mem(m.kt_md, m.engine, const_cast<float*>(m.k + h * m.head_stride));
     memory s_mem(m.s_md, m.engine, m.scores.data());
-    memory v_mem(m.v_md, m.engine, const_cast<float*>(m.v + h * m.dim));
+    memory v_mem(m.v_md, m.engine, const_cast<float*>(m.v + h * m.head_stride));
     memory o_mem(m.o_md, m.engine, out + h * m.group * m.dim);
     m.scores_mm.execute(m.stream, {{DNNL_ARG_SRC, q_mem}, {DNNL_ARG_WEIGHTS, k_mem},
                                    {DNNL_ARG_DST, s_mem}});

@@ -8,13 +8,14 @@
 
 namespace covattn_bench {
 
-// Decode for a layer: q [n_q_heads][dim] against a [token][kv head][dim]
-// f32 cache, out [n_q_heads][dim]. Per KV head: S = (scale q_group) K^T,
+// Decode for a layer: q [n_q_heads][dim] against an f32 cache whose element
+// (token t, head h, dim i) is at t * token_stride + h * head_stride + i,
+// out [n_q_heads][dim]. Per KV head: S = (scale q_group) K^T,
 // softmax over tokens, O = P V, with oneDNN's primitives created once.
 class OneDnnDecode {
  public:
-  OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens, const float* k,
-               const float* v);
+  OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens,
+               size_t token_stride, size_t head_stride, const float* k, const float* v);
   ~OneDnnDecode();
   void Run(const float* q, float* out);
 

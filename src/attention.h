@@ -10,9 +10,11 @@
 namespace covattn {
 namespace detail {
 
-// Rows of one tile (query positions x query heads of one KV head) and tokens
-// of one chunk; they size the scratch memory.
+// Rows of one tile (query positions x query heads of one KV head), rows of
+// one pass over the cache (several tiles), and tokens of one chunk; they size
+// the scratch memory.
 constexpr size_t kTileRows = 8;
+constexpr size_t kPassRows = 32;
 constexpr size_t kChunkTokens = 64;
 
 // Finite initial running max (MATH.md section 1): never -inf, so that

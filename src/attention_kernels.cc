@@ -8,6 +8,7 @@
 #define HWY_TARGET_INCLUDE "attention_kernels.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
+#include <hwy/cache_control.h>
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
@@ -27,14 +28,82 @@ using detail::AttentionProblem;
 using detail::AttentionResultSink;
 using detail::kChunkTokens;
 using detail::kInitialMax;
+using detail::kPassRows;
 using detail::kTileRows;
+
+// Prefetches the K and V rows of the next chunk while the current one is
+// processed, one cache line for every 64 bytes the kernels load, so requests
+// are spread evenly over the arithmetic at the pace it consumes data. Lines
+// are requested in memory order (token-major or head-major, whichever the
+// strides say) so DRAM sees long sequential runs even when one head's rows
+// lie a page or more apart, where hardware prefetchers give up.
+template <typename T>
+class PrefetchCursor {
+ public:
+  // Tokens [t0, t0 + n_tokens) of KV heads [h0, h1).
+  void Reset(const AttentionProblem& pb, size_t t0, size_t n_tokens, size_t h0, size_t h1) {
+    const bool token_major = pb.k_head_stride < pb.k_token_stride;
+    const size_t outer0 = token_major ? t0 : h0, inner0 = token_major ? h0 : t0;
+    outer_k_ = (token_major ? pb.k_token_stride : pb.k_head_stride) * sizeof(T);
+    inner_k_ = (token_major ? pb.k_head_stride : pb.k_token_stride) * sizeof(T);
+    outer_v_ = (token_major ? pb.v_token_stride : pb.v_head_stride) * sizeof(T);
+    inner_v_ = (token_major ? pb.v_head_stride : pb.v_token_stride) * sizeof(T);
+    k_ = static_cast<const char*>(pb.k) + outer0 * outer_k_ + inner0 * inner_k_;
+    v_ = static_cast<const char*>(pb.v) + outer0 * outer_v_ + inner0 * inner_v_;
+    n_outer_ = token_major ? n_tokens : h1 - h0;
+    n_inner_ = token_major ? h1 - h0 : n_tokens;
+    row_bytes_ = pb.head_dim * sizeof(T);
+    outer_ = inner_ = 0;
+    budget_ = 0;
+    in_v_ = false;
+    row_ = (n_outer_ == 0 || n_inner_ == 0) ? nullptr : k_;
+    offset_ = 0;
+  }
+
+  // Credits `bytes` just loaded; prefetches one line per 64 bytes of credit.
+  HWY_INLINE void Advance(size_t bytes) {
+    budget_ += bytes;
+    if (budget_ >= 64 && row_ != nullptr) Fetch();
+  }
+
+ private:
+  HWY_NOINLINE void Fetch() {
+    while (budget_ >= 64 && row_ != nullptr) {
+      hwy::Prefetch(row_ + offset_);
+      budget_ -= 64;
+      offset_ += 64;
+      if (offset_ < row_bytes_) continue;
+      offset_ = 0;  // next row: K then V of each (token, head), in memory order
+      if (!in_v_) {
+        in_v_ = true;
+      } else {
+        in_v_ = false;
+        if (++inner_ == n_inner_) inner_ = 0, ++outer_;
+        if (outer_ == n_outer_) {
+          row_ = nullptr;
+          return;
+        }
+      }
+      row_ = (in_v_ ? v_ + outer_ * outer_v_ + inner_ * inner_v_
+                    : k_ + outer_ * outer_k_ + inner_ * inner_k_);
+    }
+  }
+
+  const char* k_ = nullptr;
+  const char* v_ = nullptr;
+  const char* row_ = nullptr;  // row being prefetched; nullptr when done
+  size_t outer_k_ = 0, inner_k_ = 0, outer_v_ = 0, inner_v_ = 0;
+  size_t n_outer_ = 0, n_inner_ = 0, row_bytes_ = 0;
+  size_t outer_ = 0, inner_ = 0, offset_ = 0, budget_ = 0;
+  bool in_v_ = false;
+};
 
 // Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens. Two
 // accumulators per row hide the FMA latency.
 template <size_t kRows, class D, typename T>
 HWY_INLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda,
                           const T* HWY_RESTRICT k, size_t k_stride, size_t n_tokens, size_t dim,
-                          float* HWY_RESTRICT s, size_t lds) {
+                          float* HWY_RESTRICT s, size_t lds, PrefetchCursor<T>& prefetch) {
   const size_t N = hn::Lanes(d);
   const size_t dim_vec = dim - dim % N;
   const size_t dim_vec2 = dim - dim % (2 * N);
@@ -43,6 +112,7 @@ HWY_INLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda,
   const float* HWY_RESTRICT a2 = a + (kRows > 2 ? 2 * lda : 0);
   const float* HWY_RESTRICT a3 = a + (kRows > 3 ? 3 * lda : 0);
   for (size_t j = 0; j < n_tokens; ++j) {
+    prefetch.Advance(dim * sizeof(T));
     const T* HWY_RESTRICT kj = k + j * k_stride;
     auto x0 = hn::Zero(d), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
     auto y0 = hn::Zero(d), y1 = hn::Zero(d), y2 = hn::Zero(d), y3 = hn::Zero(d);
@@ -95,7 +165,8 @@ HWY_INLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda,
 template <size_t kRows, class D, typename T>
 HWY_INLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
                                const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
-                               size_t dim, float* HWY_RESTRICT o, size_t ldo) {
+                               size_t dim, float* HWY_RESTRICT o, size_t ldo,
+                               PrefetchCursor<T>& prefetch) {
   const size_t N = hn::Lanes(d);
   const size_t dim_vec = dim - dim % N;
   const size_t dim_vec2 = dim - dim % (2 * N);
@@ -117,6 +188,7 @@ HWY_INLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
     if (kRows > 3) x3 = hn::LoadU(d, o3 + i), y3 = hn::LoadU(d, o3 + i + N);
     for (size_t j = 0; j < n_tokens; ++j) {
       const T* HWY_RESTRICT vj = v + j * v_stride + i;
+      if (j % 8 == 0) prefetch.Advance(8 * 2 * N * sizeof(T));
       const auto vx = LoadAsF32(d, vj);
       const auto vy = LoadAsF32(d, vj + N);
       const auto w0 = hn::Set(d, p0[j]);
@@ -218,18 +290,26 @@ HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift
   return total;
 }
 
-// Scratch views for one tile; `ld` is the padded row length of a and o.
-struct Tile {
-  float* a;  // [kTileRows][ld] scaled queries
-  float* o;  // [kTileRows][ld] un-normalised outputs
-  float* p;  // [kTileRows][kChunkTokens] scores, then softmax weights
-  float m[kTileRows];
-  float l[kTileRows];
-  size_t pos[kTileRows];     // query position of each row
-  size_t q_token[kTileRows]; // query token index of each row
-  size_t q_head[kTileRows];  // query head of each row
+// The rows of one pass: tiles of up to kTileRows rows, each tile the query
+// rows of one KV head, kPassRows rows in all. A pass walks the cache once,
+// chunk by chunk, every tile taking its turn on each chunk while the chunk is
+// in cache (for a decode step, all heads of a layer in one pass: the cache is
+// streamed in memory order once). Per-row arrays live in scratch.
+struct Pass {
+  float* a;  // [kPassRows][ld] scaled queries
+  float* o;  // [kPassRows][ld] un-normalised outputs
+  float* p;  // [kPassRows][kChunkTokens] scores, then softmax weights
+  float m[kPassRows];
+  float l[kPassRows];
+  size_t pos[kPassRows];      // query position of each row
+  size_t q_token[kPassRows];  // query token index of each row
+  size_t q_head[kPassRows];   // query head of each row
   size_t ld;
   size_t n_rows;
+  struct TileRows {
+    size_t first_row, n_rows, kv_head;
+  } tiles[kPassRows];
+  size_t n_tiles;
 };
 
 // The part of chunk [c0, c1) that row r sees; the chunk lies wholly in the
@@ -239,9 +319,9 @@ struct Interval {
   size_t begin, end;
 };
 
-HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Tile& tile, size_t r,
+HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Pass& pass, size_t r,
                                 bool sink_segment, size_t c0, size_t c1) {
-  const size_t pos = tile.pos[r];
+  const size_t pos = pass.pos[r];
   size_t lo = 0;
   if (!sink_segment && pb.window != 0 && pos + 1 > pb.window) lo = pos + 1 - pb.window;
   Interval iv{std::max(c0, lo), std::min(c1, pos + 1)};
@@ -249,14 +329,15 @@ HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Tile& tile, si
   return iv;
 }
 
+// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1).
 template <size_t kRows, class D, typename T>
-HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Tile& tile, size_t r0,
+HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
                                 const T* k_head, const T* v_head, bool sink_segment, size_t c0,
-                                size_t c1) {
+                                size_t c1, PrefetchCursor<T>& prefetch) {
   Interval iv[kRows];
   size_t ja = c1, jb = c0;  // union of the rows' intervals
   for (size_t r = 0; r < kRows; ++r) {
-    iv[r] = RowInterval(pb, tile, r0 + r, sink_segment, c0, c1);
+    iv[r] = RowInterval(pb, pass, r0 + r, sink_segment, c0, c1);
     if (iv[r].begin < iv[r].end) {
       ja = std::min(ja, iv[r].begin);
       jb = std::max(jb, iv[r].end);
@@ -264,9 +345,9 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Tile& tile, siz
   }
   if (ja >= jb) return;
   const size_t dim = pb.head_dim;
-  float* p = tile.p + r0 * kChunkTokens;
-  ScoreRows<kRows>(d, tile.a + r0 * tile.ld, tile.ld, k_head + ja * pb.k_token_stride,
-                   pb.k_token_stride, jb - ja, dim, p, kChunkTokens);
+  float* p = pass.p + r0 * kChunkTokens;
+  ScoreRows<kRows>(d, pass.a + r0 * pass.ld, pass.ld, k_head + ja * pb.k_token_stride,
+                   pb.k_token_stride, jb - ja, dim, p, kChunkTokens, prefetch);
   for (size_t r = 0; r < kRows; ++r) {
     float* pr = p + r * kChunkTokens;  // index j - ja
     const size_t b = iv[r].begin, e = iv[r].end;
@@ -274,13 +355,13 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Tile& tile, siz
       std::fill(pr, pr + (jb - ja), 0.0f);
       continue;
     }
-    float& m = tile.m[r0 + r];
-    float& l = tile.l[r0 + r];
+    float& m = pass.m[r0 + r];
+    float& l = pass.l[r0 + r];
     const float chunk_max = MaxOf(d, pr + (b - ja), e - b);
     if (chunk_max > m) {  // rescale what was accumulated under the old max
       const float correction = std::exp(m - chunk_max);
       l *= correction;
-      float* o = tile.o + (r0 + r) * tile.ld;
+      float* o = pass.o + (r0 + r) * pass.ld;
       for (size_t i = 0; i < dim; ++i) o[i] *= correction;
       m = chunk_max;
     }
@@ -289,52 +370,64 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Tile& tile, siz
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
   AccumulateRows<kRows>(d, p, kChunkTokens, v_head + ja * pb.v_token_stride, pb.v_token_stride,
-                        jb - ja, dim, tile.o + r0 * tile.ld, tile.ld);
+                        jb - ja, dim, pass.o + r0 * pass.ld, pass.ld, prefetch);
 }
 
+// Every tile of the pass against chunk [c0, c1).
 template <class D, typename T>
-HWY_INLINE void ProcessChunk(D d, const AttentionProblem& pb, Tile& tile, const T* k_head,
-                             const T* v_head, bool sink_segment, size_t c0, size_t c1) {
-  size_t r = 0;
-  for (; r + 4 <= tile.n_rows; r += 4) {
-    ProcessRowGroup<4>(d, pb, tile, r, k_head, v_head, sink_segment, c0, c1);
-  }
-  switch (tile.n_rows - r) {
-    case 3:
-      ProcessRowGroup<3>(d, pb, tile, r, k_head, v_head, sink_segment, c0, c1);
-      break;
-    case 2:
-      ProcessRowGroup<2>(d, pb, tile, r, k_head, v_head, sink_segment, c0, c1);
-      break;
-    case 1:
-      ProcessRowGroup<1>(d, pb, tile, r, k_head, v_head, sink_segment, c0, c1);
-      break;
-    default:
-      break;
+HWY_INLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
+                             size_t c0, size_t c1, PrefetchCursor<T>& prefetch) {
+  const T* k_all = static_cast<const T*>(pb.k);
+  const T* v_all = static_cast<const T*>(pb.v);
+  for (size_t t = 0; t < pass.n_tiles; ++t) {
+    const Pass::TileRows& tile = pass.tiles[t];
+    const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
+    const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
+    size_t r = tile.first_row;
+    const size_t end = tile.first_row + tile.n_rows;
+    for (; r + 4 <= end; r += 4) {
+      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+    }
+    switch (end - r) {
+      case 3:
+        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      case 2:
+        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      case 1:
+        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      default:
+        break;
+    }
   }
 }
 
-// Runs the chunks of [begin, end) in order.
+// Runs the chunks of [begin, end) in order, prefetching each next one.
 template <class D, typename T>
-HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Tile& tile, const T* k_head,
-                               const T* v_head, bool sink_segment, size_t begin, size_t end) {
+HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
+                               size_t begin, size_t end) {
+  PrefetchCursor<T> prefetch;
+  const size_t h0 = pass.tiles[0].kv_head, h1 = pass.tiles[pass.n_tiles - 1].kv_head + 1;
   for (size_t c0 = begin; c0 < end; c0 += kChunkTokens) {
-    ProcessChunk(d, pb, tile, k_head, v_head, sink_segment, c0,
-                 std::min(end, c0 + kChunkTokens));
+    const size_t c1 = std::min(end, c0 + kChunkTokens);
+    prefetch.Reset(pb, c1, std::min(end - c1, kChunkTokens), h0, h1);
+    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, prefetch);
   }
 }
 
-// Writes the tile's rows to the sink; records masked and non-finite rows.
-HWY_INLINE void EmitTile(const AttentionProblem& pb, const Tile& tile,
+// Writes the pass's rows to the sink; records masked and non-finite rows.
+HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
                          const AttentionResultSink& sink, AttentionOutcome* outcome) {
   const size_t dim = pb.head_dim;
-  for (size_t r = 0; r < tile.n_rows; ++r) {
-    const float* o = tile.o + r * tile.ld;
-    const size_t row = tile.q_token[r] * pb.n_q_heads + tile.q_head[r];
-    bool finite = std::isfinite(tile.m[r]) && std::isfinite(tile.l[r]);
+  for (size_t r = 0; r < pass.n_rows; ++r) {
+    const float* o = pass.o + r * pass.ld;
+    const size_t row = pass.q_token[r] * pb.n_q_heads + pass.q_head[r];
+    bool finite = std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
     if (sink.out == nullptr) {
-      sink.m[row] = tile.m[r];
-      sink.l[row] = tile.l[r];
+      sink.m[row] = pass.m[r];
+      sink.l[row] = pass.l[r];
       float* dst = sink.o + row * dim;
       for (size_t i = 0; i < dim; ++i) {
         dst[i] = o[i];
@@ -344,20 +437,20 @@ HWY_INLINE void EmitTile(const AttentionProblem& pb, const Tile& tile,
       continue;
     }
     float* dst =
-        sink.out + tile.q_token[r] * sink.out_token_stride + tile.q_head[r] * sink.out_head_stride;
-    if (tile.l[r] == 0.0f) {
+        sink.out + pass.q_token[r] * sink.out_token_stride + pass.q_head[r] * sink.out_head_stride;
+    if (pass.l[r] == 0.0f) {
       std::fill(dst, dst + dim, 0.0f);
       if (sink.log_z != nullptr) sink.log_z[row] = -std::numeric_limits<float>::infinity();
       outcome->fully_masked = true;
       continue;
     }
-    const float inv_l = 1.0f / tile.l[r];
+    const float inv_l = 1.0f / pass.l[r];
     for (size_t i = 0; i < dim; ++i) {
       dst[i] = o[i] * inv_l;
       finite &= std::isfinite(dst[i]);
     }
     if (sink.log_z != nullptr) {
-      sink.log_z[row] = tile.m[r] + std::log(tile.l[r]);
+      sink.log_z[row] = pass.m[r] + std::log(pass.l[r]);
       finite &= std::isfinite(sink.log_z[row]);
     }
     outcome->nonfinite |= !finite;
@@ -369,52 +462,63 @@ void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink,
                     AttentionOutcome* outcome) {
   const hn::ScalableTag<float> d;
   const size_t dim = pb.head_dim;
-  Tile tile;
-  tile.ld = (dim + 15) & ~size_t{15};
-  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) &
-                                         ~uintptr_t{63});
-  tile.a = base;
-  tile.o = tile.a + kTileRows * tile.ld;
-  tile.p = tile.o + kTileRows * tile.ld;
+  Pass pass;
+  pass.ld = (dim + 15) & ~size_t{15};
+  pass.a = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) &
+                                    ~uintptr_t{63});
+  pass.o = pass.a + kPassRows * pass.ld;
+  pass.p = pass.o + kPassRows * pass.ld;
 
+  // Rows are (query token t, query head h), enumerated KV head by KV head;
+  // within a KV head, t-major so a tile's rows share positions as far as
+  // possible. Passes take whole tiles until kPassRows rows are full.
   const size_t group = pb.n_q_heads / pb.n_kv_heads;
   const size_t rows_per_kv_head = pb.n_q_tokens * group;
-  const T* k_all = static_cast<const T*>(pb.k);
-  const T* v_all = static_cast<const T*>(pb.v);
-  for (size_t kv_head = 0; kv_head < pb.n_kv_heads; ++kv_head) {
-    const T* k_head = k_all + kv_head * pb.k_head_stride;
-    const T* v_head = v_all + kv_head * pb.v_head_stride;
-    for (size_t first = 0; first < rows_per_kv_head; first += kTileRows) {
-      tile.n_rows = std::min(kTileRows, rows_per_kv_head - first);
-      for (size_t r = 0; r < tile.n_rows; ++r) {
-        const size_t t = (first + r) / group;
-        const size_t h = kv_head * group + (first + r) % group;
-        tile.q_token[r] = t;
-        tile.q_head[r] = h;
-        tile.pos[r] = pb.n_past + t;
-        tile.m[r] = kInitialMax;
-        tile.l[r] = 0.0f;
+  size_t kv_head = 0, next_row = 0;  // the first row not yet in a pass
+  while (kv_head < pb.n_kv_heads) {
+    pass.n_rows = pass.n_tiles = 0;
+    while (kv_head < pb.n_kv_heads) {
+      const size_t n = std::min(kTileRows, rows_per_kv_head - next_row);
+      if (pass.n_rows + n > kPassRows) break;
+      pass.tiles[pass.n_tiles++] = Pass::TileRows{pass.n_rows, n, kv_head};
+      for (size_t i = 0; i < n; ++i) {
+        const size_t r = pass.n_rows + i;
+        const size_t t = (next_row + i) / group;
+        const size_t h = kv_head * group + (next_row + i) % group;
+        pass.q_token[r] = t;
+        pass.q_head[r] = h;
+        pass.pos[r] = pb.n_past + t;
+        pass.m[r] = kInitialMax;
+        pass.l[r] = 0.0f;
         const float* q = pb.q + t * pb.q_token_stride + h * pb.q_head_stride;
-        float* a = tile.a + r * tile.ld;
-        for (size_t i = 0; i < dim; ++i) a[i] = pb.scale * q[i];
-        std::fill(tile.o + r * tile.ld, tile.o + (r + 1) * tile.ld, 0.0f);
+        float* a = pass.a + r * pass.ld;
+        for (size_t c = 0; c < dim; ++c) a[c] = pb.scale * q[c];
+        std::fill(pass.o + r * pass.ld, pass.o + (r + 1) * pass.ld, 0.0f);
       }
-      // Tokens any row of the tile may see: the sinks, then from the lowest
-      // window start up to the last row's position, clipped to the range.
-      const size_t pos_first = tile.pos[0], pos_last = tile.pos[tile.n_rows - 1];
-      size_t window_begin = 0, sink_end = 0;
-      if (pb.window != 0) {
-        sink_end = std::min(pb.n_sinks, pos_last + 1);
-        window_begin = pos_first + 1 > pb.window ? pos_first + 1 - pb.window : 0;
-        window_begin = std::max(window_begin, sink_end);
-      }
-      const size_t window_end = std::min(pos_last + 1, pb.token_end);
-      ProcessSegment(d, pb, tile, k_head, v_head, /*sink_segment=*/true, pb.token_begin,
-                     std::min(sink_end, pb.token_end));
-      ProcessSegment(d, pb, tile, k_head, v_head, /*sink_segment=*/false,
-                     std::max(window_begin, pb.token_begin), window_end);
-      EmitTile(pb, tile, sink, outcome);
+      pass.n_rows += n;
+      next_row += n;
+      if (next_row == rows_per_kv_head) next_row = 0, ++kv_head;
     }
+    // Tokens any row may see: the sinks, then from the lowest window start up
+    // to the highest position, clipped to the range (RowInterval gives each
+    // row its part).
+    size_t pos_first = pass.pos[0], pos_last = pass.pos[0];
+    for (size_t r = 1; r < pass.n_rows; ++r) {
+      pos_first = std::min(pos_first, pass.pos[r]);
+      pos_last = std::max(pos_last, pass.pos[r]);
+    }
+    size_t window_begin = 0, sink_end = 0;
+    if (pb.window != 0) {
+      sink_end = std::min(pb.n_sinks, pos_last + 1);
+      window_begin = pos_first + 1 > pb.window ? pos_first + 1 - pb.window : 0;
+      window_begin = std::max(window_begin, sink_end);
+    }
+    const size_t window_end = std::min(pos_last + 1, pb.token_end);
+    ProcessSegment<decltype(d), T>(d, pb, pass, /*sink_segment=*/true, pb.token_begin,
+                                   std::min(sink_end, pb.token_end));
+    ProcessSegment<decltype(d), T>(d, pb, pass, /*sink_segment=*/false,
+                                   std::max(window_begin, pb.token_begin), window_end);
+    EmitPass(pb, pass, sink, outcome);
   }
 }
 
@@ -441,7 +545,7 @@ namespace detail {
 
 size_t AttentionScratchBytes(size_t head_dim) {
   const size_t ld = (head_dim + 15) & ~size_t{15};
-  return (2 * kTileRows * ld + kTileRows * kChunkTokens) * sizeof(float) + 64;
+  return (2 * kPassRows * ld + kPassRows * kChunkTokens) * sizeof(float) + 64;
 }
 
 void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink,

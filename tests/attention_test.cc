@@ -82,6 +82,25 @@ TEST_CASE("decode over long caches (tens of thousands of tokens)") {
   }
 }
 
+TEST_CASE("decode with many heads: passes that span heads, tiles that split a group") {
+  // The kernel walks the cache once per pass of up to 32 query rows: these
+  // shapes give passes of several KV heads, several tiles of one KV head
+  // (MQA), and heads split across passes.
+  const Shape shapes[] = {{64, 300, 8, 8}, {32, 200, 1, 32}, {16, 100, 16, 1}, {24, 130, 5, 12}};
+  uint64_t seed = 40;
+  for (const Shape& s : shapes) {
+    for (const Layout layout : {Layout::kTokenMajor, Layout::kHeadMajor}) {
+      INFO("dim " << s.dim << " n_ctx " << s.n_tokens << " kv heads " << s.kv_heads
+                  << " group " << s.group << " " << LayoutName(layout));
+      Rng rng(seed++);
+      TestCache cache(COVATTN_F32, layout, s.n_tokens, s.kv_heads, s.dim);
+      cache.FillRandom(rng);
+      const std::vector<float> q = RandomQueries(rng, s.kv_heads * s.group * s.dim, 1.5);
+      ForEachTarget([&] { CheckDecode(cache, q, s.kv_heads * s.group, nullptr); });
+    }
+  }
+}
+
 TEST_CASE("every cache layout and custom strides give the same answer") {
   const Layout layouts[] = {Layout::kTokenMajor, Layout::kHeadMajor, Layout::kPadded};
   for (Layout layout : layouts) {
