@@ -27,6 +27,11 @@
 namespace covattn_bench {
 namespace {
 
+#ifdef COVATTN_BENCH_WITH_ONEDNN
+using covattn_tools::OneDnnDecode;
+using covattn_tools::OneDnnPrefill;
+#endif
+
 uint64_t NextRandom(uint64_t& state) {
   state ^= state << 13;
   state ^= state >> 7;
