@@ -8,6 +8,7 @@
 
 #include "covattn/covattn.h"
 #include "evaluate.h"
+#include "methods.h"
 #include "options.h"
 #include "progress.h"
 #include "qkv.h"
@@ -132,6 +133,19 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
       return kExitUsage;
     case ParseOutcome::kRun:
       break;
+  }
+  // Budgets that cannot work at a requested head_dim are usage errors too
+  // (with --qkv, head_dim is known only once the files are read).
+  if (options.qkv.empty()) {
+    for (size_t dim : options.head_dims) {
+      for (Method method : options.methods) {
+        MethodPlan plan;
+        if (!PlanMethod(method, options, dim, &plan, &error)) {
+          std::fprintf(err, "covattn-compare: %s\n", error.c_str());
+          return kExitUsage;
+        }
+      }
+    }
   }
 
   RunInfo info;
