@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "covattn/covattn.h"
 #include "machine_limits.h"
 #ifdef COVATTN_BENCH_WITH_ONEDNN
@@ -31,29 +32,6 @@ namespace {
 using covattn_tools::OneDnnDecode;
 using covattn_tools::OneDnnPrefill;
 #endif
-
-uint64_t NextRandom(uint64_t& state) {
-  state ^= state << 13;
-  state ^= state >> 7;
-  state ^= state << 17;
-  return state;
-}
-
-// Uniform in [-1, 1).
-float RandomFloat(uint64_t& state) {
-  return static_cast<float>(static_cast<double>(NextRandom(state) >> 11) * 0x1.0p-52 - 1.0);
-}
-
-uint16_t Bits16(float f, uint32_t dtype) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  if (dtype == COVATTN_BF16) return static_cast<uint16_t>((x + 0x7FFF + ((x >> 16) & 1)) >> 16);
-  // binary16 by truncation is fine for benchmark data in [-1, 1).
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const int32_t exponent = static_cast<int32_t>((x >> 23) & 0xFF) - 112;
-  if (exponent <= 0) return static_cast<uint16_t>(sign);
-  return static_cast<uint16_t>(sign | (uint32_t(exponent) << 10) | ((x >> 13) & 0x3FF));
-}
 
 enum class Layout { kTokenMajor, kHeadMajor };  // [token][head][dim], [head][token][dim]
 
@@ -97,12 +75,6 @@ Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t di
   auto& slot = caches[{dtype, n_tokens, n_kv_heads, dim, static_cast<size_t>(layout)}];
   if (!slot) slot.reset(new Cache(dtype, n_tokens, n_kv_heads, dim, layout));
   return *slot;
-}
-
-std::vector<float> RandomVector(size_t n, uint64_t seed) {
-  std::vector<float> x(n);
-  for (float& f : x) f = RandomFloat(seed);
-  return x;
 }
 
 const char* DtypeName(uint32_t dtype) {
@@ -276,8 +248,7 @@ void RegisterAll() {
 }  // namespace covattn_bench
 
 int main(int argc, char** argv) {
-  // Single-thread figures: keep oneDNN's OpenMP runtime on one thread too.
-  setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
+  covattn_bench::PinOpenMpToOneThread(argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   covattn_bench::RegisterAll();

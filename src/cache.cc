@@ -34,7 +34,6 @@ constexpr uint64_t kMinTokensForWhitening = 32;
 constexpr uint64_t kMaxRefreshInterval = 8192;
 constexpr uint32_t kKnownFlags = COVATTN_CACHE_DROP_EVICTED;
 
-size_t PackedTriangleFloats(size_t dim) { return dim * (dim + 1) / 2; }
 
 // Byte offsets of the regions of a cache's memory, from the aligned start.
 struct CacheLayout {
@@ -100,7 +99,9 @@ covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout)
   region(&l.outlier_score, n, sizeof(float));
   region(&l.outlier_count, h, sizeof(uint32_t));
   const bool whiten = c.n_outliers != 0;
-  region(&l.whitening, whiten ? h * PackedTriangleFloats(d) : 0, sizeof(float));
+  // W^T as bf16 (only ranks keys: 8 bits of mantissa are plenty), full d x d
+  // with zeros below the diagonal so the scoring kernel is a plain GEMM.
+  region(&l.whitening, whiten ? h * d * d : 0, sizeof(uint16_t));
   region(&l.whitening_mean, whiten ? row : 0, sizeof(float));
   region(&l.refresh, h, sizeof(RefreshState));
   if (!ok) return COVATTN_ERR_SIZE_OVERFLOW;
@@ -110,12 +111,13 @@ covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout)
     if (s != COVATTN_OK) return s;
   }
   region(&l.summary, l.summary_bytes, 1);
-  region(&l.evicted_k, kAppendBatch * d, sizeof(float));
-  region(&l.evicted_v, kAppendBatch * d, sizeof(float));
-  region(&l.fold_k, 2 * kAppendBatch * d, sizeof(float));
-  region(&l.fold_v, 2 * kAppendBatch * d, sizeof(float));
-  region(&l.distances, kAppendBatch, sizeof(float));
-  region(&l.mahalanobis, 2 * d, sizeof(float));
+  const size_t batch = drop ? 0 : kAppendBatch;  // dropped tokens need no staging
+  region(&l.evicted_k, batch * d, sizeof(float));
+  region(&l.evicted_v, batch * d, sizeof(float));
+  region(&l.fold_k, 2 * batch * d, sizeof(float));
+  region(&l.fold_v, 2 * batch * d, sizeof(float));
+  region(&l.distances, batch, sizeof(float));
+  region(&l.mahalanobis, kMahalanobisRows * d, sizeof(float));
   region(&l.refresh_cov, whiten ? d * d : 0, sizeof(float));
   region(&l.refresh_mean, whiten ? d : 0, sizeof(float));
   region(&l.refresh_factor, whiten ? d * d : 0, sizeof(double));
@@ -179,7 +181,7 @@ struct covattn_cache {
   unsigned char* OutlierV(size_t h, size_t slot) {
     return At<unsigned char>(layout.outlier_v) + ((h * config.n_outliers + slot) * Dim()) * elem;
   }
-  float* Whitening(size_t h) { return At<float>(layout.whitening) + h * PackedTriangleFloats(Dim()); }
+  uint16_t* Whitening(size_t h) { return At<uint16_t>(layout.whitening) + h * Dim() * Dim(); }
   float* WhiteningMean(size_t h) { return At<float>(layout.whitening_mean) + h * Dim(); }
   RefreshState* Refresh(size_t h) { return At<RefreshState>(layout.refresh) + h; }
   float* Work(size_t offset) { return At<float>(offset); }
@@ -279,10 +281,12 @@ void RefreshWhitening(covattn_cache* cache, size_t h) {
       chol[i * d + j] = -sum / chol[i * d + i];
     }
   }
-  // Packed rows of W^T: row j holds W[j..d)[j], i.e. column j of W.
-  float* wt = cache->Whitening(h);
+  // W^T[j][i] = W[i][j], zero below the diagonal, as bf16.
+  uint16_t* wt = cache->Whitening(h);
   for (size_t j = 0; j < d; ++j) {
-    for (size_t i = j; i < d; ++i) *wt++ = static_cast<float>(chol[i * d + j]);
+    for (size_t i = 0; i < d; ++i) {
+      wt[j * d + i] = i < j ? 0 : BF16BitsFromF32(static_cast<float>(chol[i * d + j]));
+    }
   }
   std::memcpy(cache->WhiteningMean(h), mean, d * sizeof(float));
   RefreshState* refresh = cache->Refresh(h);
@@ -325,7 +329,10 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
   float* dist = cache->Work(cache->layout.distances);
   float* work = cache->Work(cache->layout.mahalanobis);
 
-  for (size_t h = 0; evict != 0 && h < c.n_kv_heads; ++h) {
+  if (!cache->Summarizes()) {
+    cache->n_dropped += evict * c.n_kv_heads;
+  }
+  for (size_t h = 0; evict != 0 && cache->Summarizes() && h < c.n_kv_heads; ++h) {
     // Evicted rows of head h as f32, oldest first.
     for (size_t e = 0; e < from_window; ++e) {
       const size_t slot = static_cast<size_t>((oldest + e - c.n_sinks) % c.window);
@@ -342,10 +349,6 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
                       (b0 * block.v_token_stride + h * block.v_head_stride) * elem_in;
       CacheRowsToF32(block.dtype, k, block.k_token_stride, from_batch, d, ev_k + from_window * d, d);
       CacheRowsToF32(block.dtype, v, block.v_token_stride, from_batch, d, ev_v + from_window * d, d);
-    }
-    if (!cache->Summarizes()) {
-      cache->n_dropped += evict;
-      continue;
     }
     // Outlier selection: keep the n_outliers most outlying of residents and
     // evicted keys; fold the rest.
@@ -426,7 +429,8 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
 //              u32 outlier count per head, then per head: scores (f32),
 //              K rows, V rows of its resident outliers,
 //              with outlier slots, per head: u64 tokens folded, u64 folded
-//              at the last whitening, mu_k (f32), packed W^T (f32),
+//              at the last whitening, then with outlier slots mu_k (f32)
+//              and W^T (d x d bf16),
 //              with a summary: u64 bytes, then the covariance state's own
 //              serialized form (covattn_cov_state_serialize)
 //         end  u64 FNV-1a of every byte before it
@@ -444,7 +448,7 @@ size_t CachePayloadBytes(const covattn_cache* cache, const uint32_t* outlier_cou
     bytes += outlier_counts[h] * (4 + 2 * d * cache->elem);
   }
   bytes += cache->Heads() * 16;  // folded counts
-  if (cache->HasOutliers()) bytes += cache->Heads() * (4 * d + 4 * PackedTriangleFloats(d));
+  if (cache->HasOutliers()) bytes += cache->Heads() * (4 * d + 2 * d * d);
   if (cache->Summarizes()) bytes += 8 + summary_blob_bytes;
   return bytes;
 }
@@ -523,6 +527,7 @@ covattn_status covattn_cache_init(void* memory, size_t bytes, const covattn_cach
       c->magic = 0;
       return status != COVATTN_OK ? status : COVATTN_ERR_BUFFER_TOO_SMALL;
     }
+    summary->flags |= covattn_cov_state::kIndependentHeads;
   }
   covattn_cache_reset(c);
   *cache = c;
@@ -857,7 +862,7 @@ covattn_status covattn_cache_serialize(const covattn_cache* cache, void* buffer,
     at += 16;
     if (!cache->HasOutliers()) continue;
     at = PutElements(at, self->WhiteningMean(h), d, 4);
-    at = PutElements(at, self->Whitening(h), PackedTriangleFloats(d), 4);
+    at = PutElements(at, self->Whitening(h), d * d, 2);
   }
   if (cache->Summarizes()) {
     PutLE(at, blob, 8);
@@ -941,16 +946,17 @@ covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size
     rows_held += n;
   }
   const unsigned char* whitening_begin = at;
-  const size_t whitening_floats = cache->HasOutliers() ? d + PackedTriangleFloats(d) : 0;
+  const size_t whitening_bytes = cache->HasOutliers() ? 4 * d + 2 * d * d : 0;
   uint64_t folded_total = 0;
   for (size_t h = 0; h < c.n_kv_heads; ++h) {
-    const unsigned char* w = take(16 + 4 * whitening_floats);
+    const unsigned char* w = take(16 + whitening_bytes);
     if (w == nullptr) return COVATTN_ERR_CORRUPT;
     const uint64_t folded = GetLE(w, 8), at_refresh = GetLE(w + 8, 8);
     if (at_refresh > folded || folded > n_summarized) return COVATTN_ERR_CORRUPT;
     folded_total += folded;
-    for (size_t i = 0; i < whitening_floats; ++i) {
-      if (!std::isfinite(F32FromLE(w + 16 + 4 * i))) return COVATTN_ERR_CORRUPT;
+    if (whitening_bytes != 0 && (!ElementsFinite(w + 16, d, COVATTN_F32) ||
+                                 !ElementsFinite(w + 16 + 4 * d, d * d, COVATTN_BF16))) {
+      return COVATTN_ERR_CORRUPT;
     }
   }
   if (folded_total != n_summarized) return COVATTN_ERR_CORRUPT;
@@ -1001,9 +1007,8 @@ covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size
     at += 16;
     if (!cache->HasOutliers()) continue;
     CopyLE(reinterpret_cast<unsigned char*>(cache->WhiteningMean(h)), at, d, 4);
-    CopyLE(reinterpret_cast<unsigned char*>(cache->Whitening(h)), at + 4 * d,
-           PackedTriangleFloats(d), 4);
-    at += 4 * d + 4 * PackedTriangleFloats(d);
+    CopyLE(reinterpret_cast<unsigned char*>(cache->Whitening(h)), at + 4 * d, d * d, 2);
+    at += 4 * d + 2 * d * d;
   }
   return COVATTN_OK;
 }

@@ -37,38 +37,70 @@ void RowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, size_t 
   });
 }
 
-// y = W (x - mu) with W^T stored as packed upper-triangular rows, as a sum of
-// outer products (y[j..d) += x_j W^T[j][j..d)): no horizontal sums.
-void MahalanobisRows(const float* wt_packed, const float* mean, const float* rows, size_t ld,
+// Y = X W^T for up to four centred rows X at once, a GEMM over the upper
+// triangle of W^T: each bf16 row of W^T is loaded once for all rows, each
+// output vector stays in a register while j runs (only j < i matter).
+// Y = X W^T for up to four centred rows X at once, a GEMM over the upper
+// triangle of W^T: each bf16 row of W^T is loaded once for all rows, and each
+// output vector stays in a register while j runs (only j <= i contribute).
+// Returns the squared norms of the rows of Y.
+template <size_t kRows, class D>
+HWY_INLINE void MahalanobisTile(D d, const hwy::bfloat16_t* HWY_RESTRICT wt, const float* x,
+                                size_t ldx, size_t dim, float* dist) {
+  const size_t N = hn::Lanes(d);
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d), s2 = hn::Zero(d), s3 = hn::Zero(d);
+  size_t i0 = 0;
+  for (; i0 + N <= dim; i0 += N) {
+    auto y0 = hn::Zero(d), y1 = hn::Zero(d), y2 = hn::Zero(d), y3 = hn::Zero(d);
+    for (size_t j = 0; j < i0 + N; ++j) {
+      const auto w = LoadAsF32(d, wt + j * dim + i0);
+      y0 = hn::MulAdd(hn::Set(d, x[j]), w, y0);
+      if (kRows > 1) y1 = hn::MulAdd(hn::Set(d, x[ldx + j]), w, y1);
+      if (kRows > 2) y2 = hn::MulAdd(hn::Set(d, x[2 * ldx + j]), w, y2);
+      if (kRows > 3) y3 = hn::MulAdd(hn::Set(d, x[3 * ldx + j]), w, y3);
+    }
+    s0 = hn::MulAdd(y0, y0, s0);
+    if (kRows > 1) s1 = hn::MulAdd(y1, y1, s1);
+    if (kRows > 2) s2 = hn::MulAdd(y2, y2, s2);
+    if (kRows > 3) s3 = hn::MulAdd(y3, y3, s3);
+  }
+  float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (size_t i = i0; i < dim; ++i) {  // the columns after the last whole vector
+    for (size_t r = 0; r < kRows; ++r) {
+      float y = 0.0f;
+      for (size_t j = 0; j <= i; ++j) y += x[r * ldx + j] * ElementAsF32(wt + j * dim + i);
+      tail[r] += y * y;
+    }
+  }
+  dist[0] = hn::GetLane(hn::SumOfLanes(d, s0)) + tail[0];
+  if (kRows > 1) dist[1] = hn::GetLane(hn::SumOfLanes(d, s1)) + tail[1];
+  if (kRows > 2) dist[2] = hn::GetLane(hn::SumOfLanes(d, s2)) + tail[2];
+  if (kRows > 3) dist[3] = hn::GetLane(hn::SumOfLanes(d, s3)) + tail[3];
+}
+
+void MahalanobisRows(const uint16_t* wt_bits, const float* mean, const float* rows, size_t ld,
                      size_t n, size_t dim, float* work, float* out) {
   const hn::ScalableTag<float> d;
-  const size_t N = hn::Lanes(d);
-  float* x = work;
-  float* y = work + dim;
-  for (size_t r = 0; r < n; ++r) {
-    const float* row = rows + r * ld;
-    for (size_t i = 0; i < dim; ++i) x[i] = row[i] - mean[i], y[i] = 0.0f;
-    const float* w = wt_packed;
-    for (size_t j = 0; j < dim; ++j) {
-      const size_t len = dim - j;
-      const auto xj = hn::Set(d, x[j]);
-      float* yj = y + j;
-      size_t i = 0;
-      for (; i + N <= len; i += N) {
-        hn::StoreU(hn::MulAdd(xj, hn::LoadU(d, w + i), hn::LoadU(d, yj + i)), d, yj + i);
-      }
-      for (; i < len; ++i) yj[i] += x[j] * w[i];
-      w += len;
+  const auto* wt = reinterpret_cast<const hwy::bfloat16_t*>(wt_bits);
+  for (size_t r0 = 0; r0 < n; r0 += detail::kMahalanobisRows) {
+    const size_t nr = HWY_MIN(detail::kMahalanobisRows, n - r0);
+    for (size_t r = 0; r < nr; ++r) {  // centre the rows
+      for (size_t i = 0; i < dim; ++i) work[r * dim + i] = rows[(r0 + r) * ld + i] - mean[i];
     }
-    auto sum = hn::Zero(d);
-    size_t i = 0;
-    for (; i + N <= dim; i += N) {
-      const auto yi = hn::LoadU(d, y + i);
-      sum = hn::MulAdd(yi, yi, sum);
+    switch (nr) {
+      case 4:
+        MahalanobisTile<4>(d, wt, work, dim, dim, out + r0);
+        break;
+      case 3:
+        MahalanobisTile<3>(d, wt, work, dim, dim, out + r0);
+        break;
+      case 2:
+        MahalanobisTile<2>(d, wt, work, dim, dim, out + r0);
+        break;
+      default:
+        MahalanobisTile<1>(d, wt, work, dim, dim, out + r0);
+        break;
     }
-    float total = hn::GetLane(hn::SumOfLanes(d, sum));
-    for (; i < dim; ++i) total += y[i] * y[i];
-    out[r] = total;
   }
 }
 
@@ -91,9 +123,9 @@ void CacheRowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, si
   COVATTN_DISPATCH(RowsToF32)(dtype, src, stride, n, dim, dst, ld);
 }
 
-void CacheMahalanobis(const float* wt_packed, const float* mean, const float* rows, size_t ld,
+void CacheMahalanobis(const uint16_t* wt, const float* mean, const float* rows, size_t ld,
                       size_t n, size_t dim, float* work, float* out) {
-  COVATTN_DISPATCH(MahalanobisRows)(wt_packed, mean, rows, ld, n, dim, work, out);
+  COVATTN_DISPATCH(MahalanobisRows)(wt, mean, rows, ld, n, dim, work, out);
 }
 
 }  // namespace detail

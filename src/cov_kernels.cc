@@ -47,7 +47,7 @@ using detail::kSubBlockTokens;
 // vectors on AVX-512 and ARM, 16 on AVX2/SSE4). kGemmRows divides the panel
 // width kGemmVecs * Lanes so that a row tile never straddles two panels.
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kGemmRows = 8, kGemmVecs = 3, kReadHeads = 8, kReadVecs = 2;
+constexpr size_t kGemmRows = 4, kGemmVecs = 4, kReadHeads = 8, kReadVecs = 2;
 #elif HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
 constexpr size_t kGemmRows = 4, kGemmVecs = 3, kReadHeads = 4, kReadVecs = 2;
 #elif HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
@@ -134,18 +134,18 @@ struct Workspace {
     pack = base;
     token = pack + kSubBlockTokens * row;
     shift = token + row;
-    sums = shift + row;
-    u = sums + row;
+    sqrt_weights = shift + row;
+    u = sqrt_weights + row;
     mean = u + row;
     weights = mean + row;
   }
   float* pack;     // the centred sub-block in column panels
   float* token;    // one token's [k | v] as f32
   float* shift;    // the sub-block's first token, subtracted before summing
-  float* sums;     // weighted sums of the shifted tokens
+  float* sqrt_weights;  // per token: sqrt(w_t) (kSubBlockTokens <= 2d + padding)
   float* u;        // the merge vector
   float* mean;     // the sub-block's mean, relative to shift
-  float* weights;  // per token: w_t, then sqrt(w_t)
+  float* weights;  // per token: w_t
 };
 
 // ---------------------------------------------------------------------------
@@ -230,54 +230,70 @@ HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t ro
 #undef COVATTN_GEMM_ROW
 #undef COVATTN_GEMM_STORE
 
+// Lanes [c, c + N) of the row [k | v | 0] of one token, as f32: straight
+// from K or V when the vector lies wholly in one of them (always, when N
+// divides d), element by element where it straddles their border or the end.
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
+                                  size_t dim, size_t c) {
+  const size_t N = hn::Lanes(d);
+  if (c + N <= dim) return LoadAsF32(d, k + c);
+  if (c >= dim && c + N <= 2 * dim) return LoadAsF32(d, v + (c - dim));
+  HWY_ALIGN float buf[kMaxLanesF32];
+  for (size_t i = 0; i < N; ++i) {
+    const size_t col = c + i;
+    buf[i] = col < dim ? ElementAsF32(k + col) : col < 2 * dim ? ElementAsF32(v + col - dim) : 0.0f;
+  }
+  return hn::Load(d, buf);
+}
+
 // Packs b tokens of one head, centred on their weighted mean and scaled by
 // sqrt(w_t), into column panels of P = kGemmVecs * Lanes floats: element
 // (t, c) of the packed [k | v | 0] row sits at pack[(c / P) P b + t W + c % P]
-// with W the panel's width (the last panel may be narrower). Sets ws.mean
-// (relative to ws.shift) and returns the total weight.
+// with W the panel's width (the last panel may be narrower). One column
+// vector at a time, all tokens: y_t = x_t - x_0 (a shift near the data keeps
+// the f32 sums accurate when |mean| >> sigma), their weighted mean, then
+// c_t = sqrt(w_t) (y_t - mean) in place while the column is in L1. An error e
+// in the mean changes the co-moments only by total * e e^T (second order).
+// Sets ws.shift and ws.mean (the mean relative to the shift) and returns the
+// total weight.
 template <class D, typename T>
 HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k_stride,
                               const T* HWY_RESTRICT v, size_t v_stride, size_t b,
                               double lambda, const Workspace& ws) {
   const size_t N = hn::Lanes(d), P = kGemmVecs * N;
-  const size_t width = 2 * dim, padded = detail::RoundUp(width, N);
+  const size_t padded = detail::RoundUp(2 * dim, N);
   // w_t = lambda^(b - 1 - t): the newest token of the sub-block weighs 1.
   double w = 1.0, total = 0.0;
   for (size_t t = b; t-- > 0;) {
     ws.weights[t] = static_cast<float>(w);
+    ws.sqrt_weights[t] = std::sqrt(ws.weights[t]);
     total += ws.weights[t];
     w *= lambda;
   }
-  std::fill(ws.token + width, ws.token + padded, 0.0f);
-  std::fill(ws.sums, ws.sums + padded, 0.0f);
-  auto panel_at = [&](size_t c, size_t t) {
-    const size_t p0 = c - c % P;
-    return ws.pack + p0 * b + t * HWY_MIN(P, padded - p0) + c % P;
-  };
-  // Pass 1: y_t = x_t - x_0 (a shift near the data keeps f32 sums accurate
-  // when |mean| >> sigma), stored, and summed with weights.
-  for (size_t t = 0; t < b; ++t) {
-    LoadRow(d, k + t * k_stride, dim, ws.token);
-    LoadRow(d, v + t * v_stride, dim, ws.token + dim);
-    if (t == 0) std::copy(ws.token, ws.token + padded, ws.shift);
-    const auto wt = hn::Set(d, ws.weights[t]);
-    for (size_t c = 0; c < padded; c += N) {
-      const auto y = hn::Sub(hn::LoadU(d, ws.token + c), hn::LoadU(d, ws.shift + c));
-      hn::StoreU(y, d, panel_at(c, t));
-      hn::StoreU(hn::MulAdd(wt, y, hn::LoadU(d, ws.sums + c)), d, ws.sums + c);
-    }
-  }
   const auto inv_total = hn::Set(d, static_cast<float>(1.0 / total));
   for (size_t c = 0; c < padded; c += N) {
-    hn::StoreU(hn::Mul(hn::LoadU(d, ws.sums + c), inv_total), d, ws.mean + c);
-  }
-  // Pass 2: c_t = sqrt(w_t) (y_t - mean). An error e in the mean changes the
-  // co-moments only by total * e e^T (second order).
-  for (size_t t = 0; t < b; ++t) {
-    const auto sw = hn::Set(d, std::sqrt(ws.weights[t]));
-    for (size_t c = 0; c < padded; c += N) {
-      float* p = panel_at(c, t);
-      hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p), hn::LoadU(d, ws.mean + c)), sw), d, p);
+    const size_t p0 = c - c % P, stride = HWY_MIN(P, padded - p0);
+    float* HWY_RESTRICT p = ws.pack + p0 * b + c % P;
+    const auto shift = LoadColumns(d, k, v, dim, c);
+    auto sum = hn::Zero(d);
+    for (size_t t = 0; t < b; ++t) {
+      const auto y = hn::Sub(LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c), shift);
+      hn::StoreU(y, d, p + t * stride);
+      sum = hn::MulAdd(hn::Set(d, ws.weights[t]), y, sum);
+    }
+    const auto mean = hn::Mul(sum, inv_total);
+    hn::StoreU(shift, d, ws.shift + c);
+    hn::StoreU(mean, d, ws.mean + c);
+    if (lambda == 1.0) {
+      for (size_t t = 0; t < b; ++t) {
+        hn::StoreU(hn::Sub(hn::LoadU(d, p + t * stride), mean), d, p + t * stride);
+      }
+    } else {
+      for (size_t t = 0; t < b; ++t) {
+        const auto sw = hn::Set(d, ws.sqrt_weights[t]);
+        hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p + t * stride), mean), sw), d, p + t * stride);
+      }
     }
   }
   return total;
@@ -303,32 +319,81 @@ HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
   const float decay_f = static_cast<float>(decay);
   // Column panels outside (each is read by every row tile while it sits in
   // L1), row tiles of k inside, taken from the panels holding those rows.
+  // M_kk is symmetric: a tile skips its leading column vectors that lie
+  // wholly below the diagonal (j < i for all its rows), and those elements
+  // are copied from their mirror images afterwards. The copy is bit-exact:
+  // (j, i) is computed with the same products in the same order.
   for (size_t col0 = 0; col0 < padded; col0 += P) {
-    const size_t pw = HWY_MIN(P, padded - col0), n_vecs = pw / N;
+    const size_t pw = HWY_MIN(P, padded - col0), panel_vecs = pw / N;
     const size_t cols = HWY_MIN(pw, width - col0);
     const float* bp = ws.pack + col0 * b;
     for (size_t r0 = 0; r0 < dim; r0 += P) {
       const size_t rw = HWY_MIN(P, padded - r0), r_end = HWY_MIN(r0 + P, dim);
       const float* ap = ws.pack + r0 * b;
       for (size_t i0 = r0; i0 < r_end; i0 += kGemmRows) {
+        const size_t skip = i0 > col0 ? HWY_MIN(panel_vecs, (i0 - col0) / N) : 0;
+        if (skip == panel_vecs) continue;
+        const size_t n_vecs = panel_vecs - skip, c0 = skip * N;
         const size_t rows = HWY_MIN(kGemmRows, r_end - i0);
-        float* mt = head.m + i0 * width + col0;
+        float* mt = head.m + i0 * width + col0 + c0;
         const float* a = ap + (i0 - r0);
+        const float* bt = bp + c0;
+        const float* u_cols = ws.u + col0 + c0;
         if (n_vecs >= kGemmVecs) {
-          GemmTile<kGemmRows, kGemmVecs>(d, a, rw, rows, bp, pw, b, mt, width, cols, ws.u + i0,
-                                         ws.u + col0, decay_f);
+          GemmTile<kGemmRows, kGemmVecs>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0,
+                                         ws.u + i0, u_cols, decay_f);
         } else if (n_vecs == 1) {
-          GemmTile<kGemmRows, 1>(d, a, rw, rows, bp, pw, b, mt, width, cols, ws.u + i0,
-                                 ws.u + col0, decay_f);
+          GemmTile<kGemmRows, 1>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0,
+                                 u_cols, decay_f);
         } else if (n_vecs == 2) {
           GemmTile<kGemmRows, HWY_MIN(size_t{2}, kGemmVecs)>(
-              d, a, rw, rows, bp, pw, b, mt, width, cols, ws.u + i0, ws.u + col0, decay_f);
+              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
         } else {
           GemmTile<kGemmRows, HWY_MIN(size_t{3}, kGemmVecs)>(
-              d, a, rw, rows, bp, pw, b, mt, width, cols, ws.u + i0, ws.u + col0, decay_f);
+              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
         }
       }
     }
+  }
+}
+
+// Fills what UpdateHeadBlock skipped below the diagonal of M_kk from its
+// mirror image: the columns [0, N floor(i0 / N)) of row i, with i0 the
+// first row of i's tile (kGemmRows divides the panel width). Only the GEMM
+// path skips, and it skips the same elements every time, so one copy after
+// all of a call's sub-blocks suffices. Where kGemmRows and N are multiples
+// of 4, four rows share their extent and the copy goes by 4 x 4 blocks
+// transposed in registers (gathers are slow on current x86 cores).
+template <class D>
+HWY_INLINE void MirrorSkipped(D d, float* HWY_RESTRICT m, size_t dim) {
+  const size_t N = hn::Lanes(d), width = 2 * dim;
+  size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  static_assert(kGemmRows % 4 == 0, "four rows per tile");
+  const hn::CappedTag<float, 4> d4;
+  const hn::Repartition<uint64_t, decltype(d4)> d64;
+  for (; i + 4 <= dim; i += 4) {
+    const size_t i0 = i - i % kGemmRows, end = i0 - i0 % N;
+    for (size_t j = 0; j < end; j += 4) {
+      const float* src = m + j * width + i;
+      const auto r0 = hn::LoadU(d4, src), r1 = hn::LoadU(d4, src + width);
+      const auto r2 = hn::LoadU(d4, src + 2 * width), r3 = hn::LoadU(d4, src + 3 * width);
+      const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d4, r0, r1));  // r0[0] r1[0] r0[1] r1[1]
+      const auto t1 = hn::BitCast(d64, hn::InterleaveLower(d4, r2, r3));
+      const auto t2 = hn::BitCast(d64, hn::InterleaveUpper(d4, r0, r1));  // r0[2] r1[2] r0[3] r1[3]
+      const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d4, r2, r3));
+      float* dst = m + i * width + j;
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t0, t1)), d4, dst);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t0, t1)), d4, dst + width);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t2, t3)), d4, dst + 2 * width);
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t2, t3)), d4, dst + 3 * width);
+    }
+  }
+#endif
+  for (; i < dim; ++i) {
+    const size_t i0 = i - i % kGemmRows, end = i0 - i0 % N;
+    float* HWY_RESTRICT mi = m + i * width;
+    for (size_t j = 0; j < end; ++j) mi[j] = m[j * width + i];
   }
 }
 
@@ -364,7 +429,8 @@ void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_h
     const T* k = static_cast<const T*>(block.k) + h * block.k_head_stride;
     const T* v = static_cast<const T*>(block.v) + h * block.v_head_stride;
     const CovHead head = state->Head(first_head + h);
-    // Sub-blocks of near-equal size, in token order.
+    // Sub-blocks of near-equal size, in token order (n = 1 alone takes the
+    // rank-1 path: a sub-block of one token only arises then).
     for (size_t s = 0, t0 = 0; s < n_sub; ++s) {
       const size_t b = (n - t0 + (n_sub - s) - 1) / (n_sub - s);
       const T* ks = k + t0 * block.k_token_stride;
@@ -377,6 +443,7 @@ void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_h
       }
       t0 += b;
     }
+    if (n > 1) MirrorSkipped(d, head.m, shape.dim);
   }
 }
 

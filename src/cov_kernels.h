@@ -37,7 +37,8 @@ bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim);
 void CovUpdate(covattn_cov_state* state, const CovBlock& block);
 
 // Only heads [first_head, first_head + n_heads) absorb the block, whose
-// head 0 is the state's head first_head (the bounded cache folds different
+// head 0 is the state's head first_head: for states with
+// covattn_cov_state::kIndependentHeads (the bounded cache folds different
 // tokens into different heads). The state's token count is not changed.
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                     size_t n_heads);

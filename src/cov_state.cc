@@ -43,7 +43,7 @@ Extent StateExtent(const covattn_cov_state* state) {
 
 bool SameShape(const covattn_cov_state* a, const covattn_cov_state* b) {
   return a->n_heads == b->n_heads && a->head_dim == b->head_dim &&
-         a->forgetting == b->forgetting;
+         a->forgetting == b->forgetting && a->flags == b->flags;
 }
 
 // An output vector of n elements of elem_size bytes.
@@ -69,7 +69,7 @@ bool AnyOverlap(const Extent* extents, size_t n) {
 //          12  u32 header bytes (64)
 //          16  u64 n_heads
 //          24  u64 head_dim
-//          32  f32 forgetting factor, u32 reserved (0)
+//          32  f32 forgetting factor, u32 flags (covattn_cov_state::flags)
 //          40  u64 tokens absorbed
 //          48  u64 payload elements: n_heads (1 + 2 head_dim + 2 head_dim^2)
 //          56  u64 payload bytes
@@ -158,14 +158,14 @@ double F64LE(const unsigned char* p) {
 // most the token count (0 when empty, with everything else 0); M_kk exactly
 // symmetric (every update keeps it so) with a non-negative diagonal.
 bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
-                      double first_weight) {
-  // Heads may hold different weights (the bounded cache folds different
-  // tokens into different heads), each either empty or at least one token's.
+                      double first_weight, bool independent_heads) {
+  // Every head saw every token (one weight, none without tokens), or, with
+  // independent heads, each head is empty or holds at least one token's weight.
   const double w = F64LE(p);
-  (void)first_weight;
-  if (!std::isfinite(w)) return false;
+  if (!std::isfinite(w) || (!independent_heads && w != first_weight)) return false;
   const bool empty = w == 0.0;
-  if (!empty && !(w >= 1.0 && w <= static_cast<double>(n_tokens) * (1.0 + 0x1p-20))) {
+  if (empty ? (!independent_heads && n_tokens != 0)
+            : !(w >= 1.0 && w <= static_cast<double>(n_tokens) * (1.0 + 0x1p-20))) {
     return false;
   }
   for (size_t i = 0; i < 2 * dim; ++i) {
@@ -222,6 +222,7 @@ covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads
   s->head_dim = head_dim;
   s->forgetting = forgetting;
   s->n_tokens = 0;
+  s->flags = 0;
   *state = s;
   return COVATTN_OK;
 }
@@ -410,6 +411,7 @@ covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void*
   uint32_t bits;
   std::memcpy(&bits, &state->forgetting, sizeof(bits));
   PutLE(p + 32, bits, 4);
+  PutLE(p + 36, state->flags, 4);
   PutLE(p + 40, state->n_tokens, 8);
   PutLE(p + 48, state->n_heads * (1 + 2 * dim + 2 * dim * dim), 8);
   PutLE(p + 56, state->n_heads * PayloadBytesPerHead(dim), 8);
@@ -439,7 +441,7 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
   if (GetLE(p + 8, 4) != kFormatVersion) return COVATTN_ERR_VERSION;
   if (size < kFileHeaderBytes) return COVATTN_ERR_TRUNCATED;
   const FileHeader h = ParseHeader(p);
-  if (h.header_bytes != kFileHeaderBytes || h.reserved != 0 ||
+  if (h.header_bytes != kFileHeaderBytes || (h.reserved & ~covattn_cov_state::kIndependentHeads) ||
       CheckShape(h.n_heads, h.head_dim, h.forgetting) != COVATTN_OK) {
     return COVATTN_ERR_CORRUPT;
   }
@@ -457,7 +459,7 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
     return COVATTN_ERR_CHECKSUM;
   }
   if (h.n_heads != state->n_heads || h.head_dim != state->head_dim ||
-      h.forgetting != state->forgetting) {
+      h.forgetting != state->forgetting || h.reserved != state->flags) {
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
   const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
@@ -465,7 +467,8 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
   const size_t head_payload = PayloadBytesPerHead(dim);
   const unsigned char* q = p + kFileHeaderBytes;
   for (size_t head = 0; head < h.n_heads; ++head) {
-    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64LE(q))) {
+    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64LE(q),
+                          state->flags & covattn_cov_state::kIndependentHeads)) {
       return COVATTN_ERR_CORRUPT;
     }
   }

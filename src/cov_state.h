@@ -41,7 +41,7 @@ constexpr size_t kAlign = 64;
 constexpr size_t kVectorSlackBytes = 256;
 constexpr size_t kMaxLanesF32 = kVectorSlackBytes / sizeof(float);
 // Tokens per sub-block of a block update: the GEMM's packed operand of one
-// column panel (at most 48 f32 columns x 128 tokens = 24 KiB on AVX-512)
+// column panel (at most 64 f32 columns x 128 tokens = 32 KiB on AVX-512)
 // stays in L1 while every row tile streams past it.
 constexpr size_t kSubBlockTokens = 128;
 // Inputs whose magnitude exceeds this are refused like NaN: their squares,
@@ -60,7 +60,7 @@ constexpr size_t HeadBytes(size_t dim) { return HeadDoublesBytes(dim) + HeadMome
 // Workspace of the block update, in floats (each array padded for vector
 // over-reads): the packed, centred sub-block [kSubBlockTokens][2d rounded up
 // to a vector], then five arrays of 2d + padding (one token's row, the shift,
-// the block sums, the merge vector u, the block mean) and the per-token
+// the sqrt weights, the merge vector u, the block mean) and the per-token
 // weights.
 constexpr size_t WorkspaceRowFloats(size_t dim) { return 2 * dim + 2 * kMaxLanesF32; }
 constexpr size_t WorkspaceBytes(size_t dim) {
@@ -94,7 +94,12 @@ struct covattn_cov_state {
   size_t n_heads, head_dim;
   float forgetting;
   uint64_t n_tokens;
+  // kIndependentHeads: heads may hold different weights (the bounded cache
+  // folds different tokens into different heads); otherwise every head has
+  // seen every token. Serialized, and must match on load.
+  uint32_t flags;
 
+  static constexpr uint32_t kIndependentHeads = 1;
   static constexpr size_t kHeaderBytes = 128;
 
   unsigned char* HeadBase(size_t h) {

@@ -283,7 +283,7 @@ TEST_CASE("synthetic regimes: the hybrid beats sinks + window at equal memory") 
   // plus the outlier policy's whitening (packed triangle and mean).
   const size_t token_bytes = 2 * dim * sizeof(float);
   const size_t summary_bytes = 8 * (1 + 2 * dim) + 4 * 2 * dim * dim;
-  const size_t whitening_bytes = 4 * (dim * (dim + 1) / 2 + dim);
+  const size_t whitening_bytes = 2 * dim * dim + 4 * dim;  // bf16 W^T, f32 mean
   const size_t summary_tokens = (summary_bytes + token_bytes - 1) / token_bytes;
   const size_t outlier_tokens = (summary_bytes + whitening_bytes + token_bytes - 1) / token_bytes;
   struct Case {

@@ -396,7 +396,15 @@ TEST_CASE("load: every corrupt, truncated, foreign or mismatched file is refused
       expect_file(f, COVATTN_ERR_CORRUPT);
     };
     corrupt_header(12, uint32_t{63});                     // header size
-    corrupt_header(36, uint32_t{1});                      // reserved
+    corrupt_header(36, uint32_t{2});                      // an unknown flag
+    {
+      // A state with independent heads (the bounded cache's summary) is a
+      // different kind of state: valid, but not this destination's.
+      std::vector<uint8_t> f = good;
+      Put(f, 36, uint32_t{1});
+      Reseal(f);
+      expect_file(f, COVATTN_ERR_SHAPE_MISMATCH);
+    }
     corrupt_header(16, uint64_t{0});                      // n_heads
     corrupt_header(16, uint64_t{1} << 62);                // absurd n_heads: sizes overflow
     corrupt_header(16, uint64_t{kHeads + 1});             // disagrees with the payload

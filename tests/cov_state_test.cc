@@ -115,34 +115,49 @@ TEST_CASE("single-token updates (the rank-1 Welford path) match the reference") 
 TEST_CASE("10^6 tokens whose mean is 10^3 standard deviations from zero") {
   // Raw f32 sums of products would lose everything here (x^2 ~ 10^6 sigma^2
   // with 24-bit mantissas); centred blocks and merges keep C to ~u log n.
-  // Under qemu (aarch64 targets) the stream is 10^5 tokens: SVE emulation is
-  // ~50x slower than native.
+  // Single-token updates are the exception the docs state: once M holds
+  // ~10^6 tokens, the f32 rounding of M + u u^T drops increments below half
+  // an ulp (biased, not random), measured 4.5e-4 relative after 10^6 of
+  // them; that stream is held to 1e-3, block streams to the 1e-4.
+  // Under qemu (aarch64 targets) the streams are 10^5 tokens: SVE emulation
+  // is ~50x slower than native.
   const size_t n = ArmTargets() ? 100000 : 1000000, dim = 16;
   Rng rng(2024);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, n, 1, dim);
   FillCorrelated(cache, rng, 1000.0, -1000.0);
   const Reference ref = CacheReference(cache, 0, 0, n);
-  // Block sizes 1 .. 2048, so single tokens, sub-blocks and long blocks mix.
-  const std::vector<size_t> sizes = RandomSizes(rng, 997, 2048);
-  ForEachTarget([&] {
-    StatePtr s = MakeState(1, dim);
-    Feed(s.get(), cache, 0, n, sizes);
-    const Exported e = Export(s.get(), 0, dim);
-    double err_kk = 0, norm_kk = 0, err_vk = 0, norm_vk = 0;
-    for (size_t i = 0; i < dim * dim; ++i) {
-      err_kk += std::pow(e.cov_kk[i] - ref.cov_kk[i], 2), norm_kk += std::pow(ref.cov_kk[i], 2);
-      err_vk += std::pow(e.cov_vk[i] - ref.cov_vk[i], 2), norm_vk += std::pow(ref.cov_vk[i], 2);
-    }
-    const double rel_kk = std::sqrt(err_kk / norm_kk), rel_vk = std::sqrt(err_vk / norm_vk);
-    INFO("relative Frobenius error: C_kk " << rel_kk << ", C_vk " << rel_vk);
-    CHECK(rel_kk <= 1e-4);
-    CHECK(rel_vk <= 1e-4);
-    for (size_t i = 0; i < dim; ++i) {
-      CHECK(std::fabs(e.mean_k[i] - ref.mean_k[i]) <= 1e-4);
-      CHECK(std::fabs(e.mean_v[i] - ref.mean_v[i]) <= 1e-4);
-    }
-    CHECK(e.weight == static_cast<double>(n));
-  });
+  struct Stream {
+    const char* name;
+    std::vector<size_t> sizes;
+    double max_relative_error;
+  } streams[] = {
+      // Block sizes 1 .. 2048, so single tokens, sub-blocks and long blocks mix.
+      {"blocks of 1 to 2048 tokens", RandomSizes(rng, 997, 2048), 1e-4},
+      {"single tokens", {1}, 1e-3},
+  };
+  for (const Stream& stream : streams) {
+    INFO(stream.name);
+    ForEachTarget([&] {
+      StatePtr s = MakeState(1, dim);
+      Feed(s.get(), cache, 0, n, stream.sizes);
+      const Exported e = Export(s.get(), 0, dim);
+      double err_kk = 0, norm_kk = 0, err_vk = 0, norm_vk = 0;
+      for (size_t i = 0; i < dim * dim; ++i) {
+        err_kk += std::pow(e.cov_kk[i] - ref.cov_kk[i], 2), norm_kk += std::pow(ref.cov_kk[i], 2);
+        err_vk += std::pow(e.cov_vk[i] - ref.cov_vk[i], 2), norm_vk += std::pow(ref.cov_vk[i], 2);
+      }
+      const double rel_kk = std::sqrt(err_kk / norm_kk), rel_vk = std::sqrt(err_vk / norm_vk);
+      INFO("relative Frobenius error: C_kk " << rel_kk << ", C_vk " << rel_vk);
+      CHECK(rel_kk <= stream.max_relative_error);
+      CHECK(rel_vk <= stream.max_relative_error);
+      // The f64 means stay exact to the f32 export (|mu| u = 6e-5).
+      for (size_t i = 0; i < dim; ++i) {
+        CHECK(std::fabs(e.mean_k[i] - ref.mean_k[i]) <= 1e-4);
+        CHECK(std::fabs(e.mean_v[i] - ref.mean_v[i]) <= 1e-4);
+      }
+      CHECK(e.weight == static_cast<double>(n));
+    });
+  }
 }
 
 TEST_CASE("merging arbitrary splits equals one pass, with and without forgetting") {

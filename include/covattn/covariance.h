@@ -27,7 +27,9 @@ typedef struct covattn_cov_state covattn_cov_state;
 
 /* Bytes a state needs for n_heads KV heads of head_dim (including its
  * block-update workspace and alignment slack); a fixed formula, documented in
- * README.md. */
+ * docs/covariance.md (8 head_dim^2 + 16 head_dim bytes per head, padded, and
+ * one workspace of about 1 KiB * head_dim + 68 KiB; for head_dim 128,
+ * 130 KiB per head and a 200 KiB workspace). */
 COVATTN_API covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim,
                                                   size_t* bytes);
 
@@ -63,11 +65,14 @@ COVATTN_API covattn_status covattn_cov_state_info(const covattn_cov_state* state
                                                   covattn_cov_info* info);
 
 /* Absorbs block->n_tokens tokens of K and V (any dtype and strides, as for
- * attention; n_heads and head_dim must match the state) into every head, in
- * token order. Blocks are centred on their own mean, their co-moments formed
- * by a SIMD GEMM-style kernel and merged in (Chan et al.); a single token
- * takes a rank-1 path. A block containing NaN or infinity is refused with
- * COVATTN_ERR_NONFINITE and the state is unchanged. */
+ * attention; n_heads and head_dim must match the state, else
+ * COVATTN_ERR_SHAPE_MISMATCH) into every head, in token order. Blocks are
+ * centred on their own mean, their co-moments formed by a SIMD GEMM-style
+ * kernel and merged in (Chan et al.); a single token takes a rank-1 path.
+ * A block containing NaN, infinity or a value of magnitude above 2^40 (whose
+ * square could overflow the f32 co-moments) is refused with
+ * COVATTN_ERR_NONFINITE and the state is unchanged. K and V may be the same
+ * memory; neither may overlap the state's. */
 COVATTN_API covattn_status covattn_cov_state_update(covattn_cov_state* state,
                                                     const covattn_kv_cache* block);
 
@@ -88,7 +93,9 @@ COVATTN_API covattn_status covattn_cov_readout(const covattn_cov_state* state, c
 
 /* Copies one head's statistics out: weight W, means [head_dim] each, and the
  * covariances C_kk, C_vk = M / W as full [head_dim][head_dim] row-major
- * matrices (C_vk[i][j] = Cov(v_i, k_j)). Any output may be NULL. */
+ * matrices (C_vk[i][j] = Cov(v_i, k_j)). Any output may be NULL. A head
+ * beyond the state's gives COVATTN_ERR_INVALID_RANGE, an empty state
+ * COVATTN_ERR_EMPTY_STATE (nothing written). */
 COVATTN_API covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head,
                                                     double* weight, float* mean_k,
                                                     float* mean_v, float* cov_kk, float* cov_vk);
@@ -99,6 +106,7 @@ COVATTN_API covattn_status covattn_cov_state_export(const covattn_cov_state* sta
  * truncated, foreign, other-version, mis-sized, corrupt or non-finite input
  * returns its status and leaves `state` untouched. The destination must have
  * the same n_heads, head_dim and forgetting factor. */
+/* `written` may be NULL. The format is specified in docs/covariance.md. */
 COVATTN_API covattn_status covattn_cov_state_serialized_size(const covattn_cov_state* state,
                                                              size_t* bytes);
 COVATTN_API covattn_status covattn_cov_state_serialize(const covattn_cov_state* state,

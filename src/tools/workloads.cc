@@ -1,5 +1,6 @@
 #include "workloads.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -69,11 +70,16 @@ Layer MakeLayer(const WorkloadSpec& spec) {
   layer.v.resize(spec.n_tokens * heads * d);
   std::vector<double> z(width), x(width);
   for (size_t h = 0; h < heads; ++h) {
-    // z = [k; v] = mu(t) + L x per head, L a fixed random mixing near I.
-    std::vector<double> mix(width * width), mean(width), drift(width);
+    // z = [k; v] = mu(t) + (I + U V^T) x per head: a fixed random mixing of
+    // rank kMixRank around the identity correlates keys with values at
+    // O(width) cost per token.
+    constexpr size_t kMixRank = 8;
+    std::vector<double> u(width * kMixRank), w(width * kMixRank), mean(width), drift(width),
+        low(kMixRank);
     for (size_t i = 0; i < width; ++i) {
-      for (size_t j = 0; j < width; ++j) {
-        mix[i * width + j] = (i == j) + 0.4 * rng.Normal() / std::sqrt(double(width));
+      for (size_t r = 0; r < kMixRank; ++r) {
+        u[i * kMixRank + r] = 0.5 * rng.Normal();
+        w[i * kMixRank + r] = rng.Normal() / std::sqrt(double(width));
       }
       mean[i] = 1.0 + 0.5 * rng.Normal();
       drift[i] = 2.0 * rng.Normal();
@@ -114,11 +120,14 @@ Layer MakeLayer(const WorkloadSpec& spec) {
           radius = std::sqrt(3.0 / chi2);
         }
         for (double& xi : x) xi = rng.Normal();
+        std::fill(low.begin(), low.end(), 0.0);
+        for (size_t j = 0; j < width; ++j)
+          for (size_t r = 0; r < kMixRank; ++r) low[r] += w[j * kMixRank + r] * x[j];
         const double progress = spec.workload == Workload::kDrift ? double(t) / spec.n_tokens : 0.0;
         for (size_t i = 0; i < width; ++i) {
-          double s = mean[i] + drift[i] * progress;
-          for (size_t j = 0; j < width; ++j) s += radius * mix[i * width + j] * x[j];
-          z[i] = s;
+          double s = x[i];
+          for (size_t r = 0; r < kMixRank; ++r) s += u[i * kMixRank + r] * low[r];
+          z[i] = mean[i] + drift[i] * progress + radius * s;
         }
       }
       float* k = layer.k.data() + (t * heads + h) * d;

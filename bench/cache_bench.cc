@@ -1,0 +1,265 @@
+// The bounded cache against exact attention: decode time against context
+// length for exact attention, the pure covariance readout, sinks + window, and
+// the hybrid with and without outlier slots; memory per layer; and, as
+// counters, the relative L2 error of each method against exact attention on
+// the synthetic regimes (Gaussian with a mean, drifting mean, Student-t).
+//
+//   build/release/bench/cache_bench --benchmark_counters_tabular=true
+//
+// Shapes: 2 KV heads, GQA 4:1 (8 query heads), head_dim 64 and 128, f32,
+// budget 256 exact tokens per head (4 sinks); the sinks + window baseline gets
+// the summary's memory as extra window tokens.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "covattn/cache.h"
+#include "machine_limits.h"
+#include "workloads.h"
+
+namespace covattn_bench {
+namespace {
+
+using covattn_tools::Layer;
+using covattn_tools::Workload;
+using covattn_tools::WorkloadSpec;
+
+constexpr size_t kKvHeads = 2, kQHeads = 8, kBudget = 256, kSinks = 4;
+
+enum class Method { kExact, kReadout, kWindow, kHybrid, kOutliers };
+
+const char* MethodName(Method m) {
+  switch (m) {
+    case Method::kExact:
+      return "exact";
+    case Method::kReadout:
+      return "readout";
+    case Method::kWindow:
+      return "sinks+window";
+    case Method::kHybrid:
+      return "hybrid";
+    case Method::kOutliers:
+      return "hybrid+outliers";
+  }
+  return "?";
+}
+
+// Bytes of the summary (weight, means, co-moments) and of the whitening per
+// head, as window tokens: the baseline's extra memory.
+size_t SummaryTokens(size_t dim, bool with_whitening) {
+  const size_t token_bytes = 2 * dim * sizeof(float);
+  size_t bytes = 8 * (1 + 2 * dim) + 4 * 2 * dim * dim;
+  if (with_whitening) bytes += 2 * dim * dim + 4 * dim;  // bf16 W^T, f32 mean
+  return (bytes + token_bytes - 1) / token_bytes;
+}
+
+covattn_cache_config ConfigFor(Method m, size_t dim) {
+  covattn_cache_config c{kKvHeads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0};
+  switch (m) {
+    case Method::kReadout:
+      break;
+    case Method::kWindow:  // at the memory of the hybrid with outliers
+      c.n_sinks = kSinks;
+      c.window = kBudget - kSinks + SummaryTokens(dim, true);
+      c.flags = COVATTN_CACHE_DROP_EVICTED;
+      break;
+    case Method::kHybrid:
+      c.n_sinks = kSinks;
+      c.window = kBudget - kSinks;
+      break;
+    default:  // kOutliers
+      c.n_sinks = kSinks;
+      c.window = 64 - kSinks;
+      c.n_outliers = kBudget - 64;
+      break;
+  }
+  return c;
+}
+
+struct CacheDeleter {
+  void operator()(covattn_cache* c) const { covattn_cache_destroy(c); }
+};
+using CachePtr = std::unique_ptr<covattn_cache, CacheDeleter>;
+
+const Layer& SharedLayer(Workload workload, size_t dim, size_t n) {
+  static std::map<std::tuple<int, size_t, size_t>, std::unique_ptr<Layer>> layers;
+  auto& slot = layers[{static_cast<int>(workload), dim, n}];
+  if (!slot) {
+    WorkloadSpec spec;
+    spec.workload = workload;
+    spec.n_tokens = n;
+    spec.n_kv_heads = kKvHeads;
+    spec.n_q_heads = kQHeads;
+    spec.head_dim = dim;
+    spec.sigma = 1.0;
+    spec.seed = 17;
+    slot.reset(new Layer(covattn_tools::MakeLayer(spec)));
+  }
+  return *slot;
+}
+
+covattn_kv_cache ViewOf(const Layer& layer) {
+  const size_t d = layer.head_dim, h = layer.n_kv_heads;
+  return covattn_kv_cache{COVATTN_F32, layer.k.data(), layer.v.data(), layer.n_tokens, h, d,
+                          h * d,       d,              h * d,          d};
+}
+
+CachePtr BuildCache(Method m, const Layer& layer) {
+  const covattn_cache_config config = ConfigFor(m, layer.head_dim);
+  covattn_cache* c = nullptr;
+  if (covattn_cache_create(&config, &c) != COVATTN_OK) return nullptr;
+  CachePtr cache(c);
+  const covattn_kv_cache all = ViewOf(layer);
+  if (covattn_cache_append(c, &all) != COVATTN_OK) return nullptr;  // one prompt, block-wise
+  return cache;
+}
+
+// Decodes the layer's queries with a method; returns false on failure.
+class Decoder {
+ public:
+  Decoder(Method method, const Layer& layer) : method_(method), layer_(layer) {
+    const size_t d = layer.head_dim;
+    out_.resize(kQHeads * d);
+    if (method == Method::kExact) {
+      size_t bytes = 0;
+      covattn_attention_scratch_size(d, &bytes);
+      scratch_.resize(bytes);
+      view_ = ViewOf(layer);
+    } else {
+      cache_ = BuildCache(method, layer);
+      size_t bytes = 0;
+      if (cache_) covattn_cache_decode_scratch_size(cache_.get(), kQHeads, &bytes);
+      scratch_.resize(bytes);
+    }
+  }
+  bool ok() const { return method_ == Method::kExact || cache_ != nullptr; }
+  bool Run() {
+    if (method_ == Method::kExact) {
+      return covattn_decode(&view_, layer_.q.data(), kQHeads, nullptr, out_.data(),
+                            scratch_.data(), scratch_.size()) == COVATTN_OK;
+    }
+    return covattn_cache_decode(cache_.get(), layer_.q.data(), kQHeads, 0.0f, out_.data(),
+                                nullptr, scratch_.data(), scratch_.size()) == COVATTN_OK;
+  }
+  const std::vector<float>& out() const { return out_; }
+  size_t MemoryBytes() const {
+    if (method_ == Method::kExact) return 2 * layer_.k.size() * sizeof(float);
+    covattn_cache_info info;
+    covattn_cache_info_get(cache_.get(), &info);
+    return info.bytes;
+  }
+
+ private:
+  Method method_;
+  const Layer& layer_;
+  covattn_kv_cache view_{};
+  CachePtr cache_;
+  std::vector<float> out_;
+  std::vector<uint8_t> scratch_;
+};
+
+// Median over query heads of ||out - exact|| / ||exact||.
+double RelativeError(Method method, Workload workload, size_t dim, size_t n) {
+  const Layer& layer = SharedLayer(workload, dim, n);
+  Decoder exact(Method::kExact, layer), approx(method, layer);
+  if (!approx.ok() || !exact.Run() || !approx.Run()) return NAN;
+  std::vector<double> errors;
+  for (size_t h = 0; h < kQHeads; ++h) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < dim; ++i) {
+      const double e = exact.out()[h * dim + i], a = approx.out()[h * dim + i];
+      num += (a - e) * (a - e), den += e * e;
+    }
+    errors.push_back(std::sqrt(num / den));
+  }
+  std::sort(errors.begin(), errors.end());
+  return errors[errors.size() / 2];
+}
+
+void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
+  Decoder decoder(method, layer);
+  if (!decoder.ok()) {
+    state.SkipWithError("cache setup failed");
+    return;
+  }
+  for (auto _ : state) {
+    if (!decoder.Run()) {
+      state.SkipWithError("decode failed");
+      break;
+    }
+    benchmark::DoNotOptimize(decoder.out().data());
+  }
+  state.counters["memory_bytes"] = static_cast<double>(decoder.MemoryBytes());
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+  if (method != Method::kExact) {
+    state.counters["err_gaussian"] = RelativeError(method, Workload::kGaussian, dim, n);
+    state.counters["err_drift"] = RelativeError(method, Workload::kDrift, dim, n);
+    state.counters["err_student_t"] = RelativeError(method, Workload::kStudentT, dim, n);
+  }
+}
+
+// Appending a prompt: tokens per second for a whole-prompt append.
+void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
+  const covattn_cache_config config = ConfigFor(method, dim);
+  covattn_cache* c = nullptr;
+  if (covattn_cache_create(&config, &c) != COVATTN_OK) {
+    state.SkipWithError("create failed");
+    return;
+  }
+  CachePtr cache(c);
+  const covattn_kv_cache all = ViewOf(layer);
+  for (auto _ : state) {
+    covattn_cache_reset(c);
+    if (covattn_cache_append(c, &all) != COVATTN_OK) {
+      state.SkipWithError("append failed");
+      break;
+    }
+  }
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void RegisterAll() {
+  RegisterLimitBenchmarks();
+  const Method methods[] = {Method::kExact, Method::kReadout, Method::kWindow, Method::kHybrid,
+                            Method::kOutliers};
+  for (size_t dim : {size_t{64}, size_t{128}}) {
+    for (size_t n : {size_t{512}, size_t{2048}, size_t{8192}, size_t{32768}, size_t{131072}}) {
+      for (Method m : methods) {
+        const std::string name = std::string("cache_decode/") + MethodName(m) + "/d" +
+                                 std::to_string(dim) + "/ctx" + std::to_string(n);
+        benchmark::RegisterBenchmark(name.c_str(), DecodeBench, m, dim, n)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
+    }
+    for (Method m : {Method::kReadout, Method::kHybrid, Method::kOutliers}) {
+      const std::string name = std::string("cache_append/") + MethodName(m) + "/d" +
+                               std::to_string(dim) + "/prompt8192";
+      benchmark::RegisterBenchmark(name.c_str(), AppendBench, m, dim, size_t{8192})
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace covattn_bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  covattn_bench::RegisterAll();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

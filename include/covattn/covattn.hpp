@@ -1,0 +1,164 @@
+// covattn: a header-only C++17 wrapper over the C API.
+//
+// Owning objects (CovState, Cache) release themselves; calls that fail throw
+// covattn::Error carrying the status. The library itself never throws: the
+// exceptions are raised here, in the caller's code, from the statuses the C
+// functions return. Scratch memory is kept inside the wrapper objects.
+#ifndef COVATTN_COVATTN_HPP_
+#define COVATTN_COVATTN_HPP_
+
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "covattn/cache.h"
+#include "covattn/covariance.h"
+#include "covattn/covattn.h"
+
+namespace covattn {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(covattn_status status)
+      : std::runtime_error(std::string("covattn: ") + covattn_status_string(status)),
+        status_(status) {}
+  covattn_status status() const { return status_; }
+
+ private:
+  covattn_status status_;
+};
+
+// Throws on errors; returns successes, including COVATTN_FULLY_MASKED.
+inline covattn_status Check(covattn_status status) {
+  if (status < 0) throw Error(status);
+  return status;
+}
+
+// Exact attention with scratch memory kept between calls.
+class Attention {
+ public:
+  // q and out are [n_q_heads][head_dim].
+  covattn_status Decode(const covattn_kv_cache& kv, const float* q, size_t n_q_heads, float* out,
+                        const covattn_attention_options* options = nullptr) {
+    Reserve(kv.head_dim);
+    return Check(covattn_decode(&kv, q, n_q_heads, options, out, scratch_.data(),
+                                scratch_.size()));
+  }
+
+  covattn_status Prefill(const covattn_kv_cache& kv, const covattn_queries& q, size_t n_past,
+                         const covattn_outputs& out,
+                         const covattn_attention_options* options = nullptr) {
+    Reserve(kv.head_dim);
+    return Check(covattn_prefill(&kv, &q, n_past, options, &out, scratch_.data(),
+                                 scratch_.size()));
+  }
+
+ private:
+  void Reserve(size_t head_dim) {
+    size_t bytes = 0;
+    Check(covattn_attention_scratch_size(head_dim, &bytes));
+    if (scratch_.size() < bytes) scratch_.resize(bytes);
+  }
+  std::vector<unsigned char> scratch_;
+};
+
+// The covariance state (covattn/covariance.h).
+class CovState {
+ public:
+  CovState(size_t n_heads, size_t head_dim, float forgetting = 1.0f) {
+    covattn_cov_state* s = nullptr;
+    Check(covattn_cov_state_create(n_heads, head_dim, forgetting, &s));
+    state_.reset(s);
+  }
+
+  void Update(const covattn_kv_cache& block) { Check(covattn_cov_state_update(get(), &block)); }
+  void Merge(const CovState& other) { Check(covattn_cov_state_merge(get(), other.get())); }
+  void Reset() { Check(covattn_cov_state_reset(get())); }
+
+  // q and out [n_q_heads][head_dim]; log_z and ess optional.
+  void Readout(const float* q, size_t n_q_heads, float* out, float* log_z = nullptr,
+               float* ess = nullptr, float scale = 0.0f) const {
+    Check(covattn_cov_readout(get(), q, n_q_heads, scale, out, log_z, ess));
+  }
+
+  covattn_cov_info Info() const {
+    covattn_cov_info info;
+    Check(covattn_cov_state_info(get(), &info));
+    return info;
+  }
+
+  std::vector<unsigned char> Serialize() const {
+    size_t bytes = 0, written = 0;
+    Check(covattn_cov_state_serialized_size(get(), &bytes));
+    std::vector<unsigned char> buffer(bytes);
+    Check(covattn_cov_state_serialize(get(), buffer.data(), buffer.size(), &written));
+    return buffer;
+  }
+  void Load(const std::vector<unsigned char>& bytes) {
+    Check(covattn_cov_state_load(get(), bytes.data(), bytes.size()));
+  }
+
+  covattn_cov_state* get() const { return state_.get(); }
+
+ private:
+  struct Deleter {
+    void operator()(covattn_cov_state* s) const { covattn_cov_state_destroy(s); }
+  };
+  std::unique_ptr<covattn_cov_state, Deleter> state_;
+};
+
+// The bounded-memory cache (covattn/cache.h).
+class Cache {
+ public:
+  explicit Cache(const covattn_cache_config& config) {
+    covattn_cache* c = nullptr;
+    Check(covattn_cache_create(&config, &c));
+    cache_.reset(c);
+  }
+
+  void Append(const covattn_kv_cache& block) { Check(covattn_cache_append(get(), &block)); }
+  void Reset() { Check(covattn_cache_reset(get())); }
+
+  // q and out [n_q_heads][head_dim].
+  covattn_status Decode(const float* q, size_t n_q_heads, float* out,
+                        const covattn_cache_diagnostics* diagnostics = nullptr,
+                        float scale = 0.0f) {
+    size_t bytes = 0;
+    Check(covattn_cache_decode_scratch_size(get(), n_q_heads, &bytes));
+    if (scratch_.size() < bytes) scratch_.resize(bytes);
+    return Check(covattn_cache_decode(get(), q, n_q_heads, scale, out, diagnostics,
+                                      scratch_.data(), scratch_.size()));
+  }
+
+  covattn_cache_info Info() const {
+    covattn_cache_info info;
+    Check(covattn_cache_info_get(get(), &info));
+    return info;
+  }
+
+  std::vector<unsigned char> Serialize() const {
+    size_t bytes = 0, written = 0;
+    Check(covattn_cache_serialized_size(get(), &bytes));
+    std::vector<unsigned char> buffer(bytes);
+    Check(covattn_cache_serialize(get(), buffer.data(), buffer.size(), &written));
+    return buffer;
+  }
+  void Load(const std::vector<unsigned char>& bytes) {
+    Check(covattn_cache_load(get(), bytes.data(), bytes.size()));
+  }
+
+  covattn_cache* get() const { return cache_.get(); }
+
+ private:
+  struct Deleter {
+    void operator()(covattn_cache* c) const { covattn_cache_destroy(c); }
+  };
+  std::unique_ptr<covattn_cache, Deleter> cache_;
+  std::vector<unsigned char> scratch_;
+};
+
+}  // namespace covattn
+
+#endif  // COVATTN_COVATTN_HPP_
