@@ -15,9 +15,12 @@
 #include "cli.h"
 #include "compare_test_util.h"
 #include "options.h"
+#include "test_util.h"
 
 using namespace covattn_compare;
 using namespace covattn_compare_test;
+using covattn_test::BF16FromFloat;
+using covattn_test::F16FromDouble;
 
 namespace {
 
@@ -492,12 +495,6 @@ std::vector<std::vector<std::string>> RunQkvCsv(const std::vector<std::string>& 
   return ParseCsv(ReadBytes(out.File("covattn-compare.csv")));
 }
 
-uint16_t Bf16Bits(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  return static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
-
 }  // namespace
 
 TEST_CASE("--qkv: one layer of f32 q.npy, k.npy, v.npy, causal at sampled positions") {
@@ -532,18 +529,11 @@ TEST_CASE("--qkv: one layer of f32 q.npy, k.npy, v.npy, causal at sampled positi
 TEST_CASE("--qkv: per-layer files in f16 and bf16, --layers") {
   ScratchDir data, out;
   const Activations a = MakeActivations(48, 2, 1, 8, 2);
-  // Layer 0 in float16 (values of a binary16 grid), layer 3 in bfloat16.
+  // Layer 0 in float16, layer 3 in bfloat16.
   std::vector<uint16_t> q16, k16, v16, qb, kb, vb;
-  auto half = [](float f) {  // inputs here are small, normal, or zero: truncate the mantissa
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    const uint32_t sign = (bits >> 16) & 0x8000, exponent = (bits >> 23) & 0xFF;
-    if (exponent < 113) return static_cast<uint16_t>(sign);
-    return static_cast<uint16_t>(sign | ((exponent - 112) << 10) | ((bits >> 13) & 0x3FF));
-  };
-  for (float x : a.q) q16.push_back(half(x)), qb.push_back(Bf16Bits(x));
-  for (float x : a.k) k16.push_back(half(x)), kb.push_back(Bf16Bits(x));
-  for (float x : a.v) v16.push_back(half(x)), vb.push_back(Bf16Bits(x));
+  for (float x : a.q) q16.push_back(F16FromDouble(x)), qb.push_back(BF16FromFloat(x));
+  for (float x : a.k) k16.push_back(F16FromDouble(x)), kb.push_back(BF16FromFloat(x));
+  for (float x : a.v) v16.push_back(F16FromDouble(x)), vb.push_back(BF16FromFloat(x));
   const std::vector<size_t> qs = {48, 2, 8}, kvs = {48, 1, 8};
   WriteBytes(data.File("layer0_q.npy"), NpyBytes(Dict("<f2", qs), U16Data(q16)));
   WriteBytes(data.File("layer0_k.npy"), NpyBytes(Dict("<f2", kvs), U16Data(k16)));

@@ -198,7 +198,7 @@ bool EvaluateSeries(const Series& series, const Options& options, ThreadPool& po
       const Method method = state.plan.method;
       if (progress) {
         progress(done_work / total_work,
-                 series.label + ", n=" + std::to_string(n) + ", " + MethodName(method));
+                 series.label + ", n=" + std::to_string(n) + ": " + MethodKey(method));
       }
       // Grow the context and decode the error queries (untimed).
       std::atomic<bool> ok{true};

@@ -59,10 +59,6 @@ size_t OutlierSlots(const Options& options) {
   return options.outliers != 0 ? options.outliers : options.budget / 2;
 }
 
-namespace {
-
-constexpr size_t kMaxContext = size_t{1} << 24;
-
 std::vector<std::string> SplitList(const std::string& s) {
   std::vector<std::string> items;
   size_t begin = 0;
@@ -73,6 +69,10 @@ std::vector<std::string> SplitList(const std::string& s) {
     begin = comma + 1;
   }
 }
+
+namespace {
+
+constexpr size_t kMaxContext = size_t{1} << 24;
 
 // A non-negative integer with an optional binary suffix: 64k = 65536.
 bool ParseSize(const std::string& s, size_t* value) {
@@ -380,8 +380,8 @@ Methods:
 
 Timing:
   --threads N         spread the heads of a layer over N threads [1]
-  --samples N         timing samples per measurement; the median is reported [7]
-  --min-time MS       minimum duration of one sample [2]
+  --samples N         timing samples per measurement; the median is reported [9]
+  --min-time MS       minimum duration of one sample [5]
   --cold              evict the caches before every timed decode
 
 Output:

@@ -63,8 +63,8 @@ struct Options {
 
   // Timing.
   size_t threads = 1;
-  size_t samples = 7;
-  double min_sample_ms = 2.0;
+  size_t samples = 9;
+  double min_sample_ms = 5.0;
   bool cold = false;
 
   // Output.
@@ -84,6 +84,9 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
                           std::string* error);
 
 std::string UsageText();
+
+// "a,b,,c" -> {"a", "b", "", "c"}: the lists of the command line.
+std::vector<std::string> SplitList(const std::string& s);
 
 // The outlier slots actually used (the default is half the budget).
 size_t OutlierSlots(const Options& options);

@@ -7,8 +7,8 @@
 namespace covattn_compare {
 namespace {
 
-constexpr int kBarWidth = 30;
-constexpr size_t kLineWidth = 78;
+constexpr int kBarWidth = 24;
+constexpr size_t kLineWidth = 79;
 
 }  // namespace
 
@@ -30,7 +30,7 @@ void Progress::Update(double fraction, const std::string& label) {
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   std::string line = "[" + std::string(filled, '#') + std::string(kBarWidth - filled, '.') + "] ";
   char numbers[48];
-  std::snprintf(numbers, sizeof(numbers), "%3d%% %4.0fs  ", static_cast<int>(fraction * 100),
+  std::snprintf(numbers, sizeof(numbers), "%3d%% %3.0fs  ", static_cast<int>(fraction * 100),
                 elapsed);
   line += numbers + label;
   if (line.size() > kLineWidth) line.resize(kLineWidth);

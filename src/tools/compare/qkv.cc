@@ -15,17 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> SplitCommas(const std::string& s) {
-  std::vector<std::string> parts;
-  size_t begin = 0;
-  for (;;) {
-    const size_t comma = s.find(',', begin);
-    parts.push_back(s.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
-    if (comma == std::string::npos) return parts;
-    begin = comma + 1;
-  }
-}
-
 // "layer12_k.npy" -> (12, 'k'); false for other names.
 bool ParseLayerFileName(const std::string& name, long* layer, char* which) {
   const std::string prefix = "layer", suffix = ".npy";
@@ -93,7 +82,7 @@ bool FindQkvFiles(const Options& options, std::vector<QkvFiles>* layers, std::st
   const std::string& spec = options.qkv;
   std::error_code ec;
   if (spec.find(',') != std::string::npos) {
-    const std::vector<std::string> parts = SplitCommas(spec);
+    const std::vector<std::string> parts = SplitList(spec);
     if (parts.size() != 3) {
       *error = "--qkv " + spec + ": give a directory or three files Q,K,V";
       return false;
