@@ -221,11 +221,10 @@ bool EvaluateSeries(const Series& series, const Options& options, ThreadPool& po
         AddRowErrors(decoded[h], ref_out[h], ref_log_z[h], dim, &errors);
       }
 
-      const Timing timing = TimeDecode(options, [&] {
-        pool.ForEach(heads, [&](size_t h) {
-          state.heads[h]->DecodeFast(timing_q[h].data(), group, state.out[h].data());
-        });
-      });
+      const std::function<void(size_t)> decode_head = [&](size_t h) {
+        state.heads[h]->DecodeFast(timing_q[h].data(), group, state.out[h].data());
+      };
+      const Timing timing = TimeDecode(options, [&] { pool.ForEach(heads, decode_head); });
       for (size_t h = 0; h < heads; ++h) {
         if (!state.heads[h]->FastStatusOk()) {
           *error = std::string(MethodName(method)) + ": a timed decode failed";
