@@ -28,6 +28,11 @@
 namespace covattn_bench {
 namespace {
 
+#ifdef COVATTN_BENCH_WITH_ONEDNN
+using covattn_tools::OneDnnDecode;
+using covattn_tools::OneDnnPrefill;
+#endif
+
 enum class Layout { kTokenMajor, kHeadMajor };  // [token][head][dim], [head][token][dim]
 
 covattn_kv_cache MakeView(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim,

@@ -1,12 +1,13 @@
-// The benchmark peer: exact attention as oneDNN primitives (matmul, softmax,
-// matmul), on the same f32 data and shapes as covattn's kernels.
-#ifndef COVATTN_BENCH_ONEDNN_PEER_H_
-#define COVATTN_BENCH_ONEDNN_PEER_H_
+// The oneDNN peer of the benchmarks and covattn-compare: exact attention as
+// oneDNN primitives (matmul, softmax, matmul), on the same f32 data and shapes
+// as covattn's kernels.
+#ifndef COVATTN_SRC_TOOLS_ONEDNN_PEER_H_
+#define COVATTN_SRC_TOOLS_ONEDNN_PEER_H_
 
 #include <cstddef>
 #include <memory>
 
-namespace covattn_bench {
+namespace covattn_tools {
 
 // Decode for a layer: q [n_q_heads][dim] against an f32 cache whose element
 // (token t, head h, dim i) is at t * token_stride + h * head_stride + i,
@@ -38,6 +39,6 @@ class OneDnnPrefill {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace covattn_bench
+}  // namespace covattn_tools
 
-#endif  // COVATTN_BENCH_ONEDNN_PEER_H_
+#endif  // COVATTN_SRC_TOOLS_ONEDNN_PEER_H_

@@ -6,7 +6,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
-namespace covattn_bench {
+namespace covattn_tools {
 
 using dnnl::memory;
 using tag = memory::format_tag;
@@ -142,4 +142,4 @@ void OneDnnPrefill::Run(const float* q, float* out) {
   m.stream.wait();
 }
 
-}  // namespace covattn_bench
+}  // namespace covattn_tools

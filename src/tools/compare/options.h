@@ -1,0 +1,96 @@
+// The command line of covattn-compare (docs/compare.md documents every
+// option; UsageText() is the --help text).
+#ifndef COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
+#define COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "workloads.h"
+
+namespace covattn_compare {
+
+// The methods compared, in table order.
+enum class Method {
+  kExact,           // exact attention, covattn_decode
+  kOneDnn,          // exact attention, oneDNN matmul -> softmax -> matmul
+  kReadout,         // the covariance readout alone (summary of every token)
+  kSinkWindow,      // sinks + recent window, evicted tokens dropped
+  kHybrid,          // sinks + window + covariance summary
+  kHybridOutliers,  // sinks + window + outlier keys + covariance summary
+};
+
+constexpr Method kAllMethods[] = {Method::kExact,      Method::kOneDnn, Method::kReadout,
+                                  Method::kSinkWindow, Method::kHybrid, Method::kHybridOutliers};
+
+// Long name for tables and legends, and the short key of --methods and CSV.
+const char* MethodName(Method method);
+const char* MethodKey(Method method);
+bool IsExact(Method method);
+
+// True when this build has the oneDNN peer.
+bool HaveOneDnn();
+
+enum class TableMode { kLongest, kAll };
+
+struct Options {
+  // Synthetic workloads (ignored with --qkv).
+  std::vector<covattn_tools::Workload> workloads;
+  std::vector<double> sigmas;
+  std::vector<size_t> contexts;
+  std::vector<size_t> head_dims;
+  size_t kv_heads = 2;
+  size_t group = 4;  // query heads per KV head
+  size_t queries = 16;  // error queries per KV head
+  uint64_t seed = 1;
+
+  // Real activations.
+  std::string qkv;  // a directory, or "Q.npy,K.npy,V.npy"
+  bool bf16 = false;
+  size_t positions = 16;    // sampled query positions per layer
+  size_t min_context = 256;  // first sampled context (clamped to the tokens)
+  std::vector<size_t> layers;  // empty: every layer found
+  float scale = 0.0f;       // 0: 1/sqrt(head_dim)
+
+  // Methods and their memory.
+  std::vector<Method> methods;
+  size_t budget = 256;   // exact tokens of the bounded methods (per KV head)
+  size_t sinks = 4;
+  size_t outliers = 0;   // outlier slots of the hybrid with outliers; 0: budget / 2
+  float forgetting = 1.0f;
+
+  // Timing.
+  size_t threads = 1;
+  size_t samples = 9;
+  double min_sample_ms = 5.0;
+  bool cold = false;
+
+  // Output.
+  TableMode table = TableMode::kLongest;
+  std::string csv_path, json_path, svg_path;
+  bool write_files = true;
+  bool progress = true;
+
+  std::string command_line;
+};
+
+enum class ParseOutcome { kRun, kHelp, kVersion, kUsageError };
+
+// Parses argv (GNU-style long options, "--name value" or "--name=value");
+// on kUsageError *error says what is wrong.
+ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
+                          std::string* error);
+
+std::string UsageText();
+
+// "a,b,,c" -> {"a", "b", "", "c"}: the lists of the command line.
+std::vector<std::string> SplitList(const std::string& s);
+
+// The outlier slots actually used (the default is half the budget).
+size_t OutlierSlots(const Options& options);
+
+}  // namespace covattn_compare
+
+#endif  // COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
