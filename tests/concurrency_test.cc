@@ -3,6 +3,10 @@
 // queries), each with its own outputs and scratch, and give exactly the
 // results of the same calls made one after another; the first calls may race
 // to initialise dispatch; the query functions may run alongside kernels.
+// For the covariance state and the bounded cache: calls taking a const object
+// (readout, decode, serialize, info, export) may share one object; calls that
+// modify an object need it to themselves, but different objects may be
+// modified at the same time.
 // Run under ThreadSanitizer by the tsan preset; covattn_restrict_targets is
 // only ever called here while no kernel runs, as covattn.h requires.
 #include <doctest/doctest.h>
@@ -10,6 +14,7 @@
 #include <atomic>
 #include <thread>
 
+#include "covattn/cache.h"
 #include "test_util.h"
 
 using namespace covattn_test;
@@ -216,4 +221,141 @@ TEST_CASE("queries about targets, versions and statuses run alongside kernels") 
     }
   });
   CHECK(ok);
+}
+
+namespace {
+
+// Serialized bytes: the whole observable content of a state or cache.
+std::vector<uint8_t> StateBytes(const covattn_cov_state* state) {
+  size_t bytes = 0;
+  REQUIRE(covattn_cov_state_serialized_size(state, &bytes) == COVATTN_OK);
+  std::vector<uint8_t> out(bytes);
+  size_t written = 0;
+  REQUIRE(covattn_cov_state_serialize(state, out.data(), bytes, &written) == COVATTN_OK);
+  return out;
+}
+
+std::vector<uint8_t> CacheBytes(const covattn_cache* cache) {
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_serialized_size(cache, &bytes) == COVATTN_OK);
+  std::vector<uint8_t> out(bytes);
+  size_t written = 0;
+  REQUIRE(covattn_cache_serialize(cache, out.data(), bytes, &written) == COVATTN_OK);
+  return out;
+}
+
+// A cache of Inputs' shape with room for a quarter of its tokens exact, fed
+// the f16 tokens [begin, end) in blocks of 50.
+covattn_cache* FilledCache(const Inputs& in, size_t begin, size_t end) {
+  const covattn_cache_config config{Inputs::kKvHeads, Inputs::kDim, COVATTN_F16, 4, 120, 16,
+                                    1.0f, 0};
+  covattn_cache* cache = nullptr;
+  REQUIRE(covattn_cache_create(&config, &cache) == COVATTN_OK);
+  for (size_t t = begin; t < end; t += 50) {
+    covattn_kv_cache block = in.f16.view();
+    block.n_tokens = std::min<size_t>(50, end - t);
+    block.k = static_cast<const uint16_t*>(block.k) + t * block.k_token_stride;
+    block.v = static_cast<const uint16_t*>(block.v) + t * block.v_token_stride;
+    REQUIRE(covattn_cache_append(cache, &block) == COVATTN_OK);
+  }
+  return cache;
+}
+
+std::vector<float> CacheDecode(const covattn_cache* cache, const float* q) {
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_decode_scratch_size(cache, Inputs::kQHeads, &bytes) == COVATTN_OK);
+  std::vector<uint8_t> scratch(bytes);
+  std::vector<float> out(Inputs::kQHeads * Inputs::kDim), share(Inputs::kQHeads);
+  const covattn_cache_diagnostics diagnostics{share.data(), nullptr, nullptr};
+  REQUIRE(covattn_cache_decode(cache, q, Inputs::kQHeads, 0.0f, out.data(), &diagnostics,
+                               scratch.data(), scratch.size()) == COVATTN_OK);
+  out.insert(out.end(), share.begin(), share.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("readouts of one covariance state from several threads; states updated in parallel") {
+  const Inputs inputs;
+  constexpr size_t kDim = Inputs::kDim, kQHeads = Inputs::kQHeads;
+  ForEachTarget([&] {
+    covattn_cov_state* shared = nullptr;
+    REQUIRE(covattn_cov_state_create(Inputs::kKvHeads, kDim, 1.0f, &shared) == COVATTN_OK);
+    REQUIRE(covattn_cov_state_update(shared, &inputs.f16.view()) == COVATTN_OK);
+    const std::vector<uint8_t> before = StateBytes(shared);
+    auto readout = [&](size_t position) {
+      std::vector<float> out(kQHeads * kDim + 2 * kQHeads);
+      float* log_z = out.data() + kQHeads * kDim;
+      REQUIRE(covattn_cov_readout(shared, inputs.q.data() + position * kQHeads * kDim, kQHeads,
+                                  0.0f, out.data(), log_z, log_z + kQHeads) == COVATTN_OK);
+      return out;
+    };
+    std::vector<std::vector<float>> expected;
+    for (size_t t = 0; t < kThreads; ++t) expected.push_back(readout(t));
+
+    // Threads read the shared state and, at the same time, each fills a state
+    // of its own from a different slice of the tokens.
+    std::vector<std::vector<float>> got(kThreads * 5);
+    std::vector<std::vector<uint8_t>> own(kThreads), shared_bytes(kThreads);
+    RunThreads(kThreads, [&](size_t t) {
+      covattn_cov_state* mine = nullptr;
+      REQUIRE(covattn_cov_state_create(Inputs::kKvHeads, kDim, 0.99f, &mine) == COVATTN_OK);
+      covattn_kv_cache slice = inputs.f32.view();
+      slice.n_tokens = 100 + 50 * t;
+      for (size_t round = 0; round < 5; ++round) {
+        got[round * kThreads + t] = readout(t);
+        REQUIRE(covattn_cov_state_update(mine, &slice) == COVATTN_OK);
+      }
+      shared_bytes[t] = StateBytes(shared);
+      own[t] = StateBytes(mine);
+      covattn_cov_state_destroy(mine);
+    });
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == expected[i % kThreads]);
+    for (size_t t = 0; t < kThreads; ++t) {
+      CHECK(shared_bytes[t] == before);
+      // The same updates made one by one give the same state, bit for bit.
+      covattn_cov_state* alone = nullptr;
+      REQUIRE(covattn_cov_state_create(Inputs::kKvHeads, kDim, 0.99f, &alone) == COVATTN_OK);
+      covattn_kv_cache slice = inputs.f32.view();
+      slice.n_tokens = 100 + 50 * t;
+      for (size_t round = 0; round < 5; ++round) {
+        REQUIRE(covattn_cov_state_update(alone, &slice) == COVATTN_OK);
+      }
+      CHECK(StateBytes(alone) == own[t]);
+      covattn_cov_state_destroy(alone);
+    }
+    covattn_cov_state_destroy(shared);
+  });
+}
+
+TEST_CASE("decodes of one bounded cache from several threads; caches appended in parallel") {
+  const Inputs inputs;
+  constexpr size_t kDim = Inputs::kDim, kQHeads = Inputs::kQHeads;
+  ForEachTarget([&] {
+    covattn_cache* shared = FilledCache(inputs, 0, Inputs::kTokens);
+    const std::vector<uint8_t> before = CacheBytes(shared);
+    std::vector<std::vector<float>> expected;
+    for (size_t t = 0; t < kThreads; ++t) {
+      expected.push_back(CacheDecode(shared, inputs.q.data() + t * kQHeads * kDim));
+    }
+    std::vector<std::vector<float>> got(kThreads * 3), own(kThreads);
+    std::vector<std::vector<uint8_t>> shared_bytes(kThreads);
+    RunThreads(kThreads, [&](size_t t) {
+      for (size_t round = 0; round < 3; ++round) {
+        got[round * kThreads + t] = CacheDecode(shared, inputs.q.data() + t * kQHeads * kDim);
+      }
+      shared_bytes[t] = CacheBytes(shared);
+      covattn_cache* mine = FilledCache(inputs, 50 * t, Inputs::kTokens);
+      own[t] = CacheDecode(mine, inputs.q.data());
+      covattn_cache_destroy(mine);
+    });
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == expected[i % kThreads]);
+    for (size_t t = 0; t < kThreads; ++t) {
+      CHECK(shared_bytes[t] == before);
+      covattn_cache* alone = FilledCache(inputs, 50 * t, Inputs::kTokens);
+      CHECK(CacheDecode(alone, inputs.q.data()) == own[t]);
+      covattn_cache_destroy(alone);
+    }
+    covattn_cache_destroy(shared);
+  });
 }

@@ -160,6 +160,56 @@ TEST_CASE("10^6 tokens whose mean is 10^3 standard deviations from zero") {
   }
 }
 
+TEST_CASE("10^7 tokens: the state stays finite and accurate, with and without forgetting") {
+  // 2^18 distinct tokens far from zero, streamed 40 times in blocks of 4096
+  // (10,485,760 tokens): the statistics of the whole stream are those of the
+  // distinct tokens, so the two-pass reference needs no 10^7-token copy.
+  // Under qemu the stream is 4 passes (10^6 tokens).
+  const size_t distinct = size_t{1} << 18, passes = ArmTargets() ? 4 : 40, dim = 8;
+  const size_t block = 4096;
+  Rng rng(10'000'000);
+  TestCache cache(COVATTN_F32, Layout::kTokenMajor, distinct, 1, dim);
+  FillCorrelated(cache, rng, 1000.0, -1000.0);
+  const Reference ref = CacheReference(cache, 0, 0, distinct);
+  const double lambda = 0.9999;
+  ForEachTarget([&] {
+    StatePtr plain = MakeState(1, dim), forgetting = MakeState(1, dim, static_cast<float>(lambda));
+    for (size_t pass = 0; pass < passes; ++pass) {
+      for (size_t t = 0; t < distinct; t += block) {
+        Update(plain.get(), cache.view(), t, block);
+        Update(forgetting.get(), cache.view(), t, block);
+      }
+    }
+    const Exported e = Export(plain.get(), 0, dim);
+    CHECK(e.weight == static_cast<double>(passes * distinct));
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < dim * dim; ++i) {
+      err += std::pow(e.cov_kk[i] - ref.cov_kk[i], 2) + std::pow(e.cov_vk[i] - ref.cov_vk[i], 2);
+      norm += std::pow(ref.cov_kk[i], 2) + std::pow(ref.cov_vk[i], 2);
+    }
+    // Each merge adds a block's co-moments (~4096 C) to M (up to ~10^7 C) in
+    // f32 and rounds by up to u |M|: relative to the final M that is u per
+    // merge, and with a stream of repeated blocks the roundings repeat too
+    // (a bias, not noise), so the bound is linear in the merges: u n_merges
+    // (1.5e-4 here; measured 9.6e-5 on x86).
+    const double merges = static_cast<double>(passes * distinct / block);
+    INFO("relative Frobenius error of C after " << passes * distinct << " tokens ("
+                                                << merges << " merges): " << std::sqrt(err / norm));
+    CHECK(std::sqrt(err / norm) <= kU * merges);
+    // With forgetting the weight saturates at 1/(1 - lambda); the covariances
+    // describe the last ~10^4 tokens, whose spread is that of the stream.
+    const Exported f = Export(forgetting.get(), 0, dim);
+    CHECK(f.weight == doctest::Approx(1.0 / (1.0 - lambda)).epsilon(1e-3));
+    for (size_t i = 0; i < dim * dim; ++i) {
+      REQUIRE(std::isfinite(f.cov_kk[i]));
+      REQUIRE(std::isfinite(f.cov_vk[i]));
+    }
+    for (size_t i = 0; i < dim; ++i) {
+      CHECK(f.cov_kk[i * dim + i] == doctest::Approx(ref.cov_kk[i * dim + i]).epsilon(0.1));
+    }
+  });
+}
+
 TEST_CASE("merging arbitrary splits equals one pass, with and without forgetting") {
   const size_t dim = 24, n = 2000, n_heads = 3;
   Rng rng(77);

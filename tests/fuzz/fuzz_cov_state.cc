@@ -1,6 +1,5 @@
 // Fuzz target for the covariance state (covattn/covariance.h): its file
-// loader and the calls that change or read a state. Built only once the
-// implementation (src/cov_state.cc) is part of the library.
+// loader and the calls that change or read a state.
 //
 // The input picks one of three modes:
 //  0: load arbitrary bytes into a state that already holds tokens;

@@ -201,8 +201,7 @@ def main():
           partial_state(False, log_z=False, l=values('1', EQUAL, 2, planted=((1, 'inf'),))))
     write('fuzz_partial_state', 'merge_null_into', partial_state(True, nulls=0xFF))
 
-    # fuzz_cov_state (built once the covariance state is in the library):
-    # target, mode, heads - 1, head_dim - 1, forgetting, tokens, then Feed's
+    # fuzz_cov_state: target, mode, heads - 1, head_dim - 1, forgetting, tokens, then Feed's
     # seed, magnitude (2^(x-40)) and planted-special byte.
     def cov(mode, heads=2, dim=16, tokens=20, forgetting=0):
         return u8(0) + u8(mode) + u8(heads - 1) + u8(dim - 1) + u8(forgetting) + u8(tokens) + \
@@ -214,6 +213,26 @@ def main():
           u32(30) + u8(3))
     write('fuzz_cov_state', 'calls', cov(2) + u8(0) + u8(1) + u8(33) + u64(9) + u8(44) + u8(0) +
           u8(1) + u8(3) + u8(0) + u8(1) + b'\x00\x10' * 64 + u8(5) + u8(4) + u8(0))
+
+    # fuzz_cache: target, mode, heads - 1, head_dim - 1, dtype, sinks, window,
+    # outliers, forgetting, flags, tokens, then Append's dtype, head-major,
+    # shape, seed, magnitude (2^(x-40)) and planted-special byte.
+    def append(tokens_byte, dtype=0, head_major=0, seed=11, magnitude=40):
+        return u8(tokens_byte) + u8(dtype) + u8(head_major) + u8(0) + u64(seed) + u8(magnitude) + \
+            u8(0)
+
+    def cache(mode, heads=2, dim=16, dtype=0, sinks=2, window=6, outliers=2, flags=0, tokens=30):
+        return u8(0) + u8(mode) + u8(heads - 1) + u8(dim - 1) + u8(dtype) + u8(sinks) + \
+            u8(window) + u8(outliers) + u8(0) + u8(flags) + append(tokens)
+    write('fuzz_cache', 'load_garbage', cache(0) + b'covattnC' + bytes(range(64)))
+    write('fuzz_cache', 'file_intact', cache(1, dtype=1) + u8(0))
+    write('fuzz_cache', 'file_truncated', cache(1) + u8(1) + u8(0) + u32(50))
+    write('fuzz_cache', 'file_bitflip', cache(1, dtype=2) + u8(1) + u8(1) + u32(300) + u8(3))
+    write('fuzz_cache', 'file_dropping', cache(1, flags=0xE0) + u8(0))
+    decode = u8(2) + u8(1) + u8(0) + bytes(2 * 16 * 2) + u8(0) + u8(0) + u8(1)
+    write('fuzz_cache', 'calls', cache(2) + u8(0) + append(70, dtype=1, head_major=1) + decode +
+          u8(3) + u8(1) + append(5, dtype=2) + decode)
+    write('fuzz_cache', 'readout_only', cache(2, sinks=0, window=0, outliers=0) + decode)
 
     for name, text in {'one': b'avx2', 'list': b' fallback , SSE4', 'fallback': b'fallback',
                        'unknown': b'avx9000', 'foreign': b'neon,sve', 'empty': b'',

@@ -1,0 +1,250 @@
+// Fuzz target for the bounded-memory cache (covattn/cache.h): its file loader
+// and the calls that change or read a cache.
+//
+// The input picks one of three modes:
+//  0: load arbitrary bytes into a cache that already holds tokens;
+//  1: serialize a valid cache, damage the bytes (truncate, flip bits,
+//     overwrite), then load them into a cache of the same configuration;
+//  2: a sequence of calls (append hostile blocks in any dtype and layout,
+//     decode with hostile queries, scales and scratch, reset) on caches in
+//     exactly sized caller memory.
+// Checked: statuses are ones the header allows; a failed call leaves the
+// cache exactly as it was (compared through its serialization); a loaded
+// cache serializes back to the same bytes; an undamaged file loads; decode
+// outputs of a successful call are finite, and the diagnostics are in range.
+#include <algorithm>
+#include <vector>
+
+#include "covattn/cache.h"
+#include "fuzz_util.h"
+
+using namespace covattn_fuzz;
+
+namespace {
+
+// A cache in an exactly sized heap block (ASan sees any access past it).
+struct OwnedCache {
+  Block memory;
+  covattn_cache* cache = nullptr;
+  bool Create(const covattn_cache_config& config) {
+    size_t bytes = 0;
+    if (covattn_cache_size(&config, &bytes) != COVATTN_OK) return false;
+    if (bytes > (size_t{64} << 20)) return false;
+    memory = Block(bytes);
+    return covattn_cache_init(memory.data(), bytes, &config, &cache) == COVATTN_OK;
+  }
+};
+
+std::vector<uint8_t> Serialize(const covattn_cache* cache) {
+  size_t bytes = 0;
+  FUZZ_CHECK(covattn_cache_serialized_size(cache, &bytes) == COVATTN_OK, "serialized size");
+  std::vector<uint8_t> out(bytes);
+  size_t written = 0;
+  const covattn_status status = covattn_cache_serialize(cache, out.data(), bytes, &written);
+  FUZZ_CHECK(status == COVATTN_OK && written == bytes, "serialize: status %d, %zu of %zu bytes",
+             status, written, bytes);
+  return out;
+}
+
+bool OneOf(covattn_status status, std::initializer_list<covattn_status> allowed) {
+  return std::find(allowed.begin(), allowed.end(), status) != allowed.end();
+}
+
+// Loads `size` bytes (from an exactly sized copy) into `c`; checks the contract.
+covattn_status LoadChecked(OwnedCache& c, const covattn_cache_config& config, const uint8_t* data,
+                           size_t size) {
+  const std::vector<uint8_t> before = Serialize(c.cache);
+  Block copy(size);
+  if (size) std::memcpy(copy.data(), data, size);
+  const covattn_status status = covattn_cache_load(c.cache, copy.data(), size);
+  if (status != COVATTN_OK) {
+    FUZZ_CHECK(OneOf(status, {COVATTN_ERR_TRUNCATED, COVATTN_ERR_BAD_MAGIC, COVATTN_ERR_VERSION,
+                              COVATTN_ERR_CHECKSUM, COVATTN_ERR_CORRUPT,
+                              COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_INVALID_FORGETTING,
+                              COVATTN_ERR_NONFINITE}),
+               "load returned %d (%s)", status, StatusName(status));
+    FUZZ_CHECK(Serialize(c.cache) == before, "a refused load changed the cache");
+    return status;
+  }
+  // A loaded cache is a cache: it serializes, reloads, and serializes the same.
+  const std::vector<uint8_t> once = Serialize(c.cache);
+  OwnedCache again;
+  FUZZ_CHECK(again.Create(config), "create");
+  FUZZ_CHECK(covattn_cache_load(again.cache, once.data(), once.size()) == COVATTN_OK,
+             "a serialized cache does not load");
+  FUZZ_CHECK(Serialize(again.cache) == once, "round trip is not bit-exact");
+  covattn_cache_info info{};
+  FUZZ_CHECK(covattn_cache_info_get(c.cache, &info) == COVATTN_OK, "info");
+  return status;
+}
+
+// Appends `n_tokens` tokens built from the input: values of one magnitude in
+// the given dtype, sometimes a planted special, sometimes a wrong shape.
+covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config& config,
+                      size_t n_tokens) {
+  const uint32_t dtype = in.U8() % 3;  // f32, f16, bf16
+  const size_t heads = config.n_kv_heads, dim = config.head_dim;
+  const size_t elem = ElemSize(dtype);
+  // Token-major or head-major; a wrong head count or head_dim now and then.
+  const bool head_major = in.U8() % 2;
+  const uint8_t shape = in.U8();
+  const size_t block_heads = shape >= 0xF8 ? heads + 1 : heads;
+  const size_t block_dim = shape >= 0xF0 && shape < 0xF8 ? dim + 1 : dim;
+  std::vector<uint8_t> k(std::max<size_t>(1, n_tokens * block_heads * block_dim * elem));
+  std::vector<uint8_t> v(k.size());
+  Prng rng{in.U64()};
+  // Magnitudes up to 2^40: large enough to matter, small enough that f16
+  // overflows are the planted kind (f16 saturates to infinity at 65504).
+  const double magnitude = std::ldexp(1.0, static_cast<int>(in.U8() % 56) - 40);
+  const size_t n_elems = n_tokens * block_heads * block_dim;
+  for (size_t i = 0; i < n_elems; ++i) {
+    StoreElement(k.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
+    StoreElement(v.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
+  }
+  if (n_elems > 0 && in.U8() >= 0xF0) {
+    StoreElement(in.U8() % 2 ? k.data() : v.data(), dtype, in.U32() % n_elems,
+                 ByteReader::Special(in.U8()));
+  }
+  covattn_kv_cache block{dtype,       k.data(), v.data(), n_tokens, block_heads, block_dim, 0, 0,
+                         0,           0};
+  block.k_token_stride = block.v_token_stride = head_major ? block_dim : block_heads * block_dim;
+  block.k_head_stride = block.v_head_stride = head_major ? n_tokens * block_dim : block_dim;
+  if (head_major && n_tokens == 0) block.k_head_stride = block.v_head_stride = block_dim;
+  const std::vector<uint8_t> before = Serialize(c.cache);
+  const covattn_status status = covattn_cache_append(c.cache, &block);
+  if (status != COVATTN_OK) {
+    FUZZ_CHECK(OneOf(status, {COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_NONFINITE,
+                              COVATTN_ERR_INVALID_STRIDE}),
+               "append returned %d (%s)", status, StatusName(status));
+    FUZZ_CHECK(status != COVATTN_ERR_SHAPE_MISMATCH || block_heads != heads || block_dim != dim,
+               "a block of the right shape refused as a shape mismatch");
+    FUZZ_CHECK(Serialize(c.cache) == before, "a refused append changed the cache");
+  } else {
+    FUZZ_CHECK(block_heads == heads && block_dim == dim, "a block of the wrong shape appended");
+  }
+  return status;
+}
+
+void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& config) {
+  const size_t group = 1 + in.U8() % 4;
+  const bool wrong_heads = in.U8() >= 0xF8;
+  const size_t n_q = config.n_kv_heads * group + (wrong_heads ? 1 : 0);
+  std::vector<float> q(n_q * config.head_dim), out(q.size(), 7.0f);
+  std::vector<float> share(n_q, 7.0f), ess(n_q, 7.0f), log_z(n_q, 7.0f);
+  for (float& x : q) x = in.U8() >= 0xFC ? in.Float() : (static_cast<int8_t>(in.U8()) / 64.0f);
+  const float scale = in.U8() >= 0xF0 ? in.Float() : 0.0f;
+  size_t scratch_bytes = 0;
+  const covattn_status size_status =
+      covattn_cache_decode_scratch_size(c.cache, n_q, &scratch_bytes);
+  if (wrong_heads) {
+    FUZZ_CHECK(size_status == COVATTN_ERR_HEAD_MISMATCH, "scratch size for %zu heads: %d", n_q,
+               size_status);
+    scratch_bytes = 64;
+  } else {
+    FUZZ_CHECK(size_status == COVATTN_OK, "scratch size: %d", size_status);
+  }
+  const bool short_scratch = scratch_bytes > 0 && in.U8() >= 0xF0;
+  const size_t given = short_scratch ? scratch_bytes - 1 : scratch_bytes;
+  Block scratch(std::max<size_t>(given, 1));
+  const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
+  const std::vector<uint8_t> before = Serialize(c.cache);
+  const covattn_status status = covattn_cache_decode(c.cache, q.data(), n_q, scale, out.data(),
+                                                     in.U8() % 2 ? &diagnostics : nullptr,
+                                                     scratch.data(), given);
+  FUZZ_CHECK(Serialize(c.cache) == before, "a decode changed the cache");
+  if (wrong_heads) {
+    FUZZ_CHECK(status == COVATTN_ERR_HEAD_MISMATCH, "decode with %zu heads: %d", n_q, status);
+  } else if (short_scratch) {
+    FUZZ_CHECK(status == COVATTN_ERR_SCRATCH_TOO_SMALL, "short scratch: %d", status);
+  }
+  if (status == COVATTN_OK || status == COVATTN_FULLY_MASKED) {
+    for (float x : out) FUZZ_CHECK(std::isfinite(x), "output %g with status %d", x, status);
+    for (size_t i = 0; i < n_q; ++i) {
+      if (share[i] == 7.0f) continue;  // diagnostics not asked for
+      FUZZ_CHECK(share[i] >= 0.0f && share[i] <= 1.0f, "summary share %g", share[i]);
+      FUZZ_CHECK(ess[i] >= 0.0f && !std::isnan(ess[i]), "summary ess %g", ess[i]);
+      FUZZ_CHECK(!std::isnan(log_z[i]), "log Z is NaN");
+    }
+    if (status == COVATTN_FULLY_MASKED) {
+      for (float x : out) FUZZ_CHECK(x == 0.0f, "a fully masked decode gave %g", x);
+    }
+  } else {
+    FUZZ_CHECK(OneOf(status, {COVATTN_ERR_HEAD_MISMATCH, COVATTN_ERR_SCRATCH_TOO_SMALL,
+                              COVATTN_ERR_INVALID_SCALE, COVATTN_ERR_NONFINITE}),
+               "decode returned %d (%s)", status, StatusName(status));
+    if (status != COVATTN_ERR_NONFINITE) {
+      for (float x : out) FUZZ_CHECK(x == 7.0f, "a refused decode wrote");
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  ByteReader in(data, size);
+  PickTarget(in);
+  const uint8_t mode = in.U8() % 3;
+  covattn_cache_config config{};
+  config.n_kv_heads = 1 + in.U8() % 3;
+  config.head_dim = 1 + in.U8() % 40;
+  config.dtype = in.U8() % 3;
+  config.n_sinks = in.U8() % 4;
+  config.window = in.U8() % 12;
+  config.n_outliers = in.U8() % 5;
+  config.forgetting = in.U8() < 0xC0 ? 1.0f : 0.5f + (in.U8() % 128) / 256.0f;
+  config.flags = in.U8() >= 0xE0 ? COVATTN_CACHE_DROP_EVICTED : 0u;
+  OwnedCache a;
+  FUZZ_CHECK(a.Create(config), "creating a cache (%zu heads, d %zu)", config.n_kv_heads,
+             config.head_dim);
+  Append(in, a, config, in.U8() % 40);
+
+  if (mode == 0) {
+    std::vector<uint8_t> bytes(in.remaining());
+    for (uint8_t& b : bytes) b = in.U8();
+    LoadChecked(a, config, bytes.data(), bytes.size());
+    return 0;
+  }
+
+  if (mode == 1) {
+    std::vector<uint8_t> file = Serialize(a.cache);
+    OwnedCache b;
+    FUZZ_CHECK(b.Create(config), "create");
+    const size_t damages = in.U8() % 4;
+    for (size_t n = 0; n < damages && !file.empty(); ++n) {
+      const uint8_t kind = in.U8() % 3;
+      if (kind == 0) file.resize(in.U32() % file.size());
+      if (kind == 1 && !file.empty()) file[in.U32() % file.size()] ^= uint8_t(1u << (in.U8() % 8));
+      if (kind == 2 && !file.empty()) file[in.U32() % file.size()] = in.U8();
+    }
+    const covattn_status status = LoadChecked(b, config, file.data(), file.size());
+    if (damages == 0) FUZZ_CHECK(status == COVATTN_OK, "an undamaged file: status %d", status);
+    return 0;
+  }
+
+  // Mode 2: a sequence of calls; every failure leaves the cache as it was.
+  for (int step = 0; step < 8 && in.remaining() > 0; ++step) {
+    switch (in.U8() % 4) {
+      case 0:
+      case 1:
+        Append(in, a, config, in.U8() % 80);
+        break;
+      case 2:
+        CheckDecode(in, a, config);
+        break;
+      default: {
+        FUZZ_CHECK(covattn_cache_reset(a.cache) == COVATTN_OK, "reset");
+        covattn_cache_info info{};
+        FUZZ_CHECK(covattn_cache_info_get(a.cache, &info) == COVATTN_OK && info.n_tokens == 0 &&
+                       info.n_exact == 0,
+                   "a reset cache holds tokens");
+        break;
+      }
+    }
+  }
+  // Every cache a sequence leaves behind round-trips through its file.
+  const std::vector<uint8_t> file = Serialize(a.cache);
+  OwnedCache b;
+  FUZZ_CHECK(b.Create(config), "create");
+  FUZZ_CHECK(LoadChecked(b, config, file.data(), file.size()) == COVATTN_OK, "a cache's file");
+  return 0;
+}
