@@ -248,11 +248,5 @@ void RegisterAll() {
 }  // namespace covattn_bench
 
 int main(int argc, char** argv) {
-  covattn_bench::PinOpenMpToOneThread(argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  covattn_bench::RegisterAll();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return covattn_bench::BenchmarkMain(argc, argv, covattn_bench::RegisterAll);
 }

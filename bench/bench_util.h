@@ -1,8 +1,9 @@
 // Shared by the benchmarks: deterministic random data, 16-bit conversion of
-// it, and the single-thread setting of the oneDNN peers.
+// it, the single-thread setting of the oneDNN peers and the common main().
 #ifndef COVATTN_BENCH_BENCH_UTIL_H_
 #define COVATTN_BENCH_BENCH_UTIL_H_
 
+#include <benchmark/benchmark.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -50,6 +51,18 @@ inline void PinOpenMpToOneThread(char** argv) {
   if (std::getenv("OMP_NUM_THREADS") != nullptr) return;
   setenv("OMP_NUM_THREADS", "1", /*overwrite=*/1);
   execv("/proc/self/exe", argv);  // returns only on failure: run as is
+}
+
+// The main() of every benchmark binary: one OpenMP thread for the peers,
+// Google Benchmark's flags, then the binary's own registrations.
+inline int BenchmarkMain(int argc, char** argv, void (*register_all)()) {
+  PinOpenMpToOneThread(argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace covattn_bench

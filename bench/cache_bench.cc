@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "covattn/cache.h"
+#include "bench_util.h"
 #include "machine_limits.h"
 #include "workloads.h"
 
@@ -256,10 +257,5 @@ void RegisterAll() {
 }  // namespace covattn_bench
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  covattn_bench::RegisterAll();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return covattn_bench::BenchmarkMain(argc, argv, covattn_bench::RegisterAll);
 }

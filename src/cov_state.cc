@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 
+#include "bytes.h"
 #include "cov_kernels.h"
 #include "cov_state.h"
 #include "covattn/covariance.h"
@@ -81,35 +82,6 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kFileHeaderBytes = 64;
 constexpr size_t kChecksumBytes = 8;
 
-uint64_t Fnv1a(const unsigned char* p, size_t n, uint64_t hash = 0xcbf29ce484222325ull) {
-  for (size_t i = 0; i < n; ++i) {
-    hash ^= p[i];
-    hash *= 0x100000001b3ull;
-  }
-  return hash;
-}
-
-void PutLE(unsigned char* p, uint64_t x, size_t bytes) {
-  for (size_t i = 0; i < bytes; ++i) p[i] = static_cast<unsigned char>(x >> (8 * i));
-}
-uint64_t GetLE(const unsigned char* p, size_t bytes) {
-  uint64_t x = 0;
-  for (size_t i = 0; i < bytes; ++i) x |= uint64_t{p[i]} << (8 * i);
-  return x;
-}
-
-// Copies n elements of 4 or 8 bytes between host order and little-endian.
-void CopyLE(unsigned char* dst, const unsigned char* src, size_t n, size_t elem) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  (void)elem;
-  std::memcpy(dst, src, n * elem);
-#else
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t b = 0; b < elem; ++b) dst[i * elem + b] = src[i * elem + elem - 1 - b];
-  }
-#endif
-}
-
 size_t PayloadBytesPerHead(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim * dim; }
 
 size_t SerializedBytes(const covattn_cov_state* state) {
@@ -140,19 +112,6 @@ FileHeader ParseHeader(const unsigned char* p) {
   return h;
 }
 
-float F32LE(const unsigned char* p) {
-  const uint32_t bits = static_cast<uint32_t>(GetLE(p, 4));
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
-double F64LE(const unsigned char* p) {
-  const uint64_t bits = GetLE(p, 8);
-  double x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
-
 // Whether one head's serialized payload is a state this library could have
 // produced: finite; the weight equal to the first head's, at least 1 and at
 // most the token count (0 when empty, with everything else 0); M_kk exactly
@@ -161,7 +120,7 @@ bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
                       double first_weight, bool independent_heads) {
   // Every head saw every token (one weight, none without tokens), or, with
   // independent heads, each head is empty or holds at least one token's weight.
-  const double w = F64LE(p);
+  const double w = F64FromLE(p);
   if (!std::isfinite(w) || (!independent_heads && w != first_weight)) return false;
   const bool empty = w == 0.0;
   if (empty ? (!independent_heads && n_tokens != 0)
@@ -169,16 +128,16 @@ bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
     return false;
   }
   for (size_t i = 0; i < 2 * dim; ++i) {
-    const double mean = F64LE(p + 8 * (1 + i));
+    const double mean = F64FromLE(p + 8 * (1 + i));
     if (!std::isfinite(mean) || (empty && mean != 0.0)) return false;
   }
   const unsigned char* m = p + 8 * (1 + 2 * dim);
   const size_t width = 2 * dim;
   for (size_t i = 0; i < dim; ++i) {
     for (size_t j = 0; j < width; ++j) {
-      const float x = F32LE(m + 4 * (i * width + j));
+      const float x = F32FromLE(m + 4 * (i * width + j));
       if (!std::isfinite(x) || (empty && x != 0.0f)) return false;
-      if (j < dim && x != F32LE(m + 4 * (j * width + i))) return false;
+      if (j < dim && x != F32FromLE(m + 4 * (j * width + i))) return false;
       if (j == i && x < 0.0f) return false;
     }
   }
@@ -467,7 +426,7 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
   const size_t head_payload = PayloadBytesPerHead(dim);
   const unsigned char* q = p + kFileHeaderBytes;
   for (size_t head = 0; head < h.n_heads; ++head) {
-    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64LE(q),
+    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64FromLE(q),
                           state->flags & covattn_cov_state::kIndependentHeads)) {
       return COVATTN_ERR_CORRUPT;
     }
