@@ -5,6 +5,7 @@
 #include "covattn/cache.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -239,6 +240,16 @@ void StoreToken(covattn_cache* cache, const covattn_kv_cache& block, size_t t,
 // Rebuilds head h's whitening W = L^-1 from the summary's key covariance
 // (C_kk = L L^T, regularised so that rank-deficient keys still factor), then
 // rescores the resident outliers under it.
+// Distances of keys far beyond the whitening's scale overflow f32 (inputs
+// may reach 2^40): such keys are as outlying as can be, so they score
+// FLT_MAX rather than inf or NaN, which would break the ordering and the
+// file's finite-value check.
+void ClampScores(float* scores, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (!(scores[i] <= FLT_MAX)) scores[i] = FLT_MAX;
+  }
+}
+
 void RefreshWhitening(covattn_cache* cache, size_t h) {
   const size_t d = cache->Dim();
   float* cov = cache->Work(cache->layout.refresh_cov);
@@ -300,6 +311,7 @@ void RefreshWhitening(covattn_cache* cache, size_t h) {
     CacheRowsToF32(cache->config.dtype, cache->OutlierK(h, s0), d, n, d, rows, d);
     CacheMahalanobis(cache->Whitening(h), cache->WhiteningMean(h), rows, d, n, d, work,
                      cache->OutlierScore(h) + s0);
+    ClampScores(cache->OutlierScore(h) + s0, n);
   }
 }
 
@@ -363,6 +375,7 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
       if (refresh->folded_at_refresh != 0) {
         CacheMahalanobis(cache->Whitening(h), cache->WhiteningMean(h), ev_k, d, evict, d, work,
                          dist);
+        ClampScores(dist, evict);
       } else {
         std::fill(dist, dist + evict, 0.0f);  // no covariance yet: first come, first kept
       }
@@ -564,7 +577,14 @@ covattn_status covattn_cache_reset(covattn_cache* cache) {
   if (status != COVATTN_OK) return status;
   cache->n_tokens = cache->n_summarized = cache->n_dropped = 0;
   std::fill(cache->OutlierCount(), cache->OutlierCount() + cache->Heads(), 0u);
-  for (size_t h = 0; h < cache->Heads(); ++h) *cache->Refresh(h) = RefreshState{0, 0};
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    *cache->Refresh(h) = RefreshState{0, 0};
+    // Unused until the first refresh, but serialized: zeros, not whatever
+    // the memory held (which could be NaN and make the file unloadable).
+    if (!cache->HasOutliers()) continue;
+    std::fill(cache->Whitening(h), cache->Whitening(h) + cache->Dim() * cache->Dim(), uint16_t{0});
+    std::fill(cache->WhiteningMean(h), cache->WhiteningMean(h) + cache->Dim(), 0.0f);
+  }
   if (cache->Summarizes()) covattn_cov_state_reset(cache->Summary());
   return COVATTN_OK;
 }
@@ -610,7 +630,9 @@ covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache
                            block->v_token_stride, block->v_head_stride};
   // Refuse bad values before anything changes (the summary would refuse them
   // too, but only after the window had moved).
-  if (!CovBlockInRange(cov_block, cache->Heads(), cache->Dim())) return COVATTN_ERR_NONFINITE;
+  if (!CovBlockInRange(cov_block, cache->Heads(), cache->Dim(), cache->config.dtype == COVATTN_F16)) {
+    return COVATTN_ERR_NONFINITE;
+  }
 
   const covattn_cache_config& c = cache->config;
   size_t b = 0;

@@ -491,14 +491,16 @@ bool BitsWithin(const CovBlock& block, size_t n_heads, size_t dim, TU abs_mask, 
   return smax <= limit;
 }
 
-bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim) {
+bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage) {
+  // With f16 storage the limit is what rounds to a finite f16: below 65520.
   switch (block.dtype) {
-    case 0:  // COVATTN_F32: 2^40 is 0x53800000
-      return BitsWithin<uint32_t>(block, n_heads, dim, 0x7FFFFFFFu, 0x53800000u);
+    case 0:  // COVATTN_F32: 2^40 is 0x53800000; 65520 is 0x477FF000
+      return BitsWithin<uint32_t>(block, n_heads, dim, 0x7FFFFFFFu,
+                                  f16_storage ? 0x477FEFFFu : 0x53800000u);
     case 1:  // COVATTN_F16: every finite value is far below 2^40
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x7BFF);
-    default:  // COVATTN_BF16: 2^40 is 0x5380
-      return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x5380);
+    default:  // COVATTN_BF16: 2^40 is 0x5380; 65280 (0x477F) is the last below 65520
+      return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, f16_storage ? 0x477F : 0x5380);
   }
 }
 
@@ -739,8 +741,8 @@ HWY_EXPORT(Readout);
 
 namespace detail {
 
-bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim) {
-  return COVATTN_DISPATCH(BlockInRange)(block, n_heads, dim);
+bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage) {
+  return COVATTN_DISPATCH(BlockInRange)(block, n_heads, dim, f16_storage);
 }
 
 void CovUpdate(covattn_cov_state* state, const CovBlock& block) {

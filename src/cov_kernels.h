@@ -30,8 +30,9 @@ struct CovReadoutProblem {
 };
 
 // True when every element of the block is finite and at most
-// kMaxInputMagnitude in magnitude.
-bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim);
+// kMaxInputMagnitude in magnitude; with f16_storage (a bounded cache that
+// stores f16) also when every element rounds to a finite f16.
+bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage = false);
 
 // Absorbs a validated, in-range block into every head (MATH.md section 3).
 void CovUpdate(covattn_cov_state* state, const CovBlock& block);

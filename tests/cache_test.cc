@@ -362,6 +362,35 @@ TEST_CASE("a NaN token is refused and the cache is left exactly as it was") {
   });
 }
 
+TEST_CASE("an f16 cache refuses values f16 cannot hold, before anything changes") {
+  // Found by fuzz_cache: 1e5 stored as f16 became infinity, and the cache's
+  // own file then failed its finite-value check.
+  const size_t dim = 8;
+  Rng rng(9);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 30, 1, dim);
+  data.FillRandom(rng);
+  ForEachTarget([&] {
+    for (const uint32_t input : {COVATTN_F32, COVATTN_BF16}) {
+      INFO("input dtype " << input);
+      TestCache block(input, Layout::kTokenMajor, 4, 1, dim);
+      block.FillRandom(rng);
+      CachePtr cache = MakeCache(Config(1, dim, 1, 5, 3, COVATTN_F16));
+      Append(cache.get(), data, 0, 30);
+      const std::vector<uint8_t> before = Serialize(cache.get());
+      block.SetV(2, 0, 5, 65280.0);  // f16 and bf16 hold it exactly: accepted
+      CHECK(covattn_cache_append(cache.get(), &block.view()) == COVATTN_OK);
+      const std::vector<uint8_t> after = Serialize(cache.get());
+      block.SetV(2, 0, 5, -1e5);
+      CHECK(covattn_cache_append(cache.get(), &block.view()) == COVATTN_ERR_NONFINITE);
+      CHECK(Serialize(cache.get()) == after);
+      CHECK(after != before);
+      // An f32 cache keeps such values.
+      CachePtr wide = MakeCache(Config(1, dim, 1, 5, 3, COVATTN_F32));
+      CHECK(covattn_cache_append(wide.get(), &block.view()) == COVATTN_OK);
+    }
+  });
+}
+
 TEST_CASE("configuration and shape errors have their own statuses") {
   covattn_cache* cache = nullptr;
   size_t bytes = 0;
@@ -425,6 +454,28 @@ TEST_CASE("configuration and shape errors have their own statuses") {
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, out.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_OK);
   covattn_cache_destroy(cache);  // caller memory: nothing to free
+}
+
+TEST_CASE("a cache in dirty caller memory serializes the same file as a clean one") {
+  // Found by fuzz_cache: the outlier whitening is unused until its first
+  // refresh but serialized, so it must not carry what the memory held before.
+  const size_t dim = 8, heads = 2;
+  Rng rng(5);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 12, heads, dim);
+  data.FillRandom(rng);
+  const covattn_cache_config config = Config(heads, dim, 2, 6, 4, COVATTN_F32, 1.0f);
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_size(&config, &bytes) == COVATTN_OK);
+  std::vector<unsigned char> dirty(bytes, 0xFF), clean(bytes, 0x00);  // 0xFF...: NaN floats
+  covattn_cache *a = nullptr, *b = nullptr;
+  REQUIRE(covattn_cache_init(dirty.data(), bytes, &config, &a) == COVATTN_OK);
+  REQUIRE(covattn_cache_init(clean.data(), bytes, &config, &b) == COVATTN_OK);
+  Append(a, data, 0, data.n_tokens());
+  Append(b, data, 0, data.n_tokens());
+  const std::vector<uint8_t> file = Serialize(a);
+  CHECK(file == Serialize(b));
+  CachePtr copy = MakeCache(config);
+  CHECK(covattn_cache_load(copy.get(), file.data(), file.size()) == COVATTN_OK);
 }
 
 TEST_CASE("serialize and load: bit-exact round trip, every corrupt file refused untouched") {

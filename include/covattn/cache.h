@@ -82,8 +82,9 @@ COVATTN_API covattn_status covattn_cache_info_get(const covattn_cache* cache,
  * room: tokens beyond the budget are evicted into the summary (or dropped).
  * Long blocks (prefill) are processed block-wise: eviction, outlier selection
  * and the summary update each run once per block, not once per token. A
- * block containing NaN or infinity is refused with COVATTN_ERR_NONFINITE
- * before anything changes. */
+ * block containing NaN or infinity, a magnitude above 2^40, or, for a cache
+ * storing f16, a value that f16 cannot hold (|x| >= 65520) is refused with
+ * COVATTN_ERR_NONFINITE before anything changes. */
 COVATTN_API covattn_status covattn_cache_append(covattn_cache* cache,
                                                 const covattn_kv_cache* block);
 

@@ -127,7 +127,7 @@ covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config&
 
 void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& config) {
   const size_t group = 1 + in.U8() % 4;
-  const bool wrong_heads = in.U8() >= 0xF8;
+  const bool wrong_heads = in.U8() >= 0xF8 && config.n_kv_heads > 1;  // not a multiple
   const size_t n_q = config.n_kv_heads * group + (wrong_heads ? 1 : 0);
   std::vector<float> q(n_q * config.head_dim), out(q.size(), 7.0f);
   std::vector<float> share(n_q, 7.0f), ess(n_q, 7.0f), log_z(n_q, 7.0f);
@@ -152,10 +152,20 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
                                                      in.U8() % 2 ? &diagnostics : nullptr,
                                                      scratch.data(), given);
   FUZZ_CHECK(Serialize(c.cache) == before, "a decode changed the cache");
-  if (wrong_heads) {
-    FUZZ_CHECK(status == COVATTN_ERR_HEAD_MISMATCH, "decode with %zu heads: %d", n_q, status);
-  } else if (short_scratch) {
-    FUZZ_CHECK(status == COVATTN_ERR_SCRATCH_TOO_SMALL, "short scratch: %d", status);
+  // With faults planted, the status names one of them (the order of the
+  // checks is the library's); without, no argument error may come back.
+  std::vector<covattn_status> faults;
+  if (wrong_heads) faults.push_back(COVATTN_ERR_HEAD_MISMATCH);
+  if (short_scratch) faults.push_back(COVATTN_ERR_SCRATCH_TOO_SMALL);
+  if (!std::isfinite(scale)) faults.push_back(COVATTN_ERR_INVALID_SCALE);
+  if (!faults.empty()) {
+    FUZZ_CHECK(std::find(faults.begin(), faults.end(), status) != faults.end(),
+               "decode with %zu planted faults returned %d (%s)", faults.size(), status,
+               StatusName(status));
+  } else {
+    FUZZ_CHECK(status == COVATTN_OK || status == COVATTN_FULLY_MASKED ||
+                   status == COVATTN_ERR_NONFINITE,
+               "decode of a valid call returned %d (%s)", status, StatusName(status));
   }
   if (status == COVATTN_OK || status == COVATTN_FULLY_MASKED) {
     for (float x : out) FUZZ_CHECK(std::isfinite(x), "output %g with status %d", x, status);
@@ -192,7 +202,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   config.window = in.U8() % 12;
   config.n_outliers = in.U8() % 5;
   config.forgetting = in.U8() < 0xC0 ? 1.0f : 0.5f + (in.U8() % 128) / 256.0f;
-  config.flags = in.U8() >= 0xE0 ? COVATTN_CACHE_DROP_EVICTED : 0u;
+  if (in.U8() >= 0xE0) {  // no summary: then no outlier slots, and some exact slots
+    config.flags = COVATTN_CACHE_DROP_EVICTED;
+    config.n_outliers = 0;
+    if (config.n_sinks + config.window == 0) config.window = 1;
+  }
   OwnedCache a;
   FUZZ_CHECK(a.Create(config), "creating a cache (%zu heads, d %zu)", config.n_kv_heads,
              config.head_dim);
@@ -245,6 +259,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<uint8_t> file = Serialize(a.cache);
   OwnedCache b;
   FUZZ_CHECK(b.Create(config), "create");
-  FUZZ_CHECK(LoadChecked(b, config, file.data(), file.size()) == COVATTN_OK, "a cache's file");
+  const covattn_status status = LoadChecked(b, config, file.data(), file.size());
+  FUZZ_CHECK(status == COVATTN_OK, "a cache's own file: %d (%s)", status, StatusName(status));
   return 0;
 }
