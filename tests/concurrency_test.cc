@@ -226,22 +226,23 @@ TEST_CASE("queries about targets, versions and statuses run alongside kernels") 
 namespace {
 
 // Serialized bytes: the whole observable content of a state or cache.
-std::vector<uint8_t> StateBytes(const covattn_cov_state* state) {
+template <class T>
+std::vector<uint8_t> Bytes(const T* object, covattn_status (*size)(const T*, size_t*),
+                           covattn_status (*serialize)(const T*, void*, size_t, size_t*)) {
   size_t bytes = 0;
-  REQUIRE(covattn_cov_state_serialized_size(state, &bytes) == COVATTN_OK);
+  REQUIRE(size(object, &bytes) == COVATTN_OK);
   std::vector<uint8_t> out(bytes);
   size_t written = 0;
-  REQUIRE(covattn_cov_state_serialize(state, out.data(), bytes, &written) == COVATTN_OK);
+  REQUIRE(serialize(object, out.data(), bytes, &written) == COVATTN_OK);
   return out;
 }
 
+std::vector<uint8_t> StateBytes(const covattn_cov_state* state) {
+  return Bytes(state, covattn_cov_state_serialized_size, covattn_cov_state_serialize);
+}
+
 std::vector<uint8_t> CacheBytes(const covattn_cache* cache) {
-  size_t bytes = 0;
-  REQUIRE(covattn_cache_serialized_size(cache, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> out(bytes);
-  size_t written = 0;
-  REQUIRE(covattn_cache_serialize(cache, out.data(), bytes, &written) == COVATTN_OK);
-  return out;
+  return Bytes(cache, covattn_cache_serialized_size, covattn_cache_serialize);
 }
 
 // A cache of Inputs' shape with room for a quarter of its tokens exact, fed

@@ -147,13 +147,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<uint8_t> file = Serialize(a.state);
     OwnedState b;
     FUZZ_CHECK(b.Create(n_heads, head_dim, forgetting), "create");
-    const size_t damages = in.U8() % 4;
-    for (size_t n = 0; n < damages && !file.empty(); ++n) {
-      const uint8_t kind = in.U8() % 3;
-      if (kind == 0) file.resize(in.U32() % file.size());
-      if (kind == 1 && !file.empty()) file[in.U32() % file.size()] ^= uint8_t(1u << (in.U8() % 8));
-      if (kind == 2 && !file.empty()) file[in.U32() % file.size()] = in.U8();
-    }
+    const size_t damages = DamageFile(in, &file);
     const covattn_status status = LoadChecked(b, file.data(), file.size());
     if (damages == 0) FUZZ_CHECK(status == COVATTN_OK, "an undamaged file: status %d", status);
     return 0;

@@ -568,6 +568,19 @@ inline void FillValues(ByteReader& in, TensorBuffer* buf, uint32_t dtype) {
 }
 
 // Pins dispatch to one of the available targets, chosen by the input.
+// Damages a serialized file as the input says: up to three truncations, bit
+// flips or overwritten bytes. Returns how many damages were asked for.
+inline size_t DamageFile(ByteReader& in, std::vector<uint8_t>* file) {
+  const size_t damages = in.U8() % 4;
+  for (size_t n = 0; n < damages && !file->empty(); ++n) {
+    const uint8_t kind = in.U8() % 3;
+    if (kind == 0) file->resize(in.U32() % file->size());
+    if (kind == 1 && !file->empty()) (*file)[in.U32() % file->size()] ^= uint8_t(1u << (in.U8() % 8));
+    if (kind == 2 && !file->empty()) (*file)[in.U32() % file->size()] = in.U8();
+  }
+  return damages;
+}
+
 inline void PickTarget(ByteReader& in) {
   const size_t count = covattn_available_target_count();
   const uint8_t pick = in.U8();
