@@ -572,11 +572,12 @@ inline void FillValues(ByteReader& in, TensorBuffer* buf, uint32_t dtype) {
 // flips or overwritten bytes. Returns how many damages were asked for.
 inline size_t DamageFile(ByteReader& in, std::vector<uint8_t>* file) {
   const size_t damages = in.U8() % 4;
-  for (size_t n = 0; n < damages && !file->empty(); ++n) {
+  std::vector<uint8_t>& f = *file;
+  for (size_t n = 0; n < damages && !f.empty(); ++n) {
     const uint8_t kind = in.U8() % 3;
-    if (kind == 0) file->resize(in.U32() % file->size());
-    if (kind == 1 && !file->empty()) (*file)[in.U32() % file->size()] ^= uint8_t(1u << (in.U8() % 8));
-    if (kind == 2 && !file->empty()) (*file)[in.U32() % file->size()] = in.U8();
+    if (kind == 0) f.resize(in.U32() % f.size());
+    if (kind == 1 && !f.empty()) f[in.U32() % f.size()] ^= uint8_t(1u << (in.U8() % 8));
+    if (kind == 2 && !f.empty()) f[in.U32() % f.size()] = in.U8();
   }
   return damages;
 }
