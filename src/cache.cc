@@ -5,7 +5,6 @@
 #include "covattn/cache.h"
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -240,16 +239,6 @@ void StoreToken(covattn_cache* cache, const covattn_kv_cache& block, size_t t,
 // Rebuilds head h's whitening W = L^-1 from the summary's key covariance
 // (C_kk = L L^T, regularised so that rank-deficient keys still factor), then
 // rescores the resident outliers under it.
-// Distances of keys far beyond the whitening's scale overflow f32 (inputs
-// may reach 2^40): such keys are as outlying as can be, so they score
-// FLT_MAX rather than inf or NaN, which would break the ordering and the
-// file's finite-value check.
-void ClampScores(float* scores, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (!(scores[i] <= FLT_MAX)) scores[i] = FLT_MAX;
-  }
-}
-
 void RefreshWhitening(covattn_cache* cache, size_t h) {
   const size_t d = cache->Dim();
   float* cov = cache->Work(cache->layout.refresh_cov);
@@ -311,7 +300,6 @@ void RefreshWhitening(covattn_cache* cache, size_t h) {
     CacheRowsToF32(cache->config.dtype, cache->OutlierK(h, s0), d, n, d, rows, d);
     CacheMahalanobis(cache->Whitening(h), cache->WhiteningMean(h), rows, d, n, d, work,
                      cache->OutlierScore(h) + s0);
-    ClampScores(cache->OutlierScore(h) + s0, n);
   }
 }
 
@@ -375,7 +363,6 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
       if (refresh->folded_at_refresh != 0) {
         CacheMahalanobis(cache->Whitening(h), cache->WhiteningMean(h), ev_k, d, evict, d, work,
                          dist);
-        ClampScores(dist, evict);
       } else {
         std::fill(dist, dist + evict, 0.0f);  // no covariance yet: first come, first kept
       }

@@ -4,6 +4,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cache_kernels.cc"
+#include <cfloat>
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
 #include <hwy/highway.h>
@@ -126,6 +127,12 @@ void CacheRowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, si
 void CacheMahalanobis(const uint16_t* wt, const float* mean, const float* rows, size_t ld,
                       size_t n, size_t dim, float* work, float* out) {
   COVATTN_DISPATCH(MahalanobisRows)(wt, mean, rows, ld, n, dim, work, out);
+  // Keys far beyond the whitening's scale (inputs reach 2^40) overflow f32:
+  // they are as outlying as can be, so they score FLT_MAX, not inf or NaN,
+  // which would break the slots' ordering and the file's finite-value check.
+  for (size_t i = 0; i < n; ++i) {
+    if (!(out[i] <= FLT_MAX)) out[i] = FLT_MAX;
+  }
 }
 
 }  // namespace detail

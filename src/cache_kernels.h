@@ -14,10 +14,10 @@ namespace detail {
 void CacheRowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, size_t dim,
                     float* dst, size_t ld);
 
-// out[r] = ||W (row_r - mean)||^2 for n f32 rows (ld apart), where W = L^-1
-// for the Cholesky factor L of the key covariance, given as W^T: dim x dim
-// bf16 bits, row-major, zero below the diagonal. work holds
-// kMahalanobisRows * dim floats.
+// out[r] = ||W (row_r - mean)||^2 for n f32 rows (ld apart), saturated at
+// FLT_MAX, where W = L^-1 for the Cholesky factor L of the key covariance,
+// given as W^T: dim x dim bf16 bits, row-major, zero below the diagonal.
+// work holds kMahalanobisRows * dim floats.
 constexpr size_t kMahalanobisRows = 4;
 void CacheMahalanobis(const uint16_t* wt, const float* mean, const float* rows, size_t ld,
                       size_t n, size_t dim, float* work, float* out);
