@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "online_softmax.h"
+
 namespace covattn {
 namespace detail {
 
@@ -16,10 +18,6 @@ namespace detail {
 constexpr size_t kTileRows = 8;
 constexpr size_t kPassRows = 32;
 constexpr size_t kChunkTokens = 64;
-
-// Finite initial running max (MATH.md section 1): never -inf, so that
-// differences of two maxima are never inf - inf.
-constexpr float kInitialMax = std::numeric_limits<float>::lowest();
 
 struct AttentionProblem {
   uint32_t dtype;  // covattn_dtype of K and V

@@ -13,8 +13,8 @@
 
 #include "bytes.h"
 #include "cache_kernels.h"
-#include "cov_kernels.h"
-#include "cov_state.h"
+#include "covariance_kernels.h"
+#include "covariance_state.h"
 #include "half.h"
 #include "validate.h"
 

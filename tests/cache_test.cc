@@ -9,7 +9,7 @@
 #include <numeric>
 
 #include "covattn/cache.h"
-#include "cov_test_util.h"
+#include "covariance_test_util.h"
 #include "test_util.h"
 
 using namespace covattn_test;
@@ -186,7 +186,7 @@ TEST_CASE("a summary-only cache is the covariance readout") {
     REQUIRE(r.status == COVATTN_OK);
     // The cache folded 64-token batches, the state one block: the same
     // statistics merged in a different order. Both are within a few dozen
-    // roundings of the double statistics (cov_state_test bounds each), so
+    // roundings of the double statistics (covariance_test bounds each), so
     // compare relative to the size of the readout's terms.
     double scale = 0.0;
     for (float x : expected) scale = std::max(scale, double(std::fabs(x)));

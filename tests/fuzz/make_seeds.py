@@ -201,17 +201,17 @@ def main():
           partial_state(False, log_z=False, l=values('1', EQUAL, 2, planted=((1, 'inf'),))))
     write('fuzz_partial_state', 'merge_null_into', partial_state(True, nulls=0xFF))
 
-    # fuzz_cov_state: target, mode, heads - 1, head_dim - 1, forgetting, tokens, then Feed's
+    # fuzz_covariance: target, mode, heads - 1, head_dim - 1, forgetting, tokens, then Feed's
     # seed, magnitude (2^(x-40)) and planted-special byte.
     def cov(mode, heads=2, dim=16, tokens=20, forgetting=0):
         return u8(0) + u8(mode) + u8(heads - 1) + u8(dim - 1) + u8(forgetting) + u8(tokens) + \
             u64(7) + u8(40) + u8(0)
-    write('fuzz_cov_state', 'load_garbage', cov(0) + b'covattn?' + bytes(range(64)))
-    write('fuzz_cov_state', 'file_intact', cov(1) + u8(0))
-    write('fuzz_cov_state', 'file_truncated', cov(1) + u8(1) + u8(0) + u32(50))
-    write('fuzz_cov_state', 'file_bitflip', cov(1, forgetting=0xC0) + u8(7) + u8(1) + u8(1) +
+    write('fuzz_covariance', 'load_garbage', cov(0) + b'covattn?' + bytes(range(64)))
+    write('fuzz_covariance', 'file_intact', cov(1) + u8(0))
+    write('fuzz_covariance', 'file_truncated', cov(1) + u8(1) + u8(0) + u32(50))
+    write('fuzz_covariance', 'file_bitflip', cov(1, forgetting=0xC0) + u8(7) + u8(1) + u8(1) +
           u32(30) + u8(3))
-    write('fuzz_cov_state', 'calls', cov(2) + u8(0) + u8(1) + u8(33) + u64(9) + u8(44) + u8(0) +
+    write('fuzz_covariance', 'calls', cov(2) + u8(0) + u8(1) + u8(33) + u64(9) + u8(44) + u8(0) +
           u8(1) + u8(3) + u8(0) + u8(1) + b'\x00\x10' * 64 + u8(5) + u8(4) + u8(0))
 
     # fuzz_cache: target, mode, heads - 1, head_dim - 1, dtype, sinks, window,

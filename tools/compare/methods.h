@@ -14,8 +14,8 @@
 //                      tokens the whitening costs);
 //   covariance readout the summary alone.
 // Exact attention keeps every token of the context.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_METHODS_H_
-#define COVATTN_SRC_TOOLS_COMPARE_METHODS_H_
+#ifndef COVATTN_TOOLS_COMPARE_METHODS_H_
+#define COVATTN_TOOLS_COMPARE_METHODS_H_
 
 #include <cstddef>
 #include <memory>
@@ -92,4 +92,4 @@ class HeadMethod {
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_METHODS_H_
+#endif  // COVATTN_TOOLS_COMPARE_METHODS_H_

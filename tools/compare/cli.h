@@ -1,8 +1,8 @@
 // covattn-compare as a function, so that tests run it in-process (the same
 // code as the installed program, including under qemu) with their own
 // streams.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_CLI_H_
-#define COVATTN_SRC_TOOLS_COMPARE_CLI_H_
+#ifndef COVATTN_TOOLS_COMPARE_CLI_H_
+#define COVATTN_TOOLS_COMPARE_CLI_H_
 
 #include <cstdio>
 
@@ -14,4 +14,4 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_CLI_H_
+#endif  // COVATTN_TOOLS_COMPARE_CLI_H_

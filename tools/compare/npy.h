@@ -4,8 +4,8 @@
 // before any data is trusted; every problem is reported as a message naming
 // the file, never by crashing. The format is specified in numpy's
 // numpy/lib/format.py ("NEP 1").
-#ifndef COVATTN_SRC_TOOLS_COMPARE_NPY_H_
-#define COVATTN_SRC_TOOLS_COMPARE_NPY_H_
+#ifndef COVATTN_TOOLS_COMPARE_NPY_H_
+#define COVATTN_TOOLS_COMPARE_NPY_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -59,4 +59,4 @@ std::string ShapeString(const std::vector<size_t>& shape);
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_NPY_H_
+#endif  // COVATTN_TOOLS_COMPARE_NPY_H_

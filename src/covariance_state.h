@@ -1,5 +1,5 @@
-// The covariance state's memory layout, shared by the C API (cov_state.cc) and
-// the per-target kernels (cov_kernels.cc). MATH.md sections 2 and 3.
+// The covariance state's memory layout, shared by the C API (covariance.cc) and
+// the per-target kernels (covariance_kernels.cc). MATH.md sections 2 and 3.
 //
 // One block of memory, its start rounded up to 64 bytes:
 //
@@ -26,8 +26,8 @@
 // - M is f32 (the readout streams it; f32 halves its memory and traffic).
 //   Blocks are centred on their own mean and merged (Chan et al.), so M never
 //   holds raw sums of products.
-#ifndef COVATTN_SRC_COV_STATE_H_
-#define COVATTN_SRC_COV_STATE_H_
+#ifndef COVATTN_SRC_COVARIANCE_STATE_H_
+#define COVATTN_SRC_COVARIANCE_STATE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -124,4 +124,4 @@ struct covattn_cov_state {
   covattn::detail::CovShape Shape() const { return {n_heads, head_dim, forgetting}; }
 };
 
-#endif  // COVATTN_SRC_COV_STATE_H_
+#endif  // COVATTN_SRC_COVARIANCE_STATE_H_

@@ -1,5 +1,5 @@
 // C entry points of the covariance state (include/covattn/covariance.h):
-// memory layout and validation here, arithmetic in cov_kernels.cc. Every
+// memory layout and validation here, arithmetic in covariance_kernels.cc. Every
 // call validates everything it will read before it writes anything, so a
 // failed call leaves the state byte for byte as it was.
 
@@ -9,8 +9,8 @@
 #include <new>
 
 #include "bytes.h"
-#include "cov_kernels.h"
-#include "cov_state.h"
+#include "covariance_kernels.h"
+#include "covariance_state.h"
 #include "covattn/covariance.h"
 #include "validate.h"
 
@@ -75,7 +75,7 @@ bool AnyOverlap(const Extent* extents, size_t n) {
 //          48  u64 payload elements: n_heads (1 + 2 head_dim + 2 head_dim^2)
 //          56  u64 payload bytes
 //          64  payload, per head: W (f64), mu_k, mu_v (f64 each), then the
-//              co-moments [head_dim][2 head_dim] (f32), as in cov_state.h
+//              co-moments [head_dim][2 head_dim] (f32), as in covariance_state.h
 //         end  u64 FNV-1a (64-bit) of every byte before it
 constexpr unsigned char kMagic[8] = {'C', 'O', 'V', 'A', 'T', 'T', 'N', 'S'};
 constexpr uint32_t kFormatVersion = 1;

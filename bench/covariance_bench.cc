@@ -2,7 +2,7 @@
 // oneDNN's sgemm computing the same block product, and the readout against
 // exact decode over growing contexts. Per target, single thread.
 //
-//   build/release/bench/cov_bench --benchmark_counters_tabular=true
+//   build/release/bench/covariance_bench --benchmark_counters_tabular=true
 //
 // oneDNN runs on one thread: unless OMP_NUM_THREADS is set, the program sets
 // it to 1 and restarts itself (see bench_util.h).

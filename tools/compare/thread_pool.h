@@ -3,8 +3,8 @@
 // (its state stays in that core's caches). Workers spin briefly between
 // calls (decode calls of small contexts last microseconds, a condition
 // variable wake-up tens of them) and sleep when idle.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_THREAD_POOL_H_
-#define COVATTN_SRC_TOOLS_COMPARE_THREAD_POOL_H_
+#ifndef COVATTN_TOOLS_COMPARE_THREAD_POOL_H_
+#define COVATTN_TOOLS_COMPARE_THREAD_POOL_H_
 
 #include <cstddef>
 #include <functional>
@@ -34,4 +34,4 @@ class ThreadPool {
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_THREAD_POOL_H_
+#endif  // COVATTN_TOOLS_COMPARE_THREAD_POOL_H_

@@ -4,7 +4,7 @@
 // and is never written outside.
 #include <doctest/doctest.h>
 
-#include "cov_test_util.h"
+#include "covariance_test_util.h"
 
 using namespace covattn_test;
 

@@ -1,8 +1,8 @@
 // Synthetic attention workloads with fixed seeds, shared by the benchmarks
 // and covattn-compare: keys and values of one layer plus queries of a chosen
 // sharpness (MATH.md sections 2 and 4).
-#ifndef COVATTN_SRC_TOOLS_WORKLOADS_H_
-#define COVATTN_SRC_TOOLS_WORKLOADS_H_
+#ifndef COVATTN_TOOLS_WORKLOADS_H_
+#define COVATTN_TOOLS_WORKLOADS_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -51,4 +51,4 @@ std::vector<float> SharpQueries(const Layer& layer, size_t kv_head, size_t n_que
 
 }  // namespace covattn_tools
 
-#endif  // COVATTN_SRC_TOOLS_WORKLOADS_H_
+#endif  // COVATTN_TOOLS_WORKLOADS_H_

@@ -8,8 +8,8 @@
 // q is [tokens, query heads, head_dim], k and v [tokens, KV heads, head_dim]
 // (post-RoPE, as attention sees them); query heads are a multiple of KV
 // heads (grouped-query attention). A 2-D [tokens, head_dim] array is one head.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_QKV_H_
-#define COVATTN_SRC_TOOLS_COMPARE_QKV_H_
+#ifndef COVATTN_TOOLS_COMPARE_QKV_H_
+#define COVATTN_TOOLS_COMPARE_QKV_H_
 
 #include <string>
 #include <vector>
@@ -39,4 +39,4 @@ bool LoadQkvLayer(const QkvFiles& files, const Options& options, Series* series,
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_QKV_H_
+#endif  // COVATTN_TOOLS_COMPARE_QKV_H_

@@ -1,8 +1,8 @@
 // The oneDNN peer of the benchmarks and covattn-compare: exact attention as
 // oneDNN primitives (matmul, softmax, matmul), on the same f32 data and shapes
 // as covattn's kernels.
-#ifndef COVATTN_SRC_TOOLS_ONEDNN_PEER_H_
-#define COVATTN_SRC_TOOLS_ONEDNN_PEER_H_
+#ifndef COVATTN_TOOLS_ONEDNN_PEER_H_
+#define COVATTN_TOOLS_ONEDNN_PEER_H_
 
 #include <cstddef>
 #include <memory>
@@ -41,4 +41,4 @@ class OneDnnPrefill {
 
 }  // namespace covattn_tools
 
-#endif  // COVATTN_SRC_TOOLS_ONEDNN_PEER_H_
+#endif  // COVATTN_TOOLS_ONEDNN_PEER_H_

@@ -14,7 +14,7 @@
 // M_kk exactly symmetric: every term is symmetric in (i, j) bit for bit.
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "cov_kernels.cc"
+#define HWY_TARGET_INCLUDE "covariance_kernels.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
 #include <hwy/highway.h>
@@ -25,9 +25,9 @@
 #include <cstring>
 #include <type_traits>
 
-#include "cov_kernels.h"
+#include "covariance_kernels.h"
 #include "covattn/covattn.h"
-#include "cov_state.h"
+#include "covariance_state.h"
 #include "load-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -127,7 +127,7 @@ HWY_INLINE void LoadRow(D d, const T* HWY_RESTRICT src, size_t dim, float* HWY_R
   for (; i < dim; ++i) dst[i] = ElementAsF32(src + i);
 }
 
-// The workspace of a block update (cov_state.h, WorkspaceBytes).
+// The workspace of a block update (covariance_state.h, WorkspaceBytes).
 struct Workspace {
   explicit Workspace(float* base, size_t dim) {
     const size_t row = detail::WorkspaceRowFloats(dim);

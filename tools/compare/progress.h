@@ -1,8 +1,8 @@
 // A one-line progress bar on a terminal: "[#####.....]  45%  label", redrawn
 // at most ten times a second and erased at the end. Silent when the stream is
 // not a terminal (logs and pipes get no control characters).
-#ifndef COVATTN_SRC_TOOLS_COMPARE_PROGRESS_H_
-#define COVATTN_SRC_TOOLS_COMPARE_PROGRESS_H_
+#ifndef COVATTN_TOOLS_COMPARE_PROGRESS_H_
+#define COVATTN_TOOLS_COMPARE_PROGRESS_H_
 
 #include <chrono>
 #include <cstdio>
@@ -33,4 +33,4 @@ class Progress {
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_PROGRESS_H_
+#endif  // COVATTN_TOOLS_COMPARE_PROGRESS_H_

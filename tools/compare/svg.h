@@ -2,8 +2,8 @@
 // one row per series, two panels per row -- speedup against exact attention
 // (covattn) and relative L2 error against float64 attention, both against
 // context length -- one line per method, log axes, one legend on top.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_SVG_H_
-#define COVATTN_SRC_TOOLS_COMPARE_SVG_H_
+#ifndef COVATTN_TOOLS_COMPARE_SVG_H_
+#define COVATTN_TOOLS_COMPARE_SVG_H_
 
 #include <string>
 #include <vector>
@@ -16,4 +16,4 @@ std::string RenderSvg(const std::vector<Measurement>& results, const std::string
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_SVG_H_
+#endif  // COVATTN_TOOLS_COMPARE_SVG_H_

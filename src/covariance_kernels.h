@@ -1,12 +1,12 @@
-// What the C API of the covariance state (cov_state.cc) hands to the
-// per-target kernels (cov_kernels.cc), after validating it.
-#ifndef COVATTN_SRC_COV_KERNELS_H_
-#define COVATTN_SRC_COV_KERNELS_H_
+// What the C API of the covariance state (covariance.cc) hands to the
+// per-target kernels (covariance_kernels.cc), after validating it.
+#ifndef COVATTN_SRC_COVARIANCE_KERNELS_H_
+#define COVATTN_SRC_COVARIANCE_KERNELS_H_
 
 #include <cstddef>
 #include <cstdint>
 
-#include "cov_state.h"
+#include "covariance_state.h"
 
 namespace covattn {
 namespace detail {
@@ -54,4 +54,4 @@ bool CovReadout(const covattn_cov_state* state, const CovReadoutProblem& problem
 }  // namespace detail
 }  // namespace covattn
 
-#endif  // COVATTN_SRC_COV_KERNELS_H_
+#endif  // COVATTN_SRC_COVARIANCE_KERNELS_H_

@@ -12,8 +12,8 @@
 // data: the query heads of the sampled position) are decoded untimed and
 // compared with attention computed in double precision over the same
 // tokens: relative L2 error, cosine similarity, |log Z - log Z_ref|.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_EVALUATE_H_
-#define COVATTN_SRC_TOOLS_COMPARE_EVALUATE_H_
+#ifndef COVATTN_TOOLS_COMPARE_EVALUATE_H_
+#define COVATTN_TOOLS_COMPARE_EVALUATE_H_
 
 #include <cstddef>
 #include <functional>
@@ -70,4 +70,4 @@ bool EvaluateSeries(const Series& series, const Options& options, ThreadPool& po
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_EVALUATE_H_
+#endif  // COVATTN_TOOLS_COMPARE_EVALUATE_H_

@@ -6,7 +6,7 @@
 
 #include <numeric>
 
-#include "cov_test_util.h"
+#include "covariance_test_util.h"
 
 using namespace covattn_test;
 

@@ -1,7 +1,7 @@
 // The command line of covattn-compare (docs/compare.md documents every
 // option; UsageText() is the --help text).
-#ifndef COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
-#define COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
+#ifndef COVATTN_TOOLS_COMPARE_OPTIONS_H_
+#define COVATTN_TOOLS_COMPARE_OPTIONS_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -93,4 +93,4 @@ size_t OutlierSlots(const Options& options);
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_OPTIONS_H_
+#endif  // COVATTN_TOOLS_COMPARE_OPTIONS_H_

@@ -1,7 +1,7 @@
 // The results of covattn-compare as a table (stdout), CSV and JSON (every
 // measurement, every field), and the helpers shared with the SVG picture.
-#ifndef COVATTN_SRC_TOOLS_COMPARE_REPORT_H_
-#define COVATTN_SRC_TOOLS_COMPARE_REPORT_H_
+#ifndef COVATTN_TOOLS_COMPARE_REPORT_H_
+#define COVATTN_TOOLS_COMPARE_REPORT_H_
 
 #include <cstdio>
 #include <string>
@@ -36,4 +36,4 @@ bool WriteTextFile(const std::string& path, const std::string& text, std::string
 
 }  // namespace covattn_compare
 
-#endif  // COVATTN_SRC_TOOLS_COMPARE_REPORT_H_
+#endif  // COVATTN_TOOLS_COMPARE_REPORT_H_

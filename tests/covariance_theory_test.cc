@@ -5,7 +5,7 @@
 // gradient descent on in-context linear regression.
 #include <doctest/doctest.h>
 
-#include "cov_test_util.h"
+#include "covariance_test_util.h"
 
 using namespace covattn_test;
 
