@@ -1,0 +1,163 @@
+#include "attention_methods.h"
+
+#include <algorithm>
+#include <new>
+#include <vector>
+
+#include "covattn/covattn.h"
+
+namespace covattn_model {
+namespace {
+
+std::string StatusText(const char* call, covattn_status status) {
+  return std::string(call) + " failed: " + covattn_status_string(status);
+}
+
+class ExactAttention : public LayerAttention {
+ public:
+  ExactAttention(const ModelConfig& c, size_t max_tokens)
+      : n_heads_(c.n_heads), head_dim_(c.head_dim()), kv_dim_(c.kv_dim()), max_tokens_(max_tokens) {
+    view_ = covattn_kv_cache{COVATTN_F32, nullptr, nullptr,   0,       c.n_kv_heads,
+                             head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
+  }
+
+  bool Init(std::string* error) {
+    size_t bytes = 0;
+    const covattn_status s = covattn_attention_scratch_size(head_dim_, &bytes);
+    if (s != COVATTN_OK) {
+      *error = StatusText("covattn_attention_scratch_size", s);
+      return false;
+    }
+    try {
+      k_.resize(max_tokens_ * kv_dim_);
+      v_.resize(max_tokens_ * kv_dim_);
+      scratch_.resize(bytes);
+    } catch (const std::bad_alloc&) {
+      *error = "not enough memory for a KV buffer of " + std::to_string(max_tokens_) + " tokens";
+      return false;
+    }
+    view_.k = k_.data();
+    view_.v = v_.data();
+    return true;
+  }
+
+  bool Append(const float* k, const float* v, std::string* error) override {
+    if (view_.n_tokens == max_tokens_) {
+      *error = "the exact KV buffer is full (" + std::to_string(max_tokens_) + " tokens)";
+      return false;
+    }
+    std::copy_n(k, kv_dim_, k_.data() + view_.n_tokens * kv_dim_);
+    std::copy_n(v, kv_dim_, v_.data() + view_.n_tokens * kv_dim_);
+    ++view_.n_tokens;
+    return true;
+  }
+
+  bool Decode(const float* q, float* out, AttentionDiagnostics* diagnostics,
+              std::string* error) override {
+    const covattn_attention_options options{0.0f, 0, 0};
+    covattn_status s;
+    if (diagnostics == nullptr) {
+      s = covattn_decode(&view_, q, n_heads_, &options, out, scratch_.data(), scratch_.size());
+    } else {  // decode is prefill of the last position, and prefill gives log Z
+      const covattn_queries queries{q, 1, n_heads_, n_heads_ * head_dim_, head_dim_};
+      const covattn_outputs outputs{out, n_heads_ * head_dim_, head_dim_,
+                                    diagnostics->log_z.data()};
+      s = covattn_prefill(&view_, &queries, view_.n_tokens - 1, &options, &outputs, scratch_.data(),
+                          scratch_.size());
+    }
+    if (s < 0) {
+      *error = StatusText(diagnostics ? "covattn_prefill" : "covattn_decode", s);
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  size_t n_heads_, head_dim_, kv_dim_, max_tokens_;
+  std::vector<float> k_, v_;
+  std::vector<unsigned char> scratch_;
+  covattn_kv_cache view_;
+};
+
+class CacheAttention : public LayerAttention {
+ public:
+  CacheAttention(const ModelConfig& c, const covattn_cache_config& config)
+      : n_heads_(c.n_heads), head_dim_(c.head_dim()), kv_dim_(c.kv_dim()), config_(config) {
+    config_.n_kv_heads = c.n_kv_heads;
+    config_.head_dim = head_dim_;
+  }
+  ~CacheAttention() override { covattn_cache_destroy(cache_); }
+
+  bool Init(std::string* error) {
+    covattn_status s = covattn_cache_create(&config_, &cache_);
+    if (s != COVATTN_OK) {
+      *error = StatusText("covattn_cache_create", s);
+      return false;
+    }
+    size_t bytes = 0;
+    s = covattn_cache_decode_scratch_size(cache_, n_heads_, &bytes);
+    if (s != COVATTN_OK) {
+      *error = StatusText("covattn_cache_decode_scratch_size", s);
+      return false;
+    }
+    scratch_.resize(bytes);
+    return true;
+  }
+
+  bool Append(const float* k, const float* v, std::string* error) override {
+    const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
+                                 head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
+    const covattn_status s = covattn_cache_append(cache_, &block);
+    if (s != COVATTN_OK) {
+      *error = StatusText("covattn_cache_append", s);
+      return false;
+    }
+    return true;
+  }
+
+  bool Decode(const float* q, float* out, AttentionDiagnostics* diagnostics,
+              std::string* error) override {
+    covattn_cache_diagnostics d{nullptr, nullptr, nullptr};
+    if (diagnostics) {
+      d.log_z = diagnostics->log_z.data();
+      // Without a summary the share is not a figure of the method (it is 0).
+      if (!(config_.flags & COVATTN_CACHE_DROP_EVICTED)) {
+        d.summary_share = diagnostics->summary_share.data();
+      }
+    }
+    const covattn_status s =
+        covattn_cache_decode(cache_, q, n_heads_, 0.0f, out, diagnostics ? &d : nullptr,
+                             scratch_.data(), scratch_.size());
+    if (s < 0) {
+      *error = StatusText("covattn_cache_decode", s);
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  size_t n_heads_, head_dim_, kv_dim_;
+  covattn_cache_config config_;
+  covattn_cache* cache_ = nullptr;
+  std::vector<unsigned char> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<LayerAttention> CreateLayerAttention(const MethodSpec& spec,
+                                                     const ModelConfig& config, size_t max_tokens,
+                                                     std::string* error) {
+  if (spec.exact) {
+    std::unique_ptr<ExactAttention> exact(new ExactAttention(config, max_tokens));
+    if (!exact->Init(error)) return nullptr;
+    return exact;
+  }
+  std::unique_ptr<CacheAttention> cache(new CacheAttention(config, spec.cache));
+  if (!cache->Init(error)) {
+    *error = spec.name + ": " + *error;
+    return nullptr;
+  }
+  return cache;
+}
+
+}  // namespace covattn_model
