@@ -119,6 +119,8 @@ class ReferenceModel {
     take(2 * size_t(s.seq_len) * size_t(s.head_dim() / 2));
     cls_ = s.shared ? emb_ : take(vocab * d);
     k_.assign(L, {}), v_.assign(L, {});
+    scores_.assign(L, std::vector<std::vector<double>>(size_t(s.heads)));
+    score_errors_ = scores_;
     q_.assign(L, Vec()), knew_.assign(L, Vec()), vnew_.assign(L, Vec());
   }
 
@@ -158,6 +160,9 @@ class ReferenceModel {
   const Vec& q(size_t l) const { return q_[l]; }
   const Vec& k(size_t l) const { return knew_[l]; }
   const Vec& v(size_t l) const { return vnew_[l]; }
+  // The newest position's scores a.k_j of layer l, head h, and their bounds.
+  const std::vector<double>& scores(size_t l, size_t h) const { return scores_[l][h]; }
+  const std::vector<double>& score_errors(size_t l, size_t h) const { return score_errors_[l][h]; }
 
  private:
   Vec MatVec(const float* w, const Vec& x, size_t rows) const {
@@ -240,8 +245,10 @@ class ReferenceModel {
         }
         s[j] = scale * dot;
         ds[j] = scale * err;
+
         eps[j] = (hd + 2) * kU * scale * abs_dot;  // before the |s - m| term, added below
       }
+      scores_[l][h] = s, score_errors_[l][h] = ds;
       const double m = *std::max_element(s.begin(), s.end());
       double z = 0, mean_ds = 0;
       for (size_t j = 0; j < n; ++j) z += (p[j] = std::exp(s[j] - m));
@@ -274,6 +281,7 @@ class ReferenceModel {
   size_t pos_ = 0;
   std::vector<std::vector<Vec>> k_, v_;  // per layer, per token
   std::vector<Vec> q_, knew_, vnew_;     // per layer, the newest position
+  mutable std::vector<std::vector<std::vector<double>>> scores_, score_errors_;  // [layer][head]
 };
 
 Checkpoint MakeCheckpoint(const Shape& s, const std::vector<float>& weights) {
@@ -415,6 +423,59 @@ TEST_CASE("exact against exact: KL 0, top-1 agreement 1, perplexity ratio 1") {
     CHECK(std::fabs(e.reference.nll[p] - nll) <= bound);
   }
   CHECK(e.methods[0].persistent_bytes_per_layer == 48 * TokenBytes(8) * 2);
+}
+
+TEST_CASE("the reference's attention statistics are those of the float64 forward") {
+  Shape s;
+  const std::vector<float> weights = RandomWeights(s, 25);
+  const Checkpoint ck = MakeCheckpoint(s, weights);
+  const std::vector<int32_t> tokens = RandomTokens(size_t(s.seq_len), s.vocab, 9);
+  EvalOptions options;
+  options.evicted_windows = {1, 8, 30};
+  options.stats_sinks = 3;
+  Evaluation e;
+  std::string error;
+  REQUIRE_MESSAGE(Evaluate(ck, tokens, {}, options, &e, &error), error);
+  REQUIRE(e.evicted_mass.size() == 3);
+  ReferenceModel reference(s, weights);
+  for (size_t pos = 0; pos < tokens.size(); ++pos) {
+    reference.Step(tokens[pos]);
+    for (size_t l = 0; l < 2; ++l) {
+      for (size_t h = 0; h < 4; ++h) {
+        INFO("position " << pos << ", layer " << l << ", head " << h);
+        const std::vector<double>& sc = reference.scores(l, h);
+        // The scores move by at most D, so the std by at most D, and every
+        // softmax weight by a factor within e^(+-2D); then f32 storage.
+        const std::vector<double>& err = reference.score_errors(l, h);
+        const double d = *std::max_element(err.begin(), err.end());
+        const double factor = std::expm1(2 * d) + 2 * kU;
+        double mean = 0, m = -1e300, z = 0, var = 0;
+        for (double x : sc) mean += x / double(sc.size()), m = std::max(m, x);
+        for (double x : sc)
+          var += (x - mean) * (x - mean) / double(sc.size()), z += std::exp(x - m);
+        const size_t at = pos * 4 + h;
+        CHECK(std::fabs(e.score_std[l][at] - std::sqrt(var)) <= d + 2 * kU * std::sqrt(var));
+        CHECK(std::fabs(e.max_weight[l][at] - 1 / z) <= factor / z);
+        for (size_t w = 0; w < 3; ++w) {
+          double evicted = 0;
+          for (size_t j = 3; j + options.evicted_windows[w] <= pos; ++j)
+            evicted += std::exp(sc[j] - m) / z;
+          CHECK(std::fabs(e.evicted_mass[w][l][at] - evicted) <= factor * evicted);
+        }
+      }
+    }
+  }
+  const AttentionSummary sum = SummarizeAttention(e, 32, SIZE_MAX);
+  // With a window of one token everything but the sinks and the newest token
+  // is evicted; a longer window evicts less.
+  for (size_t l = 0; l < 2; ++l) {
+    for (size_t h = 0; h < 4; ++h) {
+      CHECK(sum.evicted_mass[0][l][h] > sum.evicted_mass[1][l][h]);
+      CHECK(sum.evicted_mass[1][l][h] > sum.evicted_mass[2][l][h]);
+      CHECK(sum.max_weight[l][h] > 1.0 / 32);
+      CHECK(sum.score_std[l][h] > 0.5);
+    }
+  }
 }
 
 TEST_CASE("a bounded cache that never evicts is exact attention; one that does is not") {

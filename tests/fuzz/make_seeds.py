@@ -234,6 +234,39 @@ def main():
           u8(3) + u8(1) + append(5, dtype=2) + decode)
     write('fuzz_cache', 'readout_only', cache(2, sinks=0, window=0, outliers=0) + decode)
 
+    # fuzz_checkpoint mode 1: head_dim / 2 - 1, KV heads - 1, group - 1, hidden - 1,
+    # layers - 1, vocab - 1, seq_len - 1, shared (odd) or separate, a header field to
+    # overwrite (below 112: field x % 7, then its int32 value), magnitude (2^(x-20)),
+    # seed, planted specials, damages, then the tokens run.
+    def checkpoint(shared=1, overwrite=b'\xff', planted=b'\x00', damages=b'\x00'):
+        return u8(1) + u8(1) + u8(1) + u8(1) + u8(7) + u8(1) + u8(9) + u8(3) + u8(shared) + \
+            overwrite + u8(20) + u64(5) + planted + damages + bytes([1, 2, 3, 4, 5, 6])
+
+    def header(*fields):
+        return b''.join(struct.pack('<i', f) for f in fields)
+    write('fuzz_checkpoint', 'valid_shared', checkpoint())
+    write('fuzz_checkpoint', 'valid_separate', checkpoint(shared=0))
+    write('fuzz_checkpoint', 'truncated', checkpoint(damages=u8(1) + u8(0) + u32(100)))
+    # DamageFile reads a flip's bit before its byte (the right operand of ^= first).
+    write('fuzz_checkpoint', 'sign_flip_vocab',
+          checkpoint(damages=u8(1) + u8(1) + u8(7) + u32(23)))
+    write('fuzz_checkpoint', 'odd_head_dim', checkpoint(overwrite=u8(0) + struct.pack('<i', 36)))
+    write('fuzz_checkpoint', 'dim_not_dividing',
+          checkpoint(overwrite=u8(0) + struct.pack('<i', 18)))
+    write('fuzz_checkpoint', 'kv_not_dividing',
+          checkpoint(overwrite=u8(4) + struct.pack('<i', 3)))
+    write('fuzz_checkpoint', 'negative_layers',
+          checkpoint(overwrite=u8(2) + struct.pack('<i', -1)))
+    write('fuzz_checkpoint', 'huge_hidden',
+          checkpoint(overwrite=u8(1) + struct.pack('<i', 0x7FFFFFFF)))
+    write('fuzz_checkpoint', 'nan_weight', checkpoint(planted=u8(1) + u32(17) + u8(2)))
+    write('fuzz_checkpoint', 'raw_header_only', u8(0) + header(32, 96, 2, 4, 2, 40, 64))
+    write('fuzz_checkpoint', 'raw_export_v1', u8(0) + header(0x616b3432, 1) + bytes(64))
+    write('fuzz_checkpoint', 'raw_empty', u8(0))
+    big = 0x7FFFFFFF
+    write('fuzz_checkpoint', 'raw_overflow',
+          u8(0) + header(1 << 30, big, big, 1 << 22, 1 << 22, big, big))
+
     for name, text in {'one': b'avx2', 'list': b' fallback , SSE4', 'fallback': b'fallback',
                        'unknown': b'avx9000', 'foreign': b'neon,sve', 'empty': b'',
                        'commas': b' , ,', 'case': b'Avx3,EMU128'}.items():

@@ -63,11 +63,17 @@ class ObserverList : public StepObserver {
 // over the keys it has seen (its own copy of them).
 class AttentionStatsObserver : public StepObserver {
  public:
-  AttentionStatsObserver(const ModelConfig& c, size_t n_tokens, Evaluation* e)
-      : c_(c), keys_(c.n_layers), e_(e) {
+  AttentionStatsObserver(const ModelConfig& c, size_t n_tokens, const EvalOptions& options,
+                         Evaluation* e)
+      : c_(c),
+        windows_(options.evicted_windows),
+        sinks_(options.stats_sinks),
+        keys_(c.n_layers),
+        e_(e) {
     for (auto& k : keys_) k.reserve(n_tokens * c.kv_dim());
-    e->score_std.assign(c.n_layers, std::vector<float>(n_tokens * c.n_heads));
-    e->max_weight.assign(c.n_layers, std::vector<float>(n_tokens * c.n_heads));
+    const LayerSeries zeros(c.n_layers, std::vector<float>(n_tokens * c.n_heads));
+    e->score_std = e->max_weight = zeros;
+    e->evicted_mass.assign(windows_.size(), zeros);
   }
 
   bool OnLayer(const LayerActivations& a, std::string*) override {
@@ -94,12 +100,20 @@ class AttentionStatsObserver : public StepObserver {
       const size_t at = a.pos * c_.n_heads + h;
       e_->score_std[a.layer][at] = static_cast<float>(std::sqrt(squares / double(n)));
       e_->max_weight[a.layer][at] = static_cast<float>(1.0 / z);
+      for (size_t w = 0; w < windows_.size(); ++w) {
+        double evicted = 0.0;
+        for (size_t j = sinks_; j + windows_[w] <= a.pos; ++j)
+          evicted += std::exp(scores_[j] - max);
+        e_->evicted_mass[w][a.layer][at] = static_cast<float>(evicted / z);
+      }
     }
     return true;
   }
 
  private:
   ModelConfig c_;
+  std::vector<size_t> windows_;
+  size_t sinks_;
   std::vector<std::vector<float>> keys_;  // per layer [token][kv_dim]
   std::vector<double> scores_;
   Evaluation* e_;
@@ -282,7 +296,7 @@ bool Evaluate(const Checkpoint& checkpoint, const std::vector<int32_t>& tokens,
   if (!reference.Build(exact, c, n_tokens, error)) return false;
   std::unique_ptr<AttentionStatsObserver> stats;
   if (options.attention_stats) {
-    stats.reset(new AttentionStatsObserver(c, n_tokens, &e));
+    stats.reset(new AttentionStatsObserver(c, n_tokens, options, &e));
     reference.observers.Add(stats.get());
   }
   QkvDumper dumper;
@@ -368,26 +382,27 @@ MethodSummary Summarize(const Evaluation& e, const MethodRun& run, size_t begin,
   return s;
 }
 
-void SummarizeAttention(const Evaluation& e, size_t begin, size_t end,
-                        std::vector<std::vector<double>>* score_std,
-                        std::vector<std::vector<double>>* max_weight) {
+AttentionSummary SummarizeAttention(const Evaluation& e, size_t begin, size_t end) {
   const size_t heads = e.config.n_heads;
   end = std::min(end, e.tokens.size());
   begin = std::min(begin, end);
-  score_std->assign(e.score_std.size(), std::vector<double>(heads, kNaN));
-  max_weight->assign(e.max_weight.size(), std::vector<double>(heads, kNaN));
-  if (begin == end) return;
-  for (size_t l = 0; l < e.score_std.size(); ++l) {
-    for (size_t h = 0; h < heads; ++h) {
-      double sum_std = 0, sum_max = 0;
-      for (size_t p = begin; p < end; ++p) {
-        sum_std += e.score_std[l][p * heads + h];
-        sum_max += e.max_weight[l][p * heads + h];
+  // Per layer and head, the mean of a series over the positions.
+  auto means = [&](const LayerSeries& series) {
+    std::vector<std::vector<double>> m(series.size(), std::vector<double>(heads, kNaN));
+    for (size_t l = 0; l < series.size() && begin < end; ++l) {
+      for (size_t h = 0; h < heads; ++h) {
+        double sum = 0;
+        for (size_t p = begin; p < end; ++p) sum += series[l][p * heads + h];
+        m[l][h] = sum / double(end - begin);
       }
-      (*score_std)[l][h] = sum_std / double(end - begin);
-      (*max_weight)[l][h] = sum_max / double(end - begin);
     }
-  }
+    return m;
+  };
+  AttentionSummary s;
+  s.score_std = means(e.score_std);
+  s.max_weight = means(e.max_weight);
+  for (const LayerSeries& mass : e.evicted_mass) s.evicted_mass.push_back(means(mass));
+  return s;
 }
 
 }  // namespace covattn_model

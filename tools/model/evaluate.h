@@ -41,8 +41,13 @@ struct EvalOptions {
   size_t n_tokens = 0;
   uint64_t seed = 1;
   bool layer_errors = true;     // per-layer comparison with exact attention
-  bool attention_stats = true;  // the reference's score std and max weight
-  std::string dump_qkv_dir;     // empty: no dump
+  bool attention_stats = true;  // the reference's score std, max weight, evicted mass
+  // The exact softmax mass a sinks + window cache would not hold: for each
+  // window W here, the mass on tokens j with stats_sinks <= j <= pos - W
+  // (what a cache of stats_sinks sinks and a window of W has evicted).
+  std::vector<size_t> evicted_windows;
+  size_t stats_sinks = 4;
+  std::string dump_qkv_dir;  // empty: no dump
   // Called after each position (done positions, all positions).
   std::function<void(size_t, size_t)> progress;
 };
@@ -66,7 +71,10 @@ struct Evaluation {
   size_t n_given = 0;           // tokens[0, n_given) were given, the rest sampled
   MethodRun reference;          // exact attention (KL 0, agreement 1)
   std::vector<MethodRun> methods;
-  LayerSeries score_std, max_weight;  // the reference's; empty without attention_stats
+  // The reference's attention (empty without attention_stats): score std,
+  // largest softmax weight, and per evicted_windows entry the evicted mass.
+  LayerSeries score_std, max_weight;
+  std::vector<LayerSeries> evicted_mass;
 };
 
 // Runs the evaluation. `tokens` must hold at least one token, every one in
@@ -93,10 +101,13 @@ MethodSummary Summarize(const Evaluation& evaluation, const MethodRun& run, size
                         size_t end);
 
 // Per layer and query head, means over positions [begin, end) of the
-// reference's score std and max softmax weight: [layer][head].
-void SummarizeAttention(const Evaluation& evaluation, size_t begin, size_t end,
-                        std::vector<std::vector<double>>* score_std,
-                        std::vector<std::vector<double>>* max_weight);
+// reference's attention statistics.
+struct AttentionSummary {
+  std::vector<std::vector<double>> score_std, max_weight;      // [layer][head]
+  std::vector<std::vector<std::vector<double>>> evicted_mass;  // [window][layer][head]
+};
+
+AttentionSummary SummarizeAttention(const Evaluation& evaluation, size_t begin, size_t end);
 
 // KL(p || q) of the softmax distributions of two logit vectors, in nats,
 // computed in double; the argmax (first on ties) of each.

@@ -8,6 +8,8 @@
 // summary: 8 (1 + 2d) + 8 d^2 bytes; outlier whitening: 4 (d(d+1)/2 + d) +
 // 4 per slot), with a budget B of exact tokens and S sinks:
 //   window    S sinks + (B - S + ceil(summary / token)) window, evicted dropped
+//   window-same  S sinks + (B - S) window, evicted dropped (the hybrid without
+//             its summary: fewer bytes, to see what the summary adds)
 //   hybrid    S sinks + (B - S) window + summary
 //   outliers  S sinks + O slots + (B - S - O - ceil(whitening / token)) window
 //             + summary + whitening
@@ -127,6 +129,9 @@ bool Plan(const std::string& method, size_t budget, const Args& a, size_t d, Met
     const size_t window = budget - a.sinks + CeilDiv(summary, token);
     spec->cache = Config(a.sinks, window, 0, COVATTN_CACHE_DROP_EVICTED);
     spec->persistent_bytes_per_kv_head = (a.sinks + window) * token;
+  } else if (method == "window-same") {  // the hybrid's exact tokens, no summary
+    spec->cache = Config(a.sinks, budget - a.sinks, 0, COVATTN_CACHE_DROP_EVICTED);
+    spec->persistent_bytes_per_kv_head = budget * token;
   } else if (method == "hybrid") {
     spec->cache = Config(a.sinks, budget - a.sinks, 0, 0);
     spec->persistent_bytes_per_kv_head = budget * token + summary;
@@ -158,21 +163,32 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void PrintAttention(const std::vector<Evaluation>& evals, size_t from) {
+void PrintAttention(const std::vector<Evaluation>& evals, const std::vector<size_t>& windows,
+                    size_t from) {
   const size_t layers = evals[0].config.n_layers, heads = evals[0].config.n_heads;
-  std::vector<std::vector<std::vector<double>>> stds(evals.size()), maxes(evals.size());
-  for (size_t w = 0; w < evals.size(); ++w) {
-    SummarizeAttention(evals[w], from, SIZE_MAX, &stds[w], &maxes[w]);
-  }
-  std::printf("\nexact attention, positions >= %zu (median over windows of per-window means)\n",
-              from);
-  std::printf("layer head  score_std  max_weight\n");
+  std::vector<AttentionSummary> sums;
+  for (const Evaluation& e : evals) sums.push_back(SummarizeAttention(e, from, SIZE_MAX));
+  std::printf(
+      "\nexact attention, positions >= %zu (median over windows of per-window means)\n"
+      "layer head  score_std  max_weight  evicted mass (sinks 4 + window W), W =",
+      from);
+  for (size_t w : windows) std::printf(" %zu", w);
+  std::printf("\n");
+  auto median = [&](auto get) {
+    std::vector<double> v;
+    for (const AttentionSummary& s : sums) v.push_back(get(s));
+    return Median(v);
+  };
   for (size_t l = 0; l < layers; ++l) {
     for (size_t h = 0; h < heads; ++h) {
-      std::vector<double> s, m;
-      for (size_t w = 0; w < evals.size(); ++w)
-        s.push_back(stds[w][l][h]), m.push_back(maxes[w][l][h]);
-      std::printf("%5zu %4zu  %9.3f  %10.3f\n", l, h, Median(s), Median(m));
+      std::printf("%5zu %4zu  %9.3f  %10.3f ", l, h,
+                  median([&](const AttentionSummary& s) { return s.score_std[l][h]; }),
+                  median([&](const AttentionSummary& s) { return s.max_weight[l][h]; }));
+      for (size_t w = 0; w < windows.size(); ++w) {
+        std::printf(" %6.3f",
+                    median([&](const AttentionSummary& s) { return s.evicted_mass[w][l][h]; }));
+      }
+      std::printf("\n");
     }
   }
 }
@@ -211,6 +227,20 @@ void PrintMethods(const std::vector<Evaluation>& evals, size_t from, bool layer_
       for (auto& s : share) std::printf(" %.3f", Median(s));
       std::printf("\n");
     }
+  }
+}
+
+// Each method's mean KL in every window, to see how much the windows differ.
+void PrintPerWindow(const std::vector<Evaluation>& evals, size_t from) {
+  std::printf("\nmean KL per window, positions >= %zu\n%-34s", from, "method");
+  for (size_t w = 0; w < evals.size(); ++w) std::printf(" %8zu", w);
+  std::printf("\n");
+  for (size_t m = 0; m < evals[0].methods.size(); ++m) {
+    std::printf("%-34s", evals[0].methods[m].spec.name.c_str());
+    for (const Evaluation& e : evals) {
+      std::printf(" %8.4f", Summarize(e, e.methods[m], from, SIZE_MAX).kl_mean);
+    }
+    std::printf("\n");
   }
 }
 
@@ -255,6 +285,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", error.c_str());
     return 1;
   }
+  // The hybrid's window at each budget: the mass its summary should carry.
+  std::vector<size_t> windows;
+  for (size_t budget : a.budgets) windows.push_back(budget - a.sinks);
   std::vector<Evaluation> evals(a.windows);
   for (size_t w = 0; w < a.windows; ++w) {
     const size_t span = count > a.window_tokens ? count - a.window_tokens : 0;
@@ -270,6 +303,8 @@ int main(int argc, char** argv) {
     options.n_tokens = a.sample;
     options.seed = a.seed + w;
     options.layer_errors = a.layer_errors;
+    options.evicted_windows = windows;
+    options.stats_sinks = a.sinks;
     if (!a.dump_qkv.empty() && w == 0) options.dump_qkv_dir = a.dump_qkv;
     std::fprintf(stderr, "window %zu/%zu at token %zu\n", w + 1, a.windows, window.offset);
     if (!Evaluate(ck, tokens, specs, options, &evals[w], &error)) {
@@ -283,6 +318,7 @@ int main(int argc, char** argv) {
                 window.offset + evals[w].tokens.size(), sum / double(nll.size()) / std::log(2.0));
   }
   for (size_t from : a.from) PrintMethods(evals, from, true);
-  for (size_t from : a.from) PrintAttention(evals, from);
+  for (size_t from : a.from) PrintPerWindow(evals, from);
+  for (size_t from : a.from) PrintAttention(evals, windows, from);
   return 0;
 }
