@@ -12,8 +12,10 @@
 //   computed), then wcls [vocab][dim] when the classifier is not shared.
 //
 // (matrices row-major [out][in], head_dim = dim / n_heads, kv_dim =
-// n_kv_heads * head_dim). Every header field is checked, and the size the
-// header implies is compared with the file's before anything is allocated;
+// n_kv_heads * head_dim). Every header field is checked (positive, heads
+// that divide, an even head_dim of at most COVATTN_MAX_HEAD_DIM, sizes that
+// do not overflow), the size the header implies is compared with the file's
+// before anything is allocated, and every weight run.c uses must be finite;
 // every problem is a message naming the file, never a crash.
 #ifndef COVATTN_TOOLS_MODEL_CHECKPOINT_H_
 #define COVATTN_TOOLS_MODEL_CHECKPOINT_H_
