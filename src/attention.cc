@@ -1,19 +1,20 @@
 // C entry points of exact attention: argument validation, then one dispatch
 // into the per-target kernel (attention_kernels.cc).
 
+#include "attention.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-#include "attention.h"
 #include "covattn/covattn.h"
 #include "validate.h"
 
 namespace covattn {
 namespace detail {
 
-void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink,
-                  void* scratch, AttentionOutcome* outcome);
+void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink, void* scratch,
+                  AttentionOutcome* outcome);
 
 namespace {
 
@@ -62,11 +63,26 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
                             q->head_stride, kv->head_dim, &inputs->q)) != COVATTN_OK) {
     return status;
   }
-  *pb = AttentionProblem{kv->dtype,         kv->k,          kv->v,           kv->k_token_stride,
-                         kv->k_head_stride, kv->v_token_stride, kv->v_head_stride, kv->n_heads,
-                         kv->head_dim,      q->data,        q->n_tokens,     q->n_heads,
-                         q->token_stride,   q->head_stride, n_past,          scale,
-                         window,            n_sinks,        0,               kv->n_tokens};
+  *pb = AttentionProblem{kv->dtype,
+                         kv->k,
+                         kv->v,
+                         kv->k_token_stride,
+                         kv->k_head_stride,
+                         kv->v_token_stride,
+                         kv->v_head_stride,
+                         kv->n_heads,
+                         kv->head_dim,
+                         q->data,
+                         q->n_tokens,
+                         q->n_heads,
+                         q->token_stride,
+                         q->head_stride,
+                         n_past,
+                         scale,
+                         window,
+                         n_sinks,
+                         0,
+                         kv->n_tokens};
   return COVATTN_OK;
 }
 
@@ -150,9 +166,8 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
       ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs);
   if (status != COVATTN_OK) return status;
   Extent out_extent, log_z_extent, scratch_extent;
-  if ((status = CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
-                            q->n_heads, out->head_stride, kv->head_dim, &out_extent)) !=
-      COVATTN_OK) {
+  if ((status = CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride, q->n_heads,
+                            out->head_stride, kv->head_dim, &out_extent)) != COVATTN_OK) {
     return status;
   }
   if (out->log_z != nullptr &&
@@ -195,8 +210,8 @@ covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries
 }
 
 covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q, size_t n_q_heads,
-                              const covattn_attention_options* options, float* out,
-                              void* scratch, size_t scratch_bytes) {
+                              const covattn_attention_options* options, float* out, void* scratch,
+                              size_t scratch_bytes) {
   if (kv == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
   // On an empty cache the query sees nothing: zeros and COVATTN_FULLY_MASKED,
   // like any fully masked row, after the same checks as any decode call.
@@ -294,8 +309,8 @@ covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
   Extent s[3], out_extent, log_z_extent;
   covattn_status status;
   if ((status = CheckPartial(state, n_rows, head_dim, s)) != COVATTN_OK ||
-      (status = CheckTensor(out, sizeof(float), n_rows, head_dim, 1, 0, head_dim,
-                            &out_extent)) != COVATTN_OK ||
+      (status = CheckTensor(out, sizeof(float), n_rows, head_dim, 1, 0, head_dim, &out_extent)) !=
+          COVATTN_OK ||
       (log_z != nullptr && (status = CheckTensor(log_z, sizeof(float), n_rows, 1, 1, 0, 1,
                                                  &log_z_extent)) != COVATTN_OK)) {
     return status;

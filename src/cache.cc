@@ -34,7 +34,6 @@ constexpr uint64_t kMinTokensForWhitening = 32;
 constexpr uint64_t kMaxRefreshInterval = 8192;
 constexpr uint32_t kKnownFlags = COVATTN_CACHE_DROP_EVICTED;
 
-
 // Byte offsets of the regions of a cache's memory, from the aligned start.
 struct CacheLayout {
   size_t sink_k, sink_v, window_k, window_v, outlier_k, outlier_v;
@@ -44,8 +43,8 @@ struct CacheLayout {
   // fold rows per evicted token: the token or the resident it displaces),
   // distances, Mahalanobis work, and the whitening refresh (C_kk and mu_k as
   // f32, the Cholesky factor as f64).
-  size_t evicted_k, evicted_v, fold_k, fold_v, distances, mahalanobis, refresh_cov,
-      refresh_mean, refresh_factor;
+  size_t evicted_k, evicted_v, fold_k, fold_v, distances, mahalanobis, refresh_cov, refresh_mean,
+      refresh_factor;
   size_t total;
 };
 
@@ -164,10 +163,10 @@ struct covattn_cache {
   covattn_cov_state* Summary() {
     return Summarizes() ? At<covattn_cov_state>(layout.summary) : nullptr;
   }
-  const covattn_cov_state* Summary() const {
-    return const_cast<covattn_cache*>(this)->Summary();
+  const covattn_cov_state* Summary() const { return const_cast<covattn_cache*>(this)->Summary(); }
+  size_t SinkCount() const {
+    return static_cast<size_t>(std::min<uint64_t>(n_tokens, config.n_sinks));
   }
-  size_t SinkCount() const { return static_cast<size_t>(std::min<uint64_t>(n_tokens, config.n_sinks)); }
   size_t WindowCount() const {
     const uint64_t after_sinks = n_tokens > config.n_sinks ? n_tokens - config.n_sinks : 0;
     return static_cast<size_t>(std::min<uint64_t>(after_sinks, config.window));
@@ -347,8 +346,10 @@ void AppendBatch(covattn_cache* cache, const covattn_kv_cache& block, size_t b0,
                       (b0 * block.k_token_stride + h * block.k_head_stride) * elem_in;
       const auto* v = static_cast<const unsigned char*>(block.v) +
                       (b0 * block.v_token_stride + h * block.v_head_stride) * elem_in;
-      CacheRowsToF32(block.dtype, k, block.k_token_stride, from_batch, d, ev_k + from_window * d, d);
-      CacheRowsToF32(block.dtype, v, block.v_token_stride, from_batch, d, ev_v + from_window * d, d);
+      CacheRowsToF32(block.dtype, k, block.k_token_stride, from_batch, d, ev_k + from_window * d,
+                     d);
+      CacheRowsToF32(block.dtype, v, block.v_token_stride, from_batch, d, ev_v + from_window * d,
+                     d);
     }
     // Outlier selection: keep the n_outliers most outlying of residents and
     // evicted keys; fold the rest.
@@ -520,9 +521,9 @@ covattn_status covattn_cache_init(void* memory, size_t bytes, const covattn_cach
   c->elem = DtypeSize(config->dtype);
   if (c->Summarizes()) {
     covattn_cov_state* summary = nullptr;
-    status = covattn_cov_state_init(c->At<unsigned char>(c->layout.summary), c->layout.summary_bytes,
-                                    config->n_kv_heads, config->head_dim, config->forgetting,
-                                    &summary);
+    status =
+        covattn_cov_state_init(c->At<unsigned char>(c->layout.summary), c->layout.summary_bytes,
+                               config->n_kv_heads, config->head_dim, config->forgetting, &summary);
     if (status != COVATTN_OK || reinterpret_cast<void*>(summary) != c->Summary()) {
       c->magic = 0;
       return status != COVATTN_OK ? status : COVATTN_ERR_BUFFER_TOO_SMALL;
@@ -582,9 +583,9 @@ covattn_status covattn_cache_info_get(const covattn_cache* cache, covattn_cache_
   if (info == nullptr) return COVATTN_ERR_NULL_POINTER;
   size_t n_exact = (cache->SinkCount() + cache->WindowCount()) * cache->Heads();
   for (size_t h = 0; h < cache->Heads(); ++h) n_exact += cache->OutlierCount()[h];
-  *info = covattn_cache_info{cache->config,  cache->n_tokens,
-                             cache->n_summarized, cache->n_dropped,
-                             n_exact,        cache->memory_end - cache->memory_begin};
+  *info = covattn_cache_info{
+      cache->config,    cache->n_tokens, cache->n_summarized,
+      cache->n_dropped, n_exact,         cache->memory_end - cache->memory_begin};
   return COVATTN_OK;
 }
 
@@ -598,12 +599,10 @@ covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
   Extent k, v;
-  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride,
-                            block->n_heads, block->k_head_stride, block->head_dim, &k)) !=
-          COVATTN_OK ||
-      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride,
-                            block->n_heads, block->v_head_stride, block->head_dim, &v)) !=
-          COVATTN_OK) {
+  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride, block->n_heads,
+                            block->k_head_stride, block->head_dim, &k)) != COVATTN_OK ||
+      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride, block->n_heads,
+                            block->v_head_stride, block->head_dim, &v)) != COVATTN_OK) {
     return status;
   }
   if (k.Overlaps(CacheExtent(cache)) || v.Overlaps(CacheExtent(cache))) {
@@ -611,13 +610,18 @@ covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache
   }
   if (block->n_tokens > UINT64_MAX / 2 - cache->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (block->n_tokens == 0) return COVATTN_OK;
-  const CovBlock cov_block{block->dtype,          block->k,
-                           block->v,              block->n_tokens,
-                           block->k_token_stride, block->k_head_stride,
-                           block->v_token_stride, block->v_head_stride};
+  const CovBlock cov_block{block->dtype,
+                           block->k,
+                           block->v,
+                           block->n_tokens,
+                           block->k_token_stride,
+                           block->k_head_stride,
+                           block->v_token_stride,
+                           block->v_head_stride};
   // Refuse bad values before anything changes (the summary would refuse them
   // too, but only after the window had moved).
-  if (!CovBlockInRange(cov_block, cache->Heads(), cache->Dim(), cache->config.dtype == COVATTN_F16)) {
+  if (!CovBlockInRange(cov_block, cache->Heads(), cache->Dim(),
+                       cache->config.dtype == COVATTN_F16)) {
     return COVATTN_ERR_NONFINITE;
   }
 
@@ -636,7 +640,6 @@ covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache
   return COVATTN_OK;
 }
 
-
 covattn_status covattn_cache_decode_scratch_size(const covattn_cache* cache, size_t n_q_heads,
                                                  size_t* bytes) {
   covattn_status status = CheckCache(cache);
@@ -649,8 +652,7 @@ covattn_status covattn_cache_decode_scratch_size(const covattn_cache* cache, siz
   // Two partial states and the summary's readout, log Z and ESS.
   size_t floats;
   if (MulOverflows(n_q_heads, 3 * cache->Dim() + 6, &floats) ||
-      MulOverflows(floats, sizeof(float), &floats) ||
-      AddOverflows(floats, attention + 64, bytes)) {
+      MulOverflows(floats, sizeof(float), &floats) || AddOverflows(floats, attention + 64, bytes)) {
     return COVATTN_ERR_SIZE_OVERFLOW;
   }
   return COVATTN_OK;
@@ -679,9 +681,8 @@ covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, 
     return status;
   }
   for (int i = 0; i < 3; ++i) {
-    if (diag_arrays[i] != nullptr &&
-        (status = CheckTensor(diag_arrays[i], sizeof(float), n_q_heads, 1, 1, 0, 1, &diag[i])) !=
-            COVATTN_OK) {
+    if (diag_arrays[i] != nullptr && (status = CheckTensor(diag_arrays[i], sizeof(float), n_q_heads,
+                                                           1, 1, 0, 1, &diag[i])) != COVATTN_OK) {
       return status;
     }
   }
@@ -734,23 +735,37 @@ covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, 
   const covattn_cache_config& c = cache->config;
   const size_t row = cache->RowElems();
   if (cache->SinkCount() != 0) {
-    const covattn_kv_cache kv{c.dtype, cache->At<unsigned char>(cache->layout.sink_k),
-                              cache->At<unsigned char>(cache->layout.sink_v), cache->SinkCount(),
-                              c.n_kv_heads, d, row, d, row, d};
+    const covattn_kv_cache kv{c.dtype,
+                              cache->At<unsigned char>(cache->layout.sink_k),
+                              cache->At<unsigned char>(cache->layout.sink_v),
+                              cache->SinkCount(),
+                              c.n_kv_heads,
+                              d,
+                              row,
+                              d,
+                              row,
+                              d};
     add_part(kv, q, n_q_heads, 0);
   }
   if (cache->WindowCount() != 0) {
-    const covattn_kv_cache kv{c.dtype, cache->At<unsigned char>(cache->layout.window_k),
+    const covattn_kv_cache kv{c.dtype,
+                              cache->At<unsigned char>(cache->layout.window_k),
                               cache->At<unsigned char>(cache->layout.window_v),
-                              cache->WindowCount(), c.n_kv_heads, d, row, d, row, d};
+                              cache->WindowCount(),
+                              c.n_kv_heads,
+                              d,
+                              row,
+                              d,
+                              row,
+                              d};
     add_part(kv, q, n_q_heads, 0);
   }
   for (size_t h = 0; h < c.n_kv_heads && cache->HasOutliers(); ++h) {
     const size_t count = cache->OutlierCount()[h];
     if (count == 0) continue;
     auto* self = const_cast<covattn_cache*>(cache);
-    const covattn_kv_cache kv{c.dtype, self->OutlierK(h, 0), self->OutlierV(h, 0), count, 1, d,
-                              d, 0, d, 0};
+    const covattn_kv_cache kv{
+        c.dtype, self->OutlierK(h, 0), self->OutlierV(h, 0), count, 1, d, d, 0, d, 0};
     add_part(kv, q + h * group * d, group, h * group);
   }
   // Summary part: the readout and its log-normaliser (MATH.md section 2).
@@ -786,7 +801,7 @@ covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, 
       if (diag_arrays[2]) diag_arrays[2][r] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    const float m = !row_summary ? exact.m[r]
+    const float m = !row_summary  ? exact.m[r]
                     : !have_exact ? log_z_s
                                   : std::max(exact.m[r], log_z_s);
     const float w_exact = have_exact ? std::exp(exact.m[r] - m) : 0.0f;
@@ -851,8 +866,10 @@ covattn_status covattn_cache_serialize(const covattn_cache* cache, void* buffer,
   PutLE(p + 96, CachePayloadBytes(cache, cache->OutlierCount(), blob), 8);
   unsigned char* at = p + kCacheFileHeaderBytes;
   const size_t elem = cache->elem;
-  at = PutElements(at, self->At<unsigned char>(cache->layout.sink_k), cache->SinkCount() * row, elem);
-  at = PutElements(at, self->At<unsigned char>(cache->layout.sink_v), cache->SinkCount() * row, elem);
+  at = PutElements(at, self->At<unsigned char>(cache->layout.sink_k), cache->SinkCount() * row,
+                   elem);
+  at = PutElements(at, self->At<unsigned char>(cache->layout.sink_v), cache->SinkCount() * row,
+                   elem);
   at = PutElements(at, self->At<unsigned char>(cache->layout.window_k), cache->WindowCount() * row,
                    elem);
   at = PutElements(at, self->At<unsigned char>(cache->layout.window_v), cache->WindowCount() * row,
@@ -988,7 +1005,8 @@ covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size
   // nothing has changed.
   if (blob != nullptr) {
     status = covattn_cov_state_load(cache->Summary(), blob, blob_bytes);
-    if (status != COVATTN_OK) return status == COVATTN_ERR_SHAPE_MISMATCH ? COVATTN_ERR_CORRUPT : status;
+    if (status != COVATTN_OK)
+      return status == COVATTN_ERR_SHAPE_MISMATCH ? COVATTN_ERR_CORRUPT : status;
   }
   cache->n_tokens = n_tokens;
   cache->n_summarized = n_summarized;

@@ -3,6 +3,8 @@
 // call validates everything it will read before it writes anything, so a
 // failed call leaves the state byte for byte as it was.
 
+#include "covattn/covariance.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -11,7 +13,6 @@
 #include "bytes.h"
 #include "covariance_kernels.h"
 #include "covariance_state.h"
-#include "covattn/covariance.h"
 #include "validate.h"
 
 namespace covattn {
@@ -43,8 +44,8 @@ Extent StateExtent(const covattn_cov_state* state) {
 }
 
 bool SameShape(const covattn_cov_state* a, const covattn_cov_state* b) {
-  return a->n_heads == b->n_heads && a->head_dim == b->head_dim &&
-         a->forgetting == b->forgetting && a->flags == b->flags;
+  return a->n_heads == b->n_heads && a->head_dim == b->head_dim && a->forgetting == b->forgetting &&
+         a->flags == b->flags;
 }
 
 // An output vector of n elements of elem_size bytes.
@@ -86,8 +87,7 @@ size_t PayloadBytesPerHead(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim 
 
 size_t SerializedBytes(const covattn_cov_state* state) {
   // Cannot overflow: the state's memory holds more than this.
-  return kFileHeaderBytes + state->n_heads * PayloadBytesPerHead(state->head_dim) +
-         kChecksumBytes;
+  return kFileHeaderBytes + state->n_heads * PayloadBytesPerHead(state->head_dim) + kChecksumBytes;
 }
 
 // The header fields that loading checks.
@@ -116,8 +116,8 @@ FileHeader ParseHeader(const unsigned char* p) {
 // produced: finite; the weight equal to the first head's, at least 1 and at
 // most the token count (0 when empty, with everything else 0); M_kk exactly
 // symmetric (every update keeps it so) with a non-negative diagonal.
-bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens,
-                      double first_weight, bool independent_heads) {
+bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens, double first_weight,
+                      bool independent_heads) {
   // Every head saw every token (one weight, none without tokens), or, with
   // independent heads, each head is empty or holds at least one token's weight.
   const double w = F64FromLE(p);
@@ -159,9 +159,8 @@ covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim, size_t* b
   return StateBytes(n_heads, head_dim, bytes);
 }
 
-covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads,
-                                      size_t head_dim, float forgetting,
-                                      covattn_cov_state** state) {
+covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads, size_t head_dim,
+                                      float forgetting, covattn_cov_state** state) {
   if (memory == nullptr || state == nullptr) return COVATTN_ERR_NULL_POINTER;
   covattn_status status = CheckShape(n_heads, head_dim, forgetting);
   if (status != COVATTN_OK) return status;
@@ -233,12 +232,10 @@ covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_
   }
   Extent k, v;
   covattn_status status;
-  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride,
-                            block->n_heads, block->k_head_stride, block->head_dim, &k)) !=
-          COVATTN_OK ||
-      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride,
-                            block->n_heads, block->v_head_stride, block->head_dim, &v)) !=
-          COVATTN_OK) {
+  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride, block->n_heads,
+                            block->k_head_stride, block->head_dim, &k)) != COVATTN_OK ||
+      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride, block->n_heads,
+                            block->v_head_stride, block->head_dim, &v)) != COVATTN_OK) {
     return status;
   }
   if (k.Overlaps(StateExtent(state)) || v.Overlaps(StateExtent(state))) {
@@ -246,10 +243,14 @@ covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_
   }
   if (block->n_tokens > UINT64_MAX - state->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (block->n_tokens == 0) return COVATTN_OK;
-  const CovBlock cov_block{block->dtype,          block->k,
-                           block->v,              block->n_tokens,
-                           block->k_token_stride, block->k_head_stride,
-                           block->v_token_stride, block->v_head_stride};
+  const CovBlock cov_block{block->dtype,
+                           block->k,
+                           block->v,
+                           block->n_tokens,
+                           block->k_token_stride,
+                           block->k_head_stride,
+                           block->v_token_stride,
+                           block->v_head_stride};
   if (!CovBlockInRange(cov_block, state->n_heads, state->head_dim)) {
     return COVATTN_ERR_NONFINITE;
   }
@@ -269,9 +270,8 @@ covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_co
   return COVATTN_OK;
 }
 
-covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* q,
-                                   size_t n_q_heads, float scale, float* out, float* log_z,
-                                   float* ess) {
+covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* q, size_t n_q_heads,
+                                   float scale, float* out, float* log_z, float* ess) {
   if (state == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
   if (n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
   if (n_q_heads % state->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
@@ -298,14 +298,14 @@ covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* 
   }
   if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
   const CovReadoutProblem problem{
-      q, n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
-      out, log_z, ess};
+      q,   n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
+      out, log_z,     ess};
   return CovReadout(state, problem) ? COVATTN_OK : COVATTN_ERR_NONFINITE;
 }
 
-covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head,
-                                        double* weight, float* mean_k, float* mean_v,
-                                        float* cov_kk, float* cov_vk) {
+covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head, double* weight,
+                                        float* mean_k, float* mean_v, float* cov_kk,
+                                        float* cov_vk) {
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
   if (head >= state->n_heads) return COVATTN_ERR_INVALID_RANGE;
   const size_t dim = state->head_dim;
@@ -317,12 +317,10 @@ covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t h
        (status = CheckOutput(mean_k, sizeof(float), dim, &extents[1])) != COVATTN_OK) ||
       (mean_v != nullptr &&
        (status = CheckOutput(mean_v, sizeof(float), dim, &extents[2])) != COVATTN_OK) ||
-      (cov_kk != nullptr &&
-       (status = CheckTensor(cov_kk, sizeof(float), dim, dim, 1, 0, dim, &extents[3])) !=
-           COVATTN_OK) ||
-      (cov_vk != nullptr &&
-       (status = CheckTensor(cov_vk, sizeof(float), dim, dim, 1, 0, dim, &extents[4])) !=
-           COVATTN_OK)) {
+      (cov_kk != nullptr && (status = CheckTensor(cov_kk, sizeof(float), dim, dim, 1, 0, dim,
+                                                  &extents[3])) != COVATTN_OK) ||
+      (cov_vk != nullptr && (status = CheckTensor(cov_vk, sizeof(float), dim, dim, 1, 0, dim,
+                                                  &extents[4])) != COVATTN_OK)) {
     return status;
   }
   extents[5] = StateExtent(state);
@@ -386,8 +384,7 @@ covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void*
   return COVATTN_OK;
 }
 
-covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer,
-                                      size_t size) {
+covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer, size_t size) {
   if (state == nullptr || buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
   const unsigned char* p = static_cast<const unsigned char*>(buffer);
   // Identity first (what is there of the magic must match), then version,

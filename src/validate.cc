@@ -17,9 +17,8 @@ size_t DtypeSize(uint32_t dtype) {
   }
 }
 
-covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
-                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
-                           Extent* extent) {
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
+                           size_t n_inner, size_t inner_stride, size_t dim, Extent* extent) {
   *extent = Extent{};
   if (n_outer == 0 || n_inner == 0 || dim == 0) return COVATTN_OK;
   if (base == nullptr) return COVATTN_ERR_NULL_POINTER;

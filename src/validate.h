@@ -28,9 +28,8 @@ struct Extent {
 // Checks that no two vectors overlap (the strides nest), that the extent
 // neither overflows size_t nor wraps the address space, and alignment.
 // Empty tensors (a count of 0) are valid with any pointer.
-covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
-                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
-                           Extent* extent);
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
+                           size_t n_inner, size_t inner_stride, size_t dim, Extent* extent);
 
 // a * b and a + b, false on overflow.
 inline bool MulOverflows(size_t a, size_t b, size_t* out) {

@@ -2,13 +2,14 @@
 // the first eviction, the pure readout and the sink + window baseline as
 // special cases, the error/memory trade-off on synthetic regimes, appends that
 // never fail, and files that never load corrupt.
+#include "covattn/cache.h"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <memory>
 #include <numeric>
 
-#include "covattn/cache.h"
 #include "covariance_test_util.h"
 #include "test_util.h"
 
@@ -27,8 +28,8 @@ CachePtr MakeCache(const covattn_cache_config& config) {
   return CachePtr(c);
 }
 
-covattn_cache_config Config(size_t heads, size_t dim, size_t sinks, size_t window,
-                            size_t outliers, uint32_t dtype = COVATTN_F32, float forgetting = 1.0f,
+covattn_cache_config Config(size_t heads, size_t dim, size_t sinks, size_t window, size_t outliers,
+                            uint32_t dtype = COVATTN_F32, float forgetting = 1.0f,
                             uint32_t flags = 0) {
   return covattn_cache_config{heads, dim, dtype, sinks, window, outliers, forgetting, flags};
 }
@@ -119,9 +120,9 @@ TEST_CASE("until the first eviction the cache is exact attention") {
           const Decoded r = Decode(cache.get(), q, heads * group, dim);
           REQUIRE(r.status == COVATTN_OK);
           for (size_t h = 0; h < heads * group; ++h) {
-            const ReferenceRow ref = ReferenceAttention(data, q.data() + h * dim,
-                                                        1.0f / std::sqrt(float(dim)), h / group,
-                                                        n - 1, 0, 0, 0, n);
+            const ReferenceRow ref =
+                ReferenceAttention(data, q.data() + h * dim, 1.0f / std::sqrt(float(dim)),
+                                   h / group, n - 1, 0, 0, 0, n);
             CheckRow(r.out.data() + h * dim, ref, dim);
             CHECK(r.share[h] == 0.0f);
             CHECK(std::fabs(r.log_z[h] - ref.log_z) <= ref.log_z_bound);
@@ -148,8 +149,8 @@ TEST_CASE("sinks + window without a summary is exact attention over the kept tok
   data.FillRandom(rng);
   const std::vector<float> q = RandomQueries(rng, heads * dim, 1.0);
   ForEachTarget([&] {
-    CachePtr cache =
-        MakeCache(Config(heads, dim, sinks, window, 0, COVATTN_F32, 1.0f, COVATTN_CACHE_DROP_EVICTED));
+    CachePtr cache = MakeCache(
+        Config(heads, dim, sinks, window, 0, COVATTN_F32, 1.0f, COVATTN_CACHE_DROP_EVICTED));
     AppendAll(cache.get(), data, 3);
     covattn_cache_info info;
     REQUIRE(covattn_cache_info_get(cache.get(), &info) == COVATTN_OK);
@@ -160,9 +161,8 @@ TEST_CASE("sinks + window without a summary is exact attention over the kept tok
     REQUIRE(r.status == COVATTN_OK);
     for (size_t h = 0; h < heads; ++h) {
       // The window and sink semantics of exact attention at position n - 1.
-      const ReferenceRow ref = ReferenceAttention(data, q.data() + h * dim,
-                                                  1.0f / std::sqrt(float(dim)), h, n - 1, window,
-                                                  sinks);
+      const ReferenceRow ref = ReferenceAttention(
+          data, q.data() + h * dim, 1.0f / std::sqrt(float(dim)), h, n - 1, window, sinks);
       CheckRow(r.out.data() + h * dim, ref, dim);
     }
   });
@@ -212,7 +212,8 @@ TestCache MakeRegime(Regime regime, size_t n, size_t dim, uint64_t seed) {
   const size_t width = 2 * dim;
   std::vector<double> mix(width * width), mean(width), drift(width);
   for (size_t i = 0; i < width; ++i) {
-    for (size_t j = 0; j < width; ++j) mix[i * width + j] = (i == j) + 0.4 * rng.Normal() / std::sqrt(width);
+    for (size_t j = 0; j < width; ++j)
+      mix[i * width + j] = (i == j) + 0.4 * rng.Normal() / std::sqrt(width);
     mean[i] = 1.0 + 0.5 * rng.Normal();
     drift[i] = 2.0 * rng.Normal();
   }
@@ -232,8 +233,10 @@ TestCache MakeRegime(Regime regime, size_t n, size_t dim, uint64_t seed) {
     for (size_t i = 0; i < width; ++i) {
       double z = mean[i] + (regime == Regime::kDrift ? drift[i] * t / n : 0.0);
       for (size_t j = 0; j < width; ++j) z += radius * mix[i * width + j] * x[j];
-      if (i < dim) data.SetK(t, 0, i, z);
-      else data.SetV(t, 0, i - dim, z);
+      if (i < dim)
+        data.SetK(t, 0, i, z);
+      else
+        data.SetV(t, 0, i - dim, z);
     }
   }
   return data;
@@ -313,8 +316,8 @@ TEST_CASE("synthetic regimes: the hybrid beats sinks + window at equal memory") 
                              COVATTN_CACHE_DROP_EVICTED),
                       data, queries);
       MESSAGE(std::string(c.name) << ": window " << window_same_as_hybrid << ", hybrid " << hybrid
-                     << ", window (outlier memory) " << window_same_as_outliers
-                     << ", hybrid with outliers " << outliers);
+                                  << ", window (outlier memory) " << window_same_as_outliers
+                                  << ", hybrid with outliers " << outliers);
       CHECK(hybrid < window_same_as_hybrid);
       CHECK(outliers < window_same_as_outliers);
       if (c.regime == Regime::kStudentT) CHECK(outliers < 0.05);
@@ -449,8 +452,9 @@ TEST_CASE("configuration and shape errors have their own statuses") {
                              scratch_bytes) == COVATTN_ERR_INVALID_SCALE);
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, q.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, reinterpret_cast<float*>(memory.data() + 1024),
-                             nullptr, scratch.data(), scratch_bytes) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f,
+                             reinterpret_cast<float*>(memory.data() + 1024), nullptr,
+                             scratch.data(), scratch_bytes) == COVATTN_ERR_ALIASING);
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, out.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_OK);
   covattn_cache_destroy(cache);  // caller memory: nothing to free

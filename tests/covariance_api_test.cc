@@ -244,7 +244,8 @@ TEST_CASE("update: NaN, infinity and out-of-range values are refused before any 
 
 TEST_CASE("merge: argument checks leave both states unchanged") {
   Cache cache(30);
-  CallerState a(1), b(2), other_lambda(3, 0.5f), other_heads(4, 1.0f, 1), other_dim(5, 1.0f, kHeads, 8);
+  CallerState a(1), b(2), other_lambda(3, 0.5f), other_heads(4, 1.0f, 1),
+      other_dim(5, 1.0f, kHeads, 8);
   a.Fill(cache, 30);
   b.Fill(cache, 10);
   const std::vector<uint8_t> a0 = a.Snapshot(), b0 = b.Snapshot();
@@ -281,21 +282,30 @@ TEST_CASE("readout: argument checks, aliasing, empty state, non-finite results")
   };
   const std::vector<uint8_t> before = s.Snapshot();
   float* o = out.data();
-  CHECK(covattn_cov_readout(nullptr, q.data(), n_q, 0, o, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), nullptr, n_q, 0, o, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, nullptr, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), q.data(), 0, 0, o, nullptr, nullptr) == COVATTN_ERR_INVALID_HEAD_COUNT);
-  CHECK(covattn_cov_readout(s.get(), q.data(), 3, 0, o, nullptr, nullptr) == COVATTN_ERR_HEAD_MISMATCH);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, NAN, o, nullptr, nullptr) == COVATTN_ERR_INVALID_SCALE);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, INFINITY, o, nullptr, nullptr) == COVATTN_ERR_INVALID_SCALE);
+  CHECK(covattn_cov_readout(nullptr, q.data(), n_q, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), nullptr, n_q, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), q.data(), 0, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_HEAD_COUNT);
+  CHECK(covattn_cov_readout(s.get(), q.data(), 3, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_HEAD_MISMATCH);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, NAN, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_SCALE);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, INFINITY, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_SCALE);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o + 1, nullptr, nullptr) == COVATTN_OK);
   std::fill(out.begin(), out.end(), kSentinel);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0,
                             reinterpret_cast<float*>(reinterpret_cast<uintptr_t>(o) + 2), nullptr,
                             nullptr) == COVATTN_ERR_MISALIGNED);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, q.data() + 3, nullptr, nullptr) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, q.data() + 3, nullptr, nullptr) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, o + 5, nullptr) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, lz.data(), lz.data()) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, lz.data(), lz.data()) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, nullptr,
                             AlignedInside(s.memory(), 512)) == COVATTN_ERR_ALIASING);
   CHECK(untouched());
@@ -320,17 +330,24 @@ TEST_CASE("export: argument checks and optional outputs") {
   s.Fill(cache, 20);
   std::vector<float> a(kDim * kDim), b(kDim * kDim);
   double w = -1.0;
-  CHECK(covattn_cov_state_export(nullptr, 0, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_export(s.get(), kHeads, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_INVALID_RANGE);
-  CHECK(covattn_cov_state_export(empty.get(), 0, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_EMPTY_STATE);
-  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, a.data(), a.data() + 3, nullptr, nullptr) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, nullptr, nullptr, a.data(), a.data()) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_export(nullptr, 0, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_export(s.get(), kHeads, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_RANGE);
+  CHECK(covattn_cov_state_export(empty.get(), 0, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_EMPTY_STATE);
+  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, a.data(), a.data() + 3, nullptr, nullptr) ==
+        COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, nullptr, nullptr, a.data(), a.data()) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_state_export(s.get(), 0, reinterpret_cast<double*>(a.data() + 1), nullptr,
                                  nullptr, nullptr, nullptr) == COVATTN_ERR_MISALIGNED);
   CHECK(w == -1.0);
-  CHECK(covattn_cov_state_export(s.get(), 1, &w, nullptr, nullptr, nullptr, b.data()) == COVATTN_OK);
+  CHECK(covattn_cov_state_export(s.get(), 1, &w, nullptr, nullptr, nullptr, b.data()) ==
+        COVATTN_OK);
   CHECK(w == 20.0);
-  CHECK(covattn_cov_state_export(s.get(), 1, nullptr, nullptr, nullptr, nullptr, nullptr) == COVATTN_OK);
+  CHECK(covattn_cov_state_export(s.get(), 1, nullptr, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_OK);
 }
 
 TEST_CASE("serialize: argument checks") {
@@ -343,10 +360,13 @@ TEST_CASE("serialize: argument checks") {
   REQUIRE(covattn_cov_state_serialized_size(s.get(), &bytes) == COVATTN_OK);
   CHECK(bytes == 64 + kHeads * (8 * (1 + 2 * kDim) + 8 * kDim * kDim) + 8);
   std::vector<uint8_t> file(bytes, 0x5A);
-  CHECK(covattn_cov_state_serialize(nullptr, file.data(), bytes, &written) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_serialize(nullptr, file.data(), bytes, &written) ==
+        COVATTN_ERR_NULL_POINTER);
   CHECK(covattn_cov_state_serialize(s.get(), nullptr, bytes, &written) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_serialize(s.get(), file.data(), bytes - 1, &written) == COVATTN_ERR_BUFFER_TOO_SMALL);
-  CHECK(covattn_cov_state_serialize(s.get(), s.memory() + 100, bytes, &written) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_serialize(s.get(), file.data(), bytes - 1, &written) ==
+        COVATTN_ERR_BUFFER_TOO_SMALL);
+  CHECK(covattn_cov_state_serialize(s.get(), s.memory() + 100, bytes, &written) ==
+        COVATTN_ERR_ALIASING);
   CHECK(written == 99);
   CHECK(std::all_of(file.begin(), file.end(), [](uint8_t x) { return x == 0x5A; }));
 }
@@ -394,8 +414,8 @@ TEST_CASE("load: every corrupt, truncated, foreign or mismatched file is refused
     auto corrupt_header = [&](size_t offset, auto value) {
       expect_patched(offset, value, COVATTN_ERR_CORRUPT);
     };
-    corrupt_header(12, uint32_t{63});                     // header size
-    corrupt_header(36, uint32_t{2});                      // an unknown flag
+    corrupt_header(12, uint32_t{63});  // header size
+    corrupt_header(36, uint32_t{2});   // an unknown flag
     {
       // A state with independent heads (the bounded cache's summary) is a
       // different kind of state: valid, but not this destination's.
@@ -404,19 +424,19 @@ TEST_CASE("load: every corrupt, truncated, foreign or mismatched file is refused
       Reseal(f);
       expect_file(f, COVATTN_ERR_SHAPE_MISMATCH);
     }
-    corrupt_header(16, uint64_t{0});                      // n_heads
-    corrupt_header(16, uint64_t{1} << 62);                // absurd n_heads: sizes overflow
-    corrupt_header(16, uint64_t{kHeads + 1});             // disagrees with the payload
-    corrupt_header(24, uint64_t{0});                      // head_dim
+    corrupt_header(16, uint64_t{0});           // n_heads
+    corrupt_header(16, uint64_t{1} << 62);     // absurd n_heads: sizes overflow
+    corrupt_header(16, uint64_t{kHeads + 1});  // disagrees with the payload
+    corrupt_header(24, uint64_t{0});           // head_dim
     corrupt_header(24, uint64_t{COVATTN_MAX_HEAD_DIM + 1});
-    corrupt_header(32, 0.0f);                             // forgetting
+    corrupt_header(32, 0.0f);  // forgetting
     corrupt_header(32, 1.5f);
     corrupt_header(32, std::nanf(""));
-    corrupt_header(48, uint64_t{12345});                  // payload elements
-    corrupt_header(56, uint64_t{good.size() - 72 + 4});   // payload bytes
+    corrupt_header(48, uint64_t{12345});                 // payload elements
+    corrupt_header(56, uint64_t{good.size() - 72 + 4});  // payload bytes
     std::vector<uint8_t> longer = good;
     longer.push_back(0);
-    expect_file(longer, COVATTN_ERR_CORRUPT);             // trailing bytes
+    expect_file(longer, COVATTN_ERR_CORRUPT);  // trailing bytes
   }
   SUBCASE("any changed bit fails the checksum") {
     // From the token count on (the fields before it are checked first).
@@ -438,15 +458,15 @@ TEST_CASE("load: every corrupt, truncated, foreign or mismatched file is refused
     corrupt_value(MomentOffset(0, 0, 0), INFINITY);
     corrupt_value(MeanOffset(1, 2), std::nan(""));
     corrupt_value(MeanOffset(0, kDim + 1), -std::numeric_limits<double>::infinity());
-    corrupt_value(WeightOffset(0), -1.0);                 // negative weight
-    for (double w : {1e9, 0.5, 0.0}) {  // above the token count, below one token, none
+    corrupt_value(WeightOffset(0), -1.0);  // negative weight
+    for (double w : {1e9, 0.5, 0.0}) {     // above the token count, below one token, none
       std::vector<uint8_t> f = good;
       for (size_t h = 0; h < kHeads; ++h) Put(f, WeightOffset(h), w);
       Reseal(f);
       INFO("weight " << w);
       expect_file(f, COVATTN_ERR_CORRUPT);
     }
-    corrupt_value(MomentOffset(0, 2, 5), 3.0f);           // C_kk no longer symmetric
+    corrupt_value(MomentOffset(0, 2, 5), 3.0f);  // C_kk no longer symmetric
     {
       std::vector<uint8_t> f = good;  // negative variance, kept symmetric
       Put(f, MomentOffset(0, 4, 4), -1.0f);
