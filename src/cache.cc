@@ -554,7 +554,8 @@ covattn_status covattn_cache_create(const covattn_cache_config* config, covattn_
 }
 
 void covattn_cache_destroy(covattn_cache* cache) {
-  if (cache == nullptr || cache->magic != kCacheMagic) return;
+  // A cache in caller memory stays valid: the caller owns and may reuse it.
+  if (CheckCache(cache) != COVATTN_OK || cache->allocation == nullptr) return;
   void* allocation = cache->allocation;
   cache->magic = 0;
   std::free(allocation);

@@ -460,6 +460,34 @@ TEST_CASE("configuration and shape errors have their own statuses") {
   covattn_cache_destroy(cache);  // caller memory: nothing to free
 }
 
+TEST_CASE("destroy leaves a cache in caller memory as it was, and usable") {
+  // cache.h: destroy does nothing for a cache made with init. It used to
+  // clear the cache's magic, so every later call returned COVATTN_ERR_CORRUPT.
+  const size_t dim = 8, heads = 2;
+  Rng rng(3);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 40, heads, dim);
+  data.FillRandom(rng);
+  const covattn_cache_config config = Config(heads, dim, 1, 6, 2);
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_size(&config, &bytes) == COVATTN_OK);
+  std::vector<unsigned char> memory(bytes);
+  covattn_cache* cache = nullptr;
+  REQUIRE(covattn_cache_init(memory.data(), bytes, &config, &cache) == COVATTN_OK);
+  Append(cache, data, 0, 20);
+  const std::vector<unsigned char> before = memory;
+  covattn_cache_destroy(cache);
+  CHECK(memory == before);
+  covattn_cache_info info;
+  CHECK(covattn_cache_info_get(cache, &info) == COVATTN_OK);
+  Append(cache, data, 20, 20);
+  CHECK(Decode(cache, RandomQueries(rng, heads * dim, 1.0), heads, dim).status == COVATTN_OK);
+  // Destroying what is not a cache does nothing either.
+  std::vector<unsigned char> not_a_cache(bytes, 0);
+  covattn_cache_destroy(reinterpret_cast<covattn_cache*>(not_a_cache.data()));
+  CHECK(
+      std::all_of(not_a_cache.begin(), not_a_cache.end(), [](unsigned char b) { return b == 0; }));
+}
+
 TEST_CASE("a cache in dirty caller memory serializes the same file as a clean one") {
   // Found by fuzz_cache: the outlier whitening is unused until its first
   // refresh but serialized, so it must not carry what the memory held before.
