@@ -21,6 +21,14 @@ namespace {
 
 static_assert(sizeof(covattn_cov_state) <= covattn_cov_state::kHeaderBytes, "header");
 
+constexpr uint64_t kCovStateMagic = 0x4554415453564f43ull;  // "COVSTATE"
+
+// A handle is a state made by init or create (and not destroyed since).
+covattn_status CheckState(const covattn_cov_state* state) {
+  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  return state->magic == kCovStateMagic ? COVATTN_OK : COVATTN_ERR_CORRUPT;
+}
+
 covattn_status CheckShape(size_t n_heads, size_t head_dim, float forgetting) {
   if (n_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
   if (head_dim == 0 || head_dim > COVATTN_MAX_HEAD_DIM) return COVATTN_ERR_INVALID_HEAD_DIM;
@@ -173,6 +181,7 @@ covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads
   unsigned char* base = reinterpret_cast<unsigned char*>(aligned);
   std::memset(base, 0, needed - (kAlign - 1));
   auto* s = new (base) covattn_cov_state();
+  s->magic = kCovStateMagic;
   s->allocation = nullptr;
   s->memory_begin = begin;
   s->memory_end = begin + bytes;
@@ -206,25 +215,30 @@ covattn_status covattn_cov_state_create(size_t n_heads, size_t head_dim, float f
 }
 
 void covattn_cov_state_destroy(covattn_cov_state* state) {
-  if (state == nullptr || state->allocation == nullptr) return;
-  std::free(state->allocation);
+  // A state in caller memory stays valid: the caller owns and may reuse it.
+  if (CheckState(state) != COVATTN_OK || state->allocation == nullptr) return;
+  void* allocation = state->allocation;
+  state->magic = 0;
+  std::free(allocation);
 }
 
 covattn_status covattn_cov_state_reset(covattn_cov_state* state) {
-  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
   std::memset(state->HeadBase(0), 0, state->n_heads * HeadBytes(state->head_dim));
   state->n_tokens = 0;
   return COVATTN_OK;
 }
 
 covattn_status covattn_cov_state_info(const covattn_cov_state* state, covattn_cov_info* info) {
-  if (state == nullptr || info == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (info == nullptr) return COVATTN_ERR_NULL_POINTER;
   *info = covattn_cov_info{state->n_heads, state->head_dim, state->forgetting, state->n_tokens};
   return COVATTN_OK;
 }
 
 covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block) {
-  if (state == nullptr || block == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (block == nullptr) return COVATTN_ERR_NULL_POINTER;
   const size_t elem = DtypeSize(block->dtype);
   if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (block->n_heads != state->n_heads || block->head_dim != state->head_dim) {
@@ -260,7 +274,8 @@ covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_
 }
 
 covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_cov_state* other) {
-  if (into == nullptr || other == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(into));
+  COVATTN_RETURN_IF_ERROR(CheckState(other));
   if (!SameShape(into, other)) return COVATTN_ERR_SHAPE_MISMATCH;
   const uint64_t other_tokens = other->n_tokens;  // `other` may be `into`
   if (other_tokens > UINT64_MAX - into->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
@@ -272,7 +287,8 @@ covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_co
 
 covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* q, size_t n_q_heads,
                                    float scale, float* out, float* log_z, float* ess) {
-  if (state == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
   if (n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
   if (n_q_heads % state->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
   if (!std::isfinite(scale)) return COVATTN_ERR_INVALID_SCALE;
@@ -306,7 +322,7 @@ covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* 
 covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head, double* weight,
                                         float* mean_k, float* mean_v, float* cov_kk,
                                         float* cov_vk) {
-  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
   if (head >= state->n_heads) return COVATTN_ERR_INVALID_RANGE;
   const size_t dim = state->head_dim;
   Extent extents[6];  // weight, mean_k, mean_v, cov_kk, cov_vk, state
@@ -344,14 +360,16 @@ covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t h
 }
 
 covattn_status covattn_cov_state_serialized_size(const covattn_cov_state* state, size_t* bytes) {
-  if (state == nullptr || bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
   *bytes = SerializedBytes(state);
   return COVATTN_OK;
 }
 
 covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void* buffer,
                                            size_t capacity, size_t* written) {
-  if (state == nullptr || buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
   const size_t total = SerializedBytes(state);
   if (capacity < total) return COVATTN_ERR_BUFFER_TOO_SMALL;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
@@ -385,7 +403,8 @@ covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void*
 }
 
 covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer, size_t size) {
-  if (state == nullptr || buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckState(state));
+  if (buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
   const unsigned char* p = static_cast<const unsigned char*>(buffer);
   // Identity first (what is there of the magic must match), then version,
   // then the header's own consistency, then the length, the checksum, the

@@ -8,6 +8,15 @@
 
 #include "covattn/covattn.h"
 
+// Returns the status of `expr` from the enclosing function unless it is
+// COVATTN_OK: the validation steps of an entry point, in the order that
+// decides which status a call with several faults gets.
+#define COVATTN_RETURN_IF_ERROR(expr)                          \
+  do {                                                         \
+    const covattn_status covattn_status_ = (expr);             \
+    if (covattn_status_ != COVATTN_OK) return covattn_status_; \
+  } while (0)
+
 namespace covattn {
 namespace detail {
 
@@ -31,7 +40,7 @@ struct Extent {
 covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
                            size_t n_inner, size_t inner_stride, size_t dim, Extent* extent);
 
-// a * b and a + b, false on overflow.
+// a * b and a + b into *out; true when the result overflowed (and *out is not it).
 inline bool MulOverflows(size_t a, size_t b, size_t* out) {
   return __builtin_mul_overflow(a, b, out);
 }

@@ -528,3 +528,50 @@ TEST_CASE("info: argument checks") {
   CHECK(info.n_tokens == 0);
   CHECK(covattn_cov_state_reset(nullptr) == COVATTN_ERR_NULL_POINTER);
 }
+
+TEST_CASE("a handle that is not a state is refused by every entry point, which write nothing") {
+  // The state's magic used to be neither set nor checked: any memory passed
+  // as a state was read (and written) as one.
+  Cache cache(20);
+  CallerState good(3);
+  good.Fill(cache, 20);
+  std::vector<uint64_t> junk(good.bytes() / 8, 0);  // zeros: what a cleared buffer holds
+  auto* bad = reinterpret_cast<covattn_cov_state*>(junk.data());
+  const std::vector<uint64_t> junk0 = junk;
+  const std::vector<uint8_t> good0 = good.Snapshot();
+  const covattn_kv_cache block = cache.view();
+  std::vector<float> q(kHeads * kDim, 0.5f), out(kHeads * kDim), mean(kDim);
+  std::vector<uint8_t> file = Serialize(good.get());
+  covattn_cov_info info;
+  size_t bytes = 0;
+  double weight = 0.0;
+  CHECK(covattn_cov_state_reset(bad) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_info(bad, &info) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_update(bad, &block) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(bad, good.get()) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(good.get(), bad) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_readout(bad, q.data(), kHeads, 0.0f, out.data(), nullptr, nullptr) ==
+        COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_export(bad, 0, &weight, mean.data(), nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_serialized_size(bad, &bytes) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_serialize(bad, file.data(), file.size(), nullptr) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_load(bad, file.data(), file.size()) == COVATTN_ERR_CORRUPT);
+  covattn_cov_state_destroy(bad);
+  CHECK(junk == junk0);
+  CHECK(good.Unchanged(good0));
+  CHECK(file == Serialize(good.get()));
+}
+
+TEST_CASE("destroy leaves a state in caller memory as it was, and usable") {
+  Cache cache(40);
+  CallerState s(5);
+  s.Fill(cache, 20);
+  const std::vector<uint8_t> before = s.Snapshot();
+  covattn_cov_state_destroy(s.get());
+  CHECK(s.Unchanged(before));
+  s.Fill(cache, 20);
+  covattn_cov_info info;
+  REQUIRE(covattn_cov_state_info(s.get(), &info) == COVATTN_OK);
+  CHECK(info.n_tokens == 40);
+}
