@@ -101,7 +101,7 @@ size_t SerializedBytes(const covattn_cov_state* state) {
 // The header fields that loading checks.
 struct FileHeader {
   uint64_t n_heads, head_dim, n_tokens, payload_elements, payload_bytes;
-  uint32_t version, header_bytes, reserved;
+  uint32_t version, header_bytes, flags;
   float forgetting;
 };
 
@@ -113,7 +113,7 @@ FileHeader ParseHeader(const unsigned char* p) {
   h.head_dim = GetLE(p + 24, 8);
   const uint32_t bits = static_cast<uint32_t>(GetLE(p + 32, 4));
   std::memcpy(&h.forgetting, &bits, sizeof(bits));
-  h.reserved = static_cast<uint32_t>(GetLE(p + 36, 4));
+  h.flags = static_cast<uint32_t>(GetLE(p + 36, 4));
   h.n_tokens = GetLE(p + 40, 8);
   h.payload_elements = GetLE(p + 48, 8);
   h.payload_bytes = GetLE(p + 56, 8);
@@ -416,7 +416,7 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
   if (GetLE(p + 8, 4) != kFormatVersion) return COVATTN_ERR_VERSION;
   if (size < kFileHeaderBytes) return COVATTN_ERR_TRUNCATED;
   const FileHeader h = ParseHeader(p);
-  if (h.header_bytes != kFileHeaderBytes || (h.reserved & ~covattn_cov_state::kIndependentHeads) ||
+  if (h.header_bytes != kFileHeaderBytes || (h.flags & ~covattn_cov_state::kIndependentHeads) ||
       CheckShape(h.n_heads, h.head_dim, h.forgetting) != COVATTN_OK) {
     return COVATTN_ERR_CORRUPT;
   }
@@ -434,7 +434,7 @@ covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buff
     return COVATTN_ERR_CHECKSUM;
   }
   if (h.n_heads != state->n_heads || h.head_dim != state->head_dim ||
-      h.forgetting != state->forgetting || h.reserved != state->flags) {
+      h.forgetting != state->forgetting || h.flags != state->flags) {
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
   const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
