@@ -11,8 +11,7 @@
 #include <new>
 
 #include "bytes.h"
-#include "covariance_kernels.h"
-#include "covariance_state.h"
+#include "covariance.h"
 #include "validate.h"
 
 namespace covattn {
@@ -36,17 +35,6 @@ covattn_status CheckShape(size_t n_heads, size_t head_dim, float forgetting) {
   return COVATTN_OK;
 }
 
-// Bytes of a state: alignment slack, header, heads, workspace.
-covattn_status StateBytes(size_t n_heads, size_t head_dim, size_t* bytes) {
-  size_t heads;
-  if (MulOverflows(n_heads, HeadBytes(head_dim), &heads) ||
-      AddOverflows(heads, kAlign - 1 + covattn_cov_state::kHeaderBytes + WorkspaceBytes(head_dim),
-                   bytes)) {
-    return COVATTN_ERR_SIZE_OVERFLOW;
-  }
-  return COVATTN_OK;
-}
-
 Extent StateExtent(const covattn_cov_state* state) {
   return Extent{state->memory_begin, state->memory_end};
 }
@@ -56,9 +44,12 @@ bool SameShape(const covattn_cov_state* a, const covattn_cov_state* b) {
          a->flags == b->flags;
 }
 
-// An output vector of n elements of elem_size bytes.
-covattn_status CheckOutput(const void* p, size_t elem_size, size_t n, Extent* extent) {
-  return CheckTensor(p, elem_size, 1, 0, 1, 0, n, extent);
+// An optional output (null: none, empty extent) of n_rows contiguous rows of
+// row_elems elements of elem_size bytes.
+covattn_status CheckOutput(const void* p, size_t elem_size, size_t n_rows, size_t row_elems,
+                           Extent* extent) {
+  if (p == nullptr) return COVATTN_OK;
+  return CheckTensor(p, elem_size, n_rows, row_elems, 1, 0, row_elems, extent);
 }
 
 // True if any two of the non-empty extents overlap.
@@ -92,11 +83,6 @@ constexpr size_t kFileHeaderBytes = 64;
 constexpr size_t kChecksumBytes = 8;
 
 size_t PayloadBytesPerHead(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim * dim; }
-
-size_t SerializedBytes(const covattn_cov_state* state) {
-  // Cannot overflow: the state's memory holds more than this.
-  return kFileHeaderBytes + state->n_heads * PayloadBytesPerHead(state->head_dim) + kChecksumBytes;
-}
 
 // The header fields that loading checks.
 struct FileHeader {
@@ -152,31 +138,55 @@ bool HeadPayloadValid(const unsigned char* p, size_t dim, uint64_t n_tokens, dou
   return true;
 }
 
-}  // namespace
-}  // namespace detail
-}  // namespace covattn
-
-using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
-
-extern "C" {
-
-covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim, size_t* bytes) {
-  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
-  const covattn_status status = CheckShape(n_heads, head_dim, 1.0f);
-  if (status != COVATTN_OK) return status;
-  return StateBytes(n_heads, head_dim, bytes);
+// The header of a file that loading checks before anything else, in the
+// order of covattn_cov_state_load's statuses: identity (what is there of
+// the magic must match), version, the header's own consistency, the length
+// and the checksum.
+covattn_status CheckFileHeader(const unsigned char* p, size_t size, FileHeader* h) {
+  if (std::memcmp(p, kMagic, size < sizeof(kMagic) ? size : sizeof(kMagic)) != 0) {
+    return COVATTN_ERR_BAD_MAGIC;
+  }
+  if (size < 12) return COVATTN_ERR_TRUNCATED;
+  if (GetLE(p + 8, 4) != kFormatVersion) return COVATTN_ERR_VERSION;
+  if (size < kFileHeaderBytes) return COVATTN_ERR_TRUNCATED;
+  *h = ParseHeader(p);
+  if (h->header_bytes != kFileHeaderBytes || (h->flags & ~covattn_cov_state::kIndependentHeads) ||
+      CheckShape(h->n_heads, h->head_dim, h->forgetting) != COVATTN_OK) {
+    return COVATTN_ERR_CORRUPT;
+  }
+  const size_t dim = h->head_dim;
+  size_t elements, payload, total;
+  if (MulOverflows(h->n_heads, 1 + 2 * dim + 2 * dim * dim, &elements) ||
+      MulOverflows(h->n_heads, PayloadBytesPerHead(dim), &payload) ||
+      AddOverflows(payload, kFileHeaderBytes + kChecksumBytes, &total) ||
+      h->payload_elements != elements || h->payload_bytes != payload) {
+    return COVATTN_ERR_CORRUPT;
+  }
+  if (size < total) return COVATTN_ERR_TRUNCATED;
+  if (size > total) return COVATTN_ERR_CORRUPT;
+  if (Fnv1a(p, total - kChecksumBytes) != GetLE(p + total - kChecksumBytes, 8)) {
+    return COVATTN_ERR_CHECKSUM;
+  }
+  return COVATTN_OK;
 }
 
-covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads, size_t head_dim,
-                                      float forgetting, covattn_cov_state** state) {
-  if (memory == nullptr || state == nullptr) return COVATTN_ERR_NULL_POINTER;
-  covattn_status status = CheckShape(n_heads, head_dim, forgetting);
-  if (status != COVATTN_OK) return status;
-  size_t needed;
-  if ((status = StateBytes(n_heads, head_dim, &needed)) != COVATTN_OK) return status;
-  if (bytes < needed) return COVATTN_ERR_BUFFER_TOO_SMALL;
+}  // namespace
+
+covattn_status CovStateBytes(size_t n_heads, size_t head_dim, size_t* bytes) {
+  size_t heads;
+  if (MulOverflows(n_heads, HeadBytes(head_dim), &heads) ||
+      AddOverflows(heads, kAlign - 1 + covattn_cov_state::kHeaderBytes + WorkspaceBytes(head_dim),
+                   bytes)) {
+    return COVATTN_ERR_SIZE_OVERFLOW;
+  }
+  return COVATTN_OK;
+}
+
+covattn_cov_state* CovStateInit(void* memory, size_t bytes, size_t n_heads, size_t head_dim,
+                                float forgetting, uint32_t flags) {
+  size_t needed = 0;
+  CovStateBytes(n_heads, head_dim, &needed);
   const uintptr_t begin = reinterpret_cast<uintptr_t>(memory);
-  if (bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
   const uintptr_t aligned = (begin + kAlign - 1) & ~uintptr_t{kAlign - 1};
   unsigned char* base = reinterpret_cast<unsigned char*>(aligned);
   std::memset(base, 0, needed - (kAlign - 1));
@@ -189,26 +199,126 @@ covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads
   s->head_dim = head_dim;
   s->forgetting = forgetting;
   s->n_tokens = 0;
-  s->flags = 0;
-  *state = s;
+  s->flags = flags;
+  return s;
+}
+
+void CovStateReset(covattn_cov_state* state) {
+  std::memset(state->HeadBase(0), 0, state->n_heads * HeadBytes(state->head_dim));
+  state->n_tokens = 0;
+}
+
+void CovExport(const covattn_cov_state* state, size_t head, const CovExportOutputs& out) {
+  const size_t dim = state->head_dim, width = 2 * dim;
+  const double* doubles = state->Doubles(head);
+  const double w = doubles[0];
+  const float* m = state->Moments(head);
+  if (out.weight != nullptr) *out.weight = w;
+  for (size_t i = 0; i < dim; ++i) {
+    if (out.mean_k != nullptr) out.mean_k[i] = static_cast<float>(doubles[1 + i]);
+    if (out.mean_v != nullptr) out.mean_v[i] = static_cast<float>(doubles[1 + dim + i]);
+    for (size_t j = 0; j < dim; ++j) {
+      if (out.cov_kk != nullptr) out.cov_kk[i * dim + j] = static_cast<float>(m[i * width + j] / w);
+      // Row j of M holds M_kv[j][*] = co-moments of k_j with v.
+      if (out.cov_vk != nullptr) {
+        out.cov_vk[i * dim + j] = static_cast<float>(m[j * width + dim + i] / w);
+      }
+    }
+  }
+}
+
+size_t CovSerializedBytes(const covattn_cov_state* state) {
+  // Cannot overflow: the state's memory holds more than this.
+  return kFileHeaderBytes + state->n_heads * PayloadBytesPerHead(state->head_dim) + kChecksumBytes;
+}
+
+void CovSerialize(const covattn_cov_state* state, unsigned char* p) {
+  const size_t dim = state->head_dim;
+  std::memset(p, 0, kFileHeaderBytes);
+  std::memcpy(p, kMagic, sizeof(kMagic));
+  PutLE(p + 8, kFormatVersion, 4);
+  PutLE(p + 12, kFileHeaderBytes, 4);
+  PutLE(p + 16, state->n_heads, 8);
+  PutLE(p + 24, dim, 8);
+  PutF32LE(p + 32, state->forgetting);
+  PutLE(p + 36, state->flags, 4);
+  PutLE(p + 40, state->n_tokens, 8);
+  PutLE(p + 48, state->n_heads * (1 + 2 * dim + 2 * dim * dim), 8);
+  PutLE(p + 56, state->n_heads * PayloadBytesPerHead(dim), 8);
+  unsigned char* q = p + kFileHeaderBytes;
+  for (size_t h = 0; h < state->n_heads; ++h) {
+    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Doubles(h)), 1 + 2 * dim, 8);
+    q += 8 * (1 + 2 * dim);
+    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Moments(h)), 2 * dim * dim, 4);
+    q += 4 * 2 * dim * dim;
+  }
+  PutLE(q, Fnv1a(p, static_cast<size_t>(q - p)), 8);
+}
+
+covattn_status CovLoad(covattn_cov_state* state, const unsigned char* p, size_t size) {
+  // The header, then the destination's shape, then the payload's values.
+  FileHeader h;
+  COVATTN_RETURN_IF_ERROR(CheckFileHeader(p, size, &h));
+  if (h.n_heads != state->n_heads || h.head_dim != state->head_dim ||
+      h.forgetting != state->forgetting || h.flags != state->flags) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+  if (Extent{begin, begin + size}.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
+  const size_t dim = h.head_dim, head_payload = PayloadBytesPerHead(dim);
+  const unsigned char* q = p + kFileHeaderBytes;
+  for (size_t head = 0; head < h.n_heads; ++head) {
+    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64FromLE(q),
+                          state->flags & covattn_cov_state::kIndependentHeads)) {
+      return COVATTN_ERR_CORRUPT;
+    }
+  }
+  for (size_t head = 0; head < h.n_heads; ++head) {
+    CovHead dst = state->Head(head);
+    CopyLE(reinterpret_cast<unsigned char*>(dst.weight), q, 1 + 2 * dim, 8);
+    q += 8 * (1 + 2 * dim);
+    CopyLE(reinterpret_cast<unsigned char*>(dst.m), q, 2 * dim * dim, 4);
+    q += 4 * 2 * dim * dim;
+  }
+  state->n_tokens = h.n_tokens;
+  return COVATTN_OK;
+}
+
+}  // namespace detail
+}  // namespace covattn
+
+using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
+
+extern "C" {
+
+covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim, size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckShape(n_heads, head_dim, 1.0f));
+  return CovStateBytes(n_heads, head_dim, bytes);
+}
+
+covattn_status covattn_cov_state_init(void* memory, size_t bytes, size_t n_heads, size_t head_dim,
+                                      float forgetting, covattn_cov_state** state) {
+  if (memory == nullptr || state == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckShape(n_heads, head_dim, forgetting));
+  size_t needed;
+  COVATTN_RETURN_IF_ERROR(CovStateBytes(n_heads, head_dim, &needed));
+  if (bytes < needed) return COVATTN_ERR_BUFFER_TOO_SMALL;
+  Extent extent;
+  COVATTN_RETURN_IF_ERROR(MemoryExtent(memory, bytes, &extent));
+  *state = CovStateInit(memory, bytes, n_heads, head_dim, forgetting, 0);
   return COVATTN_OK;
 }
 
 covattn_status covattn_cov_state_create(size_t n_heads, size_t head_dim, float forgetting,
                                         covattn_cov_state** state) {
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
-  covattn_status status = CheckShape(n_heads, head_dim, forgetting);
-  if (status != COVATTN_OK) return status;
+  COVATTN_RETURN_IF_ERROR(CheckShape(n_heads, head_dim, forgetting));
   size_t bytes;
-  if ((status = StateBytes(n_heads, head_dim, &bytes)) != COVATTN_OK) return status;
+  COVATTN_RETURN_IF_ERROR(CovStateBytes(n_heads, head_dim, &bytes));
   void* memory = std::malloc(bytes);
   if (memory == nullptr) return COVATTN_ERR_OUT_OF_MEMORY;
-  covattn_cov_state* s = nullptr;
-  status = covattn_cov_state_init(memory, bytes, n_heads, head_dim, forgetting, &s);
-  if (status != COVATTN_OK) {
-    std::free(memory);
-    return status;
-  }
+  covattn_cov_state* s = CovStateInit(memory, bytes, n_heads, head_dim, forgetting, 0);
   s->allocation = memory;
   *state = s;
   return COVATTN_OK;
@@ -224,8 +334,7 @@ void covattn_cov_state_destroy(covattn_cov_state* state) {
 
 covattn_status covattn_cov_state_reset(covattn_cov_state* state) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
-  std::memset(state->HeadBase(0), 0, state->n_heads * HeadBytes(state->head_dim));
-  state->n_tokens = 0;
+  CovStateReset(state);
   return COVATTN_OK;
 }
 
@@ -238,33 +347,10 @@ covattn_status covattn_cov_state_info(const covattn_cov_state* state, covattn_co
 
 covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
-  if (block == nullptr) return COVATTN_ERR_NULL_POINTER;
-  const size_t elem = DtypeSize(block->dtype);
-  if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
-  if (block->n_heads != state->n_heads || block->head_dim != state->head_dim) {
-    return COVATTN_ERR_SHAPE_MISMATCH;
-  }
-  Extent k, v;
-  covattn_status status;
-  if ((status = CheckTensor(block->k, elem, block->n_tokens, block->k_token_stride, block->n_heads,
-                            block->k_head_stride, block->head_dim, &k)) != COVATTN_OK ||
-      (status = CheckTensor(block->v, elem, block->n_tokens, block->v_token_stride, block->n_heads,
-                            block->v_head_stride, block->head_dim, &v)) != COVATTN_OK) {
-    return status;
-  }
-  if (k.Overlaps(StateExtent(state)) || v.Overlaps(StateExtent(state))) {
-    return COVATTN_ERR_ALIASING;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, state->n_heads, state->head_dim, StateExtent(state)));
   if (block->n_tokens > UINT64_MAX - state->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (block->n_tokens == 0) return COVATTN_OK;
-  const CovBlock cov_block{block->dtype,
-                           block->k,
-                           block->v,
-                           block->n_tokens,
-                           block->k_token_stride,
-                           block->k_head_stride,
-                           block->v_token_stride,
-                           block->v_head_stride};
+  const CovBlock cov_block = CovBlockOf(*block);
   if (!CovBlockInRange(cov_block, state->n_heads, state->head_dim)) {
     return COVATTN_ERR_NONFINITE;
   }
@@ -294,17 +380,10 @@ covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* 
   if (!std::isfinite(scale)) return COVATTN_ERR_INVALID_SCALE;
   const size_t dim = state->head_dim;
   Extent extents[5];  // q, out, log_z, ess, state
-  covattn_status status;
-  if ((status = CheckTensor(q, sizeof(float), 1, 0, n_q_heads, dim, dim, &extents[0])) !=
-          COVATTN_OK ||
-      (status = CheckTensor(out, sizeof(float), 1, 0, n_q_heads, dim, dim, &extents[1])) !=
-          COVATTN_OK ||
-      (log_z != nullptr &&
-       (status = CheckOutput(log_z, sizeof(float), n_q_heads, &extents[2])) != COVATTN_OK) ||
-      (ess != nullptr &&
-       (status = CheckOutput(ess, sizeof(float), n_q_heads, &extents[3])) != COVATTN_OK)) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckTensor(q, sizeof(float), 1, 0, n_q_heads, dim, dim, &extents[0]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(out, sizeof(float), n_q_heads, dim, &extents[1]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(log_z, sizeof(float), 1, n_q_heads, &extents[2]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(ess, sizeof(float), 1, n_q_heads, &extents[3]));
   extents[4] = StateExtent(state);
   // Inputs (q, state) may overlap each other; no output may overlap anything.
   for (size_t o = 1; o <= 3; ++o) {
@@ -326,43 +405,22 @@ covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t h
   if (head >= state->n_heads) return COVATTN_ERR_INVALID_RANGE;
   const size_t dim = state->head_dim;
   Extent extents[6];  // weight, mean_k, mean_v, cov_kk, cov_vk, state
-  covattn_status status;
-  if ((weight != nullptr &&
-       (status = CheckOutput(weight, sizeof(double), 1, &extents[0])) != COVATTN_OK) ||
-      (mean_k != nullptr &&
-       (status = CheckOutput(mean_k, sizeof(float), dim, &extents[1])) != COVATTN_OK) ||
-      (mean_v != nullptr &&
-       (status = CheckOutput(mean_v, sizeof(float), dim, &extents[2])) != COVATTN_OK) ||
-      (cov_kk != nullptr && (status = CheckTensor(cov_kk, sizeof(float), dim, dim, 1, 0, dim,
-                                                  &extents[3])) != COVATTN_OK) ||
-      (cov_vk != nullptr && (status = CheckTensor(cov_vk, sizeof(float), dim, dim, 1, 0, dim,
-                                                  &extents[4])) != COVATTN_OK)) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckOutput(weight, sizeof(double), 1, 1, &extents[0]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(mean_k, sizeof(float), 1, dim, &extents[1]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(mean_v, sizeof(float), 1, dim, &extents[2]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(cov_kk, sizeof(float), dim, dim, &extents[3]));
+  COVATTN_RETURN_IF_ERROR(CheckOutput(cov_vk, sizeof(float), dim, dim, &extents[4]));
   extents[5] = StateExtent(state);
   if (AnyOverlap(extents, 6)) return COVATTN_ERR_ALIASING;
   if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
-  const double* doubles = state->Doubles(head);
-  const double w = doubles[0];
-  const float* m = state->Moments(head);
-  const size_t width = 2 * dim;
-  if (weight != nullptr) *weight = w;
-  for (size_t i = 0; i < dim; ++i) {
-    if (mean_k != nullptr) mean_k[i] = static_cast<float>(doubles[1 + i]);
-    if (mean_v != nullptr) mean_v[i] = static_cast<float>(doubles[1 + dim + i]);
-    for (size_t j = 0; j < dim; ++j) {
-      if (cov_kk != nullptr) cov_kk[i * dim + j] = static_cast<float>(m[i * width + j] / w);
-      // Row j of M holds M_kv[j][*] = co-moments of k_j with v.
-      if (cov_vk != nullptr) cov_vk[i * dim + j] = static_cast<float>(m[j * width + dim + i] / w);
-    }
-  }
+  CovExport(state, head, CovExportOutputs{weight, mean_k, mean_v, cov_kk, cov_vk});
   return COVATTN_OK;
 }
 
 covattn_status covattn_cov_state_serialized_size(const covattn_cov_state* state, size_t* bytes) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
   if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
-  *bytes = SerializedBytes(state);
+  *bytes = CovSerializedBytes(state);
   return COVATTN_OK;
 }
 
@@ -370,34 +428,12 @@ covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void*
                                            size_t capacity, size_t* written) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
   if (buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
-  const size_t total = SerializedBytes(state);
+  const size_t total = CovSerializedBytes(state);
   if (capacity < total) return COVATTN_ERR_BUFFER_TOO_SMALL;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
-  if (total > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
-  if (Extent{begin, begin + total}.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
-  const size_t dim = state->head_dim;
-  unsigned char* p = static_cast<unsigned char*>(buffer);
-  std::memset(p, 0, kFileHeaderBytes);
-  std::memcpy(p, kMagic, sizeof(kMagic));
-  PutLE(p + 8, kFormatVersion, 4);
-  PutLE(p + 12, kFileHeaderBytes, 4);
-  PutLE(p + 16, state->n_heads, 8);
-  PutLE(p + 24, dim, 8);
-  uint32_t bits;
-  std::memcpy(&bits, &state->forgetting, sizeof(bits));
-  PutLE(p + 32, bits, 4);
-  PutLE(p + 36, state->flags, 4);
-  PutLE(p + 40, state->n_tokens, 8);
-  PutLE(p + 48, state->n_heads * (1 + 2 * dim + 2 * dim * dim), 8);
-  PutLE(p + 56, state->n_heads * PayloadBytesPerHead(dim), 8);
-  unsigned char* q = p + kFileHeaderBytes;
-  for (size_t h = 0; h < state->n_heads; ++h) {
-    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Doubles(h)), 1 + 2 * dim, 8);
-    q += 8 * (1 + 2 * dim);
-    CopyLE(q, reinterpret_cast<const unsigned char*>(state->Moments(h)), 2 * dim * dim, 4);
-    q += 4 * 2 * dim * dim;
-  }
-  PutLE(q, Fnv1a(p, static_cast<size_t>(q - p)), 8);
+  Extent extent;
+  COVATTN_RETURN_IF_ERROR(MemoryExtent(buffer, total, &extent));
+  if (extent.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
+  CovSerialize(state, static_cast<unsigned char*>(buffer));
   if (written != nullptr) *written = total;
   return COVATTN_OK;
 }
@@ -405,57 +441,7 @@ covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void*
 covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer, size_t size) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
   if (buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
-  const unsigned char* p = static_cast<const unsigned char*>(buffer);
-  // Identity first (what is there of the magic must match), then version,
-  // then the header's own consistency, then the length, the checksum, the
-  // destination's shape and finally the payload's values.
-  if (std::memcmp(p, kMagic, size < sizeof(kMagic) ? size : sizeof(kMagic)) != 0) {
-    return COVATTN_ERR_BAD_MAGIC;
-  }
-  if (size < 12) return COVATTN_ERR_TRUNCATED;
-  if (GetLE(p + 8, 4) != kFormatVersion) return COVATTN_ERR_VERSION;
-  if (size < kFileHeaderBytes) return COVATTN_ERR_TRUNCATED;
-  const FileHeader h = ParseHeader(p);
-  if (h.header_bytes != kFileHeaderBytes || (h.flags & ~covattn_cov_state::kIndependentHeads) ||
-      CheckShape(h.n_heads, h.head_dim, h.forgetting) != COVATTN_OK) {
-    return COVATTN_ERR_CORRUPT;
-  }
-  const size_t dim = h.head_dim;
-  size_t elements, payload, total;
-  if (MulOverflows(h.n_heads, 1 + 2 * dim + 2 * dim * dim, &elements) ||
-      MulOverflows(h.n_heads, PayloadBytesPerHead(dim), &payload) ||
-      AddOverflows(payload, kFileHeaderBytes + kChecksumBytes, &total) ||
-      h.payload_elements != elements || h.payload_bytes != payload) {
-    return COVATTN_ERR_CORRUPT;
-  }
-  if (size < total) return COVATTN_ERR_TRUNCATED;
-  if (size > total) return COVATTN_ERR_CORRUPT;
-  if (Fnv1a(p, total - kChecksumBytes) != GetLE(p + total - kChecksumBytes, 8)) {
-    return COVATTN_ERR_CHECKSUM;
-  }
-  if (h.n_heads != state->n_heads || h.head_dim != state->head_dim ||
-      h.forgetting != state->forgetting || h.flags != state->flags) {
-    return COVATTN_ERR_SHAPE_MISMATCH;
-  }
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer);
-  if (Extent{begin, begin + size}.Overlaps(StateExtent(state))) return COVATTN_ERR_ALIASING;
-  const size_t head_payload = PayloadBytesPerHead(dim);
-  const unsigned char* q = p + kFileHeaderBytes;
-  for (size_t head = 0; head < h.n_heads; ++head) {
-    if (!HeadPayloadValid(q + head * head_payload, dim, h.n_tokens, F64FromLE(q),
-                          state->flags & covattn_cov_state::kIndependentHeads)) {
-      return COVATTN_ERR_CORRUPT;
-    }
-  }
-  for (size_t head = 0; head < h.n_heads; ++head) {
-    CovHead dst = state->Head(head);
-    CopyLE(reinterpret_cast<unsigned char*>(dst.weight), q, 1 + 2 * dim, 8);
-    q += 8 * (1 + 2 * dim);
-    CopyLE(reinterpret_cast<unsigned char*>(dst.m), q, 2 * dim * dim, 4);
-    q += 4 * 2 * dim * dim;
-  }
-  state->n_tokens = h.n_tokens;
-  return COVATTN_OK;
+  return CovLoad(state, static_cast<const unsigned char*>(buffer), size);
 }
 
 }  // extern "C"
