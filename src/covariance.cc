@@ -6,12 +6,12 @@
 #include "covattn/covariance.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <new>
 
 #include "bytes.h"
 #include "covariance.h"
+#include "object.h"
 #include "validate.h"
 
 namespace covattn {
@@ -24,8 +24,7 @@ constexpr uint64_t kCovStateMagic = 0x4554415453564f43ull;  // "COVSTATE"
 
 // A handle is a state made by init or create (and not destroyed since).
 covattn_status CheckState(const covattn_cov_state* state) {
-  if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
-  return state->magic == kCovStateMagic ? COVATTN_OK : COVATTN_ERR_CORRUPT;
+  return CheckObject(state, kCovStateMagic);
 }
 
 covattn_status CheckShape(size_t n_heads, size_t head_dim, float forgetting) {
@@ -316,21 +315,13 @@ covattn_status covattn_cov_state_create(size_t n_heads, size_t head_dim, float f
   COVATTN_RETURN_IF_ERROR(CheckShape(n_heads, head_dim, forgetting));
   size_t bytes;
   COVATTN_RETURN_IF_ERROR(CovStateBytes(n_heads, head_dim, &bytes));
-  void* memory = std::malloc(bytes);
-  if (memory == nullptr) return COVATTN_ERR_OUT_OF_MEMORY;
-  covattn_cov_state* s = CovStateInit(memory, bytes, n_heads, head_dim, forgetting, 0);
-  s->allocation = memory;
-  *state = s;
-  return COVATTN_OK;
+  return CreateObject(
+      bytes,
+      [&](void* memory) { return CovStateInit(memory, bytes, n_heads, head_dim, forgetting, 0); },
+      state);
 }
 
-void covattn_cov_state_destroy(covattn_cov_state* state) {
-  // A state in caller memory stays valid: the caller owns and may reuse it.
-  if (CheckState(state) != COVATTN_OK || state->allocation == nullptr) return;
-  void* allocation = state->allocation;
-  state->magic = 0;
-  std::free(allocation);
-}
+void covattn_cov_state_destroy(covattn_cov_state* state) { DestroyObject(state, kCovStateMagic); }
 
 covattn_status covattn_cov_state_reset(covattn_cov_state* state) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));

@@ -10,6 +10,7 @@
 #include <memory>
 #include <numeric>
 
+#include "cache_files.h"
 #include "covariance_test_util.h"
 #include "test_util.h"
 
@@ -556,4 +557,77 @@ TEST_CASE("serialize and load: bit-exact round trip, every corrupt file refused 
     CHECK(covattn_cache_load(other.get(), file.data(), file.size()) == COVATTN_ERR_SHAPE_MISMATCH);
     CHECK(covattn_cache_load(target.get(), nullptr, 10) == COVATTN_ERR_NULL_POINTER);
   });
+}
+
+TEST_CASE("files written before the cache was split into units still load, byte for byte") {
+  struct File {
+    const char* name;
+    const unsigned char* bytes;
+    size_t size;
+    covattn_cache_config config;
+    size_t n_tokens, block;
+    uint64_t n_summarized, n_dropped;
+    size_t n_exact;
+  } files[] = {
+      {"hybrid + outliers, f16", kHybridOutliersF16, sizeof(kHybridOutliersF16),
+       Config(2, 4, 1, 3, 2, COVATTN_F16, 0.999f), 60, 7, 108, 0, 12},
+      {"hybrid, f32", kHybridF32, sizeof(kHybridF32), Config(1, 2, 0, 2, 0), 10, 3, 8, 0, 2},
+      {"sinks + window, bf16", kDropBF16, sizeof(kDropBF16),
+       Config(1, 3, 1, 2, 0, COVATTN_BF16, 1.0f, COVATTN_CACHE_DROP_EVICTED), 9, 4, 0, 6, 3},
+  };
+  for (const File& f : files) {
+    INFO(f.name);
+    const std::vector<uint8_t> file(f.bytes, f.bytes + f.size);
+    // The tokens the file was made from (cache_files.h), to rebuild it.
+    const size_t row = f.config.n_kv_heads * f.config.head_dim;
+    std::vector<float> k(f.n_tokens * row), v(f.n_tokens * row);
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = static_cast<float>(std::round(192.0 * std::sin(0.7 * i + 0.2)) / 64.0);
+      v[i] = static_cast<float>(std::round(128.0 * std::cos(0.3 * i)) / 64.0);
+    }
+    Rng rng(31);
+    const std::vector<float> q = RandomQueries(rng, 2 * row, 1.0);
+    std::vector<float> first;  // the first target's decode of the loaded file
+    ForEachTarget([&] {
+      CachePtr loaded = MakeCache(f.config);
+      REQUIRE(covattn_cache_load(loaded.get(), file.data(), file.size()) == COVATTN_OK);
+      CHECK(Serialize(loaded.get()) == file);
+      covattn_cache_info info;
+      REQUIRE(covattn_cache_info_get(loaded.get(), &info) == COVATTN_OK);
+      CHECK(info.n_tokens == f.n_tokens);
+      CHECK(info.n_summarized == f.n_summarized);
+      CHECK(info.n_dropped == f.n_dropped);
+      CHECK(info.n_exact == f.n_exact);
+      CachePtr rebuilt = MakeCache(f.config);
+      for (size_t t = 0; t < f.n_tokens; t += f.block) {
+        const size_t n = std::min(f.block, f.n_tokens - t);
+        const covattn_kv_cache block{COVATTN_F32,
+                                     k.data() + t * row,
+                                     v.data() + t * row,
+                                     n,
+                                     f.config.n_kv_heads,
+                                     f.config.head_dim,
+                                     row,
+                                     f.config.head_dim,
+                                     row,
+                                     f.config.head_dim};
+        REQUIRE(covattn_cache_append(rebuilt.get(), &block) == COVATTN_OK);
+      }
+      // The file's summary and outlier scores come from AVX3's kernels; other
+      // targets round their sums and distances differently (and may keep
+      // other outliers).
+      const bool avx3 = std::string(covattn_target_name()) == "AVX3";
+      if (avx3) CHECK(Serialize(rebuilt.get()) == file);
+      // The loaded cache decodes alike on every target.
+      const Decoded r = Decode(loaded.get(), q, 2 * f.config.n_kv_heads, f.config.head_dim);
+      REQUIRE(r.status == COVATTN_OK);
+      if (first.empty()) first = r.out;
+      for (size_t i = 0; i < r.out.size(); ++i) {
+        CHECK(r.out[i] == doctest::Approx(first[i]).epsilon(1e-5));
+      }
+      if (avx3) {
+        CHECK(Decode(rebuilt.get(), q, 2 * f.config.n_kv_heads, f.config.head_dim).out == r.out);
+      }
+    });
+  }
 }
