@@ -96,8 +96,7 @@ FileHeader ParseHeader(const unsigned char* p) {
   h.header_bytes = static_cast<uint32_t>(GetLE(p + 12, 4));
   h.n_heads = GetLE(p + 16, 8);
   h.head_dim = GetLE(p + 24, 8);
-  const uint32_t bits = static_cast<uint32_t>(GetLE(p + 32, 4));
-  std::memcpy(&h.forgetting, &bits, sizeof(bits));
+  h.forgetting = F32FromLE(p + 32);
   h.flags = static_cast<uint32_t>(GetLE(p + 36, 4));
   h.n_tokens = GetLE(p + 40, 8);
   h.payload_elements = GetLE(p + 48, 8);
