@@ -1,20 +1,19 @@
 // C entry points of exact attention: argument validation, then one dispatch
 // into the per-target kernel (attention_kernels.cc).
 
+#include "attention.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-#include "attention.h"
 #include "covattn/covattn.h"
+#include "online_softmax.h"
+#include "partial_state.h"
 #include "validate.h"
 
 namespace covattn {
 namespace detail {
-
-void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink,
-                  void* scratch, AttentionOutcome* outcome);
-
 namespace {
 
 // Extents of everything a call reads, to check outputs against.
@@ -35,8 +34,7 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
                                const covattn_attention_options* options, bool check_position,
                                AttentionProblem* pb, InputExtents* inputs) {
   if (kv == nullptr || q == nullptr) return COVATTN_ERR_NULL_POINTER;
-  const size_t elem = DtypeSize(kv->dtype);
-  if (elem == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  if (DtypeSize(kv->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
   if (kv->n_heads == 0 || q->n_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
   if (q->n_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
@@ -53,20 +51,29 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
       (AddOverflows(n_past, q->n_tokens, &positions_end) || positions_end > kv->n_tokens)) {
     return COVATTN_ERR_INVALID_POSITION;
   }
-  covattn_status status;
-  if ((status = CheckTensor(kv->k, elem, kv->n_tokens, kv->k_token_stride, kv->n_heads,
-                            kv->k_head_stride, kv->head_dim, &inputs->k)) != COVATTN_OK ||
-      (status = CheckTensor(kv->v, elem, kv->n_tokens, kv->v_token_stride, kv->n_heads,
-                            kv->v_head_stride, kv->head_dim, &inputs->v)) != COVATTN_OK ||
-      (status = CheckTensor(q->data, sizeof(float), q->n_tokens, q->token_stride, q->n_heads,
-                            q->head_stride, kv->head_dim, &inputs->q)) != COVATTN_OK) {
-    return status;
-  }
-  *pb = AttentionProblem{kv->dtype,         kv->k,          kv->v,           kv->k_token_stride,
-                         kv->k_head_stride, kv->v_token_stride, kv->v_head_stride, kv->n_heads,
-                         kv->head_dim,      q->data,        q->n_tokens,     q->n_heads,
-                         q->token_stride,   q->head_stride, n_past,          scale,
-                         window,            n_sinks,        0,               kv->n_tokens};
+  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*kv, &inputs->k, &inputs->v));
+  COVATTN_RETURN_IF_ERROR(CheckTensor(q->data, sizeof(float), q->n_tokens, q->token_stride,
+                                      q->n_heads, q->head_stride, kv->head_dim, &inputs->q));
+  *pb = AttentionProblem{kv->dtype,
+                         kv->k,
+                         kv->v,
+                         kv->k_token_stride,
+                         kv->k_head_stride,
+                         kv->v_token_stride,
+                         kv->v_head_stride,
+                         kv->n_heads,
+                         kv->head_dim,
+                         q->data,
+                         q->n_tokens,
+                         q->n_heads,
+                         q->token_stride,
+                         q->head_stride,
+                         n_past,
+                         scale,
+                         window,
+                         n_sinks,
+                         0,
+                         kv->n_tokens};
   return COVATTN_OK;
 }
 
@@ -75,10 +82,7 @@ covattn_status CheckScratch(size_t head_dim, const void* scratch, size_t scratch
   if (scratch == nullptr || scratch_bytes < AttentionScratchBytes(head_dim)) {
     return COVATTN_ERR_SCRATCH_TOO_SMALL;
   }
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(scratch);
-  if (scratch_bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
-  *extent = Extent{begin, begin + scratch_bytes};
-  return COVATTN_OK;
+  return MemoryExtent(scratch, scratch_bytes, extent);
 }
 
 covattn_status Finish(const AttentionOutcome& outcome) {
@@ -86,19 +90,18 @@ covattn_status Finish(const AttentionOutcome& outcome) {
   return outcome.fully_masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
 }
 
+// n_rows contiguous f32 rows of row_elems elements.
+covattn_status CheckRows(const float* p, size_t n_rows, size_t row_elems, Extent* extent) {
+  return CheckTensor(p, sizeof(float), n_rows, row_elems, 1, 0, row_elems, extent);
+}
+
 // Checks a partial state of n_rows rows: three disjoint f32 arrays.
 covattn_status CheckPartial(const covattn_partial* state, size_t n_rows, size_t head_dim,
                             Extent extents[3]) {
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
-  covattn_status status;
-  if ((status = CheckTensor(state->m, sizeof(float), n_rows, 1, 1, 0, 1, &extents[0])) !=
-          COVATTN_OK ||
-      (status = CheckTensor(state->l, sizeof(float), n_rows, 1, 1, 0, 1, &extents[1])) !=
-          COVATTN_OK ||
-      (status = CheckTensor(state->o, sizeof(float), n_rows, head_dim, 1, 0, head_dim,
-                            &extents[2])) != COVATTN_OK) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckRows(state->m, n_rows, 1, &extents[0]));
+  COVATTN_RETURN_IF_ERROR(CheckRows(state->l, n_rows, 1, &extents[1]));
+  COVATTN_RETURN_IF_ERROR(CheckRows(state->o, n_rows, head_dim, &extents[2]));
   if (extents[0].Overlaps(extents[1]) || extents[0].Overlaps(extents[2]) ||
       extents[1].Overlaps(extents[2])) {
     return COVATTN_ERR_ALIASING;
@@ -116,27 +119,6 @@ bool PartialRowsFinite(const covattn_partial& s, size_t n_rows, size_t head_dim)
   return true;
 }
 
-}  // namespace
-}  // namespace detail
-}  // namespace covattn
-
-using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
-
-extern "C" {
-
-covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes) {
-  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
-  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
-  *bytes = AttentionScratchBytes(head_dim);
-  return COVATTN_OK;
-}
-
-}  // extern "C"
-
-namespace covattn {
-namespace detail {
-namespace {
-
 // covattn_prefill, and covattn_decode through it. empty_cache_decode: the
 // query of a decode call on an empty cache, validated like any other and
 // answered with zeros (it sees no token).
@@ -146,24 +128,16 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
   if (out == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
-  covattn_status status =
-      ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs);
-  if (status != COVATTN_OK) return status;
+  COVATTN_RETURN_IF_ERROR(
+      ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs));
   Extent out_extent, log_z_extent, scratch_extent;
-  if ((status = CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
-                            q->n_heads, out->head_stride, kv->head_dim, &out_extent)) !=
-      COVATTN_OK) {
-    return status;
+  COVATTN_RETURN_IF_ERROR(CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
+                                      q->n_heads, out->head_stride, kv->head_dim, &out_extent));
+  if (out->log_z != nullptr) {
+    COVATTN_RETURN_IF_ERROR(CheckTensor(out->log_z, sizeof(float), q->n_tokens, q->n_heads,
+                                        q->n_heads, 1, 1, &log_z_extent));
   }
-  if (out->log_z != nullptr &&
-      (status = CheckTensor(out->log_z, sizeof(float), q->n_tokens, q->n_heads, q->n_heads, 1, 1,
-                            &log_z_extent)) != COVATTN_OK) {
-    return status;
-  }
-  if ((status = CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent)) !=
-      COVATTN_OK) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent));
   if (inputs.Overlap(out_extent) || inputs.Overlap(log_z_extent) ||
       inputs.Overlap(scratch_extent) || out_extent.Overlaps(log_z_extent) ||
       out_extent.Overlaps(scratch_extent) || log_z_extent.Overlaps(scratch_extent)) {
@@ -182,10 +156,51 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
 }
 
 }  // namespace
+
+bool MergePartialRows(size_t n_rows, size_t head_dim, const covattn_partial& into,
+                      const covattn_partial& other) {
+  // Refuse non-finite states, and merges whose result would overflow, before
+  // touching `into`. The first pass computes exactly what the second stores.
+  if (!PartialRowsFinite(into, n_rows, head_dim) || !PartialRowsFinite(other, n_rows, head_dim)) {
+    return false;
+  }
+  for (const bool store : {false, true}) {
+    for (size_t r = 0; r < n_rows; ++r) {
+      const SoftmaxMergeWeights w = MergeWeights(into.m[r], other.m[r]);
+      const float l = into.l[r] * w.w_a + other.l[r] * w.w_b;
+      if (!store && !std::isfinite(l)) return false;
+      float* o = into.o + r * head_dim;
+      const float* ob = other.o + r * head_dim;
+      for (size_t i = 0; i < head_dim; ++i) {
+        const float merged = o[i] * w.w_a + ob[i] * w.w_b;
+        if (store) {
+          o[i] = merged;
+        } else if (!std::isfinite(merged)) {
+          return false;
+        }
+      }
+      if (store) {
+        into.m[r] = w.m;
+        into.l[r] = l;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace detail
 }  // namespace covattn
 
+using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
+
 extern "C" {
+
+covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckHeadDim(head_dim));
+  *bytes = AttentionScratchBytes(head_dim);
+  return COVATTN_OK;
+}
 
 covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
                                const covattn_attention_options* options, const covattn_outputs* out,
@@ -195,8 +210,8 @@ covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries
 }
 
 covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q, size_t n_q_heads,
-                              const covattn_attention_options* options, float* out,
-                              void* scratch, size_t scratch_bytes) {
+                              const covattn_attention_options* options, float* out, void* scratch,
+                              size_t scratch_bytes) {
   if (kv == nullptr || q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
   // On an empty cache the query sees nothing: zeros and COVATTN_FULLY_MASKED,
   // like any fully masked row, after the same checks as any decode call.
@@ -215,18 +230,14 @@ covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
-  covattn_status status =
-      ValidateProblem(kv, q, n_past, options, /*check_position=*/true, &pb, &inputs);
-  if (status != COVATTN_OK) return status;
+  COVATTN_RETURN_IF_ERROR(
+      ValidateProblem(kv, q, n_past, options, /*check_position=*/true, &pb, &inputs));
   if (token_begin > token_end || token_end > kv->n_tokens) return COVATTN_ERR_INVALID_RANGE;
   size_t n_rows;
   if (MulOverflows(q->n_tokens, q->n_heads, &n_rows)) return COVATTN_ERR_SIZE_OVERFLOW;
   Extent state_extents[3], scratch_extent;
-  if ((status = CheckPartial(state, n_rows, kv->head_dim, state_extents)) != COVATTN_OK ||
-      (status = CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent)) !=
-          COVATTN_OK) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckPartial(state, n_rows, kv->head_dim, state_extents));
+  COVATTN_RETURN_IF_ERROR(CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent));
   for (const Extent& e : state_extents) {
     if (inputs.Overlap(e) || e.Overlaps(scratch_extent)) return COVATTN_ERR_ALIASING;
   }
@@ -243,63 +254,27 @@ covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn
 covattn_status covattn_partial_merge(size_t n_rows, size_t head_dim, const covattn_partial* into,
                                      const covattn_partial* other) {
   if (into == nullptr || other == nullptr) return COVATTN_ERR_NULL_POINTER;
-  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  COVATTN_RETURN_IF_ERROR(CheckHeadDim(head_dim));
   Extent a[3], b[3];
-  covattn_status status;
-  if ((status = CheckPartial(into, n_rows, head_dim, a)) != COVATTN_OK ||
-      (status = CheckPartial(other, n_rows, head_dim, b)) != COVATTN_OK) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckPartial(into, n_rows, head_dim, a));
+  COVATTN_RETURN_IF_ERROR(CheckPartial(other, n_rows, head_dim, b));
   for (const Extent& x : a) {
     for (const Extent& y : b) {
       if (x.Overlaps(y)) return COVATTN_ERR_ALIASING;
     }
   }
-  // Refuse non-finite states, and merges whose result would overflow, before
-  // touching `into`: a refused merge leaves it as it was. The first pass
-  // computes exactly what the second stores.
-  if (!PartialRowsFinite(*into, n_rows, head_dim) || !PartialRowsFinite(*other, n_rows, head_dim)) {
-    return COVATTN_ERR_NONFINITE;
-  }
-  for (const bool store : {false, true}) {
-    for (size_t r = 0; r < n_rows; ++r) {
-      const float m = std::max(into->m[r], other->m[r]);
-      const float wa = std::exp(into->m[r] - m);
-      const float wb = std::exp(other->m[r] - m);
-      const float l = into->l[r] * wa + other->l[r] * wb;
-      if (!store && !std::isfinite(l)) return COVATTN_ERR_NONFINITE;
-      float* o = into->o + r * head_dim;
-      const float* ob = other->o + r * head_dim;
-      for (size_t i = 0; i < head_dim; ++i) {
-        const float merged = o[i] * wa + ob[i] * wb;
-        if (store) {
-          o[i] = merged;
-        } else if (!std::isfinite(merged)) {
-          return COVATTN_ERR_NONFINITE;
-        }
-      }
-      if (store) {
-        into->m[r] = m;
-        into->l[r] = l;
-      }
-    }
-  }
-  return COVATTN_OK;
+  // A refused merge leaves `into` as it was.
+  return MergePartialRows(n_rows, head_dim, *into, *other) ? COVATTN_OK : COVATTN_ERR_NONFINITE;
 }
 
 covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
                                         const covattn_partial* state, float* out, float* log_z) {
   if (state == nullptr || (out == nullptr && n_rows != 0)) return COVATTN_ERR_NULL_POINTER;
-  if (CheckHeadDim(head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
+  COVATTN_RETURN_IF_ERROR(CheckHeadDim(head_dim));
   Extent s[3], out_extent, log_z_extent;
-  covattn_status status;
-  if ((status = CheckPartial(state, n_rows, head_dim, s)) != COVATTN_OK ||
-      (status = CheckTensor(out, sizeof(float), n_rows, head_dim, 1, 0, head_dim,
-                            &out_extent)) != COVATTN_OK ||
-      (log_z != nullptr && (status = CheckTensor(log_z, sizeof(float), n_rows, 1, 1, 0, 1,
-                                                 &log_z_extent)) != COVATTN_OK)) {
-    return status;
-  }
+  COVATTN_RETURN_IF_ERROR(CheckPartial(state, n_rows, head_dim, s));
+  COVATTN_RETURN_IF_ERROR(CheckRows(out, n_rows, head_dim, &out_extent));
+  if (log_z != nullptr) COVATTN_RETURN_IF_ERROR(CheckRows(log_z, n_rows, 1, &log_z_extent));
   for (const Extent& e : s) {
     if (e.Overlaps(out_extent) || e.Overlaps(log_z_extent)) return COVATTN_ERR_ALIASING;
   }
@@ -307,28 +282,15 @@ covattn_status covattn_partial_finalize(size_t n_rows, size_t head_dim,
   // A state with NaN or infinity is refused before anything is written (an
   // infinite l would otherwise finalize to zeros).
   if (!PartialRowsFinite(*state, n_rows, head_dim)) return COVATTN_ERR_NONFINITE;
-  bool masked = false, finite = true;
+  bool masked = false, nonfinite = false;
   for (size_t r = 0; r < n_rows; ++r) {
-    float* dst = out + r * head_dim;
-    const float l = state->l[r];
-    if (l == 0.0f) {
-      std::fill(dst, dst + head_dim, 0.0f);
-      if (log_z != nullptr) log_z[r] = -std::numeric_limits<float>::infinity();
-      masked = true;
-      continue;
-    }
-    const float inv_l = 1.0f / l;
-    const float* o = state->o + r * head_dim;
-    for (size_t i = 0; i < head_dim; ++i) {
-      dst[i] = o[i] * inv_l;
-      finite &= std::isfinite(dst[i]);
-    }
-    if (log_z != nullptr) {
-      log_z[r] = state->m[r] + std::log(l);
-      finite &= std::isfinite(log_z[r]);
-    }
+    const RowOutcome row =
+        FinalizeRow(state->m[r], state->l[r], state->o + r * head_dim, head_dim, /*valid=*/true,
+                    out + r * head_dim, log_z != nullptr ? log_z + r : nullptr);
+    masked |= row == RowOutcome::kMasked;
+    nonfinite |= row == RowOutcome::kNonfinite;
   }
-  if (!finite) return COVATTN_ERR_NONFINITE;
+  if (nonfinite) return COVATTN_ERR_NONFINITE;
   return masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
 }
 

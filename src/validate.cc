@@ -17,9 +17,8 @@ size_t DtypeSize(uint32_t dtype) {
   }
 }
 
-covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
-                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
-                           Extent* extent) {
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
+                           size_t n_inner, size_t inner_stride, size_t dim, Extent* extent) {
   *extent = Extent{};
   if (n_outer == 0 || n_inner == 0 || dim == 0) return COVATTN_OK;
   if (base == nullptr) return COVATTN_ERR_NULL_POINTER;
@@ -48,6 +47,33 @@ covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
   extent->begin = begin;
   extent->end = begin + bytes;
   return COVATTN_OK;
+}
+
+covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+  if (bytes > UINTPTR_MAX - begin) return COVATTN_ERR_SIZE_OVERFLOW;
+  *extent = Extent{begin, begin + bytes};
+  return COVATTN_OK;
+}
+
+covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v) {
+  const size_t elem = DtypeSize(kv.dtype);
+  COVATTN_RETURN_IF_ERROR(CheckTensor(kv.k, elem, kv.n_tokens, kv.k_token_stride, kv.n_heads,
+                                      kv.k_head_stride, kv.head_dim, k));
+  return CheckTensor(kv.v, elem, kv.n_tokens, kv.v_token_stride, kv.n_heads, kv.v_head_stride,
+                     kv.head_dim, v);
+}
+
+covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
+                            const Extent& object) {
+  if (block == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (DtypeSize(block->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  if (block->n_heads != n_heads || block->head_dim != head_dim) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
+  Extent k, v;
+  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*block, &k, &v));
+  return k.Overlaps(object) || v.Overlaps(object) ? COVATTN_ERR_ALIASING : COVATTN_OK;
 }
 
 }  // namespace detail

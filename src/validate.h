@@ -8,6 +8,15 @@
 
 #include "covattn/covattn.h"
 
+// Returns the status of `expr` from the enclosing function unless it is
+// COVATTN_OK: the validation steps of an entry point, in the order that
+// decides which status a call with several faults gets.
+#define COVATTN_RETURN_IF_ERROR(expr)                          \
+  do {                                                         \
+    const covattn_status covattn_status_ = (expr);             \
+    if (covattn_status_ != COVATTN_OK) return covattn_status_; \
+  } while (0)
+
 namespace covattn {
 namespace detail {
 
@@ -28,11 +37,24 @@ struct Extent {
 // Checks that no two vectors overlap (the strides nest), that the extent
 // neither overflows size_t nor wraps the address space, and alignment.
 // Empty tensors (a count of 0) are valid with any pointer.
-covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer,
-                           size_t outer_stride, size_t n_inner, size_t inner_stride, size_t dim,
-                           Extent* extent);
+covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
+                           size_t n_inner, size_t inner_stride, size_t dim, Extent* extent);
 
-// a * b and a + b, false on overflow.
+// The bytes [p, p + bytes): COVATTN_ERR_SIZE_OVERFLOW if they would wrap the
+// address space.
+covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent);
+
+// The K and V tensors of a block of tokens whose dtype is supported.
+covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v);
+
+// A block of tokens for an object of n_heads KV heads of head_dim that
+// occupies `object` (a covariance state, a bounded cache) to absorb: present,
+// of a supported dtype, of the object's shape, with valid K and V tensors
+// that do not overlap the object.
+covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
+                            const Extent& object);
+
+// a * b and a + b into *out; true when the result overflowed (and *out is not it).
 inline bool MulOverflows(size_t a, size_t b, size_t* out) {
   return __builtin_mul_overflow(a, b, out);
 }

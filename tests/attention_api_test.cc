@@ -133,10 +133,10 @@ TEST_CASE("strides, overflow and alignment") {
   s.kv.k = static_cast<const uint8_t*>(s.kv.k) + 1;
   CHECK(s.Decode() == COVATTN_ERR_MISALIGNED);
   s.kv = s.cache.view();
-  CHECK(covattn_decode(&s.kv, reinterpret_cast<const float*>(
-                                  reinterpret_cast<const uint8_t*>(s.q.data()) + 2),
-                       kQHeads, nullptr, s.out.data(), s.scratch.data(),
-                       s.scratch.size()) == COVATTN_ERR_MISALIGNED);
+  CHECK(covattn_decode(
+            &s.kv, reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(s.q.data()) + 2),
+            kQHeads, nullptr, s.out.data(), s.scratch.data(),
+            s.scratch.size()) == COVATTN_ERR_MISALIGNED);
   CHECK(s.OutUntouched());
 }
 
@@ -204,8 +204,7 @@ TEST_CASE("partial states: ranges, shapes, aliasing, non-finite input") {
   CHECK(covattn_partial_merge(kQHeads, kDim, &state, &state) == COVATTN_ERR_ALIASING);
   CHECK(covattn_partial_merge(kQHeads, 0, &state, &other) == COVATTN_ERR_INVALID_HEAD_DIM);
   CHECK(covattn_partial_merge(kQHeads, kDim, nullptr, &other) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_partial_merge(SIZE_MAX / 2, kDim, &state, &other) ==
-        COVATTN_ERR_SIZE_OVERFLOW);
+  CHECK(covattn_partial_merge(SIZE_MAX / 2, kDim, &state, &other) == COVATTN_ERR_SIZE_OVERFLOW);
   o2[3] = std::nanf("");
   CHECK(covattn_partial_merge(kQHeads, kDim, &state, &other) == COVATTN_ERR_NONFINITE);
   CHECK(o == o_before);  // refused merges leave `into` as it was
@@ -213,8 +212,7 @@ TEST_CASE("partial states: ranges, shapes, aliasing, non-finite input") {
   std::vector<float> out(kQHeads * kDim, kSentinel);
   CHECK(covattn_partial_finalize(kQHeads, kDim, &state, nullptr, nullptr) ==
         COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_partial_finalize(kQHeads, kDim, &state, o.data(), nullptr) ==
-        COVATTN_ERR_ALIASING);
+  CHECK(covattn_partial_finalize(kQHeads, kDim, &state, o.data(), nullptr) == COVATTN_ERR_ALIASING);
   CHECK(covattn_partial_finalize(kQHeads, kDim, &state, out.data(), out.data()) ==
         COVATTN_ERR_ALIASING);
   CHECK(covattn_partial_finalize(kQHeads, kDim, &state, out.data(), nullptr) == COVATTN_OK);
@@ -228,8 +226,7 @@ TEST_CASE("status strings exist for every status") {
     REQUIRE(text != nullptr);
     CHECK(std::string(text) != "unknown status");
   }
-  CHECK(std::string(covattn_status_string(static_cast<covattn_status>(-31))) ==
-        "unknown status");
+  CHECK(std::string(covattn_status_string(static_cast<covattn_status>(-31))) == "unknown status");
 }
 
 TEST_CASE("decode on an empty cache checks its arguments like any other decode") {

@@ -2,13 +2,15 @@
 // the first eviction, the pure readout and the sink + window baseline as
 // special cases, the error/memory trade-off on synthetic regimes, appends that
 // never fail, and files that never load corrupt.
+#include "covattn/cache.h"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <memory>
 #include <numeric>
 
-#include "covattn/cache.h"
+#include "cache_files.h"
 #include "covariance_test_util.h"
 #include "test_util.h"
 
@@ -27,8 +29,8 @@ CachePtr MakeCache(const covattn_cache_config& config) {
   return CachePtr(c);
 }
 
-covattn_cache_config Config(size_t heads, size_t dim, size_t sinks, size_t window,
-                            size_t outliers, uint32_t dtype = COVATTN_F32, float forgetting = 1.0f,
+covattn_cache_config Config(size_t heads, size_t dim, size_t sinks, size_t window, size_t outliers,
+                            uint32_t dtype = COVATTN_F32, float forgetting = 1.0f,
                             uint32_t flags = 0) {
   return covattn_cache_config{heads, dim, dtype, sinks, window, outliers, forgetting, flags};
 }
@@ -119,9 +121,9 @@ TEST_CASE("until the first eviction the cache is exact attention") {
           const Decoded r = Decode(cache.get(), q, heads * group, dim);
           REQUIRE(r.status == COVATTN_OK);
           for (size_t h = 0; h < heads * group; ++h) {
-            const ReferenceRow ref = ReferenceAttention(data, q.data() + h * dim,
-                                                        1.0f / std::sqrt(float(dim)), h / group,
-                                                        n - 1, 0, 0, 0, n);
+            const ReferenceRow ref =
+                ReferenceAttention(data, q.data() + h * dim, 1.0f / std::sqrt(float(dim)),
+                                   h / group, n - 1, 0, 0, 0, n);
             CheckRow(r.out.data() + h * dim, ref, dim);
             CHECK(r.share[h] == 0.0f);
             CHECK(std::fabs(r.log_z[h] - ref.log_z) <= ref.log_z_bound);
@@ -148,8 +150,8 @@ TEST_CASE("sinks + window without a summary is exact attention over the kept tok
   data.FillRandom(rng);
   const std::vector<float> q = RandomQueries(rng, heads * dim, 1.0);
   ForEachTarget([&] {
-    CachePtr cache =
-        MakeCache(Config(heads, dim, sinks, window, 0, COVATTN_F32, 1.0f, COVATTN_CACHE_DROP_EVICTED));
+    CachePtr cache = MakeCache(
+        Config(heads, dim, sinks, window, 0, COVATTN_F32, 1.0f, COVATTN_CACHE_DROP_EVICTED));
     AppendAll(cache.get(), data, 3);
     covattn_cache_info info;
     REQUIRE(covattn_cache_info_get(cache.get(), &info) == COVATTN_OK);
@@ -160,9 +162,8 @@ TEST_CASE("sinks + window without a summary is exact attention over the kept tok
     REQUIRE(r.status == COVATTN_OK);
     for (size_t h = 0; h < heads; ++h) {
       // The window and sink semantics of exact attention at position n - 1.
-      const ReferenceRow ref = ReferenceAttention(data, q.data() + h * dim,
-                                                  1.0f / std::sqrt(float(dim)), h, n - 1, window,
-                                                  sinks);
+      const ReferenceRow ref = ReferenceAttention(
+          data, q.data() + h * dim, 1.0f / std::sqrt(float(dim)), h, n - 1, window, sinks);
       CheckRow(r.out.data() + h * dim, ref, dim);
     }
   });
@@ -212,7 +213,8 @@ TestCache MakeRegime(Regime regime, size_t n, size_t dim, uint64_t seed) {
   const size_t width = 2 * dim;
   std::vector<double> mix(width * width), mean(width), drift(width);
   for (size_t i = 0; i < width; ++i) {
-    for (size_t j = 0; j < width; ++j) mix[i * width + j] = (i == j) + 0.4 * rng.Normal() / std::sqrt(width);
+    for (size_t j = 0; j < width; ++j)
+      mix[i * width + j] = (i == j) + 0.4 * rng.Normal() / std::sqrt(width);
     mean[i] = 1.0 + 0.5 * rng.Normal();
     drift[i] = 2.0 * rng.Normal();
   }
@@ -232,8 +234,10 @@ TestCache MakeRegime(Regime regime, size_t n, size_t dim, uint64_t seed) {
     for (size_t i = 0; i < width; ++i) {
       double z = mean[i] + (regime == Regime::kDrift ? drift[i] * t / n : 0.0);
       for (size_t j = 0; j < width; ++j) z += radius * mix[i * width + j] * x[j];
-      if (i < dim) data.SetK(t, 0, i, z);
-      else data.SetV(t, 0, i - dim, z);
+      if (i < dim)
+        data.SetK(t, 0, i, z);
+      else
+        data.SetV(t, 0, i - dim, z);
     }
   }
   return data;
@@ -313,8 +317,8 @@ TEST_CASE("synthetic regimes: the hybrid beats sinks + window at equal memory") 
                              COVATTN_CACHE_DROP_EVICTED),
                       data, queries);
       MESSAGE(std::string(c.name) << ": window " << window_same_as_hybrid << ", hybrid " << hybrid
-                     << ", window (outlier memory) " << window_same_as_outliers
-                     << ", hybrid with outliers " << outliers);
+                                  << ", window (outlier memory) " << window_same_as_outliers
+                                  << ", hybrid with outliers " << outliers);
       CHECK(hybrid < window_same_as_hybrid);
       CHECK(outliers < window_same_as_outliers);
       if (c.regime == Regime::kStudentT) CHECK(outliers < 0.05);
@@ -449,11 +453,40 @@ TEST_CASE("configuration and shape errors have their own statuses") {
                              scratch_bytes) == COVATTN_ERR_INVALID_SCALE);
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, q.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, reinterpret_cast<float*>(memory.data() + 1024),
-                             nullptr, scratch.data(), scratch_bytes) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f,
+                             reinterpret_cast<float*>(memory.data() + 1024), nullptr,
+                             scratch.data(), scratch_bytes) == COVATTN_ERR_ALIASING);
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, out.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_OK);
   covattn_cache_destroy(cache);  // caller memory: nothing to free
+}
+
+TEST_CASE("destroy leaves a cache in caller memory as it was, and usable") {
+  // cache.h: destroy does nothing for a cache made with init. It used to
+  // clear the cache's magic, so every later call returned COVATTN_ERR_CORRUPT.
+  const size_t dim = 8, heads = 2;
+  Rng rng(3);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 40, heads, dim);
+  data.FillRandom(rng);
+  const covattn_cache_config config = Config(heads, dim, 1, 6, 2);
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_size(&config, &bytes) == COVATTN_OK);
+  std::vector<unsigned char> memory(bytes);
+  covattn_cache* cache = nullptr;
+  REQUIRE(covattn_cache_init(memory.data(), bytes, &config, &cache) == COVATTN_OK);
+  Append(cache, data, 0, 20);
+  const std::vector<unsigned char> before = memory;
+  covattn_cache_destroy(cache);
+  CHECK(memory == before);
+  covattn_cache_info info;
+  CHECK(covattn_cache_info_get(cache, &info) == COVATTN_OK);
+  Append(cache, data, 20, 20);
+  CHECK(Decode(cache, RandomQueries(rng, heads * dim, 1.0), heads, dim).status == COVATTN_OK);
+  // Destroying what is not a cache does nothing either.
+  std::vector<unsigned char> not_a_cache(bytes, 0);
+  covattn_cache_destroy(reinterpret_cast<covattn_cache*>(not_a_cache.data()));
+  CHECK(
+      std::all_of(not_a_cache.begin(), not_a_cache.end(), [](unsigned char b) { return b == 0; }));
 }
 
 TEST_CASE("a cache in dirty caller memory serializes the same file as a clean one") {
@@ -524,4 +557,77 @@ TEST_CASE("serialize and load: bit-exact round trip, every corrupt file refused 
     CHECK(covattn_cache_load(other.get(), file.data(), file.size()) == COVATTN_ERR_SHAPE_MISMATCH);
     CHECK(covattn_cache_load(target.get(), nullptr, 10) == COVATTN_ERR_NULL_POINTER);
   });
+}
+
+TEST_CASE("files written before the cache was split into units still load, byte for byte") {
+  struct File {
+    const char* name;
+    const unsigned char* bytes;
+    size_t size;
+    covattn_cache_config config;
+    size_t n_tokens, block;
+    uint64_t n_summarized, n_dropped;
+    size_t n_exact;
+  } files[] = {
+      {"hybrid + outliers, f16", kHybridOutliersF16, sizeof(kHybridOutliersF16),
+       Config(2, 4, 1, 3, 2, COVATTN_F16, 0.999f), 60, 7, 108, 0, 12},
+      {"hybrid, f32", kHybridF32, sizeof(kHybridF32), Config(1, 2, 0, 2, 0), 10, 3, 8, 0, 2},
+      {"sinks + window, bf16", kDropBF16, sizeof(kDropBF16),
+       Config(1, 3, 1, 2, 0, COVATTN_BF16, 1.0f, COVATTN_CACHE_DROP_EVICTED), 9, 4, 0, 6, 3},
+  };
+  for (const File& f : files) {
+    INFO(f.name);
+    const std::vector<uint8_t> file(f.bytes, f.bytes + f.size);
+    // The tokens the file was made from (cache_files.h), to rebuild it.
+    const size_t row = f.config.n_kv_heads * f.config.head_dim;
+    std::vector<float> k(f.n_tokens * row), v(f.n_tokens * row);
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = static_cast<float>(std::round(192.0 * std::sin(0.7 * i + 0.2)) / 64.0);
+      v[i] = static_cast<float>(std::round(128.0 * std::cos(0.3 * i)) / 64.0);
+    }
+    Rng rng(31);
+    const std::vector<float> q = RandomQueries(rng, 2 * row, 1.0);
+    std::vector<float> first;  // the first target's decode of the loaded file
+    ForEachTarget([&] {
+      CachePtr loaded = MakeCache(f.config);
+      REQUIRE(covattn_cache_load(loaded.get(), file.data(), file.size()) == COVATTN_OK);
+      CHECK(Serialize(loaded.get()) == file);
+      covattn_cache_info info;
+      REQUIRE(covattn_cache_info_get(loaded.get(), &info) == COVATTN_OK);
+      CHECK(info.n_tokens == f.n_tokens);
+      CHECK(info.n_summarized == f.n_summarized);
+      CHECK(info.n_dropped == f.n_dropped);
+      CHECK(info.n_exact == f.n_exact);
+      CachePtr rebuilt = MakeCache(f.config);
+      for (size_t t = 0; t < f.n_tokens; t += f.block) {
+        const size_t n = std::min(f.block, f.n_tokens - t);
+        const covattn_kv_cache block{COVATTN_F32,
+                                     k.data() + t * row,
+                                     v.data() + t * row,
+                                     n,
+                                     f.config.n_kv_heads,
+                                     f.config.head_dim,
+                                     row,
+                                     f.config.head_dim,
+                                     row,
+                                     f.config.head_dim};
+        REQUIRE(covattn_cache_append(rebuilt.get(), &block) == COVATTN_OK);
+      }
+      // The file's summary and outlier scores come from AVX3's kernels; other
+      // targets round their sums and distances differently (and may keep
+      // other outliers).
+      const bool avx3 = std::string(covattn_target_name()) == "AVX3";
+      if (avx3) CHECK(Serialize(rebuilt.get()) == file);
+      // The loaded cache decodes alike on every target.
+      const Decoded r = Decode(loaded.get(), q, 2 * f.config.n_kv_heads, f.config.head_dim);
+      REQUIRE(r.status == COVATTN_OK);
+      if (first.empty()) first = r.out;
+      for (size_t i = 0; i < r.out.size(); ++i) {
+        CHECK(r.out[i] == doctest::Approx(first[i]).epsilon(1e-5));
+      }
+      if (avx3) {
+        CHECK(Decode(rebuilt.get(), q, 2 * f.config.n_kv_heads, f.config.head_dim).out == r.out);
+      }
+    });
+  }
 }

@@ -244,7 +244,8 @@ TEST_CASE("update: NaN, infinity and out-of-range values are refused before any 
 
 TEST_CASE("merge: argument checks leave both states unchanged") {
   Cache cache(30);
-  CallerState a(1), b(2), other_lambda(3, 0.5f), other_heads(4, 1.0f, 1), other_dim(5, 1.0f, kHeads, 8);
+  CallerState a(1), b(2), other_lambda(3, 0.5f), other_heads(4, 1.0f, 1),
+      other_dim(5, 1.0f, kHeads, 8);
   a.Fill(cache, 30);
   b.Fill(cache, 10);
   const std::vector<uint8_t> a0 = a.Snapshot(), b0 = b.Snapshot();
@@ -281,21 +282,30 @@ TEST_CASE("readout: argument checks, aliasing, empty state, non-finite results")
   };
   const std::vector<uint8_t> before = s.Snapshot();
   float* o = out.data();
-  CHECK(covattn_cov_readout(nullptr, q.data(), n_q, 0, o, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), nullptr, n_q, 0, o, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, nullptr, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_readout(s.get(), q.data(), 0, 0, o, nullptr, nullptr) == COVATTN_ERR_INVALID_HEAD_COUNT);
-  CHECK(covattn_cov_readout(s.get(), q.data(), 3, 0, o, nullptr, nullptr) == COVATTN_ERR_HEAD_MISMATCH);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, NAN, o, nullptr, nullptr) == COVATTN_ERR_INVALID_SCALE);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, INFINITY, o, nullptr, nullptr) == COVATTN_ERR_INVALID_SCALE);
+  CHECK(covattn_cov_readout(nullptr, q.data(), n_q, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), nullptr, n_q, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_readout(s.get(), q.data(), 0, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_HEAD_COUNT);
+  CHECK(covattn_cov_readout(s.get(), q.data(), 3, 0, o, nullptr, nullptr) ==
+        COVATTN_ERR_HEAD_MISMATCH);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, NAN, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_SCALE);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, INFINITY, o, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_SCALE);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o + 1, nullptr, nullptr) == COVATTN_OK);
   std::fill(out.begin(), out.end(), kSentinel);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0,
                             reinterpret_cast<float*>(reinterpret_cast<uintptr_t>(o) + 2), nullptr,
                             nullptr) == COVATTN_ERR_MISALIGNED);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, q.data() + 3, nullptr, nullptr) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, q.data() + 3, nullptr, nullptr) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, o + 5, nullptr) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, lz.data(), lz.data()) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, lz.data(), lz.data()) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_readout(s.get(), q.data(), n_q, 0, o, nullptr,
                             AlignedInside(s.memory(), 512)) == COVATTN_ERR_ALIASING);
   CHECK(untouched());
@@ -320,17 +330,24 @@ TEST_CASE("export: argument checks and optional outputs") {
   s.Fill(cache, 20);
   std::vector<float> a(kDim * kDim), b(kDim * kDim);
   double w = -1.0;
-  CHECK(covattn_cov_state_export(nullptr, 0, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_export(s.get(), kHeads, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_INVALID_RANGE);
-  CHECK(covattn_cov_state_export(empty.get(), 0, &w, nullptr, nullptr, nullptr, nullptr) == COVATTN_ERR_EMPTY_STATE);
-  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, a.data(), a.data() + 3, nullptr, nullptr) == COVATTN_ERR_ALIASING);
-  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, nullptr, nullptr, a.data(), a.data()) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_export(nullptr, 0, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_export(s.get(), kHeads, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_INVALID_RANGE);
+  CHECK(covattn_cov_state_export(empty.get(), 0, &w, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_EMPTY_STATE);
+  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, a.data(), a.data() + 3, nullptr, nullptr) ==
+        COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_export(s.get(), 0, nullptr, nullptr, nullptr, a.data(), a.data()) ==
+        COVATTN_ERR_ALIASING);
   CHECK(covattn_cov_state_export(s.get(), 0, reinterpret_cast<double*>(a.data() + 1), nullptr,
                                  nullptr, nullptr, nullptr) == COVATTN_ERR_MISALIGNED);
   CHECK(w == -1.0);
-  CHECK(covattn_cov_state_export(s.get(), 1, &w, nullptr, nullptr, nullptr, b.data()) == COVATTN_OK);
+  CHECK(covattn_cov_state_export(s.get(), 1, &w, nullptr, nullptr, nullptr, b.data()) ==
+        COVATTN_OK);
   CHECK(w == 20.0);
-  CHECK(covattn_cov_state_export(s.get(), 1, nullptr, nullptr, nullptr, nullptr, nullptr) == COVATTN_OK);
+  CHECK(covattn_cov_state_export(s.get(), 1, nullptr, nullptr, nullptr, nullptr, nullptr) ==
+        COVATTN_OK);
 }
 
 TEST_CASE("serialize: argument checks") {
@@ -343,157 +360,153 @@ TEST_CASE("serialize: argument checks") {
   REQUIRE(covattn_cov_state_serialized_size(s.get(), &bytes) == COVATTN_OK);
   CHECK(bytes == 64 + kHeads * (8 * (1 + 2 * kDim) + 8 * kDim * kDim) + 8);
   std::vector<uint8_t> file(bytes, 0x5A);
-  CHECK(covattn_cov_state_serialize(nullptr, file.data(), bytes, &written) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_serialize(nullptr, file.data(), bytes, &written) ==
+        COVATTN_ERR_NULL_POINTER);
   CHECK(covattn_cov_state_serialize(s.get(), nullptr, bytes, &written) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_serialize(s.get(), file.data(), bytes - 1, &written) == COVATTN_ERR_BUFFER_TOO_SMALL);
-  CHECK(covattn_cov_state_serialize(s.get(), s.memory() + 100, bytes, &written) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_serialize(s.get(), file.data(), bytes - 1, &written) ==
+        COVATTN_ERR_BUFFER_TOO_SMALL);
+  CHECK(covattn_cov_state_serialize(s.get(), s.memory() + 100, bytes, &written) ==
+        COVATTN_ERR_ALIASING);
   CHECK(written == 99);
   CHECK(std::all_of(file.begin(), file.end(), [](uint8_t x) { return x == 0x5A; }));
 }
 
-TEST_CASE("load: every corrupt, truncated, foreign or mismatched file is refused untouched") {
-  Cache cache(60);
-  StatePtr source = MakeState(kHeads, kDim, 0.95f);
-  Update(source.get(), cache.view(), 0, 60);
-  const std::vector<uint8_t> good = Serialize(source.get());
-  CallerState dst(13, 0.95f);
-  dst.Fill(cache, 7);  // the destination holds something that must survive
-  const std::vector<uint8_t> before = dst.Snapshot();
-  auto expect = [&](const std::vector<uint8_t>& file, covattn_status status, size_t size) {
-    CHECK(covattn_cov_state_load(dst.get(), file.data(), size) == status);
-    CHECK(dst.Unchanged(before));
-  };
-  auto expect_file = [&](const std::vector<uint8_t>& file, covattn_status status) {
-    expect(file, status, file.size());
-  };
+// Loading: every corrupt, truncated, foreign or mismatched file is refused
+// and leaves the destination, which holds tokens of its own, untouched.
+class LoadTest {
+ public:
+  LoadTest() : cache_(60), dst_(13, 0.95f) {
+    StatePtr source = MakeState(kHeads, kDim, 0.95f);
+    Update(source.get(), cache_.view(), 0, 60);
+    good_ = Serialize(source.get());
+    dst_.Fill(cache_, 7);
+    before_ = dst_.Snapshot();
+  }
+
+ protected:
+  void Expect(const std::vector<uint8_t>& file, covattn_status status, size_t size) {
+    CHECK(covattn_cov_state_load(dst_.get(), file.data(), size) == status);
+    CHECK(dst_.Unchanged(before_));
+  }
+  void ExpectFile(const std::vector<uint8_t>& file, covattn_status status) {
+    Expect(file, status, file.size());
+  }
   // The good file with one field replaced and the checksum made valid again.
-  auto expect_patched = [&](size_t offset, auto value, covattn_status status) {
-    std::vector<uint8_t> f = good;
+  template <typename T>
+  void ExpectPatched(size_t offset, T value, covattn_status status) {
+    std::vector<uint8_t> f = good_;
     Put(f, offset, value);
     Reseal(f);
     INFO("patched offset " << offset);
-    expect_file(f, status);
-  };
-  CHECK(covattn_cov_state_load(nullptr, good.data(), good.size()) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_load(dst.get(), nullptr, good.size()) == COVATTN_ERR_NULL_POINTER);
+    ExpectFile(f, status);
+  }
 
-  SUBCASE("every truncation") {
-    for (size_t size = 0; size < good.size(); ++size) {
-      INFO("size " << size);
-      expect(good, COVATTN_ERR_TRUNCATED, size);
-    }
+  Cache cache_;
+  CallerState dst_;
+  std::vector<uint8_t> good_, before_;
+};
+
+TEST_CASE_FIXTURE(LoadTest, "load: null pointers and every truncation") {
+  CHECK(covattn_cov_state_load(nullptr, good_.data(), good_.size()) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_load(dst_.get(), nullptr, good_.size()) == COVATTN_ERR_NULL_POINTER);
+  for (size_t size = 0; size < good_.size(); ++size) {
+    INFO("size " << size);
+    Expect(good_, COVATTN_ERR_TRUNCATED, size);
   }
-  SUBCASE("foreign data, other versions, inconsistent headers") {
-    for (size_t i = 0; i < 8; ++i) {
-      std::vector<uint8_t> f = good;
-      f[i] ^= 0x20;
-      expect_file(f, COVATTN_ERR_BAD_MAGIC);
-      expect(f, COVATTN_ERR_BAD_MAGIC, i + 1);  // a truncated foreign file is foreign
-    }
-    for (uint32_t version : {0u, 2u, 0xFFFFFFFFu}) expect_patched(8, version, COVATTN_ERR_VERSION);
-    auto corrupt_header = [&](size_t offset, auto value) {
-      expect_patched(offset, value, COVATTN_ERR_CORRUPT);
-    };
-    corrupt_header(12, uint32_t{63});                     // header size
-    corrupt_header(36, uint32_t{2});                      // an unknown flag
-    {
-      // A state with independent heads (the bounded cache's summary) is a
-      // different kind of state: valid, but not this destination's.
-      std::vector<uint8_t> f = good;
-      Put(f, 36, uint32_t{1});
-      Reseal(f);
-      expect_file(f, COVATTN_ERR_SHAPE_MISMATCH);
-    }
-    corrupt_header(16, uint64_t{0});                      // n_heads
-    corrupt_header(16, uint64_t{1} << 62);                // absurd n_heads: sizes overflow
-    corrupt_header(16, uint64_t{kHeads + 1});             // disagrees with the payload
-    corrupt_header(24, uint64_t{0});                      // head_dim
-    corrupt_header(24, uint64_t{COVATTN_MAX_HEAD_DIM + 1});
-    corrupt_header(32, 0.0f);                             // forgetting
-    corrupt_header(32, 1.5f);
-    corrupt_header(32, std::nanf(""));
-    corrupt_header(48, uint64_t{12345});                  // payload elements
-    corrupt_header(56, uint64_t{good.size() - 72 + 4});   // payload bytes
-    std::vector<uint8_t> longer = good;
-    longer.push_back(0);
-    expect_file(longer, COVATTN_ERR_CORRUPT);             // trailing bytes
+}
+
+TEST_CASE_FIXTURE(LoadTest, "load: foreign data, other versions, inconsistent headers") {
+  for (size_t i = 0; i < 8; ++i) {
+    std::vector<uint8_t> f = good_;
+    f[i] ^= 0x20;
+    ExpectFile(f, COVATTN_ERR_BAD_MAGIC);
+    Expect(f, COVATTN_ERR_BAD_MAGIC, i + 1);  // a truncated foreign file is foreign
   }
-  SUBCASE("any changed bit fails the checksum") {
-    // From the token count on (the fields before it are checked first).
-    for (size_t byte = 42; byte < good.size(); byte += 29) {
-      std::vector<uint8_t> f = good;
-      f[byte] ^= static_cast<uint8_t>(1u << (byte % 8));
-      INFO("byte " << byte);
-      expect_file(f, COVATTN_ERR_CHECKSUM);
-    }
-    std::vector<uint8_t> f = good;
-    f.back() ^= 0x80;
-    expect_file(f, COVATTN_ERR_CHECKSUM);
+  for (uint32_t version : {0u, 2u, 0xFFFFFFFFu}) ExpectPatched(8, version, COVATTN_ERR_VERSION);
+  auto corrupt_header = [&](size_t offset, auto value) {
+    ExpectPatched(offset, value, COVATTN_ERR_CORRUPT);
+  };
+  corrupt_header(12, uint32_t{63});  // header size
+  corrupt_header(36, uint32_t{2});   // an unknown flag
+  // A state with independent heads (the bounded cache's summary) is a
+  // different kind of state: valid, but not this destination's.
+  ExpectPatched(36, uint32_t{1}, COVATTN_ERR_SHAPE_MISMATCH);
+  corrupt_header(16, uint64_t{0});           // n_heads
+  corrupt_header(16, uint64_t{1} << 62);     // absurd n_heads: sizes overflow
+  corrupt_header(16, uint64_t{kHeads + 1});  // disagrees with the payload
+  corrupt_header(24, uint64_t{0});           // head_dim
+  corrupt_header(24, uint64_t{COVATTN_MAX_HEAD_DIM + 1});
+  corrupt_header(32, 0.0f);  // forgetting
+  corrupt_header(32, 1.5f);
+  corrupt_header(32, std::nanf(""));
+  corrupt_header(48, uint64_t{12345});                  // payload elements
+  corrupt_header(56, uint64_t{good_.size() - 72 + 4});  // payload bytes
+  std::vector<uint8_t> longer = good_;
+  longer.push_back(0);
+  ExpectFile(longer, COVATTN_ERR_CORRUPT);  // trailing bytes
+}
+
+TEST_CASE_FIXTURE(LoadTest, "load: any changed bit fails the checksum") {
+  // From the token count on (the fields before it are checked first).
+  for (size_t byte = 42; byte < good_.size(); byte += 29) {
+    std::vector<uint8_t> f = good_;
+    f[byte] ^= static_cast<uint8_t>(1u << (byte % 8));
+    INFO("byte " << byte);
+    ExpectFile(f, COVATTN_ERR_CHECKSUM);
   }
-  SUBCASE("values no update could produce, with a valid checksum") {
-    auto corrupt_value = [&](size_t offset, auto value) {
-      expect_patched(offset, value, COVATTN_ERR_CORRUPT);
-    };
-    corrupt_value(MomentOffset(1, 3, 20), std::nanf(""));
-    corrupt_value(MomentOffset(0, 0, 0), INFINITY);
-    corrupt_value(MeanOffset(1, 2), std::nan(""));
-    corrupt_value(MeanOffset(0, kDim + 1), -std::numeric_limits<double>::infinity());
-    corrupt_value(WeightOffset(0), -1.0);                 // negative weight
-    for (double w : {1e9, 0.5, 0.0}) {  // above the token count, below one token, none
-      std::vector<uint8_t> f = good;
-      for (size_t h = 0; h < kHeads; ++h) Put(f, WeightOffset(h), w);
-      Reseal(f);
-      INFO("weight " << w);
-      expect_file(f, COVATTN_ERR_CORRUPT);
-    }
-    corrupt_value(MomentOffset(0, 2, 5), 3.0f);           // C_kk no longer symmetric
-    {
-      std::vector<uint8_t> f = good;  // negative variance, kept symmetric
-      Put(f, MomentOffset(0, 4, 4), -1.0f);
-      Reseal(f);
-      expect_file(f, COVATTN_ERR_CORRUPT);
-    }
-    {
-      std::vector<uint8_t> f = good;  // heads that saw different weights
-      double w;
-      std::memcpy(&w, f.data() + WeightOffset(1), 8);
-      Put(f, WeightOffset(1), w * 0.5);
-      Reseal(f);
-      expect_file(f, COVATTN_ERR_CORRUPT);
-    }
-    {
-      std::vector<uint8_t> f = good;  // "no tokens" with statistics
-      Put(f, 40, uint64_t{0});
-      Reseal(f);
-      expect_file(f, COVATTN_ERR_CORRUPT);
-    }
+  std::vector<uint8_t> f = good_;
+  f.back() ^= 0x80;
+  ExpectFile(f, COVATTN_ERR_CHECKSUM);
+}
+
+TEST_CASE_FIXTURE(LoadTest, "load: values no update could produce, with a valid checksum") {
+  auto corrupt_value = [&](size_t offset, auto value) {
+    ExpectPatched(offset, value, COVATTN_ERR_CORRUPT);
+  };
+  corrupt_value(MomentOffset(1, 3, 20), std::nanf(""));
+  corrupt_value(MomentOffset(0, 0, 0), INFINITY);
+  corrupt_value(MeanOffset(1, 2), std::nan(""));
+  corrupt_value(MeanOffset(0, kDim + 1), -std::numeric_limits<double>::infinity());
+  corrupt_value(WeightOffset(0), -1.0);  // negative weight
+  for (double w : {1e9, 0.5, 0.0}) {     // above the token count, below one token, none
+    std::vector<uint8_t> f = good_;
+    for (size_t h = 0; h < kHeads; ++h) Put(f, WeightOffset(h), w);
+    Reseal(f);
+    INFO("weight " << w);
+    ExpectFile(f, COVATTN_ERR_CORRUPT);
   }
-  SUBCASE("a valid file for another shape") {
-    StatePtr other = MakeState(kHeads, kDim, 0.5f);
-    CHECK(covattn_cov_state_load(other.get(), good.data(), good.size()) ==
-          COVATTN_ERR_SHAPE_MISMATCH);
-    StatePtr heads = MakeState(kHeads + 1, kDim, 0.95f), dims = MakeState(kHeads, kDim + 1, 0.95f);
-    CHECK(covattn_cov_state_load(heads.get(), good.data(), good.size()) ==
-          COVATTN_ERR_SHAPE_MISMATCH);
-    CHECK(covattn_cov_state_load(dims.get(), good.data(), good.size()) ==
-          COVATTN_ERR_SHAPE_MISMATCH);
-  }
-  SUBCASE("a file inside the destination's memory") {
-    // In the workspace at the end of the state's memory, which holds no state.
-    unsigned char* inside = dst.memory() + dst.bytes() - good.size();
-    std::memcpy(inside, good.data(), good.size());
-    CHECK(covattn_cov_state_load(dst.get(), inside, good.size()) == COVATTN_ERR_ALIASING);
-  }
-  SUBCASE("valid files load: a full state and an empty one") {
-    CHECK(covattn_cov_state_load(dst.get(), good.data(), good.size()) == COVATTN_OK);
-    CHECK(Serialize(dst.get()) == good);
-    StatePtr empty = MakeState(kHeads, kDim, 0.95f);
-    const std::vector<uint8_t> empty_file = Serialize(empty.get());
-    CHECK(covattn_cov_state_load(dst.get(), empty_file.data(), empty_file.size()) == COVATTN_OK);
-    covattn_cov_info info;
-    REQUIRE(covattn_cov_state_info(dst.get(), &info) == COVATTN_OK);
-    CHECK(info.n_tokens == 0);
-  }
+  corrupt_value(MomentOffset(0, 2, 5), 3.0f);   // C_kk no longer symmetric
+  corrupt_value(MomentOffset(0, 4, 4), -1.0f);  // negative variance, kept symmetric
+  double w;                                     // heads that saw different weights
+  std::memcpy(&w, good_.data() + WeightOffset(1), 8);
+  corrupt_value(WeightOffset(1), w * 0.5);
+  corrupt_value(40, uint64_t{0});  // "no tokens" with statistics
+}
+
+TEST_CASE_FIXTURE(LoadTest, "load: a valid file for another shape, or inside the destination") {
+  StatePtr other = MakeState(kHeads, kDim, 0.5f);
+  CHECK(covattn_cov_state_load(other.get(), good_.data(), good_.size()) ==
+        COVATTN_ERR_SHAPE_MISMATCH);
+  StatePtr heads = MakeState(kHeads + 1, kDim, 0.95f), dims = MakeState(kHeads, kDim + 1, 0.95f);
+  CHECK(covattn_cov_state_load(heads.get(), good_.data(), good_.size()) ==
+        COVATTN_ERR_SHAPE_MISMATCH);
+  CHECK(covattn_cov_state_load(dims.get(), good_.data(), good_.size()) ==
+        COVATTN_ERR_SHAPE_MISMATCH);
+  // In the workspace at the end of the state's memory, which holds no state.
+  unsigned char* inside = dst_.memory() + dst_.bytes() - good_.size();
+  std::memcpy(inside, good_.data(), good_.size());
+  CHECK(covattn_cov_state_load(dst_.get(), inside, good_.size()) == COVATTN_ERR_ALIASING);
+}
+
+TEST_CASE_FIXTURE(LoadTest, "load: valid files load, a full state and an empty one") {
+  CHECK(covattn_cov_state_load(dst_.get(), good_.data(), good_.size()) == COVATTN_OK);
+  CHECK(Serialize(dst_.get()) == good_);
+  StatePtr empty = MakeState(kHeads, kDim, 0.95f);
+  const std::vector<uint8_t> empty_file = Serialize(empty.get());
+  CHECK(covattn_cov_state_load(dst_.get(), empty_file.data(), empty_file.size()) == COVATTN_OK);
+  covattn_cov_info info;
+  REQUIRE(covattn_cov_state_info(dst_.get(), &info) == COVATTN_OK);
+  CHECK(info.n_tokens == 0);
 }
 
 TEST_CASE("info: argument checks") {
@@ -507,4 +520,51 @@ TEST_CASE("info: argument checks") {
   CHECK(info.forgetting == 0.25f);
   CHECK(info.n_tokens == 0);
   CHECK(covattn_cov_state_reset(nullptr) == COVATTN_ERR_NULL_POINTER);
+}
+
+TEST_CASE("a handle that is not a state is refused by every entry point, which write nothing") {
+  // The state's magic used to be neither set nor checked: any memory passed
+  // as a state was read (and written) as one.
+  Cache cache(20);
+  CallerState good(3);
+  good.Fill(cache, 20);
+  std::vector<uint64_t> junk(good.bytes() / 8, 0);  // zeros: what a cleared buffer holds
+  auto* bad = reinterpret_cast<covattn_cov_state*>(junk.data());
+  const std::vector<uint64_t> junk0 = junk;
+  const std::vector<uint8_t> good0 = good.Snapshot();
+  const covattn_kv_cache block = cache.view();
+  std::vector<float> q(kHeads * kDim, 0.5f), out(kHeads * kDim), mean(kDim);
+  std::vector<uint8_t> file = Serialize(good.get());
+  covattn_cov_info info;
+  size_t bytes = 0;
+  double weight = 0.0;
+  CHECK(covattn_cov_state_reset(bad) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_info(bad, &info) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_update(bad, &block) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(bad, good.get()) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(good.get(), bad) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_readout(bad, q.data(), kHeads, 0.0f, out.data(), nullptr, nullptr) ==
+        COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_export(bad, 0, &weight, mean.data(), nullptr, nullptr, nullptr) ==
+        COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_serialized_size(bad, &bytes) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_serialize(bad, file.data(), file.size(), nullptr) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_load(bad, file.data(), file.size()) == COVATTN_ERR_CORRUPT);
+  covattn_cov_state_destroy(bad);
+  CHECK(junk == junk0);
+  CHECK(good.Unchanged(good0));
+  CHECK(file == Serialize(good.get()));
+}
+
+TEST_CASE("destroy leaves a state in caller memory as it was, and usable") {
+  Cache cache(40);
+  CallerState s(5);
+  s.Fill(cache, 20);
+  const std::vector<uint8_t> before = s.Snapshot();
+  covattn_cov_state_destroy(s.get());
+  CHECK(s.Unchanged(before));
+  s.Fill(cache, 20);
+  covattn_cov_info info;
+  REQUIRE(covattn_cov_state_info(s.get(), &info) == COVATTN_OK);
+  CHECK(info.n_tokens == 40);
 }

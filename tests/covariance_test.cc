@@ -193,8 +193,8 @@ TEST_CASE("10^7 tokens: the state stays finite and accurate, with and without fo
     // (a bias, not noise), so the bound is linear in the merges: u n_merges
     // (1.5e-4 here; measured 9.6e-5 on x86).
     const double merges = static_cast<double>(passes * distinct / block);
-    INFO("relative Frobenius error of C after " << passes * distinct << " tokens ("
-                                                << merges << " merges): " << std::sqrt(err / norm));
+    INFO("relative Frobenius error of C after " << passes * distinct << " tokens (" << merges
+                                                << " merges): " << std::sqrt(err / norm));
     CHECK(std::sqrt(err / norm) <= kU * merges);
     // With forgetting the weight saturates at 1/(1 - lambda); the covariances
     // describe the last ~10^4 tokens, whose spread is that of the stream.
@@ -255,7 +255,8 @@ TEST_CASE("merging a state into itself doubles every token") {
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, 2 * n, 1, dim);
   FillCorrelated(cache, rng, 1.0, 1.0);
   for (size_t t = n; t < 2 * n; ++t)  // the second half repeats the first
-    for (size_t i = 0; i < dim; ++i) cache.SetK(t, 0, i, cache.K(t - n, 0, i)), cache.SetV(t, 0, i, cache.V(t - n, 0, i));
+    for (size_t i = 0; i < dim; ++i)
+      cache.SetK(t, 0, i, cache.K(t - n, 0, i)), cache.SetV(t, 0, i, cache.V(t - n, 0, i));
   for (float lambda : {1.0f, 0.99f}) {
     const Reference ref = CacheReference(cache, 0, 0, 2 * n, lambda);
     ForEachTarget([&] {
@@ -327,16 +328,18 @@ TEST_CASE("serialize then load is bit-exact, on every target") {
       std::vector<float> q(2 * n_heads * dim), out_s(q.size()), out_t(q.size());
       for (float& x : q) x = static_cast<float>(rng.Normal());
       std::vector<float> lz_s(2 * n_heads), lz_t(2 * n_heads);
-      REQUIRE(covattn_cov_readout(s.get(), q.data(), 2 * n_heads, 0.0f, out_s.data(),
-                                  lz_s.data(), nullptr) == COVATTN_OK);
-      REQUIRE(covattn_cov_readout(t.get(), q.data(), 2 * n_heads, 0.0f, out_t.data(),
-                                  lz_t.data(), nullptr) == COVATTN_OK);
+      REQUIRE(covattn_cov_readout(s.get(), q.data(), 2 * n_heads, 0.0f, out_s.data(), lz_s.data(),
+                                  nullptr) == COVATTN_OK);
+      REQUIRE(covattn_cov_readout(t.get(), q.data(), 2 * n_heads, 0.0f, out_t.data(), lz_t.data(),
+                                  nullptr) == COVATTN_OK);
       CHECK(out_s == out_t);
       CHECK(lz_s == lz_t);
       Update(s.get(), cache.view(), 0, 10);
       Update(t.get(), cache.view(), 0, 10);
-      REQUIRE(covattn_cov_state_serialize(s.get(), file.data(), file.size(), &written) == COVATTN_OK);
-      REQUIRE(covattn_cov_state_serialize(t.get(), again.data(), again.size(), &written) == COVATTN_OK);
+      REQUIRE(covattn_cov_state_serialize(s.get(), file.data(), file.size(), &written) ==
+              COVATTN_OK);
+      REQUIRE(covattn_cov_state_serialize(t.get(), again.data(), again.size(), &written) ==
+              COVATTN_OK);
       CHECK(file == again);
     }
   });

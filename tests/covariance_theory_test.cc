@@ -60,7 +60,8 @@ std::vector<float> Queries(size_t n_q, size_t dim, double sigma, uint64_t seed) 
     double norm = 0.0;
     for (double& x : dir) x = rng.Normal(), norm += x * x;
     for (size_t i = 0; i < dim; ++i)
-      q[h * dim + i] = static_cast<float>(sigma * dir[i] / std::sqrt(norm) * std::sqrt(double(dim)));
+      q[h * dim + i] =
+          static_cast<float>(sigma * dir[i] / std::sqrt(norm) * std::sqrt(double(dim)));
   }
   return q;
 }
@@ -139,7 +140,8 @@ TEST_CASE("the readout's error against exact attention shrinks like n^-1/2 (Gaus
                                scratch.size()) == COVATTN_OK);
         double sq = 0.0, predicted = 0.0, bias = 0.0;
         for (size_t h = 0; h < n_q; ++h) {
-          for (size_t i = 0; i < dim; ++i) sq += std::pow(readout[h * dim + i] - exact[h * dim + i], 2);
+          for (size_t i = 0; i < dim; ++i)
+            sq += std::pow(readout[h * dim + i] - exact[h * dim + i], 2);
           const std::vector<double> a = ScaledQuery(q.data() + h * dim, dim);
           const double tr = stream.TraceCvv(), c2 = stream.NormCvkA(a);
           predicted += ((tr - c2 / s2) * e_g2 + c2 * e_h2) / n;
@@ -206,9 +208,8 @@ TEST_CASE("log Z of the summary matches log sum exp(a.k_j) at small sigma") {
           m2 += c * c / n, m3 += c * c * c / n, m4 += c * c * c * c / n;
         }
         const double k3 = m3, k4 = m4 - 3 * m2 * m2;
-        const double rounding = tol.cov * sigma * sigma + tol.mean * sigma +
-                                (dim + 2) * kU * a_mu + 4 * kU * std::fabs(exact.log_z) +
-                                exact.log_z_bound;
+        const double rounding = tol.cov * sigma * sigma + tol.mean * sigma + (dim + 2) * kU * a_mu +
+                                4 * kU * std::fabs(exact.log_z) + exact.log_z_bound;
         auto cumulant_term = [&](int r, double factorial) {
           return 4 * std::sqrt(factorial / n) * std::pow(sigma, r) / factorial;
         };
@@ -220,7 +221,8 @@ TEST_CASE("log Z of the summary matches log sum exp(a.k_j) at small sigma") {
         CHECK(std::fabs(diff) <= statistical + rounding);
         CHECK(std::fabs(diff + k3 / 6 + k4 / 24) <= tail + rounding);
         // ESS = n e^(-sigma^2), with the sample's own sigma^2 = m2.
-        CHECK(std::fabs(ess[h] - n * std::exp(-m2)) <= n * std::exp(-m2) * (tol.cov * sigma * sigma + 4 * kU));
+        CHECK(std::fabs(ess[h] - n * std::exp(-m2)) <=
+              n * std::exp(-m2) * (tol.cov * sigma * sigma + 4 * kU));
       }
     });
   }
@@ -275,13 +277,14 @@ TEST_CASE("in-context linear regression: the readout is one gradient-descent ste
         double y_hat = r.mean_k[dx], scale_terms = 0.0, truth = 0.0;
         const double sy = std::sqrt(r.cov_kk[dx * dim + dx]);
         for (size_t j = 0; j < dx; ++j) {
-          const double w1 = double{eta} * r.cov_kk[dx * dim + j];  // eta (1/n) sum (y - y_bar)(x_j - x_bar_j)
+          const double w1 =
+              double{eta} * r.cov_kk[dx * dim + j];  // eta (1/n) sum (y - y_bar)(x_j - x_bar_j)
           y_hat += xq[j] * w1;
           scale_terms += std::fabs(eta * xq[j]) * std::sqrt(r.cov_kk[j * dim + j]) * sy;
           truth += xq[j] * w[j];
         }
-        const double bound = (tol.cov + (dim + 3) * kU) * scale_terms + tol.mean * sy +
-                             2 * kU * std::fabs(y_hat);
+        const double bound =
+            (tol.cov + (dim + 3) * kU) * scale_terms + tol.mean * sy + 2 * kU * std::fabs(y_hat);
         INFO("query " << h << ": readout " << out[h * dim + dx] << ", GD step " << y_hat);
         CHECK(std::fabs(out[h * dim + dx] - y_hat) <= bound);
         sum_pred_true += (out[h * dim + dx] - r.mean_k[dx]) * truth;

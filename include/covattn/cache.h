@@ -80,11 +80,12 @@ COVATTN_API covattn_status covattn_cache_info_get(const covattn_cache* cache,
 /* Appends block->n_tokens tokens (K and V of every KV head, any supported
  * dtype and strides; n_heads and head_dim must match). Never fails for lack of
  * room: tokens beyond the budget are evicted into the summary (or dropped).
- * Long blocks (prefill) are processed block-wise: eviction, outlier selection
- * and the summary update each run once per block, not once per token. A
- * block containing NaN or infinity, a magnitude above 2^40, or, for a cache
- * storing f16, a value that f16 cannot hold (|x| >= 65520) is refused with
- * COVATTN_ERR_NONFINITE before anything changes. */
+ * Long blocks (prefill) are processed in batches of 64 tokens: eviction,
+ * outlier selection and the summary update each run once per batch and KV
+ * head, not once per token. A block containing NaN or infinity, a magnitude
+ * above 2^40, or, for a cache storing f16, a value that f16 cannot hold
+ * (|x| >= 65520) is refused with COVATTN_ERR_NONFINITE before anything
+ * changes. */
 COVATTN_API covattn_status covattn_cache_append(covattn_cache* cache,
                                                 const covattn_kv_cache* block);
 

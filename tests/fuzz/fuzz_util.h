@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "covattn/covattn.h"
-#include "float16.h"  // tests/: the decoders of 16-bit elements
+#include "float16.h"  // tests/: the encoders and decoders of 16-bit elements
 
 // Aborts with a message; libFuzzer then saves the input as a crash.
 #define FUZZ_CHECK(cond, ...)                                                                  \
@@ -188,30 +188,6 @@ inline size_t ElemSize(uint32_t dtype) {
   return dtype == COVATTN_F32 ? 4 : (dtype == COVATTN_F16 || dtype == COVATTN_BF16) ? 2 : 0;
 }
 
-inline uint16_t F16BitsFromFloat(float f) {  // nearest, ties to even
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return sign | 0x7E00u;   // NaN
-  if (ax >= 0x477FF000u) return sign | 0x7C00u;  // 65520 and above round to infinity
-  if (ax < 0x38800000u) {                        // below 2^-14: subnormal half or zero
-    float a;
-    std::memcpy(&a, &ax, sizeof(a));
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f)));
-  }
-  uint32_t r = ax + 0xFFFu + ((ax >> 13) & 1u);
-  r -= uint32_t{127 - 15} << 23;
-  return static_cast<uint16_t>(sign | (r >> 13));
-}
-
-inline uint16_t BF16BitsFromFloat(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, sizeof(x));
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-}
-
 // Element `index` of a tensor of `dtype` at `base`.
 inline double LoadElement(const void* base, uint32_t dtype, size_t index) {
   const uint8_t* p = static_cast<const uint8_t*>(base) + index * ElemSize(dtype);
@@ -232,7 +208,8 @@ inline void StoreElement(void* base, uint32_t dtype, size_t index, float value) 
     std::memcpy(p, &value, sizeof(value));
     return;
   }
-  const uint16_t bits = dtype == COVATTN_F16 ? F16BitsFromFloat(value) : BF16BitsFromFloat(value);
+  const uint16_t bits = dtype == COVATTN_F16 ? covattn_test::F16FromDouble(value)
+                                             : covattn_test::BF16FromFloat(value);
   std::memcpy(p, &bits, sizeof(bits));
 }
 

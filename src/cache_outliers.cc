@@ -1,0 +1,147 @@
+// The bounded cache's outlier slots (include/covattn/cache.h, docs/cache.md):
+// per KV head, the keys a Gaussian summary would misrepresent most, ranked by
+// their squared Mahalanobis distance under the summary's key covariance. The
+// whitening W = L^-1 (C_kk = L L^T) is rebuilt as the summary grows.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cache.h"
+#include "covariance.h"
+#include "half.h"
+
+namespace covattn {
+namespace detail {
+namespace {
+
+// Outlier scores need a covariance estimate: the whitening is first built once
+// a head's summary holds this many tokens (at least 2 per dimension).
+constexpr uint64_t kMinTokensForWhitening = 32;
+// After that it is rebuilt when the summary has doubled, and at least every
+// kMaxRefreshInterval folded tokens (forgetting keeps the weight bounded).
+constexpr uint64_t kMaxRefreshInterval = 8192;
+
+bool WhiteningDue(const covattn_cache* cache, size_t h) {
+  const RefreshState* r = Head(cache, h).refresh;
+  if (r->folded < std::max<uint64_t>(kMinTokensForWhitening, 2 * cache->Dim())) return false;
+  if (r->folded_at_refresh == 0) return true;
+  const uint64_t since = r->folded - r->folded_at_refresh;
+  return since >= std::min<uint64_t>(kMaxRefreshInterval, r->folded_at_refresh);
+}
+
+// chol <- the lower Cholesky factor L of cov + jitter I (d x d, row-major).
+// Jitter relative to the average variance keeps the factorisation defined
+// for keys confined to a subspace; it grows until the factor exists.
+void FactorWithJitter(const float* cov, size_t d, double* chol) {
+  double trace = 0.0;
+  for (size_t i = 0; i < d; ++i) trace += std::max(0.0, double{cov[i * d + i]});
+  double jitter = std::max(1e-6 * trace / d, 1e-12);
+  for (int attempt = 0; attempt < 12; ++attempt, jitter *= 10.0) {
+    bool ok = true;
+    for (size_t i = 0; i < d && ok; ++i) {
+      for (size_t j = 0; j <= i; ++j) {
+        double sum = double{cov[i * d + j]} + (i == j ? jitter : 0.0);
+        for (size_t p = 0; p < j; ++p) sum -= chol[i * d + p] * chol[j * d + p];
+        if (i == j) {
+          if (!(sum > 0.0)) {
+            ok = false;
+            break;
+          }
+          chol[i * d + i] = std::sqrt(sum);
+        } else {
+          chol[i * d + j] = sum / chol[j * d + j];
+        }
+      }
+    }
+    if (ok) break;
+  }
+}
+
+// W = L^-1, lower triangular, in place, column by column:
+// W[j][j] = 1 / L[j][j];  W[i][j] = -(sum_{p=j}^{i-1} L[i][p] W[p][j]) / L[i][i].
+// Column j needs only columns >= j of L, which are still intact.
+void InvertLower(size_t d, double* chol) {
+  for (size_t j = 0; j < d; ++j) {
+    chol[j * d + j] = 1.0 / chol[j * d + j];
+    for (size_t i = j + 1; i < d; ++i) {
+      double sum = 0.0;
+      for (size_t p = j; p < i; ++p) sum += chol[i * d + p] * chol[p * d + j];
+      chol[i * d + j] = -sum / chol[i * d + i];
+    }
+  }
+}
+
+// Rebuilds head h's whitening from the summary's key covariance, then
+// rescores the resident outliers under it.
+void RefreshWhitening(covattn_cache* cache, size_t h) {
+  const size_t d = cache->Dim();
+  float* cov = Work(cache, cache->layout.refresh_cov);
+  float* mean = Work(cache, cache->layout.refresh_mean);
+  double* chol = cache->At<double>(cache->layout.refresh_factor);
+  CovExport(Summary(cache), h, CovExportOutputs{nullptr, mean, nullptr, cov, nullptr});
+  FactorWithJitter(cov, d, chol);
+  InvertLower(d, chol);
+  // W^T[j][i] = W[i][j], zero below the diagonal, as bf16.
+  const HeadRegions<covattn_cache> head = Head(cache, h);
+  uint16_t* wt = head.whitening;
+  for (size_t j = 0; j < d; ++j) {
+    for (size_t i = 0; i < d; ++i) {
+      wt[j * d + i] = i < j ? 0 : BF16BitsFromF32(static_cast<float>(chol[i * d + j]));
+    }
+  }
+  std::memcpy(head.whitening_mean, mean, d * sizeof(float));
+  head.refresh->folded_at_refresh = head.refresh->folded;
+  // Rescore residents under the new whitening.
+  const size_t count = *head.count;
+  float* rows = Work(cache, cache->layout.evicted_k);  // free between batches
+  float* work = Work(cache, cache->layout.mahalanobis);
+  for (size_t s0 = 0; s0 < count; s0 += kAppendBatch) {
+    const size_t n = std::min(kAppendBatch, count - s0);
+    CacheRowsToF32(cache->config.dtype, Outliers(cache, h, s0).k, d, n, d, rows, d);
+    CacheMahalanobis(head.whitening, head.whitening_mean, rows, d, n, d, work, head.scores + s0);
+  }
+}
+
+}  // namespace
+
+void OfferToOutliers(covattn_cache* cache, size_t h, const float* k, const float* v, size_t n,
+                     FoldRows* fold) {
+  const size_t d = cache->Dim(), slots = cache->config.n_outliers;
+  const uint32_t dtype = cache->config.dtype;
+  float* dist = Work(cache, cache->layout.distances);
+  const HeadRegions<covattn_cache> head = Head(cache, h);
+  if (head.refresh->folded_at_refresh != 0) {
+    CacheMahalanobis(head.whitening, head.whitening_mean, k, d, n, d,
+                     Work(cache, cache->layout.mahalanobis), dist);
+  } else {
+    std::fill(dist, dist + n, 0.0f);  // no covariance yet: first come, first kept
+  }
+  uint32_t& count = *head.count;
+  float* score = head.scores;
+  for (size_t e = 0; e < n; ++e) {
+    size_t slot;
+    if (count < slots) {
+      slot = count++;
+    } else {
+      slot = static_cast<size_t>(std::min_element(score, score + count) - score);
+      if (!(dist[e] > score[slot])) {
+        fold->Add(k + e * d, v + e * d);
+        continue;
+      }
+      // The resident goes to the summary; the newcomer takes its slot.
+      fold->AddStored(dtype, Outliers(cache, h, slot).k, Outliers(cache, h, slot).v);
+    }
+    const KvRows<covattn_cache> resident = Outliers(cache, h, slot);
+    StoreRow(dtype, k + e * d, d, resident.k);
+    StoreRow(dtype, v + e * d, d, resident.v);
+    score[slot] = dist[e];
+  }
+}
+
+void RefreshWhiteningIfDue(covattn_cache* cache, size_t h) {
+  if (WhiteningDue(cache, h)) RefreshWhitening(cache, h);
+}
+
+}  // namespace detail
+}  // namespace covattn

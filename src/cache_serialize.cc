@@ -1,0 +1,364 @@
+// The bounded cache's file format (include/covattn/cache.h): serialize, and
+// a load that checks everything, the summary's own file last, before it
+// writes anything.
+//
+// Serialized form, all little-endian:
+//
+//   offset  0  magic "COVATTNC"
+//           8  u32 format version, u32 header bytes (128)
+//          16  u64 n_kv_heads, u64 head_dim, u32 dtype, u32 flags,
+//              u64 n_sinks, u64 window, u64 n_outliers, f32 forgetting,
+//              u32 reserved (0), u64 n_tokens, u64 n_summarized,
+//              u64 n_dropped, u64 payload bytes, 24 reserved bytes (0)
+//         128  payload:
+//              sink K then V rows (min(n_tokens, n_sinks) tokens, all heads),
+//              window K then V slots 0 .. window count - 1,
+//              u32 outlier count per head, then per head: scores (f32),
+//              K rows, V rows of its resident outliers,
+//              per head: u64 tokens folded, u64 folded at the last
+//              whitening, then with outlier slots mu_k (f32) and W^T
+//              (d x d bf16),
+//              with a summary: u64 bytes, then the covariance state's own
+//              serialized form (covattn_cov_state_serialize)
+//         end  u64 FNV-1a of every byte before it
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "bytes.h"
+#include "cache.h"
+#include "covariance.h"
+
+namespace covattn {
+namespace detail {
+namespace {
+
+constexpr unsigned char kCacheFileMagic[8] = {'C', 'O', 'V', 'A', 'T', 'T', 'N', 'C'};
+constexpr uint32_t kCacheFormatVersion = 1;
+constexpr size_t kCacheFileHeaderBytes = 128;
+constexpr size_t kChecksumBytes = 8;
+
+// Serialized payload bytes for a cache in this state.
+size_t PayloadBytes(const covattn_cache* cache) {
+  const size_t d = cache->Dim(), row = cache->RowElems() * cache->elem;
+  size_t bytes = 2 * (cache->SinkCount() + cache->WindowCount()) * row;
+  bytes += 4 * cache->Heads();
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    bytes += *Head(cache, h).count * (4 + 2 * d * cache->elem);
+  }
+  bytes += cache->Heads() * 16;  // folded counts
+  if (cache->HasOutliers()) bytes += cache->Heads() * (4 * d + 2 * d * d);
+  if (cache->Summarizes()) bytes += 8 + CovSerializedBytes(Summary(cache));
+  return bytes;
+}
+
+size_t SerializedBytes(const covattn_cache* cache) {
+  return kCacheFileHeaderBytes + PayloadBytes(cache) + kChecksumBytes;
+}
+
+// Writes n elements of `elem` bytes from memory in host order.
+unsigned char* PutElements(unsigned char* p, const void* src, size_t n, size_t elem) {
+  CopyLE(p, static_cast<const unsigned char*>(src), n, elem);
+  return p + n * elem;
+}
+
+void PutHeader(const covattn_cache* cache, unsigned char* p) {
+  const covattn_cache_config& c = cache->config;
+  std::memset(p, 0, kCacheFileHeaderBytes);
+  std::memcpy(p, kCacheFileMagic, 8);
+  PutLE(p + 8, kCacheFormatVersion, 4);
+  PutLE(p + 12, kCacheFileHeaderBytes, 4);
+  PutLE(p + 16, c.n_kv_heads, 8);
+  PutLE(p + 24, c.head_dim, 8);
+  PutLE(p + 32, c.dtype, 4);
+  PutLE(p + 36, c.flags, 4);
+  PutLE(p + 40, c.n_sinks, 8);
+  PutLE(p + 48, c.window, 8);
+  PutLE(p + 56, c.n_outliers, 8);
+  PutF32LE(p + 64, c.forgetting);
+  PutLE(p + 72, cache->n_tokens, 8);
+  PutLE(p + 80, cache->n_summarized, 8);
+  PutLE(p + 88, cache->n_dropped, 8);
+  PutLE(p + 96, PayloadBytes(cache), 8);
+}
+
+// Writes the payload at p; returns its end.
+unsigned char* PutPayload(const covattn_cache* cache, unsigned char* at) {
+  const size_t d = cache->Dim(), row = cache->RowElems(), elem = cache->elem;
+  const size_t sinks = cache->SinkCount() * row, window = cache->WindowCount() * row;
+  at = PutElements(at, Sinks(cache).k, sinks, elem);
+  at = PutElements(at, Sinks(cache).v, sinks, elem);
+  at = PutElements(at, Window(cache).k, window, elem);
+  at = PutElements(at, Window(cache).v, window, elem);
+  at = PutElements(at, Head(cache, 0).count, cache->Heads(), 4);  // every head's
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const size_t n = *Head(cache, h).count;
+    if (n == 0) continue;
+    at = PutElements(at, Head(cache, h).scores, n, 4);
+    at = PutElements(at, Outliers(cache, h, 0).k, n * d, elem);
+    at = PutElements(at, Outliers(cache, h, 0).v, n * d, elem);
+  }
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<const covattn_cache> head = Head(cache, h);
+    PutLE(at, head.refresh->folded, 8);
+    PutLE(at + 8, head.refresh->folded_at_refresh, 8);
+    at += 16;
+    if (!cache->HasOutliers()) continue;
+    at = PutElements(at, head.whitening_mean, d, 4);
+    at = PutElements(at, head.whitening, d * d, 2);
+  }
+  if (cache->Summarizes()) {
+    const size_t blob = CovSerializedBytes(Summary(cache));
+    PutLE(at, blob, 8);
+    CovSerialize(Summary(cache), at + 8);
+    at += 8 + blob;
+  }
+  return at;
+}
+
+// Whether n stored elements of a dtype (little-endian bytes) are all finite.
+bool ElementsFinite(const unsigned char* p, size_t n, uint32_t dtype) {
+  for (size_t i = 0; i < n; ++i) {
+    if (dtype == COVATTN_F32) {
+      if (!std::isfinite(F32FromLE(p + 4 * i))) return false;
+    } else {
+      const uint16_t bits = static_cast<uint16_t>(GetLE(p + 2 * i, 2));
+      const uint16_t exponent_mask = dtype == COVATTN_F16 ? 0x7C00 : 0x7F80;
+      if ((bits & exponent_mask) == exponent_mask) return false;
+    }
+  }
+  return true;
+}
+
+// The counts of a file's header.
+struct FileCounts {
+  uint64_t n_tokens, n_summarized, n_dropped;
+};
+
+// The header, in the order of covattn_cache_load's statuses: identity,
+// length, version, the destination's configuration, reserved bytes, the
+// payload length and the checksum.
+covattn_status CheckHeader(const covattn_cache_config& c, const unsigned char* p, size_t size,
+                           FileCounts* counts) {
+  if (size < 8) return COVATTN_ERR_TRUNCATED;
+  if (std::memcmp(p, kCacheFileMagic, 8) != 0) return COVATTN_ERR_BAD_MAGIC;
+  if (size < kCacheFileHeaderBytes + kChecksumBytes) return COVATTN_ERR_TRUNCATED;
+  if (GetLE(p + 8, 4) != kCacheFormatVersion) return COVATTN_ERR_VERSION;
+  if (GetLE(p + 12, 4) != kCacheFileHeaderBytes) return COVATTN_ERR_CORRUPT;
+  uint32_t forgetting_bits;
+  std::memcpy(&forgetting_bits, &c.forgetting, 4);
+  if (GetLE(p + 16, 8) != c.n_kv_heads || GetLE(p + 24, 8) != c.head_dim ||
+      GetLE(p + 32, 4) != c.dtype || GetLE(p + 36, 4) != c.flags || GetLE(p + 40, 8) != c.n_sinks ||
+      GetLE(p + 48, 8) != c.window || GetLE(p + 56, 8) != c.n_outliers ||
+      GetLE(p + 64, 4) != forgetting_bits) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
+  for (size_t i = 68; i < 72; ++i) {
+    if (p[i] != 0) return COVATTN_ERR_CORRUPT;
+  }
+  for (size_t i = 104; i < kCacheFileHeaderBytes; ++i) {
+    if (p[i] != 0) return COVATTN_ERR_CORRUPT;
+  }
+  *counts = FileCounts{GetLE(p + 72, 8), GetLE(p + 80, 8), GetLE(p + 88, 8)};
+  const uint64_t payload = GetLE(p + 96, 8);
+  if (payload > size - kCacheFileHeaderBytes - kChecksumBytes) return COVATTN_ERR_TRUNCATED;
+  if (payload != size - kCacheFileHeaderBytes - kChecksumBytes) return COVATTN_ERR_CORRUPT;
+  if (GetLE(p + size - 8, 8) != Fnv1a(p, size - 8)) return COVATTN_ERR_CHECKSUM;
+  return COVATTN_OK;
+}
+
+// Where the sections of a checked payload are.
+struct Payload {
+  size_t sinks, window;  // tokens held
+  const unsigned char *exact_rows, *counts, *outliers, *whitening, *blob;
+  size_t blob_bytes;
+};
+
+// Takes consecutive sections of the payload; null past its end.
+struct PayloadReader {
+  const unsigned char* at;
+  const unsigned char* end;
+  const unsigned char* Take(size_t bytes) {
+    if (bytes > static_cast<size_t>(end - at)) return nullptr;
+    const unsigned char* here = at;
+    at += bytes;
+    return here;
+  }
+};
+
+// The exact rows and the outlier slots: present, finite, within the budget.
+// Adds the rows they hold to *rows_held.
+bool ReadExactRows(const covattn_cache* cache, PayloadReader* in, Payload* out,
+                   uint64_t* rows_held) {
+  const covattn_cache_config& c = cache->config;
+  const size_t d = c.head_dim, row = cache->RowElems(), elem = cache->elem;
+  const size_t exact = out->sinks + out->window;
+  out->exact_rows = in->Take(2 * exact * row * elem);
+  out->counts = in->Take(4 * c.n_kv_heads);
+  if (out->exact_rows == nullptr || out->counts == nullptr) return false;
+  if (!ElementsFinite(out->exact_rows, 2 * exact * row, c.dtype)) return false;
+  *rows_held += exact * uint64_t{c.n_kv_heads};
+  out->outliers = in->at;
+  for (size_t h = 0; h < c.n_kv_heads; ++h) {
+    const uint64_t n = GetLE(out->counts + 4 * h, 4);
+    if (n > c.n_outliers) return false;
+    const unsigned char* scores = in->Take(4 * n);
+    const unsigned char* rows = in->Take(2 * n * d * elem);
+    if (scores == nullptr || rows == nullptr) return false;
+    for (size_t i = 0; i < n; ++i) {
+      const float score = F32FromLE(scores + 4 * i);
+      if (!(score >= 0.0f) || !std::isfinite(score)) return false;
+    }
+    if (!ElementsFinite(rows, 2 * n * d, c.dtype)) return false;
+    *rows_held += n;
+  }
+  return true;
+}
+
+// The per-head fold counts and whitenings, then the summary's blob.
+bool ReadSummaryState(const covattn_cache* cache, const FileCounts& counts, PayloadReader* in,
+                      Payload* out) {
+  const size_t d = cache->Dim();
+  const size_t whitening_bytes = cache->HasOutliers() ? 4 * d + 2 * d * d : 0;
+  out->whitening = in->at;
+  uint64_t folded_total = 0;
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const unsigned char* w = in->Take(16 + whitening_bytes);
+    if (w == nullptr) return false;
+    const uint64_t folded = GetLE(w, 8), at_refresh = GetLE(w + 8, 8);
+    if (at_refresh > folded || folded > counts.n_summarized) return false;
+    folded_total += folded;
+    if (whitening_bytes != 0 && (!ElementsFinite(w + 16, d, COVATTN_F32) ||
+                                 !ElementsFinite(w + 16 + 4 * d, d * d, COVATTN_BF16))) {
+      return false;
+    }
+  }
+  if (folded_total != counts.n_summarized) return false;
+  out->blob = nullptr;
+  out->blob_bytes = 0;
+  if (!cache->Summarizes()) return true;
+  const unsigned char* length = in->Take(8);
+  if (length == nullptr) return false;
+  out->blob_bytes = static_cast<size_t>(std::min<uint64_t>(GetLE(length, 8), SIZE_MAX));
+  out->blob = in->Take(out->blob_bytes);
+  return out->blob != nullptr;
+}
+
+// The payload's sections, every value and every count checked (the
+// summary's blob aside): false for a file this cache could not have written.
+bool ReadPayload(const covattn_cache* cache, const FileCounts& counts, const unsigned char* p,
+                 size_t size, Payload* out) {
+  const uint64_t half = UINT64_MAX / 2;
+  if (counts.n_tokens > half || counts.n_summarized > half || counts.n_dropped > half) {
+    return false;
+  }
+  out->sinks = SinkCount(cache->config, counts.n_tokens);
+  out->window = WindowCount(cache->config, counts.n_tokens);
+  PayloadReader in{p + kCacheFileHeaderBytes, p + size - kChecksumBytes};
+  uint64_t rows_held = 0;
+  if (!ReadExactRows(cache, &in, out, &rows_held) || !ReadSummaryState(cache, counts, &in, out) ||
+      in.at != in.end) {
+    return false;
+  }
+  // Every appended token row is in exactly one place.
+  return rows_held + counts.n_summarized + counts.n_dropped == counts.n_tokens * cache->Heads() &&
+         (cache->Summarizes() || counts.n_summarized == 0) &&
+         (!cache->Summarizes() || counts.n_dropped == 0);
+}
+
+// Copies a checked payload into the cache.
+void CopyPayload(covattn_cache* cache, const Payload& in) {
+  const size_t d = cache->Dim(), row = cache->RowElems(), elem = cache->elem;
+  const unsigned char* at = in.exact_rows;
+  const size_t sink_bytes = in.sinks * row * elem, window_bytes = in.window * row * elem;
+  CopyLE(Sinks(cache).k, at, in.sinks * row, elem);
+  CopyLE(Sinks(cache).v, at + sink_bytes, in.sinks * row, elem);
+  at += 2 * sink_bytes;
+  CopyLE(Window(cache).k, at, in.window * row, elem);
+  CopyLE(Window(cache).v, at + window_bytes, in.window * row, elem);
+  at = in.outliers;
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<covattn_cache> head = Head(cache, h);
+    const size_t n = static_cast<size_t>(GetLE(in.counts + 4 * h, 4));
+    *head.count = static_cast<uint32_t>(n);
+    if (n == 0) continue;
+    CopyLE(reinterpret_cast<unsigned char*>(head.scores), at, n, 4);
+    CopyLE(Outliers(cache, h, 0).k, at + 4 * n, n * d, elem);
+    CopyLE(Outliers(cache, h, 0).v, at + 4 * n + n * d * elem, n * d, elem);
+    at += 4 * n + 2 * n * d * elem;
+  }
+  at = in.whitening;
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<covattn_cache> head = Head(cache, h);
+    *head.refresh = RefreshState{GetLE(at, 8), GetLE(at + 8, 8)};
+    at += 16;
+    if (!cache->HasOutliers()) continue;
+    CopyLE(reinterpret_cast<unsigned char*>(head.whitening_mean), at, d, 4);
+    CopyLE(reinterpret_cast<unsigned char*>(head.whitening), at + 4 * d, d * d, 2);
+    at += 4 * d + 2 * d * d;
+  }
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace covattn
+
+using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
+
+extern "C" {
+
+covattn_status covattn_cache_serialized_size(const covattn_cache* cache, size_t* bytes) {
+  COVATTN_RETURN_IF_ERROR(CheckCache(cache));
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  *bytes = SerializedBytes(cache);
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cache_serialize(const covattn_cache* cache, void* buffer, size_t capacity,
+                                       size_t* written) {
+  COVATTN_RETURN_IF_ERROR(CheckCache(cache));
+  const size_t bytes = SerializedBytes(cache);
+  if (buffer == nullptr || written == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (capacity < bytes) return COVATTN_ERR_BUFFER_TOO_SMALL;
+  Extent extent;
+  COVATTN_RETURN_IF_ERROR(MemoryExtent(buffer, capacity, &extent));
+  extent.end = extent.begin + bytes;  // what is written
+  if (extent.Overlaps(CacheExtent(cache))) return COVATTN_ERR_ALIASING;
+  auto* p = static_cast<unsigned char*>(buffer);
+  PutHeader(cache, p);
+  unsigned char* end = PutPayload(cache, p + kCacheFileHeaderBytes);
+  PutLE(end, Fnv1a(p, static_cast<size_t>(end - p)), 8);
+  *written = bytes;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size_t size) {
+  COVATTN_RETURN_IF_ERROR(CheckCache(cache));
+  if (buffer == nullptr) return COVATTN_ERR_NULL_POINTER;
+  Extent extent;
+  COVATTN_RETURN_IF_ERROR(MemoryExtent(buffer, size, &extent));
+  if (extent.Overlaps(CacheExtent(cache))) return COVATTN_ERR_ALIASING;
+  const auto* p = static_cast<const unsigned char*>(buffer);
+  FileCounts counts;
+  COVATTN_RETURN_IF_ERROR(CheckHeader(cache->config, p, size, &counts));
+  // The checksum matches: now the contents must make sense, all of them,
+  // before anything is written.
+  Payload payload;
+  if (!ReadPayload(cache, counts, p, size, &payload)) return COVATTN_ERR_CORRUPT;
+  // The summary checks its own blob and is written first: if it refuses,
+  // nothing has changed.
+  if (payload.blob != nullptr) {
+    const covattn_status status = CovLoad(Summary(cache), payload.blob, payload.blob_bytes);
+    if (status != COVATTN_OK) {
+      return status == COVATTN_ERR_SHAPE_MISMATCH ? COVATTN_ERR_CORRUPT : status;
+    }
+  }
+  cache->n_tokens = counts.n_tokens;
+  cache->n_summarized = counts.n_summarized;
+  cache->n_dropped = counts.n_dropped;
+  CopyPayload(cache, payload);
+  return COVATTN_OK;
+}
+
+}  // extern "C"
