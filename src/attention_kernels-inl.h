@@ -186,6 +186,10 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
 
 // Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens, four dot
 // products at a time (one token for four rows, two for two, four for one).
+// Not inlined, like AccumulateRows and ProcessRowGroup: each runs once per
+// chunk, so the call costs nothing measurable, while inlining every tile
+// shape into one function per element type and target made that function
+// take the compiler (under ASan) many minutes.
 template <size_t kRows, class D, typename T>
 HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const T* HWY_RESTRICT k,
                             size_t k_stride, size_t n_tokens, size_t dim, float* HWY_RESTRICT s,

@@ -42,6 +42,8 @@ using detail::CovReadoutProblem;
 // m[r][c] <- u_rows[r] u_cols[c] + (decay m[r][c] + acc[r][c]) for the valid
 // rows and the first `cols` columns. Rows past `rows` repeat the last row
 // (valid memory, results discarded), so one instantiation serves every tile.
+// Not inlined (nor is ReadoutChunk): a tile is hundreds of FMAs per call, and
+// the callers stay small enough for the compiler.
 #define COVATTN_GEMM_ROW(r)                                     \
   if constexpr (kR > r) {                                       \
     const auto a = hn::Set(d, at[o##r]);                        \

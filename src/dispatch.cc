@@ -38,17 +38,17 @@ const char* HighwayName(int64_t bit) {
   return std::strcmp(name, "Unknown") == 0 ? nullptr : name;
 }
 
-// Targets Highway has on the other architectures covattn is built for
-// (hwy::TargetName only knows the current one), so that "neon" on x86 is
-// unavailable, not unknown.
-constexpr const char* kOtherArchitectureNames[] = {
+// Highway's target names on x86 and Arm (up to its current version), known
+// on every architecture: hwy::TargetName only knows the current one, and
+// "neon" on x86 is unavailable, not unknown.
+constexpr const char* kX86AndArmNames[] = {
     "AVX10_2", "AVX3_SPR", "AVX3_ZEN4", "AVX3_DL", "AVX3", "AVX2",      "SSE4", "SSSE3",
     "SSE2",    "SVE2_128", "SVE_256",   "SVE2",    "SVE",  "NEON_BF16", "NEON", "NEON_WITHOUT_AES"};
 
-// How a name reads: the target bit it names here (0 for a target of
-// another architecture or one this Highway has but covattn did not compile,
-// which are unavailable), or unknown. "fallback" names whichever portable
-// target this build has (SCALAR or EMU128).
+// How a name reads: known or not, and the target bit it names on this
+// architecture (compiled in or not), 0 for a target of another one.
+// "fallback" names whichever portable target this build has (SCALAR or
+// EMU128).
 struct ParsedName {
   bool known;
   int64_t bit;
@@ -62,7 +62,7 @@ ParsedName ParseName(const std::string& name) {
     const char* known = HighwayName(int64_t{1} << b);
     if (known != nullptr && EqualsIgnoreCase(name, known)) return {true, int64_t{1} << b};
   }
-  for (const char* other : kOtherArchitectureNames) {
+  for (const char* other : kX86AndArmNames) {
     if (EqualsIgnoreCase(name, other)) return {true, 0};
   }
   return {false, 0};
