@@ -17,7 +17,6 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "covariance_kernels.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
-
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -249,10 +248,10 @@ bool BitsWithin(const CovBlock& block, size_t n_heads, size_t dim, TU abs_mask, 
 bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage) {
   // With f16 storage the limit is what rounds to a finite f16: below 65520.
   switch (block.dtype) {
-    case 0:  // COVATTN_F32: 2^40 is 0x53800000; 65520 is 0x477FF000
+    case COVATTN_F32:  // 2^40 is 0x53800000; 65520 is 0x477FF000
       return BitsWithin<uint32_t>(block, n_heads, dim, 0x7FFFFFFFu,
                                   f16_storage ? 0x477FEFFFu : 0x53800000u);
-    case 1:  // COVATTN_F16: every finite value is far below 2^40
+    case COVATTN_F16:  // every finite value is far below 2^40
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x7BFF);
     default:  // COVATTN_BF16: 2^40 is 0x5380; 65280 (0x477F) is the last below 65520
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, f16_storage ? 0x477F : 0x5380);
@@ -505,17 +504,8 @@ void CovUpdate(covattn_cov_state* state, const CovBlock& block) {
 
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                     size_t n_heads) {
-  switch (block.dtype) {
-    case COVATTN_F32:
-      CovUpdateHeadsF32(state, block, first_head, n_heads);
-      break;
-    case COVATTN_F16:
-      CovUpdateHeadsF16(state, block, first_head, n_heads);
-      break;
-    default:  // COVATTN_BF16 (validated by the caller)
-      CovUpdateHeadsBF16(state, block, first_head, n_heads);
-      break;
-  }
+  ForDtype(block.dtype, CovUpdateHeadsF32, CovUpdateHeadsF16, CovUpdateHeadsBF16)(
+      state, block, first_head, n_heads);
 }
 
 void CovMerge(covattn_cov_state* into, const covattn_cov_state* other) {
