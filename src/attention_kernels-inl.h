@@ -389,9 +389,9 @@ HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Pass& pass, si
 
 // Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1).
 template <size_t kRows, class D, typename T>
-HWY_NOINLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
-                                  const T* k_head, const T* v_head, bool sink_segment, size_t c0,
-                                  size_t c1, PrefetchCursor<T>& prefetch) {
+HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
+                                const T* k_head, const T* v_head, bool sink_segment, size_t c0,
+                                size_t c1, PrefetchCursor<T>& prefetch) {
   Interval iv[kRows];
   size_t ja = c1, jb = c0;  // union of the rows' intervals
   for (size_t r = 0; r < kRows; ++r) {
@@ -435,8 +435,8 @@ HWY_NOINLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, s
 
 // Every tile of the pass against chunk [c0, c1).
 template <class D, typename T>
-HWY_INLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
-                             size_t c0, size_t c1, PrefetchCursor<T>& prefetch) {
+HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
+                               size_t c0, size_t c1, PrefetchCursor<T>& prefetch) {
   const T* k_all = static_cast<const T*>(pb.k);
   const T* v_all = static_cast<const T*>(pb.v);
   for (size_t t = 0; t < pass.n_tiles; ++t) {
