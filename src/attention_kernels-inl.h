@@ -403,6 +403,9 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   }
   if (ja >= jb) return;
   const size_t dim = pb.head_dim;
+  // d spans the head dimension (it may be narrower than a full vector: see
+  // AttentionTyped); the loops over a row's tokens use full vectors.
+  const hn::ScalableTag<float> d_tokens;
   float* p = pass.p + r0 * kChunkTokens;
   ScoreRows<kRows>(d, pass.a + r0 * pass.ld, pass.ld, k_head + ja * pb.k_token_stride,
                    pb.k_token_stride, jb - ja, dim, p, kChunkTokens, prefetch);
@@ -416,7 +419,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     float& m = pass.m[r0 + r];
     float& l = pass.l[r0 + r];
     bool finite;
-    const float chunk_max = MaxOf(d, pr + (b - ja), e - b, &finite);
+    const float chunk_max = MaxOf(d_tokens, pr + (b - ja), e - b, &finite);
     pass.bad_score[r0 + r] |= !finite;
     if (chunk_max > m) {  // rescale what was accumulated under the old max
       const float correction = std::exp(m - chunk_max);
@@ -425,7 +428,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       for (size_t i = 0; i < dim; ++i) o[i] *= correction;
       m = chunk_max;
     }
-    l += ExpShiftedSum(d, pr + (b - ja), e - b, m);
+    l += ExpShiftedSum(d_tokens, pr + (b - ja), e - b, m);
     std::fill(pr, pr + (b - ja), 0.0f);
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
@@ -565,11 +568,10 @@ HWY_INLINE void RunPass(D d, const AttentionProblem& pb, Pass& pass) {
                        window_end);
 }
 
-// One attention call over K/V of element type T.
-template <typename T>
-void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
-                    AttentionOutcome* outcome) {
-  const hn::ScalableTag<float> d;
+// Every pass of one attention call, with vectors of d along the head dimension.
+template <class D, typename T>
+HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const AttentionResultSink& sink,
+                            void* scratch, AttentionOutcome* outcome) {
   const detail::AttentionScratchLayout layout = detail::AttentionScratchFor(pb.head_dim);
   float* base = detail::AlignedAttentionScratch(scratch);
   Pass pass;
@@ -580,8 +582,45 @@ void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink,
   NextRow next;
   while (next.kv_head < pb.n_kv_heads) {
     FillPass(pb, pass, next);
-    RunPass<decltype(d), T>(d, pb, pass);
+    RunPass<D, T>(d, pb, pass);
     EmitPass(pb, pass, sink, outcome);
+  }
+}
+
+// Which of the vector widths `lanes` (widest first) runs a head of dim
+// elements: the widest that divides dim, else the widest that fits in it
+// (the rest of each row is a scalar tail), else the narrowest. A head
+// narrower than a full vector (d = 8 or 12 on AVX-512) would otherwise be
+// all scalar tail.
+HWY_INLINE size_t HeadVectorChoice(size_t dim, const size_t (&lanes)[3]) {
+  for (size_t c = 0; c < 3; ++c) {
+    if (dim % lanes[c] == 0) return c;
+  }
+  for (size_t c = 0; c < 3; ++c) {
+    if (lanes[c] <= dim) return c;
+  }
+  return 2;
+}
+
+// One attention call over K/V of element type T. Where the capped tags equal
+// the full one (4-lane targets), the three calls are one instantiation.
+template <typename T>
+void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
+                    AttentionOutcome* outcome) {
+  const hn::ScalableTag<float> d_full;
+  const hn::CappedTag<float, 8> d8;
+  const hn::CappedTag<float, 4> d4;
+  const size_t lanes[3] = {hn::Lanes(d_full), hn::Lanes(d8), hn::Lanes(d4)};
+  switch (HeadVectorChoice(pb.head_dim, lanes)) {
+    case 0:
+      RunPasses<decltype(d_full), T>(d_full, pb, sink, scratch, outcome);
+      break;
+    case 1:
+      RunPasses<decltype(d8), T>(d8, pb, sink, scratch, outcome);
+      break;
+    default:
+      RunPasses<decltype(d4), T>(d4, pb, sink, scratch, outcome);
+      break;
   }
 }
 

@@ -47,7 +47,10 @@ void CheckDecode(const TestCache& cache, const std::vector<float>& q, size_t n_q
 }  // namespace
 
 TEST_CASE("decode matches the double reference over head dims, lengths, GQA and dtypes") {
-  const size_t dims[] = {1, 3, 17, 64, 80, 128, 256, 512};
+  // Every vector choice of the kernels (a full vector, 8 or 4 lanes, a scalar
+  // tail after whole vectors, all tail): 4, 8, 12, 24 and 40 run narrower
+  // vectors than AVX-512's.
+  const size_t dims[] = {1, 3, 4, 8, 12, 17, 24, 40, 64, 80, 128, 256, 512};
   const size_t lengths[] = {1, 5, 64, 65, 200};
   const size_t groups[] = {1, 2, 4, 8};
   const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16};
@@ -176,7 +179,8 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
     uint32_t dtype;
   } cases[] = {{64, 0, 37, 2, 4, 0, 0, COVATTN_F32},   {17, 50, 100, 1, 1, 0, 0, COVATTN_F16},
                {128, 10, 70, 1, 8, 24, 4, COVATTN_BF16}, {80, 0, 130, 2, 2, 33, 0, COVATTN_F32},
-               {3, 200, 9, 3, 3, 5, 2, COVATTN_F32}};
+               {3, 200, 9, 3, 3, 5, 2, COVATTN_F32},     {8, 30, 40, 2, 4, 0, 0, COVATTN_F16},
+               {12, 0, 70, 1, 4, 0, 0, COVATTN_F32},     {24, 5, 33, 2, 2, 16, 1, COVATTN_BF16}};
   for (const Case& c : cases) {
     INFO("dim " << c.dim << " n_past " << c.n_past << " n_new " << c.n_new << " group "
                 << c.group << " window " << c.window << " sinks " << c.sinks);
