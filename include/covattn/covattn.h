@@ -238,6 +238,18 @@ COVATTN_API covattn_status covattn_partial_finalize(size_t n_rows, size_t head_d
                                                     const covattn_partial* state, float* out,
                                                     float* log_z);
 
+/* Converts n elements of src (src_dtype) into dst (dst_dtype), vectorised:
+ * f32 to f16 or bf16, either back to f32, or f32 to f32 (a copy); other pairs
+ * give COVATTN_ERR_UNSUPPORTED_DTYPE. What an engine does to store f32 K/V
+ * rows in a 16-bit cache. To 16 bits: round to nearest even; magnitudes that
+ * round beyond the largest finite value (f16: |x| >= 65520) become infinity;
+ * f16 keeps subnormals; NaN stays NaN (quiet, sign kept). To f32: exact.
+ * Identical bits on every target. dst and src must not overlap
+ * (COVATTN_ERR_ALIASING) and be aligned to their element sizes
+ * (COVATTN_ERR_MISALIGNED); n = 0 is a no-op that accepts NULL. */
+COVATTN_API covattn_status covattn_convert(void* dst, uint32_t dst_dtype, const void* src,
+                                           uint32_t src_dtype, size_t n);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
