@@ -28,7 +28,7 @@
 
 #include "bytes.h"
 #include "cache.h"
-#include "covariance.h"
+#include "summary.h"
 
 namespace covattn {
 namespace detail {
@@ -49,7 +49,7 @@ size_t PayloadBytes(const covattn_cache* cache) {
   }
   bytes += cache->Heads() * 16;  // folded counts
   if (cache->HasOutliers()) bytes += cache->Heads() * (4 * d + 2 * d * d);
-  if (cache->Summarizes()) bytes += 8 + CovSerializedBytes(Summary(cache));
+  if (cache->Summarizes()) bytes += 8 + SummarySerializedBytes(cache);
   return bytes;
 }
 
@@ -109,9 +109,9 @@ unsigned char* PutPayload(const covattn_cache* cache, unsigned char* at) {
     at = PutElements(at, head.whitening, d * d, 2);
   }
   if (cache->Summarizes()) {
-    const size_t blob = CovSerializedBytes(Summary(cache));
+    const size_t blob = SummarySerializedBytes(cache);
     PutLE(at, blob, 8);
-    CovSerialize(Summary(cache), at + 8);
+    SummarySerialize(cache, at + 8);
     at += 8 + blob;
   }
   return at;
@@ -349,10 +349,10 @@ covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size
   // The summary checks its own blob and is written first: if it refuses,
   // nothing has changed.
   if (payload.blob != nullptr) {
-    const covattn_status status = CovLoad(Summary(cache), payload.blob, payload.blob_bytes);
-    if (status != COVATTN_OK) {
-      return status == COVATTN_ERR_SHAPE_MISMATCH ? COVATTN_ERR_CORRUPT : status;
-    }
+    const size_t d = cache->Dim();
+    const size_t whitening_stride = 16 + (cache->HasOutliers() ? 4 * d + 2 * d * d : 0);
+    COVATTN_RETURN_IF_ERROR(
+        SummaryLoad(cache, payload.blob, payload.blob_bytes, payload.whitening, whitening_stride));
   }
   cache->n_tokens = counts.n_tokens;
   cache->n_summarized = counts.n_summarized;

@@ -78,6 +78,13 @@ covattn_status LoadChecked(OwnedCache& c, const covattn_cache_config& config, co
   return status;
 }
 
+// Scratch for every call with up to n_q query heads on a cache of `config`.
+std::vector<uint8_t> Scratch(const covattn_cache_config& config, size_t n_q) {
+  size_t bytes = 0;
+  FUZZ_CHECK(covattn_cache_scratch_size(&config, n_q, &bytes) == COVATTN_OK, "scratch size");
+  return std::vector<uint8_t>(bytes);
+}
+
 // Appends `n_tokens` tokens built from the input: values of one magnitude in
 // the given dtype, sometimes a planted special, sometimes a wrong shape.
 covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config& config,
@@ -111,7 +118,9 @@ covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config&
   block.k_head_stride = block.v_head_stride = head_major ? n_tokens * block_dim : block_dim;
   if (head_major && n_tokens == 0) block.k_head_stride = block.v_head_stride = block_dim;
   const std::vector<uint8_t> before = Serialize(c.cache);
-  const covattn_status status = covattn_cache_append(c.cache, &block);
+  std::vector<uint8_t> scratch = Scratch(config, config.n_kv_heads);
+  const covattn_status status =
+      covattn_cache_append(c.cache, &block, scratch.data(), scratch.size());
   if (status != COVATTN_OK) {
     FUZZ_CHECK(OneOf(status, {COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_NONFINITE,
                               COVATTN_ERR_INVALID_STRIDE}),
@@ -134,8 +143,7 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
   for (float& x : q) x = in.U8() >= 0xFC ? in.Float() : (static_cast<int8_t>(in.U8()) / 64.0f);
   const float scale = in.U8() >= 0xF0 ? in.Float() : 0.0f;
   size_t scratch_bytes = 0;
-  const covattn_status size_status =
-      covattn_cache_decode_scratch_size(c.cache, n_q, &scratch_bytes);
+  const covattn_status size_status = covattn_cache_scratch_size(&config, n_q, &scratch_bytes);
   if (wrong_heads) {
     FUZZ_CHECK(size_status == COVATTN_ERR_HEAD_MISMATCH, "scratch size for %zu heads: %d", n_q,
                size_status);

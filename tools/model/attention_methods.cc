@@ -95,9 +95,9 @@ class CacheAttention : public LayerAttention {
       return false;
     }
     size_t bytes = 0;
-    s = covattn_cache_decode_scratch_size(cache_, n_heads_, &bytes);
+    s = covattn_cache_scratch_size(&config_, n_heads_, &bytes);
     if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_decode_scratch_size", s);
+      *error = StatusText("covattn_cache_scratch_size", s);
       return false;
     }
     scratch_.resize(bytes);
@@ -107,7 +107,7 @@ class CacheAttention : public LayerAttention {
   bool Append(const float* k, const float* v, std::string* error) override {
     const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
                                  head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
-    const covattn_status s = covattn_cache_append(cache_, &block);
+    const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
     if (s != COVATTN_OK) {
       *error = StatusText("covattn_cache_append", s);
       return false;
