@@ -33,15 +33,18 @@ struct SeriesValue {
 };
 SeriesValue Series(double z) {
   const double x = 0.25 * z * z;
-  double t = 1.0, i0 = 1.0, i1 = 1.0;  // i1 = 2 I_1(z) / z
+  // I_0 - 1 summed apart, so that log1p keeps small z's log I_0 ~ z^2 / 4
+  // to full relative precision.
+  double t = 1.0, i0_minus_1 = 0.0, i1 = 1.0;  // i1 = 2 I_1(z) / z
   for (int k = 1; k < kMaxTerms; ++k) {
     t *= x / (double(k) * k);
-    const double before = i0;
-    i0 += t;
+    const double before = i0_minus_1;
+    i0_minus_1 += t;
     i1 += t / (k + 1);
-    if (i0 == before) break;
+    if (i0_minus_1 == before) break;
   }
-  return {std::log(i0), 0.5 * z * i1 / i0, i1 / i0};
+  const double i0 = 1.0 + i0_minus_1;
+  return {std::log1p(i0_minus_1), 0.5 * z * i1 / i0, i1 / i0};
 }
 
 // sum_k c_k(nu) / z^k of the asymptotic expansion, to double precision.
