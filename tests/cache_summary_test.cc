@@ -259,3 +259,130 @@ TEST_CASE("COVATTN_ROPE_NONE is the covariance readout, bit for bit") {
     CHECK(r.ess == ess);
   });
 }
+
+namespace {
+
+// The compact summary of tokens [begin, end) of head h (MATH.md section 6),
+// in double from the tokens with forgetting weights lambda^(end - 1 - t):
+// log Z, the readout mu_v and the ESS.
+SummaryRef CompactRef(const TestCache& data, size_t h, size_t begin, size_t end, uint32_t rope,
+                      double lambda, const float* q, double scale) {
+  const size_t d = data.view().head_dim;
+  double w = 0.0;
+  std::vector<double> mk(d, 0.0), mv(d, 0.0), var(d, 0.0), a(d);
+  for (size_t t = begin; t < end; ++t) {
+    const double wt = std::pow(lambda, double(end - 1 - t));
+    w += wt;
+    for (size_t i = 0; i < d; ++i) mk[i] += wt * data.K(t, h, i), mv[i] += wt * data.V(t, h, i);
+  }
+  for (size_t i = 0; i < d; ++i) mk[i] /= w, mv[i] /= w;
+  for (size_t t = begin; t < end; ++t) {
+    const double wt = std::pow(lambda, double(end - 1 - t));
+    for (size_t i = 0; i < d; ++i)
+      var[i] += wt * (data.K(t, h, i) - mk[i]) * (data.K(t, h, i) - mk[i]) / w;
+  }
+  for (size_t i = 0; i < d; ++i) a[i] = double{static_cast<float>(scale * q[i])};
+  auto psi = [&](double f) {
+    double s = 0.0;
+    if (rope == COVATTN_ROPE_NONE) {
+      for (size_t j = 0; j < d; ++j) s += 0.5 * f * a[j] * f * a[j] * var[j];
+      return s;
+    }
+    const Planes planes{rope, d};
+    for (size_t i = 0; i < d / 2; ++i) {
+      const size_t p = planes.First(i), r = planes.Second(i);
+      const double z = f * std::sqrt((a[p] * a[p] + a[r] * a[r]) * (var[p] + var[r]));
+      s += RingReference(z).log_i0;
+    }
+    return s;
+  };
+  SummaryRef ref;
+  double a_mu = 0.0;
+  for (size_t i = 0; i < d; ++i) a_mu += a[i] * mk[i];
+  const double psi_a = psi(1.0);
+  ref.log_z = std::log(w) + a_mu + psi_a;
+  ref.ess = w * std::exp(std::min(0.0, 2 * psi_a - psi(2.0)));
+  ref.out = mv;
+  return ref;
+}
+
+}  // namespace
+
+TEST_CASE("the compact summary: log Z, readout and ESS against a double reference") {
+  const size_t heads = 2, d = 8, group = 2, n_q = heads * group, n = 500;
+  for (uint32_t rope : {COVATTN_ROPE_NONE, COVATTN_ROPE_INTERLEAVED, COVATTN_ROPE_HALF_SPLIT}) {
+    for (float forgetting : {1.0f, 0.995f}) {
+      INFO("rope " << rope << " forgetting " << forgetting);
+      Rng rng(91 + rope);
+      const TestCache data =
+          RopeData(rope == 0 ? uint32_t{COVATTN_ROPE_INTERLEAVED} : rope, n, heads, d, rng);
+      for (double sharpness : {0.3, 1.5, 6.0}) {
+        INFO("query scale " << sharpness);
+        const std::vector<float> q = RandomQueries(rng, n_q * d, sharpness);
+        ForEachTarget([&] {
+          covattn_cache_config config = SummaryOnly(heads, d, COVATTN_SUMMARY_COMPACT, rope);
+          config.forgetting = forgetting;
+          CachePtr cache = MakeCache(config);
+          AppendAll(cache.get(), data, 9);
+          const Decoded r = Decode(cache.get(), q, n_q, d);
+          REQUIRE(r.status == COVATTN_OK);
+          for (size_t row = 0; row < n_q; ++row) {
+            const SummaryRef ref = CompactRef(data, row / group, 0, n, rope, forgetting,
+                                              q.data() + row * d, 1.0 / std::sqrt(double(d)));
+            CHECK(r.log_z[row] == doctest::Approx(ref.log_z).epsilon(1e-6).scale(1.0));
+            CHECK(r.ess[row] == doctest::Approx(ref.ess).epsilon(1e-4));
+            CHECK(r.share[row] == 1.0f);
+            for (size_t i = 0; i < d; ++i) {
+              CHECK(r.out[row * d + i] == doctest::Approx(ref.out[i]).epsilon(1e-6).scale(1.0));
+            }
+          }
+        });
+      }
+    }
+  }
+}
+
+TEST_CASE("sinks + window + compact summary: the exact part and the summary merged") {
+  const size_t heads = 2, d = 8, group = 2, n_q = heads * group, n = 400, sinks = 2, window = 16;
+  Rng rng(101);
+  const TestCache data = RopeData(COVATTN_ROPE_HALF_SPLIT, n, heads, d, rng);
+  const std::vector<float> q = RandomQueries(rng, n_q * d, 2.0);
+  const double scale = 1.0 / std::sqrt(double(d));
+  ForEachTarget([&] {
+    covattn_cache_config config = Config(heads, d, sinks, window, 0);
+    config.summary = COVATTN_SUMMARY_COMPACT;
+    config.rope = COVATTN_ROPE_HALF_SPLIT;
+    CachePtr cache = MakeCache(config);
+    AppendAll(cache.get(), data, 10);
+    const Decoded r = Decode(cache.get(), q, n_q, d);
+    REQUIRE(r.status == COVATTN_OK);
+    for (size_t row = 0; row < n_q; ++row) {
+      const size_t h = row / group;
+      const SummaryRef s = CompactRef(data, h, sinks, n - window, COVATTN_ROPE_HALF_SPLIT, 1.0,
+                                      q.data() + row * d, scale);
+      // Exact part over sinks and window, in double, then the merge of MATH.md section 4.
+      std::vector<double> o(d, 0.0);
+      double l = 0.0, m = s.log_z;
+      std::vector<std::pair<double, size_t>> scores;
+      for (size_t t = 0; t < n; ++t) {
+        if (t >= sinks && t < n - window) continue;
+        double x = 0.0;
+        for (size_t i = 0; i < d; ++i) x += scale * q[row * d + i] * data.K(t, h, i);
+        scores.push_back({x, t});
+        m = std::max(m, x);
+      }
+      for (const auto& [x, t] : scores) {
+        const double p = std::exp(x - m);
+        l += p;
+        for (size_t i = 0; i < d; ++i) o[i] += p * data.V(t, h, i);
+      }
+      const double ps = std::exp(s.log_z - m);
+      for (size_t i = 0; i < d; ++i) {
+        const double ref = (o[i] + ps * s.out[i]) / (l + ps);
+        CHECK(r.out[row * d + i] == doctest::Approx(ref).epsilon(1e-5).scale(1.0));
+      }
+      CHECK(r.share[row] == doctest::Approx(ps / (l + ps)).epsilon(1e-5));
+      CHECK(r.log_z[row] == doctest::Approx(m + std::log(l + ps)).epsilon(1e-6).scale(1.0));
+    }
+  });
+}
