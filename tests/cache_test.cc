@@ -468,7 +468,7 @@ TEST_CASE("serialize and load: bit-exact round trip, every corrupt file refused 
     bad[0] ^= 1;
     refuse(bad, COVATTN_ERR_BAD_MAGIC);
     bad = file;
-    bad[8] = 2;
+    bad[8] = 3;
     refuse(bad, COVATTN_ERR_VERSION);
     for (size_t at : {size_t{200}, file.size() / 2, file.size() - 20}) {
       bad = file;

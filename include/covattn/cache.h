@@ -242,7 +242,8 @@ COVATTN_API covattn_status covattn_cache_observe(covattn_cache* cache, const flo
  * refuse-before-write rules of covattn_cov_state_load. The destination must
  * have the same configuration (as covattn_cache_info reports it). Files of
  * format 1 (covattn 0.1) load into caches without retained slots, with a
- * covariance summary or none, and COVATTN_ROPE_NONE. */
+ * covariance summary or none, and COVATTN_ROPE_NONE; such caches also write
+ * format 1, byte for byte what covattn 0.1 wrote, so 0.1 reads them. */
 COVATTN_API covattn_status covattn_cache_serialized_size(const covattn_cache* cache,
                                                          size_t* bytes);
 COVATTN_API covattn_status covattn_cache_serialize(const covattn_cache* cache, void* buffer,
