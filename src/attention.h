@@ -1,5 +1,5 @@
 // The validated description of one attention call, shared by the C API
-// (src/attention.cc) and the per-target kernels (src/attention_kernels.cc).
+// (src/attention.cc) and the per-target kernels (src/attention_kernels-inl.h).
 #ifndef COVATTN_SRC_ATTENTION_H_
 #define COVATTN_SRC_ATTENTION_H_
 
@@ -51,8 +51,48 @@ struct AttentionOutcome {
   bool nonfinite;     // some result is NaN or infinite
 };
 
+// The scratch memory of one call, in floats from its first 64-byte
+// boundary: per row of a pass the scaled query a and the un-normalised output
+// o (ld floats each), then the row's scores p (kChunkTokens floats).
+struct AttentionScratchLayout {
+  size_t ld;               // floats per row of a and o: head_dim rounded up to 16
+  size_t a, o, p, floats;  // where a, o and p start, and the floats in all
+};
+
+constexpr size_t kAttentionScratchAlign = 64;
+
+inline AttentionScratchLayout AttentionScratchFor(size_t head_dim) {
+  AttentionScratchLayout layout;
+  layout.ld = (head_dim + 15) & ~size_t{15};
+  layout.a = 0;
+  layout.o = layout.a + kPassRows * layout.ld;
+  layout.p = layout.o + kPassRows * layout.ld;
+  layout.floats = layout.p + kPassRows * kChunkTokens;
+  return layout;
+}
+
 // Bytes of scratch for a head_dim, including slack to align it.
-size_t AttentionScratchBytes(size_t head_dim);
+inline size_t AttentionScratchBytes(size_t head_dim) {
+  return AttentionScratchFor(head_dim).floats * sizeof(float) + kAttentionScratchAlign;
+}
+
+inline float* AlignedAttentionScratch(void* scratch) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(scratch);
+  return reinterpret_cast<float*>((p + kAttentionScratchAlign - 1) &
+                                  ~uintptr_t{kAttentionScratchAlign - 1});
+}
+
+// The per-dtype kernels (attention_kernels_{f32,f16,bf16}.cc, each compiled
+// for every target) and their entry for the C API, which picks one by
+// problem.dtype (attention_kernels.cc).
+void RunAttentionF32(const AttentionProblem& problem, const AttentionResultSink& sink,
+                     void* scratch, AttentionOutcome* outcome);
+void RunAttentionF16(const AttentionProblem& problem, const AttentionResultSink& sink,
+                     void* scratch, AttentionOutcome* outcome);
+void RunAttentionBF16(const AttentionProblem& problem, const AttentionResultSink& sink,
+                      void* scratch, AttentionOutcome* outcome);
+void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink, void* scratch,
+                  AttentionOutcome* outcome);
 
 }  // namespace detail
 }  // namespace covattn

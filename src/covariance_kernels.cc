@@ -1,5 +1,6 @@
 // The covariance state's kernels (MATH.md sections 2 and 3), compiled once
-// per Highway target:
+// per Highway target (the element-type dependent part of the block update is
+// covariance_kernels-inl.h, built per element type):
 //  - block update: each sub-block of at most kSubBlockTokens tokens is centred
 //    on its own (weighted) mean and packed into column panels, then one
 //    register-tiled GEMM forms its co-moments sum_t w_t c_t [c_t]^T for the
@@ -16,137 +17,20 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "covariance_kernels.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
-
 #include <hwy/highway.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstring>
-#include <type_traits>
+#include <limits>
 
-#include "covariance_kernels.h"
+#include "covariance_kernels-inl.h"
 #include "covattn/covattn.h"
-#include "covariance_state.h"
-#include "load-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace covattn {
 namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-using detail::CovBlock;
-using detail::CovHead;
 using detail::CovReadoutProblem;
-using detail::CovShape;
-using detail::kMaxLanesF32;
-using detail::kSubBlockTokens;
-
-// Register tiles: the GEMM keeps kGemmRows x kGemmVecs accumulators (rows of
-// k broadcast from memory, kGemmVecs vectors of columns loaded per token); the
-// readout keeps kReadHeads x kReadVecs. Sized to the register file (32
-// vectors on AVX-512 and ARM, 16 on AVX2/SSE4). kGemmRows divides the panel
-// width kGemmVecs * Lanes so that a row tile never straddles two panels.
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kGemmRows = 4, kGemmVecs = 4, kReadHeads = 8, kReadVecs = 2;
-#elif HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3
-constexpr size_t kGemmRows = 4, kGemmVecs = 3, kReadHeads = 4, kReadVecs = 2;
-#elif HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
-constexpr size_t kGemmRows = 2, kGemmVecs = 4, kReadHeads = 4, kReadVecs = 2;
-#else  // NEON and SVE: 32 registers, at least 4 lanes (2 * Lanes is a multiple of 8)
-constexpr size_t kGemmRows = 8, kGemmVecs = 2, kReadHeads = 8, kReadVecs = 2;
-#endif
-
-// ---------------------------------------------------------------------------
-// Shared pieces.
-
-// m[0, valid) <- u_row * u_cols + (decay * m + acc): the Chan merge of one
-// vector of co-moments (acc = the block's, the other state's, or zero). Lanes
-// from `valid` on are left alone; a partial vector goes through a buffer so
-// that it gets exactly the arithmetic of a full one.
-template <class D, class V>
-HWY_INLINE void CombineVec(D d, float* HWY_RESTRICT m, size_t valid, V acc, V u_row,
-                           const float* HWY_RESTRICT u_cols, V decay) {
-  const size_t N = hn::Lanes(d);
-  if (valid >= N) {
-    const V old = hn::LoadU(d, m);
-    hn::StoreU(hn::MulAdd(u_row, hn::LoadU(d, u_cols), hn::MulAdd(decay, old, acc)), d, m);
-    return;
-  }
-  HWY_ALIGN float buf[kMaxLanesF32] = {};
-  std::copy(m, m + valid, buf);
-  const V old = hn::Load(d, buf);
-  hn::Store(hn::MulAdd(u_row, hn::LoadU(d, u_cols), hn::MulAdd(decay, old, acc)), d, buf);
-  std::copy(buf, buf + valid, m);
-}
-
-// For every row i < n_rows of m ([n_rows][width]):
-// m_i <- u_i u + (decay m_i + src_i), src = nullptr meaning zero.
-template <class D>
-HWY_INLINE void CombineRows(D d, float* m, size_t n_rows, size_t width, const float* src,
-                            const float* HWY_RESTRICT u, float decay) {
-  const size_t N = hn::Lanes(d);
-  const auto vdecay = hn::Set(d, decay);
-  for (size_t i = 0; i < n_rows; ++i) {
-    const auto ui = hn::Set(d, u[i]);
-    float* mi = m + i * width;
-    for (size_t c = 0; c < width; c += N) {
-      auto acc = hn::Zero(d);
-      if (src != nullptr) acc = hn::LoadU(d, src + i * width + c);  // may read the slack
-      CombineVec(d, mi + c, width - c, acc, ui, u + c, vdecay);
-    }
-  }
-}
-
-// Chan merge of weights and means in f64 (MATH.md section 3): the state's
-// already-decayed weight wa, then a part of weight wb > 0 and mean mean_b(c).
-// Writes u = sqrt(wa wb / w) (mu_b - mu_a) as f32, zero-padded to `padded`,
-// so that the co-moment correction delta delta^T wa wb / w is u u^T.
-template <class MeanB>
-HWY_INLINE void MergeMeans(size_t width, size_t padded, double wa, double wb, MeanB mean_b,
-                           double* HWY_RESTRICT weight, double* mean, float* HWY_RESTRICT u) {
-  const double w = wa + wb;
-  const double root = std::sqrt(wa * wb / w);
-  const double frac = wb / w;
-  for (size_t c = 0; c < width; ++c) {
-    const double mb = mean_b(c);  // read before mean[c] changes (self-merge)
-    const double delta = mb - mean[c];
-    u[c] = static_cast<float>(root * delta);
-    mean[c] = wa == 0.0 ? mb : mean[c] + delta * frac;
-  }
-  std::fill(u + width, u + padded, 0.0f);
-  *weight = w;
-}
-
-// One vector's worth of K or V as f32, the tail element by element (never
-// reading past the vector's end).
-template <class D, typename T>
-HWY_INLINE void LoadRow(D d, const T* HWY_RESTRICT src, size_t dim, float* HWY_RESTRICT dst) {
-  const size_t N = hn::Lanes(d);
-  size_t i = 0;
-  for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
-  for (; i < dim; ++i) dst[i] = ElementAsF32(src + i);
-}
-
-// The workspace of a block update (covariance_state.h, WorkspaceBytes).
-struct Workspace {
-  explicit Workspace(float* base, size_t dim) {
-    const size_t row = detail::WorkspaceRowFloats(dim);
-    pack = base;
-    token = pack + kSubBlockTokens * row;
-    shift = token + row;
-    sqrt_weights = shift + row;
-    u = sqrt_weights + row;
-    mean = u + row;
-    weights = mean + row;
-  }
-  float* pack;     // the centred sub-block in column panels
-  float* token;    // one token's [k | v] as f32
-  float* shift;    // the sub-block's first token, subtracted before summing
-  float* sqrt_weights;  // per token: sqrt(w_t) (kSubBlockTokens <= 2d + padding)
-  float* u;        // the merge vector
-  float* mean;     // the sub-block's mean, relative to shift
-  float* weights;  // per token: w_t
-};
 
 // ---------------------------------------------------------------------------
 // The block GEMM.
@@ -157,34 +41,40 @@ struct Workspace {
 // m[r][c] <- u_rows[r] u_cols[c] + (decay m[r][c] + acc[r][c]) for the valid
 // rows and the first `cols` columns. Rows past `rows` repeat the last row
 // (valid memory, results discarded), so one instantiation serves every tile.
-#define COVATTN_GEMM_ROW(r)                                \
-  if (kR > r) {                                            \
-    const auto a = hn::Set(d, at[o##r]);                   \
-    c##r##0 = hn::MulAdd(a, b0, c##r##0);                  \
-    if (kV > 1) c##r##1 = hn::MulAdd(a, b1, c##r##1);      \
-    if (kV > 2) c##r##2 = hn::MulAdd(a, b2, c##r##2);      \
-    if (kV > 3) c##r##3 = hn::MulAdd(a, b3, c##r##3);      \
+// Not inlined (nor is ReadoutChunk): a tile is hundreds of FMAs per call, and
+// the callers stay small enough for the compiler.
+#define COVATTN_GEMM_ROW(r)                                     \
+  if constexpr (kR > r) {                                       \
+    const auto a = hn::Set(d, at[o##r]);                        \
+    c##r##0 = hn::MulAdd(a, b0, c##r##0);                       \
+    if constexpr (kV > 1) c##r##1 = hn::MulAdd(a, b1, c##r##1); \
+    if constexpr (kV > 2) c##r##2 = hn::MulAdd(a, b2, c##r##2); \
+    if constexpr (kV > 3) c##r##3 = hn::MulAdd(a, b3, c##r##3); \
   }
-#define COVATTN_GEMM_STORE(r)                                                        \
-  if (kR > r && r < rows) {                                                          \
-    float* HWY_RESTRICT mr = m + r * ldm;                                            \
-    const auto ur = hn::Set(d, u_rows[r]);                                           \
-    CombineVec(d, mr, cols, c##r##0, ur, u_cols, vdecay);                            \
-    if (kV > 1 && cols > N) CombineVec(d, mr + N, cols - N, c##r##1, ur, u_cols + N, vdecay); \
-    if (kV > 2 && cols > 2 * N) {                                                    \
-      CombineVec(d, mr + 2 * N, cols - 2 * N, c##r##2, ur, u_cols + 2 * N, vdecay);  \
-    }                                                                                \
-    if (kV > 3 && cols > 3 * N) {                                                    \
-      CombineVec(d, mr + 3 * N, cols - 3 * N, c##r##3, ur, u_cols + 3 * N, vdecay);  \
-    }                                                                                \
+#define COVATTN_GEMM_STORE_VEC(r, v)                                                \
+  if constexpr (kV > v) {                                                           \
+    if (cols > v * N) {                                                             \
+      CombineVec(d, mr + v * N, cols - v * N, c##r##v, ur, u_cols + v * N, vdecay); \
+    }                                                                               \
+  }
+#define COVATTN_GEMM_STORE(r)                \
+  if constexpr (kR > r) {                    \
+    if (r < rows) {                          \
+      float* HWY_RESTRICT mr = m + r * ldm;  \
+      const auto ur = hn::Set(d, u_rows[r]); \
+      COVATTN_GEMM_STORE_VEC(r, 0)           \
+      COVATTN_GEMM_STORE_VEC(r, 1)           \
+      COVATTN_GEMM_STORE_VEC(r, 2)           \
+      COVATTN_GEMM_STORE_VEC(r, 3)           \
+    }                                        \
   }
 
 template <size_t kR, size_t kV, class D>
-HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t rows,
-                         const float* HWY_RESTRICT b, size_t ldb, size_t n_tokens,
-                         float* HWY_RESTRICT m, size_t ldm, size_t cols,
-                         const float* HWY_RESTRICT u_rows, const float* HWY_RESTRICT u_cols,
-                         float decay) {
+HWY_NOINLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t rows,
+                           const float* HWY_RESTRICT b, size_t ldb, size_t n_tokens,
+                           float* HWY_RESTRICT m, size_t ldm, size_t cols,
+                           const float* HWY_RESTRICT u_rows, const float* HWY_RESTRICT u_cols,
+                           float decay) {
   static_assert(kR >= 1 && kR <= 8 && kV >= 1 && kV <= 4, "tile shape");
   const size_t N = hn::Lanes(d);
   const size_t last = rows - 1;
@@ -205,9 +95,9 @@ HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t ro
     const float* HWY_RESTRICT at = a + t * lda;
     const auto b0 = hn::LoadU(d, bt);
     auto b1 = b0, b2 = b0, b3 = b0;
-    if (kV > 1) b1 = hn::LoadU(d, bt + N);
-    if (kV > 2) b2 = hn::LoadU(d, bt + 2 * N);
-    if (kV > 3) b3 = hn::LoadU(d, bt + 3 * N);
+    if constexpr (kV > 1) b1 = hn::LoadU(d, bt + N);
+    if constexpr (kV > 2) b2 = hn::LoadU(d, bt + 2 * N);
+    if constexpr (kV > 3) b3 = hn::LoadU(d, bt + 3 * N);
     COVATTN_GEMM_ROW(0)
     COVATTN_GEMM_ROW(1)
     COVATTN_GEMM_ROW(2)
@@ -228,95 +118,17 @@ HWY_INLINE void GemmTile(D d, const float* HWY_RESTRICT a, size_t lda, size_t ro
   COVATTN_GEMM_STORE(7)
 }
 #undef COVATTN_GEMM_ROW
+#undef COVATTN_GEMM_STORE_VEC
 #undef COVATTN_GEMM_STORE
 
-// Lanes [c, c + N) of the row [k | v | 0] of one token, as f32: straight
-// from K or V when the vector lies wholly in one of them (always, when N
-// divides d), element by element where it straddles their border or the end.
-template <class D, typename T>
-HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
-                                  size_t dim, size_t c) {
-  const size_t N = hn::Lanes(d);
-  if (c + N <= dim) return LoadAsF32(d, k + c);
-  if (c >= dim && c + N <= 2 * dim) return LoadAsF32(d, v + (c - dim));
-  HWY_ALIGN float buf[kMaxLanesF32];
-  for (size_t i = 0; i < N; ++i) {
-    const size_t col = c + i;
-    buf[i] = col < dim ? ElementAsF32(k + col) : col < 2 * dim ? ElementAsF32(v + col - dim) : 0.0f;
-  }
-  return hn::Load(d, buf);
-}
-
-// Packs b tokens of one head, centred on their weighted mean and scaled by
-// sqrt(w_t), into column panels of P = kGemmVecs * Lanes floats: element
-// (t, c) of the packed [k | v | 0] row sits at pack[(c / P) P b + t W + c % P]
-// with W the panel's width (the last panel may be narrower). One column
-// vector at a time, all tokens: y_t = x_t - x_0 (a shift near the data keeps
-// the f32 sums accurate when |mean| >> sigma), their weighted mean, then
-// c_t = sqrt(w_t) (y_t - mean) in place while the column is in L1. An error e
-// in the mean changes the co-moments only by total * e e^T (second order).
-// Sets ws.shift and ws.mean (the mean relative to the shift) and returns the
-// total weight.
-template <class D, typename T>
-HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k_stride,
-                              const T* HWY_RESTRICT v, size_t v_stride, size_t b,
-                              double lambda, const Workspace& ws) {
-  const size_t N = hn::Lanes(d), P = kGemmVecs * N;
-  const size_t padded = detail::RoundUp(2 * dim, N);
-  // w_t = lambda^(b - 1 - t): the newest token of the sub-block weighs 1.
-  double w = 1.0, total = 0.0;
-  for (size_t t = b; t-- > 0;) {
-    ws.weights[t] = static_cast<float>(w);
-    ws.sqrt_weights[t] = std::sqrt(ws.weights[t]);
-    total += ws.weights[t];
-    w *= lambda;
-  }
-  const auto inv_total = hn::Set(d, static_cast<float>(1.0 / total));
-  for (size_t c = 0; c < padded; c += N) {
-    const size_t p0 = c - c % P, stride = HWY_MIN(P, padded - p0);
-    float* HWY_RESTRICT p = ws.pack + p0 * b + c % P;
-    const auto shift = LoadColumns(d, k, v, dim, c);
-    auto sum = hn::Zero(d);
-    for (size_t t = 0; t < b; ++t) {
-      const auto y = hn::Sub(LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c), shift);
-      hn::StoreU(y, d, p + t * stride);
-      sum = hn::MulAdd(hn::Set(d, ws.weights[t]), y, sum);
-    }
-    const auto mean = hn::Mul(sum, inv_total);
-    hn::StoreU(shift, d, ws.shift + c);
-    hn::StoreU(mean, d, ws.mean + c);
-    if (lambda == 1.0) {
-      for (size_t t = 0; t < b; ++t) {
-        hn::StoreU(hn::Sub(hn::LoadU(d, p + t * stride), mean), d, p + t * stride);
-      }
-    } else {
-      for (size_t t = 0; t < b; ++t) {
-        const auto sw = hn::Set(d, ws.sqrt_weights[t]);
-        hn::StoreU(hn::Mul(hn::Sub(hn::LoadU(d, p + t * stride), mean), sw), d, p + t * stride);
-      }
-    }
-  }
-  return total;
-}
-
-// Absorbs b >= 2 tokens of one head: pack, merge the means, then the GEMM
-// with the co-moment merge in its epilogue.
-template <class D, typename T>
-HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
-                                const T* HWY_RESTRICT k, size_t k_stride,
-                                const T* HWY_RESTRICT v, size_t v_stride, size_t b,
-                                const Workspace& ws) {
-  const size_t dim = shape.dim, width = 2 * dim;
+// The GEMM of a packed sub-block of b tokens (ws.pack, by PackCentred) with
+// the co-moment merge in its epilogue: m <- decay m + M_block + u u^T, u =
+// ws.u. Element type independent, so compiled once per target.
+void MergePackedBlock(size_t dim, float* m, size_t b, float decay_f, const Workspace& ws) {
+  const hn::ScalableTag<float> d;
+  const size_t width = 2 * dim;
   const size_t N = hn::Lanes(d), P = kGemmVecs * N;
   const size_t padded = detail::RoundUp(width, N);
-  const double lambda = shape.forgetting;
-  const double total = PackCentred(d, dim, k, k_stride, v, v_stride, b, lambda, ws);
-  const double decay = lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(b));
-  MergeMeans(
-      width, padded, *head.weight * decay, total,
-      [&](size_t c) { return double{ws.shift[c]} + double{ws.mean[c]}; }, head.weight,
-      head.mean, ws.u);
-  const float decay_f = static_cast<float>(decay);
   // Column panels outside (each is read by every row tile while it sits in
   // L1), row tiles of k inside, taken from the panels holding those rows.
   // M_kk is symmetric: a tile skips its leading column vectors that lie
@@ -335,37 +147,37 @@ HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
         if (skip == panel_vecs) continue;
         const size_t n_vecs = panel_vecs - skip, c0 = skip * N;
         const size_t rows = HWY_MIN(kGemmRows, r_end - i0);
-        float* mt = head.m + i0 * width + col0 + c0;
+        float* mt = m + i0 * width + col0 + c0;
         const float* a = ap + (i0 - r0);
         const float* bt = bp + c0;
         const float* u_cols = ws.u + col0 + c0;
         if (n_vecs >= kGemmVecs) {
-          GemmTile<kGemmRows, kGemmVecs>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0,
-                                         ws.u + i0, u_cols, decay_f);
+          GemmTile<kGemmRows, kGemmVecs>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0,
+                                         u_cols, decay_f);
         } else if (n_vecs == 1) {
-          GemmTile<kGemmRows, 1>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0,
-                                 u_cols, decay_f);
+          GemmTile<kGemmRows, 1>(d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols,
+                                 decay_f);
         } else if (n_vecs == 2) {
-          GemmTile<kGemmRows, HWY_MIN(size_t{2}, kGemmVecs)>(
-              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
+          GemmTile<kGemmRows, HWY_MIN(size_t{2}, kGemmVecs)>(d, a, rw, rows, bt, pw, b, mt, width,
+                                                             cols - c0, ws.u + i0, u_cols, decay_f);
         } else {
-          GemmTile<kGemmRows, HWY_MIN(size_t{3}, kGemmVecs)>(
-              d, a, rw, rows, bt, pw, b, mt, width, cols - c0, ws.u + i0, u_cols, decay_f);
+          GemmTile<kGemmRows, HWY_MIN(size_t{3}, kGemmVecs)>(d, a, rw, rows, bt, pw, b, mt, width,
+                                                             cols - c0, ws.u + i0, u_cols, decay_f);
         }
       }
     }
   }
 }
 
-// Fills what UpdateHeadBlock skipped below the diagonal of M_kk from its
+// Fills what MergePackedBlock skipped below the diagonal of M_kk from its
 // mirror image: the columns [0, N floor(i0 / N)) of row i, with i0 the
 // first row of i's tile (kGemmRows divides the panel width). Only the GEMM
 // path skips, and it skips the same elements every time, so one copy after
 // all of a call's sub-blocks suffices. Where kGemmRows and N are multiples
 // of 4, four rows share their extent and the copy goes by 4 x 4 blocks
 // transposed in registers (gathers are slow on current x86 cores).
-template <class D>
-HWY_INLINE void MirrorSkipped(D d, float* HWY_RESTRICT m, size_t dim) {
+void MirrorSkipped(float* HWY_RESTRICT m, size_t dim) {
+  const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d), width = 2 * dim;
   size_t i = 0;
 #if HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
@@ -395,64 +207,6 @@ HWY_INLINE void MirrorSkipped(D d, float* HWY_RESTRICT m, size_t dim) {
     float* HWY_RESTRICT mi = m + i * width;
     for (size_t j = 0; j < end; ++j) mi[j] = m[j * width + i];
   }
-}
-
-// One token (decode): the weighted Welford step of MATH.md section 3,
-// W <- lambda W + 1, mu <- mu + delta / W, M <- lambda M + delta (z - mu)^T,
-// written as the merge with a one-token block (delta (z - mu)^T = u u^T).
-template <class D, typename T>
-HWY_INLINE void UpdateHeadToken(D d, const CovShape& shape, const CovHead& head,
-                                const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
-                                const Workspace& ws) {
-  const size_t dim = shape.dim, width = 2 * dim;
-  const size_t padded = detail::RoundUp(width, hn::Lanes(d));
-  LoadRow(d, k, dim, ws.token);
-  LoadRow(d, v, dim, ws.token + dim);
-  const double lambda = shape.forgetting;
-  MergeMeans(
-      width, padded, *head.weight * lambda, 1.0, [&](size_t c) { return double{ws.token[c]}; },
-      head.weight, head.mean, ws.u);
-  CombineRows(d, head.m, dim, width, nullptr, ws.u, static_cast<float>(lambda));
-}
-
-// Heads [first_head, first_head + n_heads) absorb the block, whose head 0
-// is the state's head first_head.
-template <typename T>
-void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_head, size_t n_heads,
-                 float* work) {
-  const hn::ScalableTag<float> d;
-  const CovShape shape = state->Shape();
-  const Workspace ws(work, shape.dim);
-  const size_t n = block.n_tokens;
-  const size_t n_sub = (n + kSubBlockTokens - 1) / kSubBlockTokens;
-  for (size_t h = 0; h < n_heads; ++h) {
-    const T* k = static_cast<const T*>(block.k) + h * block.k_head_stride;
-    const T* v = static_cast<const T*>(block.v) + h * block.v_head_stride;
-    const CovHead head = state->Head(first_head + h);
-    // Sub-blocks of near-equal size, in token order (n = 1 alone takes the
-    // rank-1 path: a sub-block of one token only arises then).
-    for (size_t s = 0, t0 = 0; s < n_sub; ++s) {
-      const size_t b = (n - t0 + (n_sub - s) - 1) / (n_sub - s);
-      const T* ks = k + t0 * block.k_token_stride;
-      const T* vs = v + t0 * block.v_token_stride;
-      if (b == 1) {
-        UpdateHeadToken(d, shape, head, ks, vs, ws);
-      } else {
-        UpdateHeadBlock(d, shape, head, ks, block.k_token_stride, vs, block.v_token_stride, b,
-                        ws);
-      }
-      t0 += b;
-    }
-    if (n > 1) MirrorSkipped(d, head.m, shape.dim);
-  }
-}
-
-void Update(covattn_cov_state* state, const CovBlock& block, size_t first_head, size_t n_heads,
-            float* work) {
-  WithElementType(block.dtype, [&](auto* tag) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
-    UpdateTyped<T>(state, block, first_head, n_heads, work);
-  });
 }
 
 // ---------------------------------------------------------------------------
@@ -494,10 +248,10 @@ bool BitsWithin(const CovBlock& block, size_t n_heads, size_t dim, TU abs_mask, 
 bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage) {
   // With f16 storage the limit is what rounds to a finite f16: below 65520.
   switch (block.dtype) {
-    case 0:  // COVATTN_F32: 2^40 is 0x53800000; 65520 is 0x477FF000
+    case COVATTN_F32:  // 2^40 is 0x53800000; 65520 is 0x477FF000
       return BitsWithin<uint32_t>(block, n_heads, dim, 0x7FFFFFFFu,
                                   f16_storage ? 0x477FEFFFu : 0x53800000u);
-    case 1:  // COVATTN_F16: every finite value is far below 2^40
+    case COVATTN_F16:  // every finite value is far below 2^40
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x7BFF);
     default:  // COVATTN_BF16: 2^40 is 0x5380; 65280 (0x477F) is the last below 65520
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, f16_storage ? 0x477F : 0x5380);
@@ -513,8 +267,7 @@ void Merge(covattn_cov_state* into, const covattn_cov_state* other, float* work)
   const size_t padded = detail::RoundUp(width, hn::Lanes(d));
   const double lambda = into->forgetting;
   // into's tokens all age by the number of tokens in other.
-  const double decay =
-      lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(other->n_tokens));
+  const double decay = lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(other->n_tokens));
   const Workspace ws(work, dim);
   for (size_t h = 0; h < into->n_heads; ++h) {
     const CovHead head = into->Head(h);
@@ -548,32 +301,34 @@ HWY_INLINE void StoreFirst(D d, V x, size_t valid, float* HWY_RESTRICT p) {
 // (col < dim) adds a_h . y_h over the valid columns to quad[h] (a is zero
 // beyond dim, so lanes past the k part add nothing); for the v part writes
 // out_h = mu + y_h / W to out + h * ld_out.
-#define COVATTN_READ_HEAD(h)                          \
-  if (kH > h) {                                       \
-    const auto s = hn::Set(d, a##h[j]);               \
-    y##h##0 = hn::MulAdd(s, x0, y##h##0);             \
-    if (kV > 1) y##h##1 = hn::MulAdd(s, x1, y##h##1); \
+#define COVATTN_READ_HEAD(h)                                    \
+  if constexpr (kH > h) {                                       \
+    const auto s = hn::Set(d, a##h[j]);                         \
+    y##h##0 = hn::MulAdd(s, x0, y##h##0);                       \
+    if constexpr (kV > 1) y##h##1 = hn::MulAdd(s, x1, y##h##1); \
   }
-#define COVATTN_READ_FINISH(h)                                                         \
-  if (kH > h) {                                                                        \
-    if (k_part) {                                                                      \
-      auto dot = hn::Mul(hn::LoadU(d, a##h + col), y##h##0);                           \
-      if (kV > 1) dot = hn::MulAdd(hn::LoadU(d, a##h + col + N), y##h##1, dot);        \
-      quad[h] += hn::GetLane(hn::SumOfLanes(d, dot));                                  \
-    } else {                                                                           \
-      float* o = out + h * ld_out;                                                     \
-      StoreFirst(d, hn::MulAdd(y##h##0, inv_w, hn::LoadU(d, mu)), valid, o);           \
-      if (kV > 1 && valid > N) {                                                       \
-        StoreFirst(d, hn::MulAdd(y##h##1, inv_w, hn::LoadU(d, mu + N)), valid - N, o + N); \
-      }                                                                                \
-    }                                                                                  \
+#define COVATTN_READ_FINISH(h)                                                               \
+  if constexpr (kH > h) {                                                                    \
+    if (k_part) {                                                                            \
+      auto dot = hn::Mul(hn::LoadU(d, a##h + col), y##h##0);                                 \
+      if constexpr (kV > 1) dot = hn::MulAdd(hn::LoadU(d, a##h + col + N), y##h##1, dot);    \
+      quad[h] += hn::GetLane(hn::SumOfLanes(d, dot));                                        \
+    } else {                                                                                 \
+      float* o = out + h * ld_out;                                                           \
+      StoreFirst(d, hn::MulAdd(y##h##0, inv_w, hn::LoadU(d, mu)), valid, o);                 \
+      if constexpr (kV > 1) {                                                                \
+        if (valid > N) {                                                                     \
+          StoreFirst(d, hn::MulAdd(y##h##1, inv_w, hn::LoadU(d, mu + N)), valid - N, o + N); \
+        }                                                                                    \
+      }                                                                                      \
+    }                                                                                        \
   }
 
 template <size_t kH, size_t kV, class D>
-HWY_INLINE void ReadoutChunk(D d, const float* HWY_RESTRICT m, size_t ldm, size_t dim,
-                             size_t col, size_t valid, const float* HWY_RESTRICT a, size_t lda,
-                             bool k_part, const float* HWY_RESTRICT mu, float w_inv,
-                             float* HWY_RESTRICT out, size_t ld_out, double* quad) {
+HWY_NOINLINE void ReadoutChunk(D d, const float* HWY_RESTRICT m, size_t ldm, size_t dim, size_t col,
+                               size_t valid, const float* HWY_RESTRICT a, size_t lda, bool k_part,
+                               const float* HWY_RESTRICT mu, float w_inv, float* HWY_RESTRICT out,
+                               size_t ld_out, double* quad) {
   static_assert(kH >= 1 && kH <= 8 && kV >= 1 && kV <= 2, "tile shape");
   const size_t N = hn::Lanes(d);
   const float* HWY_RESTRICT a0 = a;
@@ -592,7 +347,7 @@ HWY_INLINE void ReadoutChunk(D d, const float* HWY_RESTRICT m, size_t ldm, size_
     const float* HWY_RESTRICT row = m + j * ldm + col;
     const auto x0 = hn::LoadU(d, row);  // may read into the head's slack
     auto x1 = x0;
-    if (kV > 1) x1 = hn::LoadU(d, row + N);
+    if constexpr (kV > 1) x1 = hn::LoadU(d, row + N);
     COVATTN_READ_HEAD(0)
     COVATTN_READ_HEAD(1)
     COVATTN_READ_HEAD(2)
@@ -628,12 +383,11 @@ HWY_INLINE void ReadoutPart(D d, const float* HWY_RESTRICT m, size_t dim, bool k
       for (size_t i = 0; i < valid; ++i) mu[i] = static_cast<float>(mean[col + i]);
     }
     float* o = out + (col - begin);
-    if (valid > N && kReadVecs > 1) {
-      ReadoutChunk<kH, kReadVecs>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o,
-                                  dim, quad);
+    if (valid > N) {
+      ReadoutChunk<kH, kReadVecs>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o, dim,
+                                  quad);
     } else {
-      ReadoutChunk<kH, 1>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o, dim,
-                          quad);
+      ReadoutChunk<kH, 1>(d, m, width, dim, col, valid, a, lda, k_part, mu, w_inv, o, dim, quad);
     }
   }
 }
@@ -746,7 +500,6 @@ HWY_AFTER_NAMESPACE();
 
 namespace covattn {
 HWY_EXPORT(BlockInRange);
-HWY_EXPORT(Update);
 HWY_EXPORT(Merge);
 HWY_EXPORT(Readout);
 
@@ -757,12 +510,13 @@ bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16
 }
 
 void CovUpdate(covattn_cov_state* state, const CovBlock& block, float* work) {
-  COVATTN_DISPATCH(Update)(state, block, 0, state->n_heads, work);
+  CovUpdateHeads(state, block, 0, state->n_heads, work);
 }
 
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                     size_t n_heads, float* work) {
-  COVATTN_DISPATCH(Update)(state, block, first_head, n_heads, work);
+  ForDtype(block.dtype, CovUpdateHeadsF32, CovUpdateHeadsF16, CovUpdateHeadsBF16)(
+      state, block, first_head, n_heads, work);
 }
 
 void CovMerge(covattn_cov_state* into, const covattn_cov_state* other, float* work) {

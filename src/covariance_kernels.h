@@ -1,5 +1,6 @@
 // What the C API of the covariance state (covariance.cc) hands to the
-// per-target kernels (covariance_kernels.cc), after validating it.
+// per-target kernels (covariance_kernels.cc and covariance_kernels-inl.h),
+// after validating it.
 #ifndef COVATTN_SRC_COVARIANCE_KERNELS_H_
 #define COVATTN_SRC_COVARIANCE_KERNELS_H_
 
@@ -49,6 +50,15 @@ void CovUpdate(covattn_cov_state* state, const CovBlock& block, float* work);
 // tokens into different heads). The state's token count is not changed.
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                     size_t n_heads, float* work);
+
+// CovUpdateHeads for one element type of the block (covariance_kernels_
+// {f32,f16,bf16}.cc, each compiled for every target).
+void CovUpdateHeadsF32(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                       size_t n_heads, float* work);
+void CovUpdateHeadsF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                       size_t n_heads, float* work);
+void CovUpdateHeadsBF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                        size_t n_heads, float* work);
 
 // into <- into followed by other (same shape and forgetting; may be the same
 // object); work as for CovUpdate.

@@ -3,7 +3,7 @@
 //
 // One block of memory, its start rounded up to 64 bytes:
 //
-//   header      this struct, padded to 64 bytes
+//   header      this struct, padded to kHeaderBytes (128 bytes)
 //   head 0..H-1 each kHeadBytes(d): the weight W and the means mu = [mu_k; mu_v]
 //               as 1 + 2d doubles (padded to 64 bytes), then the co-moments
 //               M as d rows of 2d floats, row j = [M_kk[j][0..d) | M_kv[j][0..d)]

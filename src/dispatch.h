@@ -13,6 +13,14 @@ namespace detail {
 // Initialised on first use from the CPU's targets and COVATTN_TARGETS.
 const hwy::ChosenTarget& ChosenTarget();
 
+// The Highway targets compiled into the library (its HWY_TARGETS), whether
+// or not this CPU supports them.
+int64_t CompiledTargets();
+
+// covattn's name of a target bit: Highway's, "unknown" for a bit that is no
+// target of this architecture.
+const char* TargetName(int64_t target);
+
 }  // namespace detail
 }  // namespace covattn
 

@@ -1,12 +1,22 @@
-// Scalar conversions of the 16-bit element types (bits in a uint16_t) to f32,
-// for the few elements that fall outside whole vectors.
+// The element types of K/V: scalar conversions of the 16-bit ones (bits in a
+// uint16_t) to f32, for the few elements that fall outside whole vectors, and
+// the choice among kernels compiled once per element type.
 #ifndef COVATTN_SRC_HALF_H_
 #define COVATTN_SRC_HALF_H_
 
 #include <cstdint>
 #include <cstring>
 
+#include "covattn/covattn.h"
+
 namespace covattn {
+
+// The one of three per-element-type functions for dtype, a covattn_dtype
+// the caller has validated.
+template <class Function>
+Function ForDtype(uint32_t dtype, Function f32, Function f16, Function bf16) {
+  return dtype == COVATTN_F32 ? f32 : dtype == COVATTN_F16 ? f16 : bf16;
+}
 
 inline float F32FromBits(uint32_t bits) {
   float f;
@@ -53,7 +63,7 @@ inline uint16_t F16BitsFromF32(float f) {
   const uint32_t bits = BitsFromF32(f);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t magnitude = bits & 0x7FFFFFFFu;
-  if (magnitude > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (magnitude > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);   // NaN
   if (magnitude >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // >= 65520: inf
   if (magnitude >= 0x38800000u) {  // normal binary16 (>= 2^-14)
     const uint32_t rounded = magnitude + 0xFFFu + ((magnitude >> 13) & 1u);

@@ -8,11 +8,12 @@
 #define COVATTN_SRC_LOAD_INL_H_
 #endif
 
+#include <hwy/highway.h>
+
 #include <cstdint>
 #include <cstring>
 
-#include <hwy/highway.h>
-
+#include "covattn/covattn.h"
 #include "half.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -25,26 +26,29 @@ template <class D>
 HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
   return hn::LoadU(d, p);
 }
-#if HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 || HWY_TARGET == HWY_SCALAR || \
-    HWY_TARGET == HWY_EMU128
-// Highway 1.0.3 emulates f16 -> f32 on these targets and turns infinities and
-// NaN into large finite numbers, which would hide bad input. Convert the bits
-// ourselves: normal numbers re-biased, inf/NaN kept, subnormals scaled.
+#if !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) && \
+    !(HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128)
+// Only x86 from AVX2 on (F16C) and 64-bit Arm convert f16 -> f32 in hardware.
+// Elsewhere Highway 1.0.3 emulates it and turns infinities and NaN into large
+// finite numbers, which would hide bad input. Convert the bits ourselves:
+// normal numbers re-biased, inf/NaN kept, subnormals scaled.
 template <class D>
 HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
   const hn::RebindToSigned<D> di;
   const hn::Rebind<uint16_t, D> du16;
-  const auto bits = hn::BitCast(
-      di, hn::PromoteTo(hn::RebindToUnsigned<D>(), hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p))));
+  const auto bits =
+      hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<D>(),
+                                    hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p))));
   const auto magnitude = hn::And(bits, hn::Set(di, 0x7FFF));
   const auto sign = hn::ShiftLeft<16>(hn::And(bits, hn::Set(di, 0x8000)));
   const auto shifted = hn::ShiftLeft<13>(magnitude);
   const auto normal = hn::Add(shifted, hn::Set(di, 112 << 23));  // exponent bias 15 -> 127
   const auto inf_nan = hn::Or(shifted, hn::Set(di, 0x7F800000));
-  auto value = hn::BitCast(
-      d, hn::IfThenElse(hn::Gt(magnitude, hn::Set(di, 0x7BFF)), inf_nan, normal));
+  auto value =
+      hn::BitCast(d, hn::IfThenElse(hn::Gt(magnitude, hn::Set(di, 0x7BFF)), inf_nan, normal));
   const auto subnormal = hn::Mul(hn::ConvertTo(d, magnitude), hn::Set(d, 1.0f / 16777216.0f));
-  value = hn::IfThenElse(hn::RebindMask(d, hn::Lt(magnitude, hn::Set(di, 0x400))), subnormal, value);
+  value =
+      hn::IfThenElse(hn::RebindMask(d, hn::Lt(magnitude, hn::Set(di, 0x400))), subnormal, value);
   return hn::Or(value, hn::BitCast(d, sign));
 }
 #else
@@ -75,10 +79,10 @@ HWY_INLINE float ElementAsF32(const hwy::bfloat16_t* p) {
 template <class Body>
 HWY_INLINE void WithElementType(uint32_t dtype, Body&& body) {
   switch (dtype) {
-    case 0:  // COVATTN_F32
+    case COVATTN_F32:
       body(static_cast<const float*>(nullptr));
       break;
-    case 1:  // COVATTN_F16
+    case COVATTN_F16:
       body(static_cast<const hwy::float16_t*>(nullptr));
       break;
     default:  // COVATTN_BF16 (validated by the caller)

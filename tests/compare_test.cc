@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <random>
 
@@ -268,6 +269,24 @@ TEST_CASE("--help and --version exit 0 on stdout") {
   CHECK(r.out.rfind("covattn-compare ", 0) == 0);
 }
 
+// One table drives the parser and --help; the manual shows the same lines.
+TEST_CASE("docs/compare.md lists every option as --help does") {
+  const std::filesystem::path docs =
+      std::filesystem::path(__FILE__).parent_path().parent_path() / "docs" / "compare.md";
+  std::ifstream in(docs);
+  REQUIRE(in.good());
+  const std::string manual((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream usage(UsageText());
+  size_t options = 0;
+  for (std::string line; std::getline(usage, line);) {
+    if (line.rfind("  --", 0) != 0) continue;
+    ++options;
+    CHECK_MESSAGE(manual.find("\n" + line + "\n") != std::string::npos,
+                  "not in the manual: " << line);
+  }
+  CHECK(options >= 30);
+}
+
 TEST_CASE("usage errors exit 2 with a message and write nothing") {
   ScratchDir dir;
   const std::vector<std::vector<std::string>> cases = {
@@ -309,6 +328,8 @@ TEST_CASE("usage errors exit 2 with a message and write nothing") {
     CHECK(r.out.empty());
   }
   if (!HaveOneDnn()) CHECK(Run({"--methods", "onednn"}).status == 2);
+  CHECK(Run({"--bogus"}).err == "covattn-compare: unknown option '--bogus' (try --help)\n");
+  CHECK(Run({"--contexts"}).err == "covattn-compare: --contexts needs a value (try --help)\n");
   CHECK(std::filesystem::is_empty(dir.path()));
 }
 

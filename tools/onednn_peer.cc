@@ -2,9 +2,8 @@
 
 #include <cmath>
 #include <limits>
-#include <vector>
-
 #include <oneapi/dnnl/dnnl.hpp>
+#include <vector>
 
 namespace covattn_tools {
 
@@ -34,8 +33,7 @@ struct OneDnnDecode::Impl {
 };
 
 OneDnnDecode::OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens,
-                           size_t token_stride, size_t head_stride, const float* k,
-                           const float* v)
+                           size_t token_stride, size_t head_stride, const float* k, const float* v)
     : impl_(new Impl) {
   Impl& m = *impl_;
   m.n_kv_heads = n_kv_heads, m.group = group, m.dim = dim, m.n_tokens = n_tokens;
@@ -70,11 +68,11 @@ void OneDnnDecode::Run(const float* q, float* out) {
     memory s_mem(m.s_md, m.engine, m.scores.data());
     memory v_mem(m.v_md, m.engine, const_cast<float*>(m.v + h * m.head_stride));
     memory o_mem(m.o_md, m.engine, out + h * m.group * m.dim);
-    m.scores_mm.execute(m.stream, {{DNNL_ARG_SRC, q_mem}, {DNNL_ARG_WEIGHTS, k_mem},
-                                   {DNNL_ARG_DST, s_mem}});
+    m.scores_mm.execute(m.stream,
+                        {{DNNL_ARG_SRC, q_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, s_mem}});
     m.softmax.execute(m.stream, {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_DST, s_mem}});
-    m.out_mm.execute(m.stream, {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_WEIGHTS, v_mem},
-                                {DNNL_ARG_DST, o_mem}});
+    m.out_mm.execute(m.stream,
+                     {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, o_mem}});
   }
   m.stream.wait();
 }
@@ -112,8 +110,8 @@ OneDnnPrefill::OneDnnPrefill(size_t dim, size_t n, const float* k, const float* 
   causal.append_binary(dnnl::algorithm::binary_add, m.s_md);
   dnnl::primitive_attr attr;
   attr.set_post_ops(causal);
-  m.scores_mm = dnnl::matmul(dnnl::matmul::primitive_desc(
-      dnnl::matmul::desc(m.q_md, m.kt_md, m.s_md), attr, m.engine));
+  m.scores_mm = dnnl::matmul(
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(m.q_md, m.kt_md, m.s_md), attr, m.engine));
   m.softmax = dnnl::softmax_forward(dnnl::softmax_forward::primitive_desc(
       dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, m.s_md, 1), m.engine));
   m.out_mm = dnnl::matmul(
@@ -131,11 +129,10 @@ void OneDnnPrefill::Run(const float* q, float* out) {
   memory mask_mem(m.s_md, m.engine, m.mask.data());
   memory v_mem(m.v_md, m.engine, const_cast<float*>(m.v));
   memory o_mem(m.o_md, m.engine, out);
-  m.scores_mm.execute(m.stream,
-                      {{DNNL_ARG_SRC, q_mem},
-                       {DNNL_ARG_WEIGHTS, k_mem},
-                       {DNNL_ARG_DST, s_mem},
-                       {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mask_mem}});
+  m.scores_mm.execute(m.stream, {{DNNL_ARG_SRC, q_mem},
+                                 {DNNL_ARG_WEIGHTS, k_mem},
+                                 {DNNL_ARG_DST, s_mem},
+                                 {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mask_mem}});
   m.softmax.execute(m.stream, {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_DST, s_mem}});
   m.out_mm.execute(m.stream,
                    {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, o_mem}});

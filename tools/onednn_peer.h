@@ -15,8 +15,8 @@ namespace covattn_tools {
 // softmax over tokens, O = P V, with oneDNN's primitives created once.
 class OneDnnDecode {
  public:
-  OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens,
-               size_t token_stride, size_t head_stride, const float* k, const float* v);
+  OneDnnDecode(size_t n_kv_heads, size_t group, size_t dim, size_t n_tokens, size_t token_stride,
+               size_t head_stride, const float* k, const float* v);
   ~OneDnnDecode();
   void Run(const float* q, float* out);
 

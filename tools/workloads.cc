@@ -36,12 +36,13 @@ std::vector<double> RandomOrthogonal(size_t n, Rng& rng) {
 }  // namespace
 
 bool ParseWorkload(const std::string& name, Workload* workload) {
-  if (name == "gaussian") *workload = Workload::kGaussian;
-  else if (name == "student-t") *workload = Workload::kStudentT;
-  else if (name == "ar") *workload = Workload::kAutoregressive;
-  else if (name == "drift") *workload = Workload::kDrift;
-  else return false;
-  return true;
+  for (Workload w : kAllWorkloads) {
+    if (name == WorkloadName(w)) {
+      *workload = w;
+      return true;
+    }
+  }
+  return false;
 }
 
 const char* WorkloadName(Workload workload) {

@@ -12,11 +12,14 @@
 namespace covattn_tools {
 
 enum class Workload {
-  kGaussian,       // jointly Gaussian keys and values with a non-zero mean
-  kStudentT,       // elliptical, heavy-tailed: Gaussian times a chi(3) radius
-  kAutoregressive, // s_{t+1} = W s_t + noise, W orthogonal, projected to k, v
-  kDrift,          // Gaussian whose mean drifts slowly along the sequence
+  kGaussian,        // jointly Gaussian keys and values with a non-zero mean
+  kStudentT,        // elliptical, heavy-tailed: Gaussian times a chi(3) radius
+  kAutoregressive,  // s_{t+1} = W s_t + noise, W orthogonal, projected to k, v
+  kDrift,           // Gaussian whose mean drifts slowly along the sequence
 };
+
+constexpr Workload kAllWorkloads[] = {Workload::kGaussian, Workload::kStudentT,
+                                      Workload::kAutoregressive, Workload::kDrift};
 
 // "gaussian", "student-t", "ar", "drift"; false for an unknown name.
 bool ParseWorkload(const std::string& name, Workload* workload);

@@ -87,8 +87,10 @@ COVATTN_API uint32_t covattn_version_number(void);
  * affect other users of Highway in the same process.
  *
  * The environment variable COVATTN_TARGETS, read once at first use, restricts
- * the choice like covattn_restrict_targets() (unknown or unavailable names
- * are ignored there, since nobody could be told). */
+ * the choice like covattn_restrict_targets(), except that names it cannot use
+ * are skipped instead of failing: unknown names (covattn_unknown_env_targets()
+ * lists them) and unavailable ones; if no name is left, nothing is
+ * restricted. */
 
 /* Name of the target kernels currently run on, e.g. "AVX3", "NEON". */
 COVATTN_API const char* covattn_target_name(void);
@@ -100,9 +102,16 @@ COVATTN_API const char* covattn_available_target(size_t index);
 
 /* Restricts dispatch to the targets named in a comma-separated,
  * case-insensitive list (e.g. "avx2,sse4"); the best available one is used.
- * NULL or "" lifts the restriction. On error the previous choice stays.
- * Not thread-safe with respect to kernels running at the same time. */
+ * NULL or "" lifts the restriction. COVATTN_ERR_UNKNOWN_TARGET if a name is
+ * no target covattn knows (x86 and Arm names are known everywhere),
+ * COVATTN_ERR_TARGET_UNAVAILABLE if none of the named targets is compiled in
+ * and supported here; on error the previous choice stays. Not thread-safe with respect to kernels running at the same time. */
 COVATTN_API covattn_status covattn_restrict_targets(const char* names);
+
+/* The names in COVATTN_TARGETS that are no target name covattn knows (a
+ * typo, say), comma-separated as written; "" when there are none or the
+ * variable is unset. The string lives as long as the process. */
+COVATTN_API const char* covattn_unknown_env_targets(void);
 
 /* ---------------------------------------------------------------------------
  * Tensors. */

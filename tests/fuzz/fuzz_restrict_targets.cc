@@ -11,9 +11,12 @@
 
 namespace {
 
-// Every name covattn knows, on any architecture.
-const char* const kKnown[] = {"AVX3_DL", "AVX3", "AVX2", "SSE4", "SSSE3",  "SVE2_128",
-                              "SVE_256", "SVE2", "SVE",  "NEON", "EMU128", "SCALAR"};
+// Every name covattn knows, on any architecture: Highway's x86 and Arm
+// targets (up to its current version) and the portable ones.
+const char* const kKnown[] = {
+    "AVX10_2", "AVX3_SPR",  "AVX3_ZEN4", "AVX3_DL",          "AVX3",    "AVX2",
+    "SSE4",    "SSSE3",     "SSE2",      "SVE2_128",         "SVE_256", "SVE2",
+    "SVE",     "NEON_BF16", "NEON",      "NEON_WITHOUT_AES", "EMU128",  "SCALAR"};
 
 std::string Upper(std::string s) {
   for (char& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));

@@ -32,12 +32,14 @@ std::string SigmaText(double sigma) {
 // queries of each sharpness drawn against it.
 bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
                   std::vector<Measurement>* results, std::string* error) {
-  const size_t n_series = options.workloads.size() * options.head_dims.size() * options.sigmas.size();
+  const size_t n_series =
+      options.workloads.size() * options.head_dims.size() * options.sigmas.size();
   size_t index = 0;
   for (covattn_tools::Workload workload : options.workloads) {
     for (size_t dim : options.head_dims) {
       const std::string name = covattn_tools::WorkloadName(workload);
-      progress.Update(double(index) / n_series, "generating " + name + ", d=" + std::to_string(dim));
+      progress.Update(double(index) / n_series,
+                      "generating " + name + ", d=" + std::to_string(dim));
       covattn_tools::WorkloadSpec spec;
       spec.workload = workload;
       spec.n_tokens = options.contexts.back();
@@ -178,9 +180,8 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   std::fflush(out);
   if (options.write_files) {
     const std::string title = "covattn-compare " + info.tool_version + " | " + info.cpu +
-                              " | target " + info.target + " | " +
-                              std::to_string(options.threads) + " thread" +
-                              (options.threads == 1 ? "" : "s");
+                              " | target " + info.target + " | " + std::to_string(options.threads) +
+                              " thread" + (options.threads == 1 ? "" : "s");
     if (!WriteCsv(options.csv_path, info, options, results, &error) ||
         !WriteJson(options.json_path, info, options, results, &error) ||
         !WriteTextFile(options.svg_path, RenderSvg(results, title), &error)) {

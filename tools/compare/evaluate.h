@@ -32,7 +32,7 @@ struct Series {
   double sigma = 0.0;    // synthetic: the sharpness asked for; real data: NaN
   long layer = -1;       // real data: the layer number
   size_t dim = 0, n_kv_heads = 0, group = 0, n_tokens = 0;
-  float scale = 0.0f;    // 0: 1/sqrt(dim)
+  float scale = 0.0f;                    // 0: 1/sqrt(dim)
   std::vector<std::vector<float>> k, v;  // per KV head, [token][dim]
   std::vector<size_t> contexts;          // ascending, each in [1, n_tokens]
   // The queries at contexts[index] for one KV head: `timing` gets the group's
@@ -56,7 +56,7 @@ struct Measurement {
   size_t n_queries = 0;  // rows behind the error statistics
   double rel_l2_median = 0.0, rel_l2_max = 0.0;
   double cosine_median = 0.0, cosine_min = 0.0;
-  double log_z_err_median = 0.0, log_z_err_max = 0.0;  // NaN when the method has no log Z
+  double log_z_err_median = 0.0, log_z_err_max = 0.0;           // NaN when the method has no log Z
   double summary_share_median = 0.0, summary_ess_median = 0.0;  // NaN without a summary
   double append_ns_per_token = 0.0;  // bounded methods, per token and KV head; else NaN
 };

@@ -4,6 +4,4 @@
 
 #include "cli.h"
 
-int main(int argc, char** argv) {
-  return covattn_compare::CompareMain(argc, argv, stdout, stderr);
-}
+int main(int argc, char** argv) { return covattn_compare::CompareMain(argc, argv, stdout, stderr); }

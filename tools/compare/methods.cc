@@ -114,7 +114,9 @@ void OneOpenMpThreadHere() {
 class OneDnnHead : public HeadMethod {
  public:
   OneDnnHead(size_t dim, float scale, const float* k, const float* v)
-      : dim_(dim), k_(k), v_(v),
+      : dim_(dim),
+        k_(k),
+        v_(v),
         // The peer scales by 1/sqrt(dim); other scales are folded into q.
         q_factor_(EffectiveScale(scale, dim) * std::sqrt(static_cast<float>(dim))) {}
 
@@ -199,8 +201,16 @@ class BoundedHead : public HeadMethod {
   bool Advance(size_t n, std::string* error) override {
     if (n <= appended_) return true;
     const size_t dim = config_.head_dim;
-    const covattn_kv_cache block{COVATTN_F32, k_ + appended_ * dim, v_ + appended_ * dim,
-                                 n - appended_, 1, dim, dim, dim, dim, dim};
+    const covattn_kv_cache block{COVATTN_F32,
+                                 k_ + appended_ * dim,
+                                 v_ + appended_ * dim,
+                                 n - appended_,
+                                 1,
+                                 dim,
+                                 dim,
+                                 dim,
+                                 dim,
+                                 dim};
     const auto start = std::chrono::steady_clock::now();
     const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
     append_seconds_ +=
@@ -299,8 +309,8 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
       if (sinks + slots + given_up >= budget) {
         *error = "--budget " + std::to_string(budget) + " leaves no window for " +
                  std::to_string(sinks) + " sinks and " + std::to_string(slots) +
-                 " outlier slots at head_dim " + std::to_string(dim) +
-                 " (the whitening costs " + std::to_string(given_up) + " tokens)";
+                 " outlier slots at head_dim " + std::to_string(dim) + " (the whitening costs " +
+                 std::to_string(given_up) + " tokens)";
         return false;
       }
       const size_t window = budget - sinks - slots - given_up;
@@ -317,9 +327,9 @@ size_t StateBytes(const MethodPlan& plan, size_t context) {
   return IsExact(plan.method) ? context * TokenBytes(plan.dim) : plan.bounded_bytes;
 }
 
-std::unique_ptr<HeadMethod> HeadMethod::Create(const MethodPlan& plan, float scale,
-                                               const float* k, const float* v,
-                                               size_t max_queries, std::string* error) {
+std::unique_ptr<HeadMethod> HeadMethod::Create(const MethodPlan& plan, float scale, const float* k,
+                                               const float* v, size_t max_queries,
+                                               std::string* error) {
   switch (plan.method) {
     case Method::kExact: {
       std::unique_ptr<ExactHead> head(

@@ -59,8 +59,7 @@ class HeadMethod {
  public:
   // max_queries bounds n_q of every decode.
   static std::unique_ptr<HeadMethod> Create(const MethodPlan& plan, float scale, const float* k,
-                                            const float* v, size_t max_queries,
-                                            std::string* error);
+                                            const float* v, size_t max_queries, std::string* error);
   virtual ~HeadMethod() = default;
 
   // Makes tokens [0, n) the context; n never decreases. Bounded methods

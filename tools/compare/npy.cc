@@ -22,9 +22,7 @@ constexpr size_t kMaxDims = 32;
 
 enum class Element { kF32, kF16, kF64, kBF16 };
 
-size_t ElementBytes(Element e) {
-  return e == Element::kF64 ? 8 : e == Element::kF32 ? 4 : 2;
-}
+size_t ElementBytes(Element e) { return e == Element::kF64 ? 8 : e == Element::kF32 ? 4 : 2; }
 
 struct Failure {
   NpyProblem problem;
@@ -203,8 +201,8 @@ bool ParseDescr(const std::string& descr, bool structured, const NpyReadOptions&
     return false;
   }
   if (order == '>') {
-    *failure = {NpyProblem::kBigEndian, "big-endian data ('" + descr +
-                                            "') is not supported; save it as '<" + type + "'"};
+    *failure = {NpyProblem::kBigEndian,
+                "big-endian data ('" + descr + "') is not supported; save it as '<" + type + "'"};
     return false;
   }
   if (order != '<' && order != '=') {
@@ -216,7 +214,7 @@ bool ParseDescr(const std::string& descr, bool structured, const NpyReadOptions&
                 "uint16 data ('" + descr + "'): pass --bf16 if it holds bfloat16 bits"};
     return false;
   }
-  *element = type == "f4" ? Element::kF32
+  *element = type == "f4"   ? Element::kF32
              : type == "f2" ? Element::kF16
              : type == "f8" ? Element::kF64
                             : Element::kBF16;
@@ -230,10 +228,12 @@ void Convert(Element element, const unsigned char* src, size_t n, float* dst) {
       for (size_t i = 0; i < n; ++i) dst[i] = covattn::F32FromBits(uint32_t(GetLE(src + 4 * i, 4)));
       break;
     case Element::kF16:
-      for (size_t i = 0; i < n; ++i) dst[i] = covattn::F32FromF16Bits(uint16_t(GetLE(src + 2 * i, 2)));
+      for (size_t i = 0; i < n; ++i)
+        dst[i] = covattn::F32FromF16Bits(uint16_t(GetLE(src + 2 * i, 2)));
       break;
     case Element::kBF16:
-      for (size_t i = 0; i < n; ++i) dst[i] = covattn::F32FromBF16Bits(uint16_t(GetLE(src + 2 * i, 2)));
+      for (size_t i = 0; i < n; ++i)
+        dst[i] = covattn::F32FromBF16Bits(uint16_t(GetLE(src + 2 * i, 2)));
       break;
     case Element::kF64:
       for (size_t i = 0; i < n; ++i) {
@@ -347,10 +347,10 @@ bool Read(const std::string& path, const NpyReadOptions& options, NpyArray* arra
   const uint64_t data_bytes = count * elem;
   const uint64_t have = file_size - data_offset;
   if (have < data_bytes) {
-    *failure = {NpyProblem::kTruncated,
-                "truncated: shape " + ShapeString(shape) + " of '" + descr + "' needs " +
-                    std::to_string(data_bytes) + " bytes of data, the file holds " +
-                    std::to_string(have)};
+    *failure = {NpyProblem::kTruncated, "truncated: shape " + ShapeString(shape) + " of '" + descr +
+                                            "' needs " + std::to_string(data_bytes) +
+                                            " bytes of data, the file holds " +
+                                            std::to_string(have)};
     return false;
   }
   if (have > data_bytes) {

@@ -17,16 +17,16 @@ namespace covattn_compare {
 // What went wrong, for callers (and tests) that need more than the message.
 enum class NpyProblem {
   kNone,
-  kOpen,             // cannot open or read the file
-  kBadMagic,         // not a .npy file
-  kBadVersion,       // format version other than 1.0, 2.0, 3.0
-  kBadHeader,        // the header dictionary cannot be parsed or lacks a key
-  kUnsupportedDtype, // descr names a type covattn-compare does not read
-  kBigEndian,        // big-endian data
-  kFortranOrder,     // column-major data
-  kTooLarge,         // the shape's size overflows or exceeds the limit
-  kTruncated,        // the file ends before the data the header promises
-  kTrailingData,     // bytes after the data
+  kOpen,              // cannot open or read the file
+  kBadMagic,          // not a .npy file
+  kBadVersion,        // format version other than 1.0, 2.0, 3.0
+  kBadHeader,         // the header dictionary cannot be parsed or lacks a key
+  kUnsupportedDtype,  // descr names a type covattn-compare does not read
+  kBigEndian,         // big-endian data
+  kFortranOrder,      // column-major data
+  kTooLarge,          // the shape's size overflows or exceeds the limit
+  kTruncated,         // the file ends before the data the header promises
+  kTrailingData,      // bytes after the data
 };
 
 struct NpyReadOptions {

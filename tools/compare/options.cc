@@ -4,6 +4,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iterator>
 
 #include "covattn/covattn.h"
 
@@ -64,7 +67,8 @@ std::vector<std::string> SplitList(const std::string& s) {
   size_t begin = 0;
   for (;;) {
     const size_t comma = s.find(',', begin);
-    items.push_back(s.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
+    items.push_back(
+        s.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
     if (comma == std::string::npos) return items;
     begin = comma + 1;
   }
@@ -82,8 +86,11 @@ bool ParseSize(const std::string& s, size_t* value) {
   unsigned long long x = std::strtoull(s.c_str(), &end, 10);
   if (errno != 0) return false;
   unsigned long long multiplier = 1;
-  if (*end == 'k' || *end == 'K') multiplier = 1024, ++end;
-  else if (*end == 'm' || *end == 'M') multiplier = 1024 * 1024, ++end;
+  if (*end == 'k' || *end == 'K') {
+    multiplier = 1024, ++end;
+  } else if (*end == 'm' || *end == 'M') {
+    multiplier = 1024 * 1024, ++end;
+  }
   if (*end != '\0' || x > (1ull << 40) / multiplier) return false;
   *value = static_cast<size_t>(x * multiplier);
   return true;
@@ -99,9 +106,13 @@ bool ParseDouble(const std::string& s, double* value) {
   return true;
 }
 
+// One parse in progress: the options being filled, where the error goes, and
+// what the parse ends in (--help and --version end it early).
 struct Parser {
   Options* o;
   std::string* error;
+  std::string output_dir = ".";
+  ParseOutcome outcome = ParseOutcome::kRun;
 
   bool Fail(const std::string& what) {
     *error = what;
@@ -122,148 +133,288 @@ struct Parser {
             double* out) {
     double x;
     if (!ParseDouble(v, &x) || x < lo || x > hi || (open_lo && x == lo)) {
-      return Fail("--" + name + " wants a number in " + (open_lo ? "(" : "[") +
-                  std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + v + "'");
+      return Fail("--" + name + " wants a number in " + (open_lo ? "(" : "[") + std::to_string(lo) +
+                  ", " + std::to_string(hi) + "], got '" + v + "'");
     }
     *out = x;
     return true;
   }
-
-  bool SizeList(const std::string& name, const std::string& v, size_t lo, size_t hi,
-                std::vector<size_t>* out) {
-    out->clear();
-    for (const std::string& item : SplitList(v)) {
-      size_t x;
-      if (!Size(name, item, lo, hi, &x)) return false;
-      out->push_back(x);
-    }
-    std::sort(out->begin(), out->end());
-    out->erase(std::unique(out->begin(), out->end()), out->end());
-    return true;
-  }
-
-  bool Option(const std::string& name, const std::string& v) {
-    if (name == "workloads") {
-      o->workloads.clear();
-      for (const std::string& item : SplitList(v)) {
-        if (item == "all") {
-          o->workloads = {covattn_tools::Workload::kGaussian, covattn_tools::Workload::kStudentT,
-                          covattn_tools::Workload::kAutoregressive,
-                          covattn_tools::Workload::kDrift};
-          continue;
-        }
-        covattn_tools::Workload w;
-        if (!covattn_tools::ParseWorkload(item, &w)) {
-          return Fail("unknown workload '" + item + "' (gaussian, student-t, ar, drift, all)");
-        }
-        if (std::find(o->workloads.begin(), o->workloads.end(), w) == o->workloads.end()) {
-          o->workloads.push_back(w);
-        }
-      }
-      return true;
-    }
-    if (name == "sigma") {
-      o->sigmas.clear();
-      for (const std::string& item : SplitList(v)) {
-        double x;
-        if (!Real(name, item, 0.0, 8.0, false, &x)) return false;
-        o->sigmas.push_back(x);
-      }
-      return true;
-    }
-    if (name == "contexts") return SizeList(name, v, 2, kMaxContext, &o->contexts);
-    if (name == "head-dims") return SizeList(name, v, 1, COVATTN_MAX_HEAD_DIM, &o->head_dims);
-    if (name == "kv-heads") return Size(name, v, 1, 256, &o->kv_heads);
-    if (name == "group") return Size(name, v, 1, 64, &o->group);
-    if (name == "queries") return Size(name, v, 1, 4096, &o->queries);
-    if (name == "seed") {
-      size_t x;
-      if (!Size(name, v, 0, size_t{1} << 40, &x)) return false;
-      o->seed = x;
-      return true;
-    }
-    if (name == "qkv") {
-      if (v.empty()) return Fail("--qkv wants a directory or Q.npy,K.npy,V.npy");
-      o->qkv = v;
-      return true;
-    }
-    if (name == "positions") return Size(name, v, 1, 4096, &o->positions);
-    if (name == "min-context") return Size(name, v, 1, kMaxContext, &o->min_context);
-    if (name == "layers") return SizeList(name, v, 0, 1 << 20, &o->layers);
-    if (name == "scale") {
-      double x;
-      if (!Real(name, v, 0.0, 1e6, false, &x)) return false;
-      o->scale = static_cast<float>(x);
-      return true;
-    }
-    if (name == "methods") {
-      o->methods.clear();
-      for (const std::string& item : SplitList(v)) {
-        bool found = false;
-        for (Method m : kAllMethods) {
-          if (item == MethodKey(m) || item == "all") {
-            found = true;
-            if (m == Method::kOneDnn && !HaveOneDnn()) {
-              if (item == "all") continue;
-              return Fail("this build of covattn-compare has no oneDNN (method 'onednn')");
-            }
-            if (std::find(o->methods.begin(), o->methods.end(), m) == o->methods.end()) {
-              o->methods.push_back(m);
-            }
-          }
-        }
-        if (!found) {
-          return Fail("unknown method '" + item +
-                      "' (exact, onednn, readout, window, hybrid, outliers, all)");
-        }
-      }
-      std::sort(o->methods.begin(), o->methods.end());
-      return true;
-    }
-    if (name == "budget") return Size(name, v, 1, size_t{1} << 20, &o->budget);
-    if (name == "sinks") return Size(name, v, 0, size_t{1} << 20, &o->sinks);
-    if (name == "outliers") return Size(name, v, 1, size_t{1} << 20, &o->outliers);
-    if (name == "forgetting") {
-      double x;
-      if (!Real(name, v, 0.0, 1.0, true, &x)) return false;
-      o->forgetting = static_cast<float>(x);
-      return true;
-    }
-    if (name == "threads") return Size(name, v, 1, 256, &o->threads);
-    if (name == "samples") return Size(name, v, 1, 1000, &o->samples);
-    if (name == "min-time") return Real(name, v, 0.0, 10000.0, true, &o->min_sample_ms);
-    if (name == "table") {
-      if (v == "longest") o->table = TableMode::kLongest;
-      else if (v == "all") o->table = TableMode::kAll;
-      else return Fail("--table wants 'longest' or 'all', got '" + v + "'");
-      return true;
-    }
-    if (name == "csv") return Path(v, &o->csv_path);
-    if (name == "json") return Path(v, &o->json_path);
-    if (name == "svg") return Path(v, &o->svg_path);
-    return Fail("unknown option '--" + name + "' (try --help)");
-  }
-
-  bool Path(const std::string& v, std::string* out) {
-    if (v.empty()) return Fail("an output path is empty");
-    *out = v;
-    return true;
-  }
 };
 
-bool IsFlag(const std::string& name) {
-  return name == "help" || name == "version" || name == "bf16" || name == "cold" ||
-         name == "no-files" || name == "quiet";
+// What an option does with its value (flags get an empty one); false with
+// the parser's error set when the value is bad.
+using Apply = std::function<bool(Parser&, const std::string& name, const std::string& value)>;
+
+// One option: its name without "--", the placeholder of its value in --help
+// (nullptr for a flag, which takes none), its help text ('\n' continues on
+// the next line, the default in brackets) and what it does.
+struct OptionSpec {
+  const char* name;
+  const char* value;
+  const char* help;
+  Apply apply;
+};
+
+struct OptionGroup {
+  const char* title;
+  std::vector<OptionSpec> options;
+};
+
+// An integer in [lo, hi].
+template <typename T>
+Apply SizeIn(T Options::*field, size_t lo, size_t hi) {
+  return [=](Parser& p, const std::string& name, const std::string& v) {
+    size_t x;
+    if (!p.Size(name, v, lo, hi, &x)) return false;
+    p.o->*field = static_cast<T>(x);
+    return true;
+  };
+}
+
+// A list of integers in [lo, hi], sorted, without repeats.
+Apply SizeListIn(std::vector<size_t> Options::*field, size_t lo, size_t hi) {
+  return [=](Parser& p, const std::string& name, const std::string& v) {
+    std::vector<size_t>& out = p.o->*field;
+    out.clear();
+    for (const std::string& item : SplitList(v)) {
+      size_t x;
+      if (!p.Size(name, item, lo, hi, &x)) return false;
+      out.push_back(x);
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return true;
+  };
+}
+
+// A number in [lo, hi], or (lo, hi] when open_lo.
+template <typename T>
+Apply RealIn(T Options::*field, double lo, double hi, bool open_lo) {
+  return [=](Parser& p, const std::string& name, const std::string& v) {
+    double x;
+    if (!p.Real(name, v, lo, hi, open_lo, &x)) return false;
+    p.o->*field = static_cast<T>(x);
+    return true;
+  };
+}
+
+Apply Set(bool Options::*field, bool value) {
+  return [=](Parser& p, const std::string&, const std::string&) {
+    p.o->*field = value;
+    return true;
+  };
+}
+
+Apply Stop(ParseOutcome outcome) {
+  return [=](Parser& p, const std::string&, const std::string&) {
+    p.outcome = outcome;
+    return true;
+  };
+}
+
+Apply OutputPath(std::string Options::*field) {
+  return [=](Parser& p, const std::string&, const std::string& v) {
+    if (v.empty()) return p.Fail("an output path is empty");
+    p.o->*field = v;
+    return true;
+  };
+}
+
+bool ApplyWorkloads(Parser& p, const std::string&, const std::string& v) {
+  std::vector<covattn_tools::Workload>& out = p.o->workloads;
+  out.clear();
+  for (const std::string& item : SplitList(v)) {
+    if (item == "all") {
+      out.assign(std::begin(covattn_tools::kAllWorkloads), std::end(covattn_tools::kAllWorkloads));
+      continue;
+    }
+    covattn_tools::Workload w;
+    if (!covattn_tools::ParseWorkload(item, &w)) {
+      return p.Fail("unknown workload '" + item + "' (gaussian, student-t, ar, drift, all)");
+    }
+    if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
+  }
+  return true;
+}
+
+bool ApplySigmas(Parser& p, const std::string& name, const std::string& v) {
+  p.o->sigmas.clear();
+  for (const std::string& item : SplitList(v)) {
+    double x;
+    if (!p.Real(name, item, 0.0, 8.0, false, &x)) return false;
+    p.o->sigmas.push_back(x);
+  }
+  return true;
+}
+
+bool ApplyQkv(Parser& p, const std::string&, const std::string& v) {
+  if (v.empty()) return p.Fail("--qkv wants a directory or Q.npy,K.npy,V.npy");
+  p.o->qkv = v;
+  return true;
+}
+
+bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
+  std::vector<Method>& out = p.o->methods;
+  out.clear();
+  for (const std::string& item : SplitList(v)) {
+    bool found = false;
+    for (Method m : kAllMethods) {
+      if (item != MethodKey(m) && item != "all") continue;
+      found = true;
+      if (m == Method::kOneDnn && !HaveOneDnn()) {
+        if (item == "all") continue;
+        return p.Fail("this build of covattn-compare has no oneDNN (method 'onednn')");
+      }
+      if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+    }
+    if (!found) {
+      return p.Fail("unknown method '" + item +
+                    "' (exact, onednn, readout, window, hybrid, outliers, all)");
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return true;
+}
+
+bool ApplyTable(Parser& p, const std::string&, const std::string& v) {
+  if (v == "longest") {
+    p.o->table = TableMode::kLongest;
+  } else if (v == "all") {
+    p.o->table = TableMode::kAll;
+  } else {
+    return p.Fail("--table wants 'longest' or 'all', got '" + v + "'");
+  }
+  return true;
+}
+
+bool ApplyOutputDir(Parser& p, const std::string&, const std::string& v) {
+  if (v.empty()) return p.Fail("--output-dir is empty");
+  p.output_dir = v;
+  return true;
+}
+
+// Every option, in --help order: the one list both the parser and the usage
+// text read.
+const std::vector<OptionGroup>& OptionTable() {
+  static const std::vector<OptionGroup> table = {
+      {"Workloads (synthetic, fixed seeds)",
+       {
+           {"workloads", "LIST", "gaussian, student-t, ar, drift, all [all]", ApplyWorkloads},
+           {"sigma", "LIST", "attention sharpness: std of the scores a.k [1]", ApplySigmas},
+           {"contexts", "LIST", "context lengths, e.g. 256,4k,64k [256,512,...,65536]",
+            SizeListIn(&Options::contexts, 2, kMaxContext)},
+           {"head-dims", "LIST", "head dimensions [64,128]",
+            SizeListIn(&Options::head_dims, 1, COVATTN_MAX_HEAD_DIM)},
+           {"kv-heads", "N", "KV heads per layer [2]", SizeIn(&Options::kv_heads, 1, 256)},
+           {"group", "N", "query heads per KV head (GQA) [4]", SizeIn(&Options::group, 1, 64)},
+           {"queries", "N", "queries per KV head for the error statistics [16]",
+            SizeIn(&Options::queries, 1, 4096)},
+           {"seed", "N", "workload seed [1]", SizeIn(&Options::seed, 0, size_t{1} << 40)},
+       }},
+      {"Real activations (.npy, see docs/compare.md)",
+       {
+           {"qkv", "DIR|Q,K,V",
+            "DIR/q.npy, k.npy, v.npy or DIR/layer<N>_{q,k,v}.npy,\n"
+            "or three files. Shapes [tokens, heads, head_dim].",
+            ApplyQkv},
+           {"bf16", nullptr, "read '<u2' arrays as bfloat16 bits", Set(&Options::bf16, true)},
+           {"positions", "N", "query positions sampled per layer [16]",
+            SizeIn(&Options::positions, 1, 4096)},
+           {"min-context", "N", "first sampled context (clamped to the tokens) [256]",
+            SizeIn(&Options::min_context, 1, kMaxContext)},
+           {"layers", "LIST", "layer numbers to evaluate [all]",
+            SizeListIn(&Options::layers, 0, 1 << 20)},
+           {"scale", "X", "softmax scale [1/sqrt(head_dim)]",
+            RealIn(&Options::scale, 0.0, 1e6, false)},
+       }},
+      {"Methods",
+       {
+           {"methods", "LIST", "exact, onednn, readout, window, hybrid, outliers, all [all]",
+            ApplyMethods},
+           {"budget", "N", "exact tokens per KV head of the bounded methods [256]",
+            SizeIn(&Options::budget, 1, size_t{1} << 20)},
+           {"sinks", "N", "first tokens kept exact [4]",
+            SizeIn(&Options::sinks, 0, size_t{1} << 20)},
+           {"outliers", "N", "outlier key slots of 'outliers' [budget / 2]",
+            SizeIn(&Options::outliers, 1, size_t{1} << 20)},
+           {"forgetting", "X", "summary forgetting factor in (0, 1] [1]",
+            RealIn(&Options::forgetting, 0.0, 1.0, true)},
+       }},
+      {"Timing",
+       {
+           {"threads", "N", "spread the heads of a layer over N threads [1]",
+            SizeIn(&Options::threads, 1, 256)},
+           {"samples", "N", "timing samples per measurement; the median is reported [9]",
+            SizeIn(&Options::samples, 1, 1000)},
+           {"min-time", "MS", "minimum duration of one sample [5]",
+            RealIn(&Options::min_sample_ms, 0.0, 10000.0, true)},
+           {"cold", nullptr, "evict the caches before every timed decode",
+            Set(&Options::cold, true)},
+       }},
+      {"Output",
+       {
+           {"table", "MODE", "longest (each series' longest context) or all [longest]", ApplyTable},
+           {"output-dir", "DIR", "where covattn-compare.{csv,json,svg} go [.]", ApplyOutputDir},
+           {"csv", "PATH", "the CSV file [DIR/covattn-compare.csv]",
+            OutputPath(&Options::csv_path)},
+           {"json", "PATH", "the JSON file [DIR/covattn-compare.json]",
+            OutputPath(&Options::json_path)},
+           {"svg", "PATH", "the picture [DIR/covattn-compare.svg]", OutputPath(&Options::svg_path)},
+           {"no-files", nullptr, "print the table only", Set(&Options::write_files, false)},
+           {"quiet", nullptr, "no progress bar (it is also off when stderr is not a terminal)",
+            Set(&Options::progress, false)},
+           {"help", nullptr, "this text (also -h)", Stop(ParseOutcome::kHelp)},
+           {"version", nullptr, "the version, and whether the oneDNN peer is built in",
+            Stop(ParseOutcome::kVersion)},
+       }},
+  };
+  return table;
+}
+
+const OptionSpec* FindOption(const std::string& name) {
+  for (const OptionGroup& group : OptionTable()) {
+    for (const OptionSpec& option : group.options) {
+      if (name == option.name) return &option;
+    }
+  }
+  return nullptr;
+}
+
+// Splits "--name=value" or "--name" [value] at argv[*i], advancing *i past
+// a separate value.
+bool NextOption(int argc, const char* const* argv, int* i, Parser& p, const OptionSpec** option,
+                std::string* value) {
+  std::string arg = argv[*i];
+  if (arg == "-h") arg = "--help";
+  if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) {
+    return p.Fail("unexpected argument '" + arg + "' (options start with --; try --help)");
+  }
+  std::string name = arg.substr(2);
+  const size_t eq = name.find('=');
+  const bool inline_value = eq != std::string::npos;
+  if (inline_value) {
+    *value = name.substr(eq + 1);
+    name.resize(eq);
+  }
+  *option = FindOption(name);
+  if (*option == nullptr) return p.Fail("unknown option '--" + name + "' (try --help)");
+  if ((*option)->value == nullptr) {
+    if (inline_value) return p.Fail("--" + name + " takes no value");
+    value->clear();
+  } else if (!inline_value) {
+    if (*i + 1 >= argc) return p.Fail("--" + name + " needs a value (try --help)");
+    *value = argv[++*i];
+  }
+  return true;
 }
 
 }  // namespace
 
-ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
-                          std::string* error) {
+ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, std::string* error) {
   Options& o = *options;
   o = Options();
-  o.workloads = {covattn_tools::Workload::kGaussian, covattn_tools::Workload::kStudentT,
-                 covattn_tools::Workload::kAutoregressive, covattn_tools::Workload::kDrift};
+  o.workloads.assign(std::begin(covattn_tools::kAllWorkloads),
+                     std::end(covattn_tools::kAllWorkloads));
   o.sigmas = {1.0};
   for (size_t n = 256; n <= 65536; n *= 2) o.contexts.push_back(n);
   o.head_dims = {64, 128};
@@ -276,51 +427,14 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
   }
 
   Parser parser{&o, error};
-  std::string output_dir;
-  bool have_output_dir = false;
   for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h") arg = "--help";
-    if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) {
-      *error = "unexpected argument '" + arg + "' (options start with --; try --help)";
+    const OptionSpec* option = nullptr;
+    std::string value;
+    if (!NextOption(argc, argv, &i, parser, &option, &value) ||
+        !option->apply(parser, option->name, value)) {
       return ParseOutcome::kUsageError;
     }
-    std::string name = arg.substr(2), value;
-    const size_t eq = name.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    if (IsFlag(name)) {
-      if (inline_value) {
-        *error = "--" + name + " takes no value";
-        return ParseOutcome::kUsageError;
-      }
-      if (name == "help") return ParseOutcome::kHelp;
-      if (name == "version") return ParseOutcome::kVersion;
-      if (name == "bf16") o.bf16 = true;
-      if (name == "cold") o.cold = true;
-      if (name == "no-files") o.write_files = false;
-      if (name == "quiet") o.progress = false;
-      continue;
-    }
-    if (!inline_value) {
-      if (i + 1 >= argc) {
-        *error = "--" + name + " needs a value (try --help)";
-        return ParseOutcome::kUsageError;
-      }
-      value = argv[++i];
-    }
-    if (name == "output-dir") {
-      if (value.empty()) {
-        *error = "--output-dir is empty";
-        return ParseOutcome::kUsageError;
-      }
-      output_dir = value, have_output_dir = true;
-      continue;
-    }
-    if (!parser.Option(name, value)) return ParseOutcome::kUsageError;
+    if (parser.outcome != ParseOutcome::kRun) return parser.outcome;
   }
 
   if (o.workloads.empty() || o.sigmas.empty() || o.contexts.empty() || o.head_dims.empty() ||
@@ -337,63 +451,45 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
     *error = "--sinks plus --outliers must leave room for a window within --budget";
     return ParseOutcome::kUsageError;
   }
-  const std::string dir = have_output_dir ? output_dir : ".";
-  if (o.csv_path.empty()) o.csv_path = dir + "/covattn-compare.csv";
-  if (o.json_path.empty()) o.json_path = dir + "/covattn-compare.json";
-  if (o.svg_path.empty()) o.svg_path = dir + "/covattn-compare.svg";
+  if (o.csv_path.empty()) o.csv_path = parser.output_dir + "/covattn-compare.csv";
+  if (o.json_path.empty()) o.json_path = parser.output_dir + "/covattn-compare.json";
+  if (o.svg_path.empty()) o.svg_path = parser.output_dir + "/covattn-compare.svg";
   return ParseOutcome::kRun;
 }
 
 std::string UsageText() {
-  return R"(usage: covattn-compare [options]
+  constexpr size_t kHelpColumn = 22;
+  std::string s = R"(usage: covattn-compare [options]
 
 Exact attention against the covariance readout and the bounded cache, speed
 and error side by side. With no options: four synthetic workloads, head_dim
 64 and 128, 2 KV heads x 4 query heads, contexts 256 ... 65536 (under a
 minute on two cores). Prints a table, writes covattn-compare.{csv,json,svg}.
-
-Workloads (synthetic, fixed seeds):
-  --workloads LIST    gaussian, student-t, ar, drift, all [all]
-  --sigma LIST        attention sharpness: std of the scores a.k [1]
-  --contexts LIST     context lengths, e.g. 256,4k,64k [256,512,...,65536]
-  --head-dims LIST    head dimensions [64,128]
-  --kv-heads N        KV heads per layer [2]
-  --group N           query heads per KV head (GQA) [4]
-  --queries N         queries per KV head for the error statistics [16]
-  --seed N            workload seed [1]
-
-Real activations (.npy, see docs/compare.md):
-  --qkv DIR           DIR/q.npy, k.npy, v.npy or DIR/layer<N>_{q,k,v}.npy;
-  --qkv Q,K,V         or three files. Shapes [tokens, heads, head_dim].
-  --bf16              read '<u2' arrays as bfloat16 bits
-  --positions N       query positions sampled per layer [16]
-  --min-context N     first sampled context (clamped to the tokens) [256]
-  --layers LIST       layer numbers to evaluate [all]
-  --scale X           softmax scale [1/sqrt(head_dim)]
-
-Methods:
-  --methods LIST      exact, onednn, readout, window, hybrid, outliers, all [all]
-  --budget N          exact tokens per KV head of the bounded methods [256]
-  --sinks N           first tokens kept exact [4]
-  --outliers N        outlier key slots of 'outliers' [budget / 2]
-  --forgetting X      summary forgetting factor in (0, 1] [1]
-
-Timing:
-  --threads N         spread the heads of a layer over N threads [1]
-  --samples N         timing samples per measurement; the median is reported [9]
-  --min-time MS       minimum duration of one sample [5]
-  --cold              evict the caches before every timed decode
-
-Output:
-  --table MODE        longest (each series' longest context) or all [longest]
-  --output-dir DIR    where covattn-compare.{csv,json,svg} go [.]
-  --csv PATH, --json PATH, --svg PATH   individual output paths
-  --no-files          print the table only
-  --quiet             no progress bar (it is also off when stderr is not a terminal)
-  --help, --version
-
+)";
+  for (const OptionGroup& group : OptionTable()) {
+    s += "\n" + std::string(group.title) + ":\n";
+    for (const OptionSpec& option : group.options) {
+      std::string line = "  --" + std::string(option.name);
+      if (option.value != nullptr) line += " " + std::string(option.value);
+      line.resize(std::max(line.size() + 2, kHelpColumn), ' ');
+      for (const char* help = option.help;;) {
+        const char* end = std::strchr(help, '\n');
+        if (end == nullptr) {
+          s += line + help + "\n";
+          break;
+        }
+        s += line + std::string(help, end) + "\n";
+        line.assign(kHelpColumn, ' ');
+        help = end + 1;
+      }
+    }
+  }
+  s += R"(
+Lists are comma-separated; sizes take k and m suffixes (64k = 65536); values
+follow as --name value or --name=value.
 Exit status: 0 success, 1 runtime failure (unreadable input, I/O), 2 usage error.
 )";
+  return s;
 }
 
 }  // namespace covattn_compare

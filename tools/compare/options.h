@@ -42,23 +42,23 @@ struct Options {
   std::vector<size_t> contexts;
   std::vector<size_t> head_dims;
   size_t kv_heads = 2;
-  size_t group = 4;  // query heads per KV head
+  size_t group = 4;     // query heads per KV head
   size_t queries = 16;  // error queries per KV head
   uint64_t seed = 1;
 
   // Real activations.
   std::string qkv;  // a directory, or "Q.npy,K.npy,V.npy"
   bool bf16 = false;
-  size_t positions = 16;    // sampled query positions per layer
-  size_t min_context = 256;  // first sampled context (clamped to the tokens)
+  size_t positions = 16;       // sampled query positions per layer
+  size_t min_context = 256;    // first sampled context (clamped to the tokens)
   std::vector<size_t> layers;  // empty: every layer found
-  float scale = 0.0f;       // 0: 1/sqrt(head_dim)
+  float scale = 0.0f;          // 0: 1/sqrt(head_dim)
 
   // Methods and their memory.
   std::vector<Method> methods;
-  size_t budget = 256;   // exact tokens of the bounded methods (per KV head)
+  size_t budget = 256;  // exact tokens of the bounded methods (per KV head)
   size_t sinks = 4;
-  size_t outliers = 0;   // outlier slots of the hybrid with outliers; 0: budget / 2
+  size_t outliers = 0;  // outlier slots of the hybrid with outliers; 0: budget / 2
   float forgetting = 1.0f;
 
   // Timing.
@@ -80,8 +80,7 @@ enum class ParseOutcome { kRun, kHelp, kVersion, kUsageError };
 
 // Parses argv (GNU-style long options, "--name value" or "--name=value");
 // on kUsageError *error says what is wrong.
-ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options,
-                          std::string* error);
+ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, std::string* error);
 
 std::string UsageText();
 

@@ -18,11 +18,13 @@ namespace fs = std::filesystem;
 // "layer12_k.npy" -> (12, 'k'); false for other names.
 bool ParseLayerFileName(const std::string& name, long* layer, char* which) {
   const std::string prefix = "layer", suffix = ".npy";
-  if (name.size() < prefix.size() + 3 + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+  if (name.size() < prefix.size() + 3 + suffix.size() ||
+      name.compare(0, prefix.size(), prefix) != 0 ||
       name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
     return false;
   }
-  const std::string middle = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  const std::string middle =
+      name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
   // middle = "<digits>_<q|k|v>"
   if (middle.size() < 3 || middle[middle.size() - 2] != '_') return false;
   const char c = middle.back();
@@ -130,8 +132,8 @@ bool FindQkvFiles(const Options& options, std::vector<QkvFiles>* layers, std::st
           return false;
         }
       }
-      layers->push_back(
-          QkvFiles{0, (dir / "q.npy").string(), (dir / "k.npy").string(), (dir / "v.npy").string()});
+      layers->push_back(QkvFiles{0, (dir / "q.npy").string(), (dir / "k.npy").string(),
+                                 (dir / "v.npy").string()});
     }
     for (const auto& entry : found) {
       if (seen[entry.first] != 7) {
@@ -244,8 +246,8 @@ bool LoadQkvLayer(const QkvFiles& files, const Options& options, Series* series,
   s.contexts = SampleContexts(tk, options.min_context, options.positions);
   const std::vector<size_t> contexts = s.contexts;
   const size_t group = s.group, dim = dk;
-  s.queries = [q, contexts, group, hq, dim](size_t index, size_t kv_head, std::vector<float>* timing,
-                                           std::vector<float>* err) {
+  s.queries = [q, contexts, group, hq, dim](size_t index, size_t kv_head,
+                                            std::vector<float>* timing, std::vector<float>* err) {
     // The query heads of KV head kv_head at the position that sees the
     // context's last token.
     const size_t position = contexts[index] - 1;

@@ -128,8 +128,8 @@ std::string Speedup(double x) {
 
 std::string SeriesHeading(const Measurement& m) {
   std::string s = m.series + "  (" + std::to_string(m.n_kv_heads) + " KV heads x " +
-                  std::to_string(m.n_q_heads / m.n_kv_heads) + " query heads, d=" +
-                  std::to_string(m.dim) + ")";
+                  std::to_string(m.n_q_heads / m.n_kv_heads) +
+                  " query heads, d=" + std::to_string(m.dim) + ")";
   return s;
 }
 
@@ -164,10 +164,15 @@ std::string FormatBytes(double bytes) {
 std::string FormatSeconds(double seconds) {
   if (!std::isfinite(seconds)) return "n/a";
   char buffer[32];
-  if (seconds >= 1.0) std::snprintf(buffer, sizeof(buffer), "%.2f s", seconds);
-  else if (seconds >= 1e-3) std::snprintf(buffer, sizeof(buffer), "%.2f ms", seconds * 1e3);
-  else if (seconds >= 1e-6) std::snprintf(buffer, sizeof(buffer), "%.1f us", seconds * 1e6);
-  else std::snprintf(buffer, sizeof(buffer), "%.0f ns", seconds * 1e9);
+  if (seconds >= 1.0) {
+    std::snprintf(buffer, sizeof(buffer), "%.2f s", seconds);
+  } else if (seconds >= 1e-3) {
+    std::snprintf(buffer, sizeof(buffer), "%.2f ms", seconds * 1e3);
+  } else if (seconds >= 1e-6) {
+    std::snprintf(buffer, sizeof(buffer), "%.1f us", seconds * 1e6);
+  } else {
+    std::snprintf(buffer, sizeof(buffer), "%.0f ns", seconds * 1e9);
+  }
   return buffer;
 }
 
@@ -179,8 +184,7 @@ void WriteTable(std::FILE* out, const RunInfo& info, const Options& options,
   std::fprintf(out,
                "bounded methods: %zu exact tokens per KV head (%zu sinks), equal memory; "
                "errors against float64 attention, medians over %s\n",
-               options.budget, options.sinks,
-               info.mode == "npy" ? "query heads" : "queries");
+               options.budget, options.sinks, info.mode == "npy" ? "query heads" : "queries");
   // Series in order of first appearance.
   std::vector<std::string> order;
   std::map<std::string, size_t> longest;
@@ -243,8 +247,10 @@ bool WriteCsv(const std::string& path, const RunInfo& info, const Options& optio
     for (size_t i = 0; i < fields.size(); ++i) {
       if (i) csv += ',';
       const Field& f = fields[i];
-      if (f.is_text) csv += CsvQuote(f.text);
-      else if (std::isfinite(f.number)) csv += FormatNumber(f.number);
+      if (f.is_text)
+        csv += CsvQuote(f.text);
+      else if (std::isfinite(f.number))
+        csv += FormatNumber(f.number);
     }
     csv += '\n';
   }

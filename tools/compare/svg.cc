@@ -10,11 +10,11 @@ namespace {
 
 // Geometry, in SVG user units (pixels).
 constexpr double kWidth = 1000;
-constexpr double kTop = 84;          // title and legend
-constexpr double kRowHeight = 300;   // one series
+constexpr double kTop = 84;         // title and legend
+constexpr double kRowHeight = 300;  // one series
 constexpr double kPanelLeft[2] = {70, 570};
 constexpr double kPanelWidth = 400;
-constexpr double kPlotTop = 46;      // within a row: series and panel titles above the plot
+constexpr double kPlotTop = 46;  // within a row: series and panel titles above the plot
 constexpr double kPlotHeight = 200;
 
 struct Style {
@@ -43,11 +43,22 @@ Style MethodStyle(Method m) {
 std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
   }
   return out;
 }
@@ -60,9 +71,13 @@ std::string Num(double x) {
 
 std::string ContextLabel(double n) {
   char buffer[32];
-  if (n >= 1048576 && std::fmod(n, 1048576) == 0) std::snprintf(buffer, sizeof(buffer), "%.0fM", n / 1048576);
-  else if (n >= 1024 && std::fmod(n, 1024) == 0) std::snprintf(buffer, sizeof(buffer), "%.0fK", n / 1024);
-  else std::snprintf(buffer, sizeof(buffer), "%.0f", n);
+  if (n >= 1048576 && std::fmod(n, 1048576) == 0) {
+    std::snprintf(buffer, sizeof(buffer), "%.0fM", n / 1048576);
+  } else if (n >= 1024 && std::fmod(n, 1024) == 0) {
+    std::snprintf(buffer, sizeof(buffer), "%.0fK", n / 1024);
+  } else {
+    std::snprintf(buffer, sizeof(buffer), "%.0f", n);
+  }
   return buffer;
 }
 
@@ -110,8 +125,10 @@ std::string RenderSvg(const std::vector<Measurement>& results, const std::string
   std::vector<Method> methods;
   std::vector<double> contexts, speedups, errors;
   for (const Measurement& m : results) {
-    if (std::find(series.begin(), series.end(), m.series) == series.end()) series.push_back(m.series);
-    if (std::find(methods.begin(), methods.end(), m.method) == methods.end()) methods.push_back(m.method);
+    if (std::find(series.begin(), series.end(), m.series) == series.end())
+      series.push_back(m.series);
+    if (std::find(methods.begin(), methods.end(), m.method) == methods.end())
+      methods.push_back(m.method);
     contexts.push_back(double(m.context));
     speedups.push_back(m.speedup);
     errors.push_back(m.rel_l2_median);
@@ -160,7 +177,8 @@ std::string RenderSvg(const std::vector<Measurement>& results, const std::string
       const LogAxis y{10.0, speed ? slo : elo, speed ? shi : ehi, bottom, plot_top};
       s += "<text x=\"" + Num((left + right) / 2) + "\" y=\"" + Num(plot_top - 8) +
            "\" text-anchor=\"middle\">" +
-           (speed ? "speedup against exact (covattn), decode" : "relative L2 error against float64") +
+           (speed ? "speedup against exact (covattn), decode"
+                  : "relative L2 error against float64") +
            "</text>\n";
       s += "<rect x=\"" + Num(left) + "\" y=\"" + Num(plot_top) + "\" width=\"" + Num(kPanelWidth) +
            "\" height=\"" + Num(kPlotHeight) + "\" fill=\"none\" stroke=\"#333\"/>\n";
@@ -198,10 +216,9 @@ std::string RenderSvg(const std::vector<Measurement>& results, const std::string
         }
         if (dots.empty()) continue;
         const Style st = MethodStyle(method);
-        s += "<polyline fill=\"none\" stroke=\"" + std::string(st.color) +
-             "\" stroke-width=\"2\"" +
-             (*st.dash ? std::string(" stroke-dasharray=\"") + st.dash + "\"" : "") +
-             " points=\"" + points + "\"/>\n";
+        s += "<polyline fill=\"none\" stroke=\"" + std::string(st.color) + "\" stroke-width=\"2\"" +
+             (*st.dash ? std::string(" stroke-dasharray=\"") + st.dash + "\"" : "") + " points=\"" +
+             points + "\"/>\n";
         for (const auto& d : dots) {
           s += "<circle cx=\"" + Num(d.first) + "\" cy=\"" + Num(d.second) +
                "\" r=\"2.5\" fill=\"" + st.color + "\"/>\n";

@@ -1,6 +1,5 @@
 // Links against an installed covattn and decodes a small cache.
 #include <covattn/covattn.hpp>
-
 #include <cstdio>
 #include <vector>
 
@@ -10,7 +9,6 @@ int main() {
   const covattn_kv_cache kv{COVATTN_F32, k.data(), v.data(), tokens, 1, dim, dim, dim, dim, dim};
   covattn::Attention attention;
   attention.Decode(kv, q.data(), 1, out.data());
-  std::printf("covattn %s on %s: out[0] = %g\n", covattn_version(), covattn_target_name(),
-              out[0]);
+  std::printf("covattn %s on %s: out[0] = %g\n", covattn_version(), covattn_target_name(), out[0]);
   return out[0] == 0.5f ? 0 : 1;
 }

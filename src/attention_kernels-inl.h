@@ -1,0 +1,593 @@
+// Exact streaming softmax attention (MATH.md section 1), the per-target
+// bodies: compiled once per Highway target and element type by the thin
+// attention_kernels_{f32,f16,bf16}.cc, so the three element types build in
+// parallel. Queries are processed in tiles of up to kTileRows rows (query
+// positions x query heads sharing one KV head), keys and values in chunks of
+// kChunkTokens tokens, so every K/V element loaded serves all rows of a tile
+// and no score matrix larger than a tile x a chunk ever exists.
+#if defined(COVATTN_SRC_ATTENTION_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
+#undef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
+#else
+#define COVATTN_SRC_ATTENTION_KERNELS_INL_H_
+#endif
+
+#include <hwy/cache_control.h>
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "attention.h"
+#include "load-inl.h"
+#include "online_softmax.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace covattn {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using detail::AttentionOutcome;
+using detail::AttentionProblem;
+using detail::AttentionResultSink;
+using detail::kChunkTokens;
+using detail::kInitialMax;
+using detail::kPassRows;
+using detail::kTileRows;
+
+// Prefetches the K and V rows of the next chunk while the current one is
+// processed, one cache line for every 64 bytes the kernels load, so requests
+// are spread evenly over the arithmetic at the pace it consumes data. Lines
+// are requested in memory order (token-major or head-major, whichever the
+// strides say) so DRAM sees long sequential runs even when one head's rows
+// lie a page or more apart, where hardware prefetchers give up.
+template <typename T>
+class PrefetchCursor {
+ public:
+  // Tokens [t0, t0 + n_tokens) of KV heads [h0, h1).
+  void Reset(const AttentionProblem& pb, size_t t0, size_t n_tokens, size_t h0, size_t h1) {
+    const bool token_major = pb.k_head_stride < pb.k_token_stride;
+    const size_t outer0 = token_major ? t0 : h0, inner0 = token_major ? h0 : t0;
+    outer_k_ = (token_major ? pb.k_token_stride : pb.k_head_stride) * sizeof(T);
+    inner_k_ = (token_major ? pb.k_head_stride : pb.k_token_stride) * sizeof(T);
+    outer_v_ = (token_major ? pb.v_token_stride : pb.v_head_stride) * sizeof(T);
+    inner_v_ = (token_major ? pb.v_head_stride : pb.v_token_stride) * sizeof(T);
+    k_ = static_cast<const char*>(pb.k) + outer0 * outer_k_ + inner0 * inner_k_;
+    v_ = static_cast<const char*>(pb.v) + outer0 * outer_v_ + inner0 * inner_v_;
+    n_outer_ = token_major ? n_tokens : h1 - h0;
+    n_inner_ = token_major ? h1 - h0 : n_tokens;
+    row_bytes_ = pb.head_dim * sizeof(T);
+    outer_ = inner_ = 0;
+    budget_ = 0;
+    in_v_ = false;
+    row_ = (n_outer_ == 0 || n_inner_ == 0) ? nullptr : k_;
+    offset_ = 0;
+  }
+
+  // Credits `bytes` just loaded; prefetches one line per 64 bytes of credit.
+  HWY_INLINE void Advance(size_t bytes) {
+    budget_ += bytes;
+    if (budget_ >= 64 && row_ != nullptr) Fetch();
+  }
+
+ private:
+  HWY_NOINLINE void Fetch() {
+    while (budget_ >= 64 && row_ != nullptr) {
+      hwy::Prefetch(row_ + offset_);
+      budget_ -= 64;
+      offset_ += 64;
+      if (offset_ < row_bytes_) continue;
+      offset_ = 0;  // next row: K then V of each (token, head), in memory order
+      if (!in_v_) {
+        in_v_ = true;
+      } else {
+        in_v_ = false;
+        if (++inner_ == n_inner_) inner_ = 0, ++outer_;
+        if (outer_ == n_outer_) {
+          row_ = nullptr;
+          return;
+        }
+      }
+      row_ = (in_v_ ? v_ + outer_ * outer_v_ + inner_ * inner_v_
+                    : k_ + outer_ * outer_k_ + inner_ * inner_k_);
+    }
+  }
+
+  const char* k_ = nullptr;
+  const char* v_ = nullptr;
+  const char* row_ = nullptr;  // row being prefetched; nullptr when done
+  size_t outer_k_ = 0, inner_k_ = 0, outer_v_ = 0, inner_v_ = 0;
+  size_t n_outer_ = 0, n_inner_ = 0, row_bytes_ = 0;
+  size_t outer_ = 0, inner_ = 0, offset_ = 0, budget_ = 0;
+  bool in_v_ = false;
+};
+
+// out[p] = the sum of the lanes of v_p, p = 0..3: two interleaving steps
+// within 128-bit blocks leave each block holding one partial sum per vector,
+// then the blocks are added. A quarter of the work of four SumOfLanes.
+template <class D, class V>
+HWY_INLINE void SumOfLanes4(D d, V v0, V v1, V v2, V v3, float* HWY_RESTRICT out) {
+#if HWY_TARGET == HWY_SCALAR
+  out[0] = hn::GetLane(v0), out[1] = hn::GetLane(v1);
+  out[2] = hn::GetLane(v2), out[3] = hn::GetLane(v3);
+  (void)d;
+#else
+  const hn::Repartition<uint64_t, D> d64;
+  const V t01 = hn::Add(hn::InterleaveLower(d, v0, v1), hn::InterleaveUpper(d, v0, v1));
+  const V t23 = hn::Add(hn::InterleaveLower(d, v2, v3), hn::InterleaveUpper(d, v2, v3));
+  const auto u = hn::BitCast(d64, t01), w = hn::BitCast(d64, t23);
+  const V t = hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, u, w)),
+                      hn::BitCast(d, hn::InterleaveUpper(d64, u, w)));
+  HWY_ALIGN float blocks[HWY_MAX_BYTES / sizeof(float)];
+  hn::Store(t, d, blocks);
+  const hn::CappedTag<float, 4> d4;
+  auto sum = hn::Load(d4, blocks);
+  for (size_t i = 4; i < hn::Lanes(d); i += 4) sum = hn::Add(sum, hn::Load(d4, blocks + i));
+  hn::StoreU(sum, d4, out);
+#endif
+}
+
+// sums[t * kRows + r] = a_r . k_t for kRows rows and kTok consecutive tokens,
+// kRows * kTok <= 4: every loaded key serves all rows, every query vector all
+// tokens, and one transposing reduction finishes all four dot products.
+template <size_t kRows, size_t kTok, class D, typename T>
+HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T* HWY_RESTRICT k,
+                          size_t k_stride, size_t dim, float* HWY_RESTRICT sums) {
+  static_assert(kRows * kTok <= 4, "four dot products at a time");
+  constexpr size_t kPairs = kRows * kTok;
+  const size_t N = hn::Lanes(d);
+  const size_t dim_vec = dim - dim % N;
+  const size_t dim_vec2 = dim - dim % (2 * N);
+  // Pair p is row p % kRows and token p / kRows; unused pairs repeat pair 0.
+  const float* HWY_RESTRICT a0 = a;
+  const float* HWY_RESTRICT a1 = a + (kPairs > 1 ? (1 % kRows) * lda : 0);
+  const float* HWY_RESTRICT a2 = a + (kPairs > 2 ? (2 % kRows) * lda : 0);
+  const float* HWY_RESTRICT a3 = a + (kPairs > 3 ? (3 % kRows) * lda : 0);
+  const T* HWY_RESTRICT k0 = k;
+  const T* HWY_RESTRICT k1 = k + (kPairs > 1 ? (1 / kRows) * k_stride : 0);
+  const T* HWY_RESTRICT k2 = k + (kPairs > 2 ? (2 / kRows) * k_stride : 0);
+  const T* HWY_RESTRICT k3 = k + (kPairs > 3 ? (3 / kRows) * k_stride : 0);
+  auto x0 = hn::Zero(d), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
+  auto y0 = hn::Zero(d), y1 = hn::Zero(d), y2 = hn::Zero(d), y3 = hn::Zero(d);
+  size_t i = 0;
+  for (; i < dim_vec2; i += 2 * N) {  // two accumulators per pair hide FMA latency
+    x0 = hn::MulAdd(hn::LoadU(d, a0 + i), LoadAsF32(d, k0 + i), x0);
+    y0 = hn::MulAdd(hn::LoadU(d, a0 + i + N), LoadAsF32(d, k0 + i + N), y0);
+    if constexpr (kPairs > 1) {
+      x1 = hn::MulAdd(hn::LoadU(d, a1 + i), LoadAsF32(d, k1 + i), x1);
+      y1 = hn::MulAdd(hn::LoadU(d, a1 + i + N), LoadAsF32(d, k1 + i + N), y1);
+    }
+    if constexpr (kPairs > 2) {
+      x2 = hn::MulAdd(hn::LoadU(d, a2 + i), LoadAsF32(d, k2 + i), x2);
+      y2 = hn::MulAdd(hn::LoadU(d, a2 + i + N), LoadAsF32(d, k2 + i + N), y2);
+    }
+    if constexpr (kPairs > 3) {
+      x3 = hn::MulAdd(hn::LoadU(d, a3 + i), LoadAsF32(d, k3 + i), x3);
+      y3 = hn::MulAdd(hn::LoadU(d, a3 + i + N), LoadAsF32(d, k3 + i + N), y3);
+    }
+  }
+  for (; i < dim_vec; i += N) {
+    x0 = hn::MulAdd(hn::LoadU(d, a0 + i), LoadAsF32(d, k0 + i), x0);
+    if constexpr (kPairs > 1) x1 = hn::MulAdd(hn::LoadU(d, a1 + i), LoadAsF32(d, k1 + i), x1);
+    if constexpr (kPairs > 2) x2 = hn::MulAdd(hn::LoadU(d, a2 + i), LoadAsF32(d, k2 + i), x2);
+    if constexpr (kPairs > 3) x3 = hn::MulAdd(hn::LoadU(d, a3 + i), LoadAsF32(d, k3 + i), x3);
+  }
+  float out[4];
+  SumOfLanes4(d, hn::Add(x0, y0), hn::Add(x1, y1), hn::Add(x2, y2), hn::Add(x3, y3), out);
+  for (; i < dim; ++i) {  // the dims after the last whole vector
+    out[0] += a0[i] * ElementAsF32(k0 + i);
+    if constexpr (kPairs > 1) out[1] += a1[i] * ElementAsF32(k1 + i);
+    if constexpr (kPairs > 2) out[2] += a2[i] * ElementAsF32(k2 + i);
+    if constexpr (kPairs > 3) out[3] += a3[i] * ElementAsF32(k3 + i);
+  }
+  for (size_t p = 0; p < kPairs; ++p) sums[p] = out[p];
+}
+
+// Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens, four dot
+// products at a time (one token for four rows, two for two, four for one).
+// Not inlined, like AccumulateRows and ProcessRowGroup: each runs once per
+// chunk, so the call costs nothing measurable, while inlining every tile
+// shape into one function per element type and target made that function
+// take the compiler (under ASan) many minutes.
+template <size_t kRows, class D, typename T>
+HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const T* HWY_RESTRICT k,
+                            size_t k_stride, size_t n_tokens, size_t dim, float* HWY_RESTRICT s,
+                            size_t lds, PrefetchCursor<T>& prefetch) {
+  constexpr size_t kTok = kRows == 1 ? 4 : kRows == 2 ? 2 : 1;
+  float sums[4];
+  size_t j = 0;
+  for (; j + kTok <= n_tokens; j += kTok) {
+    prefetch.Advance(kTok * dim * sizeof(T));
+    ScoreStep<kRows, kTok>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
+    for (size_t t = 0; t < kTok; ++t) {
+      for (size_t r = 0; r < kRows; ++r) s[r * lds + j + t] = sums[t * kRows + r];
+    }
+  }
+  for (; j < n_tokens; ++j) {  // tokens left over when several share a step
+    prefetch.Advance(dim * sizeof(T));
+    ScoreStep<kRows, 1>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
+    for (size_t r = 0; r < kRows; ++r) s[r * lds + j] = sums[r];
+  }
+}
+
+// o_r += sum_j p[r][j] * v_j for kRows rows. Each pass keeps two vectors of
+// every row's output in registers while streaming the chunk's values.
+template <size_t kRows, class D, typename T>
+HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
+                                 const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
+                                 size_t dim, float* HWY_RESTRICT o, size_t ldo,
+                                 PrefetchCursor<T>& prefetch) {
+  const size_t N = hn::Lanes(d);
+  const size_t dim_vec = dim - dim % N;
+  const size_t dim_vec2 = dim - dim % (2 * N);
+  float* HWY_RESTRICT o0 = o;
+  float* HWY_RESTRICT o1 = o + (kRows > 1 ? ldo : 0);
+  float* HWY_RESTRICT o2 = o + (kRows > 2 ? 2 * ldo : 0);
+  float* HWY_RESTRICT o3 = o + (kRows > 3 ? 3 * ldo : 0);
+  const float* HWY_RESTRICT p0 = p;
+  const float* HWY_RESTRICT p1 = p + (kRows > 1 ? ldp : 0);
+  const float* HWY_RESTRICT p2 = p + (kRows > 2 ? 2 * ldp : 0);
+  const float* HWY_RESTRICT p3 = p + (kRows > 3 ? 3 * ldp : 0);
+  size_t i = 0;
+  for (; i < dim_vec2; i += 2 * N) {
+    auto x0 = hn::LoadU(d, o0 + i), y0 = hn::LoadU(d, o0 + i + N);
+    auto x1 = hn::Zero(d), y1 = hn::Zero(d), x2 = hn::Zero(d), y2 = hn::Zero(d);
+    auto x3 = hn::Zero(d), y3 = hn::Zero(d);
+    if constexpr (kRows > 1) x1 = hn::LoadU(d, o1 + i), y1 = hn::LoadU(d, o1 + i + N);
+    if constexpr (kRows > 2) x2 = hn::LoadU(d, o2 + i), y2 = hn::LoadU(d, o2 + i + N);
+    if constexpr (kRows > 3) x3 = hn::LoadU(d, o3 + i), y3 = hn::LoadU(d, o3 + i + N);
+    for (size_t j = 0; j < n_tokens; ++j) {
+      const T* HWY_RESTRICT vj = v + j * v_stride + i;
+      if (j % 8 == 0) prefetch.Advance(8 * 2 * N * sizeof(T));
+      const auto vx = LoadAsF32(d, vj);
+      const auto vy = LoadAsF32(d, vj + N);
+      const auto w0 = hn::Set(d, p0[j]);
+      x0 = hn::MulAdd(w0, vx, x0);
+      y0 = hn::MulAdd(w0, vy, y0);
+      if constexpr (kRows > 1) {
+        const auto w1 = hn::Set(d, p1[j]);
+        x1 = hn::MulAdd(w1, vx, x1);
+        y1 = hn::MulAdd(w1, vy, y1);
+      }
+      if constexpr (kRows > 2) {
+        const auto w2 = hn::Set(d, p2[j]);
+        x2 = hn::MulAdd(w2, vx, x2);
+        y2 = hn::MulAdd(w2, vy, y2);
+      }
+      if constexpr (kRows > 3) {
+        const auto w3 = hn::Set(d, p3[j]);
+        x3 = hn::MulAdd(w3, vx, x3);
+        y3 = hn::MulAdd(w3, vy, y3);
+      }
+    }
+    hn::StoreU(x0, d, o0 + i), hn::StoreU(y0, d, o0 + i + N);
+    if constexpr (kRows > 1) hn::StoreU(x1, d, o1 + i), hn::StoreU(y1, d, o1 + i + N);
+    if constexpr (kRows > 2) hn::StoreU(x2, d, o2 + i), hn::StoreU(y2, d, o2 + i + N);
+    if constexpr (kRows > 3) hn::StoreU(x3, d, o3 + i), hn::StoreU(y3, d, o3 + i + N);
+  }
+  for (; i < dim_vec; i += N) {
+    auto x0 = hn::LoadU(d, o0 + i), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
+    if constexpr (kRows > 1) x1 = hn::LoadU(d, o1 + i);
+    if constexpr (kRows > 2) x2 = hn::LoadU(d, o2 + i);
+    if constexpr (kRows > 3) x3 = hn::LoadU(d, o3 + i);
+    for (size_t j = 0; j < n_tokens; ++j) {
+      const auto vx = LoadAsF32(d, v + j * v_stride + i);
+      x0 = hn::MulAdd(hn::Set(d, p0[j]), vx, x0);
+      if constexpr (kRows > 1) x1 = hn::MulAdd(hn::Set(d, p1[j]), vx, x1);
+      if constexpr (kRows > 2) x2 = hn::MulAdd(hn::Set(d, p2[j]), vx, x2);
+      if constexpr (kRows > 3) x3 = hn::MulAdd(hn::Set(d, p3[j]), vx, x3);
+    }
+    hn::StoreU(x0, d, o0 + i);
+    if constexpr (kRows > 1) hn::StoreU(x1, d, o1 + i);
+    if constexpr (kRows > 2) hn::StoreU(x2, d, o2 + i);
+    if constexpr (kRows > 3) hn::StoreU(x3, d, o3 + i);
+  }
+  for (; i < dim; ++i) {  // the dims after the last whole vector
+    for (size_t j = 0; j < n_tokens; ++j) {
+      const float vf = ElementAsF32(v + j * v_stride + i);
+      o0[i] += p0[j] * vf;
+      if constexpr (kRows > 1) o1[i] += p1[j] * vf;
+      if constexpr (kRows > 2) o2[i] += p2[j] * vf;
+      if constexpr (kRows > 3) o3[i] += p3[j] * vf;
+    }
+  }
+}
+
+// Largest of x[0, n), n >= 1; *finite says whether every element is finite.
+template <class D>
+HWY_INLINE float MaxOf(D d, const float* HWY_RESTRICT x, size_t n, bool* finite) {
+  const size_t N = hn::Lanes(d);
+  float result = x[0];
+  bool all_finite = true;
+  size_t j = 0;
+  if (n >= N) {
+    auto mx = hn::LoadU(d, x);
+    auto ok = hn::IsFinite(mx);
+    for (j = N; j + N <= n; j += N) {
+      const auto xj = hn::LoadU(d, x + j);
+      ok = hn::And(ok, hn::IsFinite(xj));
+      mx = hn::Max(mx, xj);
+    }
+    all_finite = hn::AllTrue(d, ok);
+    result = hn::GetLane(hn::MaxOfLanes(d, mx));
+  }
+  for (; j < n; ++j) {
+    all_finite &= std::isfinite(x[j]);
+    result = std::max(result, x[j]);
+  }
+  *finite = all_finite;
+  return result;
+}
+
+// x[j] <- exp(x[j] - shift) for j in [0, n); returns their sum. NaN inputs
+// stay NaN (Highway's Exp maps them to 0), so bad input cannot vanish; they
+// are not passed to Exp, whose float-to-int conversion on the emulated
+// targets (EMU128, SCALAR) is undefined behaviour for NaN.
+template <class D>
+HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift) {
+  const size_t N = hn::Lanes(d);
+  const auto vshift = hn::Set(d, shift);
+  auto sum = hn::Zero(d);
+  size_t j = 0;
+  for (; j + N <= n; j += N) {
+    const auto arg = hn::Sub(hn::LoadU(d, x + j), vshift);
+    const auto is_number = hn::Eq(arg, arg);
+    const auto e = hn::IfThenElse(is_number, hn::Exp(d, hn::IfThenElseZero(is_number, arg)), arg);
+    hn::StoreU(e, d, x + j);
+    sum = hn::Add(sum, e);
+  }
+  float total = hn::GetLane(hn::SumOfLanes(d, sum));
+  for (; j < n; ++j) {
+    x[j] = std::exp(x[j] - shift);
+    total += x[j];
+  }
+  return total;
+}
+
+// The rows of one pass: tiles of up to kTileRows rows, each tile the query
+// rows of one KV head, kPassRows rows in all. A pass walks the cache once,
+// chunk by chunk, every tile taking its turn on each chunk while the chunk is
+// in cache (for a decode step, all heads of a layer in one pass: the cache is
+// streamed in memory order once). Per-row arrays live in scratch.
+struct Pass {
+  float* a;  // [kPassRows][ld] scaled queries
+  float* o;  // [kPassRows][ld] un-normalised outputs
+  float* p;  // [kPassRows][kChunkTokens] scores, then softmax weights
+  float m[kPassRows];
+  float l[kPassRows];
+  // A score of the row was NaN or infinite: from non-finite input, or from
+  // an overflow (every score -inf would otherwise look like a masked row).
+  bool bad_score[kPassRows];
+  size_t pos[kPassRows];      // query position of each row
+  size_t q_token[kPassRows];  // query token index of each row
+  size_t q_head[kPassRows];   // query head of each row
+  size_t ld;
+  size_t n_rows;
+  struct TileRows {
+    size_t first_row, n_rows, kv_head;
+  } tiles[kPassRows];
+  size_t n_tiles;
+};
+
+// The part of chunk [c0, c1) that row r sees; the chunk lies wholly in the
+// sink segment (tokens < n_sinks, seen up to the row's position) or in the
+// window segment (seen from lo to the row's position).
+struct Interval {
+  size_t begin, end;
+};
+
+HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Pass& pass, size_t r,
+                                bool sink_segment, size_t c0, size_t c1) {
+  const size_t pos = pass.pos[r];
+  size_t lo = 0;
+  if (!sink_segment && pb.window != 0 && pos + 1 > pb.window) lo = pos + 1 - pb.window;
+  Interval iv{std::max(c0, lo), std::min(c1, pos + 1)};
+  if (iv.end < iv.begin) iv.end = iv.begin;
+  return iv;
+}
+
+// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1).
+template <size_t kRows, class D, typename T>
+HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
+                                const T* k_head, const T* v_head, bool sink_segment, size_t c0,
+                                size_t c1, PrefetchCursor<T>& prefetch) {
+  Interval iv[kRows];
+  size_t ja = c1, jb = c0;  // union of the rows' intervals
+  for (size_t r = 0; r < kRows; ++r) {
+    iv[r] = RowInterval(pb, pass, r0 + r, sink_segment, c0, c1);
+    if (iv[r].begin < iv[r].end) {
+      ja = std::min(ja, iv[r].begin);
+      jb = std::max(jb, iv[r].end);
+    }
+  }
+  if (ja >= jb) return;
+  const size_t dim = pb.head_dim;
+  float* p = pass.p + r0 * kChunkTokens;
+  ScoreRows<kRows>(d, pass.a + r0 * pass.ld, pass.ld, k_head + ja * pb.k_token_stride,
+                   pb.k_token_stride, jb - ja, dim, p, kChunkTokens, prefetch);
+  for (size_t r = 0; r < kRows; ++r) {
+    float* pr = p + r * kChunkTokens;  // index j - ja
+    const size_t b = iv[r].begin, e = iv[r].end;
+    if (b >= e) {
+      std::fill(pr, pr + (jb - ja), 0.0f);
+      continue;
+    }
+    float& m = pass.m[r0 + r];
+    float& l = pass.l[r0 + r];
+    bool finite;
+    const float chunk_max = MaxOf(d, pr + (b - ja), e - b, &finite);
+    pass.bad_score[r0 + r] |= !finite;
+    if (chunk_max > m) {  // rescale what was accumulated under the old max
+      const float correction = std::exp(m - chunk_max);
+      l *= correction;
+      float* o = pass.o + (r0 + r) * pass.ld;
+      for (size_t i = 0; i < dim; ++i) o[i] *= correction;
+      m = chunk_max;
+    }
+    l += ExpShiftedSum(d, pr + (b - ja), e - b, m);
+    std::fill(pr, pr + (b - ja), 0.0f);
+    std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
+  }
+  AccumulateRows<kRows>(d, p, kChunkTokens, v_head + ja * pb.v_token_stride, pb.v_token_stride,
+                        jb - ja, dim, pass.o + r0 * pass.ld, pass.ld, prefetch);
+}
+
+// Every tile of the pass against chunk [c0, c1).
+template <class D, typename T>
+HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
+                               size_t c0, size_t c1, PrefetchCursor<T>& prefetch) {
+  const T* k_all = static_cast<const T*>(pb.k);
+  const T* v_all = static_cast<const T*>(pb.v);
+  for (size_t t = 0; t < pass.n_tiles; ++t) {
+    const Pass::TileRows& tile = pass.tiles[t];
+    const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
+    const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
+    size_t r = tile.first_row;
+    const size_t end = tile.first_row + tile.n_rows;
+    for (; r + 4 <= end; r += 4) {
+      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+    }
+    switch (end - r) {
+      case 3:
+        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      case 2:
+        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      case 1:
+        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Runs the chunks of [begin, end) in order, prefetching each next one.
+template <class D, typename T>
+HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
+                               size_t begin, size_t end) {
+  PrefetchCursor<T> prefetch;
+  const size_t h0 = pass.tiles[0].kv_head, h1 = pass.tiles[pass.n_tiles - 1].kv_head + 1;
+  for (size_t c0 = begin; c0 < end; c0 += kChunkTokens) {
+    const size_t c1 = std::min(end, c0 + kChunkTokens);
+    prefetch.Reset(pb, c1, std::min(end - c1, kChunkTokens), h0, h1);
+    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, prefetch);
+  }
+}
+
+// Writes the pass's rows to the sink; records masked and non-finite rows.
+HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
+                         const AttentionResultSink& sink, AttentionOutcome* outcome) {
+  const size_t dim = pb.head_dim;
+  for (size_t r = 0; r < pass.n_rows; ++r) {
+    const float* o = pass.o + r * pass.ld;
+    const size_t row = pass.q_token[r] * pb.n_q_heads + pass.q_head[r];
+    if (sink.out == nullptr) {  // a partial state: the row as it stands
+      sink.m[row] = pass.m[r];
+      sink.l[row] = pass.l[r];
+      std::copy(o, o + dim, sink.o + row * dim);
+      bool finite = !pass.bad_score[r] && std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
+      for (size_t i = 0; i < dim; ++i) finite &= std::isfinite(o[i]);
+      outcome->nonfinite |= !finite;
+      continue;
+    }
+    float* out =
+        sink.out + pass.q_token[r] * sink.out_token_stride + pass.q_head[r] * sink.out_head_stride;
+    float* log_z = sink.log_z != nullptr ? sink.log_z + row : nullptr;
+    const detail::RowOutcome result =
+        detail::FinalizeRow(pass.m[r], pass.l[r], o, dim, !pass.bad_score[r], out, log_z);
+    outcome->fully_masked |= result == detail::RowOutcome::kMasked;
+    outcome->nonfinite |= result == detail::RowOutcome::kNonfinite;
+  }
+}
+
+// The first row not yet in a pass: row next_row of KV head kv_head.
+struct NextRow {
+  size_t kv_head = 0, next_row = 0;
+};
+
+// Fills the pass with whole tiles from `next` on until kPassRows rows are
+// full, and moves `next` past them. Rows are (query token t, query head h),
+// enumerated KV head by KV head; within a KV head, t-major so a tile's rows
+// share positions as far as possible.
+HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, NextRow& next) {
+  const size_t dim = pb.head_dim;
+  const size_t group = pb.n_q_heads / pb.n_kv_heads;
+  const size_t rows_per_kv_head = pb.n_q_tokens * group;
+  pass.n_rows = pass.n_tiles = 0;
+  while (next.kv_head < pb.n_kv_heads) {
+    const size_t n = std::min(kTileRows, rows_per_kv_head - next.next_row);
+    if (pass.n_rows + n > kPassRows) break;
+    pass.tiles[pass.n_tiles++] = Pass::TileRows{pass.n_rows, n, next.kv_head};
+    for (size_t i = 0; i < n; ++i) {
+      const size_t r = pass.n_rows + i;
+      const size_t t = (next.next_row + i) / group;
+      const size_t h = next.kv_head * group + (next.next_row + i) % group;
+      pass.q_token[r] = t;
+      pass.q_head[r] = h;
+      pass.pos[r] = pb.n_past + t;
+      pass.m[r] = kInitialMax;
+      pass.l[r] = 0.0f;
+      pass.bad_score[r] = false;
+      const float* q = pb.q + t * pb.q_token_stride + h * pb.q_head_stride;
+      float* a = pass.a + r * pass.ld;
+      for (size_t c = 0; c < dim; ++c) a[c] = pb.scale * q[c];
+      std::fill(pass.o + r * pass.ld, pass.o + (r + 1) * pass.ld, 0.0f);
+    }
+    pass.n_rows += n;
+    next.next_row += n;
+    if (next.next_row == rows_per_kv_head) next.next_row = 0, ++next.kv_head;
+  }
+}
+
+// Walks the tokens any row of the pass may see: the sinks, then from the
+// lowest window start up to the highest position, clipped to the range
+// (RowInterval gives each row its part).
+template <class D, typename T>
+HWY_INLINE void RunPass(D d, const AttentionProblem& pb, Pass& pass) {
+  size_t pos_first = pass.pos[0], pos_last = pass.pos[0];
+  for (size_t r = 1; r < pass.n_rows; ++r) {
+    pos_first = std::min(pos_first, pass.pos[r]);
+    pos_last = std::max(pos_last, pass.pos[r]);
+  }
+  size_t window_begin = 0, sink_end = 0;
+  if (pb.window != 0) {
+    sink_end = std::min(pb.n_sinks, pos_last + 1);
+    window_begin = pos_first + 1 > pb.window ? pos_first + 1 - pb.window : 0;
+    window_begin = std::max(window_begin, sink_end);
+  }
+  const size_t window_end = std::min(pos_last + 1, pb.token_end);
+  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/true, pb.token_begin,
+                       std::min(sink_end, pb.token_end));
+  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/false, std::max(window_begin, pb.token_begin),
+                       window_end);
+}
+
+// One attention call over K/V of element type T.
+template <typename T>
+void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
+                    AttentionOutcome* outcome) {
+  const hn::ScalableTag<float> d;
+  const detail::AttentionScratchLayout layout = detail::AttentionScratchFor(pb.head_dim);
+  float* base = detail::AlignedAttentionScratch(scratch);
+  Pass pass;
+  pass.ld = layout.ld;
+  pass.a = base + layout.a;
+  pass.o = base + layout.o;
+  pass.p = base + layout.p;
+  NextRow next;
+  while (next.kv_head < pb.n_kv_heads) {
+    FillPass(pb, pass, next);
+    RunPass<decltype(d), T>(d, pb, pass);
+    EmitPass(pb, pass, sink, outcome);
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace covattn
+HWY_AFTER_NAMESPACE();
+
+#endif  // include guard

@@ -1,0 +1,36 @@
+// Exact attention over f32 K/V for every target: the body is
+// attention_kernels-inl.h; each element type has its own file so that the
+// three compile in parallel.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "attention_kernels_f32.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include "attention_kernels-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace covattn {
+namespace HWY_NAMESPACE {
+
+void AttentionF32(const detail::AttentionProblem& pb, const detail::AttentionResultSink& sink,
+                  void* scratch, detail::AttentionOutcome* outcome) {
+  AttentionTyped<float>(pb, sink, scratch, outcome);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace covattn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "dispatch.h"
+
+namespace covattn {
+HWY_EXPORT(AttentionF32);
+
+void detail::RunAttentionF32(const AttentionProblem& pb, const AttentionResultSink& sink,
+                             void* scratch, AttentionOutcome* outcome) {
+  COVATTN_DISPATCH(AttentionF32)(pb, sink, scratch, outcome);
+}
+
+}  // namespace covattn
+#endif  // HWY_ONCE
