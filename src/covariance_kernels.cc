@@ -401,6 +401,16 @@ HWY_INLINE void ReadoutHeads(D d, const float* HWY_RESTRICT m, size_t dim, bool 
   ReadoutPart<kH>(d, m, dim, /*k_part=*/false, mean, a_value, lda, w_inv, out, quad);
 }
 
+// tile[h][i] = scale q[h][i] for nh query rows, zero for N lanes beyond dim.
+void ScaleQueries(const float* q, size_t nh, size_t dim, float scale, size_t N, float* tile,
+                  size_t lda) {
+  for (size_t h = 0; h < nh; ++h) {
+    float* row = tile + h * lda;
+    for (size_t i = 0; i < dim; ++i) row[i] = scale * q[h * dim + i];
+    std::fill(row + dim, row + dim + N, 0.0f);
+  }
+}
+
 bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -435,16 +445,9 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
     for (size_t g0 = 0; g0 < group; g0 += kReadHeads) {
       const size_t nh = HWY_MIN(kReadHeads, group - g0);
       const size_t first = kv * group + g0;
-      for (size_t h = 0; h < nh; ++h) {
-        const float* q = pb.q + (first + h) * dim;
-        float* ah = a + h * kLda;
-        for (size_t i = 0; i < dim; ++i) ah[i] = pb.scale * q[i];
-        std::fill(ah + dim, ah + dim + N, 0.0f);
-        if (pb.value_q == nullptr) continue;
-        const float* qv = pb.value_q + (first + h) * dim;
-        float* av = a_value_tile + h * kLda;
-        for (size_t i = 0; i < dim; ++i) av[i] = pb.scale * qv[i];
-        std::fill(av + dim, av + dim + N, 0.0f);
+      ScaleQueries(pb.q + first * dim, nh, dim, pb.scale, N, a, kLda);
+      if (pb.value_q != nullptr) {
+        ScaleQueries(pb.value_q + first * dim, nh, dim, pb.scale, N, a_value_tile, kLda);
       }
       double quad[kReadHeads] = {};
       float* out = pb.out + first * dim;
