@@ -9,6 +9,7 @@
 // runs are labelled and carry no bandwidth fraction.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -121,6 +122,49 @@ void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
   covattn_restrict_targets(nullptr);
 }
 
+// The loop an engine writes before it links a kernel library (llama2.c's
+// run.c): per query head, scores, softmax, weighted sum, in plain f32 C++.
+void NaiveDecode(benchmark::State& state, DecodeShape shape) {
+  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
+  const size_t n_q_heads = shape.n_kv_heads * shape.group, dim = shape.dim;
+  const std::vector<float> q = RandomVector(n_q_heads * dim, 7);
+  std::vector<float> out(n_q_heads * dim), scores(shape.n_tokens);
+  const float* k = static_cast<const float*>(cache.view.k);
+  const float* v = static_cast<const float*>(cache.view.v);
+  const size_t token_stride = cache.view.k_token_stride, head_stride = cache.view.k_head_stride;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (auto _ : state) {
+    for (size_t h = 0; h < n_q_heads; ++h) {
+      const float* qh = q.data() + h * dim;
+      const size_t kv = h / shape.group;
+      float max_score = -INFINITY;
+      for (size_t t = 0; t < shape.n_tokens; ++t) {
+        const float* kt = k + t * token_stride + kv * head_stride;
+        float s = 0.0f;
+        for (size_t i = 0; i < dim; ++i) s += qh[i] * kt[i];
+        scores[t] = s * scale;
+        max_score = std::max(max_score, scores[t]);
+      }
+      float sum = 0.0f;
+      for (size_t t = 0; t < shape.n_tokens; ++t) {
+        scores[t] = std::exp(scores[t] - max_score);
+        sum += scores[t];
+      }
+      float* oh = out.data() + h * dim;
+      std::fill(oh, oh + dim, 0.0f);
+      for (size_t t = 0; t < shape.n_tokens; ++t) {
+        const float* vt = v + t * token_stride + kv * head_stride;
+        const float w = scores[t] / sum;
+        for (size_t i = 0; i < dim; ++i) oh[i] += w * vt[i];
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel("cache-resident");
+}
+
 // FLOPs of causal attention over n positions: sum over rows of the visible
 // tokens, times 2 * dim for the scores and 2 * dim for the weighted sum.
 double CausalFlops(size_t n, size_t dim) { return 4.0 * dim * (0.5 * n * (n + 1)); }
@@ -227,6 +271,31 @@ void RegisterAll() {
     benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f16/" + target).c_str(), Prefill,
                                  target, COVATTN_F16, size_t{128}, size_t{4096})
         ->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+  // Every head_dim, small ones included, per target and against the naive
+  // loop: one KV head of 512 tokens (a tiny model's layer) and a layer of 8
+  // KV heads and 4096 tokens; both cache-resident.
+  for (size_t dim : {8, 16, 32, 48, 64, 80, 96, 128, 256}) {
+    const DecodeShape head{1, 4, dim, 512, false, Layout::kTokenMajor};
+    const DecodeShape small_layer{8, 4, dim, 4096, false, Layout::kTokenMajor};
+    const std::string d = std::to_string(dim);
+    for (size_t i = 0; i <= covattn_available_target_count(); ++i) {
+      const bool naive = i == covattn_available_target_count();
+      const std::string target = naive ? "naive" : covattn_available_target(i);
+      const std::string head_name = "decode_dims/head_gqa4_d" + d + "_ctx512/f32/" + target;
+      const std::string layer_name = "decode_dims/layer_kv8_gqa4_d" + d + "_ctx4096/f32/" + target;
+      if (naive) {
+        benchmark::RegisterBenchmark(head_name.c_str(), NaiveDecode, head)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark(layer_name.c_str(), NaiveDecode, small_layer)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+      } else {
+        benchmark::RegisterBenchmark(head_name.c_str(), Decode, target, COVATTN_F32, head)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark(layer_name.c_str(), Decode, target, COVATTN_F32, small_layer)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+      }
+    }
   }
 #ifdef COVATTN_BENCH_WITH_ONEDNN
   benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, layer)

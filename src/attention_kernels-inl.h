@@ -211,8 +211,16 @@ HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const 
   }
 }
 
+// o[0, Lanes(d)) += x.
+template <class D, class V>
+HWY_INLINE void AddTo(D d, V x, float* HWY_RESTRICT o) {
+  hn::StoreU(hn::Add(hn::LoadU(d, o), x), d, o);
+}
+
 // o_r += sum_j p[r][j] * v_j for kRows rows. Each pass keeps two vectors of
-// every row's output in registers while streaming the chunk's values.
+// every row's chunk sum in registers while streaming the chunk's values, then
+// adds them to o: summing each chunk apart keeps the f32 rounding of long
+// contexts growing with the number of chunks, not of tokens.
 template <size_t kRows, class D, typename T>
 HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
                                  const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
@@ -231,12 +239,8 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   const float* HWY_RESTRICT p3 = p + (kRows > 3 ? 3 * ldp : 0);
   size_t i = 0;
   for (; i < dim_vec2; i += 2 * N) {
-    auto x0 = hn::LoadU(d, o0 + i), y0 = hn::LoadU(d, o0 + i + N);
-    auto x1 = hn::Zero(d), y1 = hn::Zero(d), x2 = hn::Zero(d), y2 = hn::Zero(d);
-    auto x3 = hn::Zero(d), y3 = hn::Zero(d);
-    if constexpr (kRows > 1) x1 = hn::LoadU(d, o1 + i), y1 = hn::LoadU(d, o1 + i + N);
-    if constexpr (kRows > 2) x2 = hn::LoadU(d, o2 + i), y2 = hn::LoadU(d, o2 + i + N);
-    if constexpr (kRows > 3) x3 = hn::LoadU(d, o3 + i), y3 = hn::LoadU(d, o3 + i + N);
+    auto x0 = hn::Zero(d), y0 = hn::Zero(d), x1 = hn::Zero(d), y1 = hn::Zero(d);
+    auto x2 = hn::Zero(d), y2 = hn::Zero(d), x3 = hn::Zero(d), y3 = hn::Zero(d);
     for (size_t j = 0; j < n_tokens; ++j) {
       const T* HWY_RESTRICT vj = v + j * v_stride + i;
       if (j % 8 == 0) prefetch.Advance(8 * 2 * N * sizeof(T));
@@ -261,16 +265,13 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
         y3 = hn::MulAdd(w3, vy, y3);
       }
     }
-    hn::StoreU(x0, d, o0 + i), hn::StoreU(y0, d, o0 + i + N);
-    if constexpr (kRows > 1) hn::StoreU(x1, d, o1 + i), hn::StoreU(y1, d, o1 + i + N);
-    if constexpr (kRows > 2) hn::StoreU(x2, d, o2 + i), hn::StoreU(y2, d, o2 + i + N);
-    if constexpr (kRows > 3) hn::StoreU(x3, d, o3 + i), hn::StoreU(y3, d, o3 + i + N);
+    AddTo(d, x0, o0 + i), AddTo(d, y0, o0 + i + N);
+    if constexpr (kRows > 1) AddTo(d, x1, o1 + i), AddTo(d, y1, o1 + i + N);
+    if constexpr (kRows > 2) AddTo(d, x2, o2 + i), AddTo(d, y2, o2 + i + N);
+    if constexpr (kRows > 3) AddTo(d, x3, o3 + i), AddTo(d, y3, o3 + i + N);
   }
   for (; i < dim_vec; i += N) {
-    auto x0 = hn::LoadU(d, o0 + i), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
-    if constexpr (kRows > 1) x1 = hn::LoadU(d, o1 + i);
-    if constexpr (kRows > 2) x2 = hn::LoadU(d, o2 + i);
-    if constexpr (kRows > 3) x3 = hn::LoadU(d, o3 + i);
+    auto x0 = hn::Zero(d), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
     for (size_t j = 0; j < n_tokens; ++j) {
       const auto vx = LoadAsF32(d, v + j * v_stride + i);
       x0 = hn::MulAdd(hn::Set(d, p0[j]), vx, x0);
@@ -278,19 +279,24 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
       if constexpr (kRows > 2) x2 = hn::MulAdd(hn::Set(d, p2[j]), vx, x2);
       if constexpr (kRows > 3) x3 = hn::MulAdd(hn::Set(d, p3[j]), vx, x3);
     }
-    hn::StoreU(x0, d, o0 + i);
-    if constexpr (kRows > 1) hn::StoreU(x1, d, o1 + i);
-    if constexpr (kRows > 2) hn::StoreU(x2, d, o2 + i);
-    if constexpr (kRows > 3) hn::StoreU(x3, d, o3 + i);
+    AddTo(d, x0, o0 + i);
+    if constexpr (kRows > 1) AddTo(d, x1, o1 + i);
+    if constexpr (kRows > 2) AddTo(d, x2, o2 + i);
+    if constexpr (kRows > 3) AddTo(d, x3, o3 + i);
   }
   for (; i < dim; ++i) {  // the dims after the last whole vector
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     for (size_t j = 0; j < n_tokens; ++j) {
       const float vf = ElementAsF32(v + j * v_stride + i);
-      o0[i] += p0[j] * vf;
-      if constexpr (kRows > 1) o1[i] += p1[j] * vf;
-      if constexpr (kRows > 2) o2[i] += p2[j] * vf;
-      if constexpr (kRows > 3) o3[i] += p3[j] * vf;
+      s0 += p0[j] * vf;
+      if constexpr (kRows > 1) s1 += p1[j] * vf;
+      if constexpr (kRows > 2) s2 += p2[j] * vf;
+      if constexpr (kRows > 3) s3 += p3[j] * vf;
     }
+    o0[i] += s0;
+    if constexpr (kRows > 1) o1[i] += s1;
+    if constexpr (kRows > 2) o2[i] += s2;
+    if constexpr (kRows > 3) o3[i] += s3;
   }
 }
 
@@ -403,6 +409,9 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   }
   if (ja >= jb) return;
   const size_t dim = pb.head_dim;
+  // d spans the head dimension (it may be narrower than a full vector: see
+  // AttentionTyped); the loops over a row's tokens use full vectors.
+  const hn::ScalableTag<float> d_tokens;
   float* p = pass.p + r0 * kChunkTokens;
   ScoreRows<kRows>(d, pass.a + r0 * pass.ld, pass.ld, k_head + ja * pb.k_token_stride,
                    pb.k_token_stride, jb - ja, dim, p, kChunkTokens, prefetch);
@@ -416,7 +425,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     float& m = pass.m[r0 + r];
     float& l = pass.l[r0 + r];
     bool finite;
-    const float chunk_max = MaxOf(d, pr + (b - ja), e - b, &finite);
+    const float chunk_max = MaxOf(d_tokens, pr + (b - ja), e - b, &finite);
     pass.bad_score[r0 + r] |= !finite;
     if (chunk_max > m) {  // rescale what was accumulated under the old max
       const float correction = std::exp(m - chunk_max);
@@ -425,7 +434,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       for (size_t i = 0; i < dim; ++i) o[i] *= correction;
       m = chunk_max;
     }
-    l += ExpShiftedSum(d, pr + (b - ja), e - b, m);
+    l += ExpShiftedSum(d_tokens, pr + (b - ja), e - b, m);
     std::fill(pr, pr + (b - ja), 0.0f);
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
@@ -565,11 +574,10 @@ HWY_INLINE void RunPass(D d, const AttentionProblem& pb, Pass& pass) {
                        window_end);
 }
 
-// One attention call over K/V of element type T.
-template <typename T>
-void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
-                    AttentionOutcome* outcome) {
-  const hn::ScalableTag<float> d;
+// Every pass of one attention call, with vectors of d along the head dimension.
+template <class D, typename T>
+HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const AttentionResultSink& sink,
+                            void* scratch, AttentionOutcome* outcome) {
   const detail::AttentionScratchLayout layout = detail::AttentionScratchFor(pb.head_dim);
   float* base = detail::AlignedAttentionScratch(scratch);
   Pass pass;
@@ -580,8 +588,45 @@ void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink,
   NextRow next;
   while (next.kv_head < pb.n_kv_heads) {
     FillPass(pb, pass, next);
-    RunPass<decltype(d), T>(d, pb, pass);
+    RunPass<D, T>(d, pb, pass);
     EmitPass(pb, pass, sink, outcome);
+  }
+}
+
+// Which of the vector widths `lanes` (widest first) runs a head of dim
+// elements: the widest that divides dim, else the widest that fits in it
+// (the rest of each row is a scalar tail), else the narrowest. A head
+// narrower than a full vector (d = 8 or 12 on AVX-512) would otherwise be
+// all scalar tail.
+HWY_INLINE size_t HeadVectorChoice(size_t dim, const size_t (&lanes)[3]) {
+  for (size_t c = 0; c < 3; ++c) {
+    if (dim % lanes[c] == 0) return c;
+  }
+  for (size_t c = 0; c < 3; ++c) {
+    if (lanes[c] <= dim) return c;
+  }
+  return 2;
+}
+
+// One attention call over K/V of element type T. Where the capped tags equal
+// the full one (4-lane targets), the three calls are one instantiation.
+template <typename T>
+void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
+                    AttentionOutcome* outcome) {
+  const hn::ScalableTag<float> d_full;
+  const hn::CappedTag<float, 8> d8;
+  const hn::CappedTag<float, 4> d4;
+  const size_t lanes[3] = {hn::Lanes(d_full), hn::Lanes(d8), hn::Lanes(d4)};
+  switch (HeadVectorChoice(pb.head_dim, lanes)) {
+    case 0:
+      RunPasses<decltype(d_full), T>(d_full, pb, sink, scratch, outcome);
+      break;
+    case 1:
+      RunPasses<decltype(d8), T>(d8, pb, sink, scratch, outcome);
+      break;
+    default:
+      RunPasses<decltype(d4), T>(d4, pb, sink, scratch, outcome);
+      break;
   }
 }
 
