@@ -61,7 +61,7 @@ size_t SummaryTokens(size_t dim, bool with_whitening) {
 }
 
 covattn_cache_config ConfigFor(Method m, size_t dim) {
-  covattn_cache_config c{kKvHeads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0};
+  covattn_cache_config c{kKvHeads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
   switch (m) {
     case Method::kReadout:
       break;
@@ -111,13 +111,23 @@ covattn_kv_cache ViewOf(const Layer& layer) {
                           h * d,       d,              h * d,          d};
 }
 
+// Scratch for every call on a cache of this configuration.
+std::vector<unsigned char> CacheScratch(const covattn_cache_config& config) {
+  size_t bytes = 0;
+  covattn_cache_scratch_size(&config, kQHeads, &bytes);
+  return std::vector<unsigned char>(bytes);
+}
+
 CachePtr BuildCache(Method m, const Layer& layer) {
   const covattn_cache_config config = ConfigFor(m, layer.head_dim);
   covattn_cache* c = nullptr;
   if (covattn_cache_create(&config, &c) != COVATTN_OK) return nullptr;
   CachePtr cache(c);
   const covattn_kv_cache all = ViewOf(layer);
-  if (covattn_cache_append(c, &all) != COVATTN_OK) return nullptr;  // one prompt, block-wise
+  std::vector<unsigned char> scratch = CacheScratch(config);
+  if (covattn_cache_append(c, &all, scratch.data(), scratch.size()) != COVATTN_OK) {
+    return nullptr;  // one prompt, block-wise
+  }
   return cache;
 }
 
@@ -134,9 +144,7 @@ class Decoder {
       view_ = ViewOf(layer);
     } else {
       cache_ = BuildCache(method, layer);
-      size_t bytes = 0;
-      if (cache_) covattn_cache_decode_scratch_size(cache_.get(), kQHeads, &bytes);
-      scratch_.resize(bytes);
+      scratch_ = CacheScratch(ConfigFor(method, d));
     }
   }
   bool ok() const { return method_ == Method::kExact || cache_ != nullptr; }
@@ -218,9 +226,10 @@ void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
   }
   CachePtr cache(c);
   const covattn_kv_cache all = ViewOf(layer);
+  std::vector<unsigned char> scratch = CacheScratch(config);
   for (auto _ : state) {
     covattn_cache_reset(c);
-    if (covattn_cache_append(c, &all) != COVATTN_OK) {
+    if (covattn_cache_append(c, &all, scratch.data(), scratch.size()) != COVATTN_OK) {
       state.SkipWithError("append failed");
       break;
     }

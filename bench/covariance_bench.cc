@@ -72,6 +72,12 @@ void SetFlops(benchmark::State& state, double flops) {
 // ---------------------------------------------------------------------------
 // Update.
 
+std::vector<unsigned char> UpdateScratch(size_t dim) {
+  size_t bytes = 0;
+  if (covattn_cov_state_scratch_size(dim, &bytes) != COVATTN_OK) std::abort();
+  return std::vector<unsigned char>(bytes);
+}
+
 void Update(benchmark::State& state, const std::string& target, size_t dim, size_t block) {
   if (!UseTarget(state, target)) return;
   // Tokens [token][k | v]: K and V interleaved per token, as a fused QKV
@@ -80,8 +86,9 @@ void Update(benchmark::State& state, const std::string& target, size_t dim, size
   const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + dim, block, 1, dim,
                                 2 * dim,     dim,       2 * dim,        dim};
   StatePtr s = NewState(1, dim);
+  std::vector<unsigned char> scratch = UpdateScratch(dim);
   for (auto _ : state) {
-    if (covattn_cov_state_update(s.get(), &tokens) != COVATTN_OK) {
+    if (covattn_cov_state_update(s.get(), &tokens, scratch.data(), scratch.size()) != COVATTN_OK) {
       state.SkipWithError("update failed");
       break;
     }
@@ -133,9 +140,10 @@ std::vector<StatePtr>& States() {
     const std::vector<float> kv = RandomVector(512 * 2 * kDim, 5);
     const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + kDim, 512, 1, kDim,
                                   2 * kDim,    kDim,      2 * kDim,        kDim};
+    std::vector<unsigned char> scratch = UpdateScratch(kDim);
     for (size_t i = 0; i < kColdStates; ++i) {
       states.push_back(NewState(1, kDim));
-      covattn_cov_state_update(states.back().get(), &tokens);
+      covattn_cov_state_update(states.back().get(), &tokens, scratch.data(), scratch.size());
     }
   }
   return states;

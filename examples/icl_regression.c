@@ -37,8 +37,13 @@ int main(void) {
   float* z = malloc(sizeof(float) * kTokens * kDim);
   float q[kQueries * kDim], out[kQueries * kDim], exact[kQueries * kDim];
   double w[kDx];
-  size_t scratch_bytes = 0;
-  if (z == NULL || covattn_attention_scratch_size(kDim, &scratch_bytes) != COVATTN_OK) return 1;
+  /* One scratch buffer serves the exact decode and the state's update. */
+  size_t scratch_bytes = 0, update_bytes = 0;
+  if (z == NULL || covattn_attention_scratch_size(kDim, &scratch_bytes) != COVATTN_OK ||
+      covattn_cov_state_scratch_size(kDim, &update_bytes) != COVATTN_OK) {
+    return 1;
+  }
+  if (update_bytes > scratch_bytes) scratch_bytes = update_bytes;
   void* scratch = malloc(scratch_bytes);
   if (scratch == NULL) return 1;
 
@@ -61,7 +66,8 @@ int main(void) {
   const covattn_kv_cache tokens = {COVATTN_F32, z, z, kTokens, 1, kDim, kDim, kDim, kDim, kDim};
   covattn_cov_state* state = NULL;
   covattn_status status = covattn_cov_state_create(1, kDim, 1.0f, &state);
-  if (status == COVATTN_OK) status = covattn_cov_state_update(state, &tokens);
+  if (status == COVATTN_OK)
+    status = covattn_cov_state_update(state, &tokens, scratch, scratch_bytes);
   if (status == COVATTN_OK) status = covattn_cov_readout(state, q, kQueries, eta, out, NULL, NULL);
   const covattn_attention_options options = {eta, 0, 0};
   if (status == COVATTN_OK) {

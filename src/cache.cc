@@ -1,6 +1,7 @@
 // The bounded cache's memory layout and lifecycle (include/covattn/cache.h):
-// size, init, create, destroy, reset and info. The object is described in
-// cache.h; appends, decode and files have their own units.
+// size, scratch size, init, create, destroy, reset and info. The object is
+// described in cache.h; configuration, appends, retention, decode and files
+// have their own units.
 
 #include "covattn/cache.h"
 
@@ -8,35 +9,18 @@
 #include <cstring>
 #include <new>
 
+#include "attention.h"
 #include "cache.h"
 #include "covariance.h"
 #include "half.h"
 #include "object.h"
+#include "retention.h"
+#include "summary.h"
 #include "validate.h"
 
 namespace covattn {
 namespace detail {
 namespace {
-
-constexpr uint32_t kKnownFlags = COVATTN_CACHE_DROP_EVICTED;
-
-// The budget rules of cache.h, and the shape.
-covattn_status CheckConfig(const covattn_cache_config& c) {
-  if (DtypeSize(c.dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
-  if (c.head_dim == 0 || c.head_dim > COVATTN_MAX_HEAD_DIM) return COVATTN_ERR_INVALID_HEAD_DIM;
-  if (c.n_kv_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
-  if ((c.flags & ~kKnownFlags) != 0) return COVATTN_ERR_INVALID_BUDGET;
-  const bool drop = (c.flags & COVATTN_CACHE_DROP_EVICTED) != 0;
-  if (!drop && !(c.forgetting > 0.0f && c.forgetting <= 1.0f)) {
-    return COVATTN_ERR_INVALID_FORGETTING;
-  }
-  // Without a summary nothing would hold evicted tokens' statistics, and the
-  // outlier score needs the summary's covariance.
-  if (drop && (c.n_outliers != 0 || (c.n_sinks == 0 && c.window == 0))) {
-    return COVATTN_ERR_INVALID_BUDGET;
-  }
-  return COVATTN_OK;
-}
 
 bool AddBytes(size_t* offset, size_t count, size_t elem_bytes) {
   size_t bytes;
@@ -44,61 +28,95 @@ bool AddBytes(size_t* offset, size_t count, size_t elem_bytes) {
   return !AddOverflows(*offset, bytes & ~size_t{63}, offset);
 }
 
+// Consecutive 64-byte aligned regions; remembers an overflow.
+struct Regions {
+  size_t at = 0;
+  bool ok = true;
+  void Add(size_t* field, size_t count, size_t elem_bytes) {
+    *field = at;
+    ok = ok && AddBytes(&at, count, elem_bytes);
+  }
+  // count = a * b elements
+  void Add(size_t* field, size_t a, size_t b, size_t elem_bytes) {
+    size_t count = 0;
+    ok = ok && !MulOverflows(a, b, &count);
+    Add(field, count, elem_bytes);
+  }
+};
+
+// The persistent regions (the formula of covattn_cache_size).
 covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout) {
-  COVATTN_RETURN_IF_ERROR(CheckConfig(c));
   const size_t elem = DtypeSize(c.dtype);
-  const bool drop = (c.flags & COVATTN_CACHE_DROP_EVICTED) != 0;
   const size_t d = c.head_dim, h = c.n_kv_heads;
   size_t row;  // elements of one token of all heads
   if (MulOverflows(h, d, &row)) return COVATTN_ERR_SIZE_OVERFLOW;
+  const size_t retained = c.n_retained, outliers = c.n_outliers;
   CacheLayout l{};
-  size_t at = 0, n = 0;
-  bool ok = true;
-  auto region = [&](size_t* field, size_t count, size_t elem_bytes) {
-    *field = at;
-    ok = ok && AddBytes(&at, count, elem_bytes);
-  };
-  ok = ok && !MulOverflows(c.n_sinks, row, &n);
-  region(&l.sink_k, n, elem);
-  region(&l.sink_v, n, elem);
-  ok = ok && !MulOverflows(c.window, row, &n);
-  region(&l.window_k, n, elem);
-  region(&l.window_v, n, elem);
-  ok = ok && !MulOverflows(c.n_outliers, row, &n);
-  region(&l.outlier_k, n, elem);
-  region(&l.outlier_v, n, elem);
-  ok = ok && !MulOverflows(c.n_outliers, h, &n);
-  region(&l.outlier_score, n, sizeof(float));
-  region(&l.outlier_count, h, sizeof(uint32_t));
-  const bool whiten = c.n_outliers != 0;
+  Regions r;
+  r.Add(&l.sink_k, c.n_sinks, row, elem);
+  r.Add(&l.sink_v, c.n_sinks, row, elem);
+  r.Add(&l.window_k, c.window, row, elem);
+  r.Add(&l.window_v, c.window, row, elem);
+  r.Add(&l.retained_k, retained, row, elem);
+  r.Add(&l.retained_v, retained, row, elem);
+  r.Add(&l.retained_score, retained, h, sizeof(float));
+  r.Add(&l.retained_stamp, retained, h, sizeof(uint64_t));
+  r.Add(&l.retained_count, retained != 0 ? h : 0, sizeof(uint32_t));
+  r.Add(&l.window_score, retained != 0 ? c.window : 0, h, sizeof(float));
+  r.Add(&l.outlier_k, outliers, row, elem);
+  r.Add(&l.outlier_v, outliers, row, elem);
+  r.Add(&l.outlier_score, outliers, h, sizeof(float));
+  r.Add(&l.outlier_count, h, sizeof(uint32_t));
+  const bool whiten = outliers != 0;
   // W^T as bf16 (only ranks keys: 8 bits of mantissa are plenty), full d x d
   // with zeros below the diagonal so the scoring kernel is a plain GEMM.
-  region(&l.whitening, whiten ? h * d * d : 0, sizeof(uint16_t));
-  region(&l.whitening_mean, whiten ? row : 0, sizeof(float));
-  region(&l.refresh, h, sizeof(RefreshState));
-  if (!ok) return COVATTN_ERR_SIZE_OVERFLOW;
-  l.summary_bytes = 0;
-  if (!drop) COVATTN_RETURN_IF_ERROR(CovStateBytes(h, d, &l.summary_bytes));
-  region(&l.summary, l.summary_bytes, 1);
-  const size_t batch = drop ? 0 : kAppendBatch;  // dropped tokens need no staging
-  region(&l.evicted_k, batch * d, sizeof(float));
-  region(&l.evicted_v, batch * d, sizeof(float));
-  region(&l.fold_k, 2 * batch * d, sizeof(float));
-  region(&l.fold_v, 2 * batch * d, sizeof(float));
-  region(&l.distances, batch, sizeof(float));
-  region(&l.mahalanobis, kMahalanobisRows * d, sizeof(float));
-  region(&l.refresh_cov, whiten ? d * d : 0, sizeof(float));
-  region(&l.refresh_mean, whiten ? d : 0, sizeof(float));
-  region(&l.refresh_factor, whiten ? d * d : 0, sizeof(double));
-  if (!ok) return COVATTN_ERR_SIZE_OVERFLOW;
-  l.total = at;
+  r.Add(&l.whitening, whiten ? h : 0, d * d, sizeof(uint16_t));
+  r.Add(&l.whitening_mean, whiten ? row : 0, sizeof(float));
+  r.Add(&l.refresh, h, sizeof(RefreshState));
+  if (!r.ok) return COVATTN_ERR_SIZE_OVERFLOW;
+  COVATTN_RETURN_IF_ERROR(SummaryBytes(c, &l.summary_bytes));
+  r.Add(&l.summary, l.summary_bytes, 1);
+  if (!r.ok) return COVATTN_ERR_SIZE_OVERFLOW;
+  l.total = r.at;
+  *layout = l;
+  return COVATTN_OK;
+}
+
+// The append's work arrays. Rows leave the window only when something keeps
+// them (slots or a summary); a cache that drops everything needs none.
+covattn_status ComputeAppendScratch(const covattn_cache_config& c, AppendScratchLayout* layout) {
+  const size_t d = c.head_dim;
+  const bool summarizes = c.summary != COVATTN_SUMMARY_NONE;
+  const size_t batch = summarizes || c.n_retained != 0 ? kAppendBatch : 0;
+  const bool whiten = c.n_outliers != 0;
+  AppendScratchLayout l{};
+  Regions r;
+  r.Add(&l.evicted_k, batch, d, sizeof(float));
+  r.Add(&l.evicted_v, batch, d, sizeof(float));
+  r.Add(&l.evicted_score, batch, sizeof(float));
+  r.Add(&l.evicted_stamp, batch, sizeof(uint64_t));
+  r.Add(&l.passed_k, c.n_retained != 0 ? batch : 0, d, sizeof(float));
+  r.Add(&l.passed_v, c.n_retained != 0 ? batch : 0, d, sizeof(float));
+  r.Add(&l.fold_k, whiten ? batch : 0, d, sizeof(float));
+  r.Add(&l.fold_v, whiten ? batch : 0, d, sizeof(float));
+  r.Add(&l.distances, whiten ? batch : 0, sizeof(float));
+  // Also the row-conversion buffer of every append (head_dim floats).
+  r.Add(&l.mahalanobis, kMahalanobisRows, d, sizeof(float));
+  r.Add(&l.refresh_cov, whiten ? d : 0, d, sizeof(float));
+  r.Add(&l.refresh_mean, whiten ? d : 0, sizeof(float));
+  r.Add(&l.refresh_factor, whiten ? d : 0, d, sizeof(double));
+  r.Add(&l.summary_work, summarizes ? SummaryFoldWorkBytes(c) : 0, 1);
+  if (!r.ok) return COVATTN_ERR_SIZE_OVERFLOW;
+  l.total = r.at;
   *layout = l;
   return COVATTN_OK;
 }
 
 covattn_status CacheBytes(const covattn_cache_config& config, size_t* bytes) {
+  covattn_cache_config c;
+  COVATTN_RETURN_IF_ERROR(NormalizeConfig(config, &c));
   CacheLayout layout;
-  COVATTN_RETURN_IF_ERROR(ComputeLayout(config, &layout));
+  COVATTN_RETURN_IF_ERROR(ComputeLayout(c, &layout));
   if (AddOverflows(layout.total, covattn_cache::kHeaderBytes + 64, bytes)) {
     return COVATTN_ERR_SIZE_OVERFLOW;
   }
@@ -112,16 +130,18 @@ void ResetCache(covattn_cache* cache) {
     const HeadRegions<covattn_cache> head = Head(cache, h);
     *head.count = 0;
     *head.refresh = RefreshState{0, 0};
+    if (cache->HasRetained()) *head.retained_count = 0;
     // Unused until the first refresh, but serialized: zeros, not whatever
     // the memory held (which could be NaN and make the file unloadable).
     if (!cache->HasOutliers()) continue;
     std::fill(head.whitening, head.whitening + d * d, uint16_t{0});
     std::fill(head.whitening_mean, head.whitening_mean + d, 0.0f);
   }
-  if (cache->Summarizes()) CovStateReset(Summary(cache));
+  if (cache->Summarizes()) SummaryReset(cache);
 }
 
-// Makes a cache at the first 64-byte boundary of validated memory.
+// Makes a cache at the first 64-byte boundary of validated memory, for a
+// normalized config.
 covattn_cache* InitCache(void* memory, size_t bytes, const covattn_cache_config& config) {
   const uintptr_t begin = reinterpret_cast<uintptr_t>(memory);
   auto* c = reinterpret_cast<covattn_cache*>((begin + 63) & ~uintptr_t{63});
@@ -131,21 +151,47 @@ covattn_cache* InitCache(void* memory, size_t bytes, const covattn_cache_config&
   c->memory_begin = begin;
   c->memory_end = begin + bytes;
   c->config = config;
-  if (c->config.flags & COVATTN_CACHE_DROP_EVICTED) c->config.forgetting = 1.0f;
   ComputeLayout(c->config, &c->layout);
+  ComputeAppendScratch(c->config, &c->append_scratch);
   c->elem = DtypeSize(config.dtype);
-  if (c->Summarizes()) {
-    // The summary region starts on a 64-byte boundary: the state sits at its
-    // start, where Summary() finds it. Heads fold different tokens.
-    CovStateInit(c->At<unsigned char>(c->layout.summary), c->layout.summary_bytes,
-                 config.n_kv_heads, config.head_dim, config.forgetting,
-                 covattn_cov_state::kIndependentHeads);
-  }
+  // The summary region starts on a 64-byte boundary, where the summary's
+  // units find it.
+  if (c->Summarizes()) SummaryInit(c);
   ResetCache(c);
   return c;
 }
 
+// Bytes of decode scratch: the attention kernel's, two partial states and
+// the summary's readout, log Z and ESS, then the summary's own work.
+covattn_status DecodeScratchBytes(const covattn_cache_config& c, size_t n_q_heads, size_t* bytes) {
+  size_t floats;
+  if (MulOverflows(n_q_heads, 3 * c.head_dim + 6, &floats) ||
+      AddOverflows(floats, SummaryReadoutWorkFloats(c, n_q_heads) + 16, &floats) ||
+      MulOverflows(floats, sizeof(float), &floats) ||
+      AddOverflows(floats, AttentionScratchBytes(c.head_dim) + 128, bytes)) {
+    return COVATTN_ERR_SIZE_OVERFLOW;
+  }
+  return COVATTN_OK;
+}
+
 }  // namespace
+
+covattn_status CheckScratch(void* scratch, size_t bytes, size_t needed, Extent* extent) {
+  if (scratch == nullptr || bytes < needed) return COVATTN_ERR_SCRATCH_TOO_SMALL;
+  return MemoryExtent(scratch, bytes, extent);
+}
+
+covattn_status CacheScratchBytes(const covattn_cache_config& c, size_t n_q_heads,
+                                 ScratchNeeds* needs) {
+  if (n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
+  if (n_q_heads % c.n_kv_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
+  AppendScratchLayout append;
+  COVATTN_RETURN_IF_ERROR(ComputeAppendScratch(c, &append));
+  COVATTN_RETURN_IF_ERROR(DecodeScratchBytes(c, n_q_heads, &needs->decode));
+  COVATTN_RETURN_IF_ERROR(ObserveScratchBytes(c, n_q_heads, &needs->observe));
+  if (AddOverflows(append.total, 64, &needs->append)) return COVATTN_ERR_SIZE_OVERFLOW;
+  return COVATTN_OK;
+}
 
 void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst) {
   switch (dtype) {
@@ -179,6 +225,19 @@ covattn_status covattn_cache_size(const covattn_cache_config* config, size_t* by
   return CacheBytes(*config, bytes);
 }
 
+covattn_status covattn_cache_scratch_size(const covattn_cache_config* config, size_t n_q_heads,
+                                          size_t* bytes) {
+  if (config == nullptr || bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  size_t persistent;
+  COVATTN_RETURN_IF_ERROR(CacheBytes(*config, &persistent));  // every rule of the config
+  covattn_cache_config c;
+  NormalizeConfig(*config, &c);
+  ScratchNeeds needs;
+  COVATTN_RETURN_IF_ERROR(CacheScratchBytes(c, n_q_heads, &needs));
+  *bytes = std::max({needs.append, needs.decode, needs.observe});
+  return COVATTN_OK;
+}
+
 covattn_status covattn_cache_init(void* memory, size_t bytes, const covattn_cache_config* config,
                                   covattn_cache** cache) {
   if (memory == nullptr || config == nullptr || cache == nullptr) return COVATTN_ERR_NULL_POINTER;
@@ -187,7 +246,9 @@ covattn_status covattn_cache_init(void* memory, size_t bytes, const covattn_cach
   if (bytes < needed) return COVATTN_ERR_BUFFER_TOO_SMALL;
   Extent extent;
   COVATTN_RETURN_IF_ERROR(MemoryExtent(memory, bytes, &extent));
-  *cache = InitCache(memory, bytes, *config);
+  covattn_cache_config c;
+  NormalizeConfig(*config, &c);
+  *cache = InitCache(memory, bytes, c);
   return COVATTN_OK;
 }
 
@@ -195,8 +256,10 @@ covattn_status covattn_cache_create(const covattn_cache_config* config, covattn_
   if (config == nullptr || cache == nullptr) return COVATTN_ERR_NULL_POINTER;
   size_t bytes;
   COVATTN_RETURN_IF_ERROR(CacheBytes(*config, &bytes));
+  covattn_cache_config c;
+  NormalizeConfig(*config, &c);
   return CreateObject(
-      bytes, [&](void* memory) { return InitCache(memory, bytes, *config); }, cache);
+      bytes, [&](void* memory) { return InitCache(memory, bytes, c); }, cache);
 }
 
 void covattn_cache_destroy(covattn_cache* cache) { DestroyObject(cache, kCacheMagic); }
@@ -211,7 +274,11 @@ covattn_status covattn_cache_info_get(const covattn_cache* cache, covattn_cache_
   COVATTN_RETURN_IF_ERROR(CheckCache(cache));
   if (info == nullptr) return COVATTN_ERR_NULL_POINTER;
   size_t n_exact = (cache->SinkCount() + cache->WindowCount()) * cache->Heads();
-  for (size_t h = 0; h < cache->Heads(); ++h) n_exact += *Head(cache, h).count;
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<const covattn_cache> head = Head(cache, h);
+    n_exact += *head.count;
+    if (cache->HasRetained()) n_exact += *head.retained_count;
+  }
   *info = covattn_cache_info{
       cache->config,    cache->n_tokens, cache->n_summarized,
       cache->n_dropped, n_exact,         cache->memory_end - cache->memory_begin};

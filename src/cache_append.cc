@@ -1,13 +1,17 @@
 // Appends to the bounded cache (include/covattn/cache.h): the first tokens
 // become sinks, the rest enter the window ring, and what leaves the window
-// goes to the outlier slots (cache_outliers.cc), the summary, or nowhere
-// (DROP_EVICTED). Batches of kAppendBatch tokens bound the work area.
+// passes through the eviction pipeline: the retained slots (retention.h),
+// the outlier slots (cache_outliers.cc), then the summary (summary.h) or
+// nowhere. Batches of kAppendBatch tokens bound the work arrays, which live
+// in the caller's scratch.
 
 #include <algorithm>
 #include <cstring>
 
 #include "cache.h"
 #include "covariance.h"
+#include "retention.h"
+#include "summary.h"
 
 namespace covattn {
 namespace detail {
@@ -49,10 +53,9 @@ void StoreToken(covattn_cache* cache, const Block& block, size_t t, unsigned cha
   }
 }
 
-// Byte offset of the window ring's slot for global token t (not a sink).
+// The window ring's slot for global token t (not a sink).
 size_t WindowSlot(const covattn_cache* cache, uint64_t t) {
-  const size_t slot = static_cast<size_t>((t - cache->config.n_sinks) % cache->config.window);
-  return slot * cache->RowElems() * cache->elem;
+  return static_cast<size_t>((t - cache->config.n_sinks) % cache->config.window);
 }
 
 // What a batch of m tokens evicts: the oldest window tokens first, then
@@ -72,64 +75,101 @@ Eviction PlanEviction(const covattn_cache* cache, size_t m) {
   return e;
 }
 
-// Head h's evicted rows as f32 into the evicted work arrays, oldest first;
-// the batch starts at token b0 of the block.
-void GatherEvicted(covattn_cache* cache, const Block& block, size_t b0, const Eviction& e, size_t h,
-                   float* k, float* v) {
-  const size_t d = cache->Dim(), head = h * d * cache->elem;
+// Head h's evicted rows, oldest first, as f32 with their retention scores
+// (what they earned in the window; 0 for batch tokens that never entered it)
+// and token numbers; the batch starts at token b0 of the block.
+StageRows GatherEvicted(covattn_cache* cache, const Block& block, size_t b0, const Eviction& e,
+                        size_t h, const AppendScratch& scratch) {
+  const AppendScratchLayout& l = cache->append_scratch;
+  StageRows rows{scratch.At<float>(l.evicted_k),
+                 scratch.At<float>(l.evicted_v),
+                 scratch.At<float>(l.evicted_score),
+                 scratch.At<uint64_t>(l.evicted_stamp),
+                 cache->Dim(),
+                 e.count};
+  const size_t d = cache->Dim(), head = h * d * cache->elem, row = cache->RowElems() * cache->elem;
   const uint32_t dtype = cache->config.dtype;
+  const float* window_scores = Head(cache, h).window_scores;
   for (size_t i = 0; i < e.from_window; ++i) {
-    const size_t offset = WindowSlot(cache, e.oldest + i) + head;
-    CacheRowsToF32(dtype, Window(cache).k + offset, 0, 1, d, k + i * d, d);
-    CacheRowsToF32(dtype, Window(cache).v + offset, 0, 1, d, v + i * d, d);
+    const size_t slot = WindowSlot(cache, e.oldest + i);
+    CacheRowsToF32(dtype, Window(cache).k + slot * row + head, 0, 1, d, rows.k + i * d, d);
+    CacheRowsToF32(dtype, Window(cache).v + slot * row + head, 0, 1, d, rows.v + i * d, d);
+    rows.score[i] = window_scores != nullptr ? window_scores[slot] : 0.0f;
+    rows.stamp[i] = e.oldest + i;
   }
   if (e.from_batch != 0) {
     CacheRowsToF32(block.kv.dtype, block.K(b0, h), block.kv.k_token_stride, e.from_batch, d,
-                   k + e.from_window * d, d);
+                   rows.k + e.from_window * d, d);
     CacheRowsToF32(block.kv.dtype, block.V(b0, h), block.kv.v_token_stride, e.from_batch, d,
-                   v + e.from_window * d, d);
+                   rows.v + e.from_window * d, d);
+    for (size_t i = 0; i < e.from_batch; ++i) {
+      rows.score[e.from_window + i] = 0.0f;
+      rows.stamp[e.from_window + i] = cache->n_tokens + i;
+    }
   }
+  return rows;
 }
 
 // Folds rows into head h's summary and counts them.
-void FoldIntoSummary(covattn_cache* cache, size_t h, const FoldRows& rows) {
+void FoldIntoSummary(covattn_cache* cache, size_t h, const StageRows& rows,
+                     const AppendScratch& scratch) {
   if (rows.n == 0) return;
-  const size_t d = cache->Dim();
-  covattn_cov_state* summary = Summary(cache);
-  CovUpdateHeads(summary, CovBlock{COVATTN_F32, rows.k, rows.v, rows.n, d, 0, d, 0}, h, 1);
   cache->n_summarized += rows.n;
-  RefreshState* refresh = Head(cache, h).refresh;
-  refresh->folded += rows.n;
-  // The state counts the tokens of its busiest head, which bounds every
-  // head's weight.
-  summary->n_tokens = std::max(summary->n_tokens, refresh->folded);
-  if (cache->HasOutliers()) RefreshWhiteningIfDue(cache, h);
+  Head(cache, h).refresh->folded += rows.n;
+  SummaryFold(cache, h, rows.k, rows.v, rows.n,
+              scratch.At<unsigned char>(cache->append_scratch.summary_work));
+  if (cache->HasOutliers()) RefreshWhiteningIfDue(cache, h, scratch);
+}
+
+// Head h's evicted rows through the pipeline: retained slots, outlier
+// slots, summary (or dropped).
+void EvictHead(covattn_cache* cache, const Block& block, size_t b0, const Eviction& e, size_t h,
+               const AppendScratch& scratch) {
+  const AppendScratchLayout& l = cache->append_scratch;
+  const size_t d = cache->Dim();
+  StageRows rows = GatherEvicted(cache, block, b0, e, h, scratch);
+  if (cache->HasRetained()) {
+    StageRows passed{
+        scratch.At<float>(l.passed_k), scratch.At<float>(l.passed_v), nullptr, nullptr, d, 0};
+    OfferToRetained(cache, h, rows, &passed);
+    rows = passed;
+  }
+  if (!cache->Summarizes()) {
+    cache->n_dropped += rows.n;
+    return;
+  }
+  if (cache->HasOutliers()) {
+    StageRows fold{
+        scratch.At<float>(l.fold_k), scratch.At<float>(l.fold_v), nullptr, nullptr, d, 0};
+    OfferToOutliers(cache, h, rows, &fold, scratch);
+    rows = fold;
+  }
+  FoldIntoSummary(cache, h, rows, scratch);
 }
 
 // One batch of tokens [b0, b1) of a validated block, none of them sinks:
-// evicts what leaves the window (outlier slots or summary), then moves the
-// batch into the window.
-void AppendBatch(covattn_cache* cache, const Block& block, size_t b0, size_t b1) {
-  const size_t d = cache->Dim(), m = b1 - b0;
+// evicts what leaves the window, then moves the batch into the window (their
+// retention scores start at 0).
+void AppendBatch(covattn_cache* cache, const Block& block, size_t b0, size_t b1,
+                 const AppendScratch& scratch) {
+  const size_t m = b1 - b0;
   const Eviction e = PlanEviction(cache, m);
-  if (!cache->Summarizes()) cache->n_dropped += e.count * cache->Heads();
-  float* ev_k = Work(cache, cache->layout.evicted_k);
-  float* ev_v = Work(cache, cache->layout.evicted_v);
-  for (size_t h = 0; e.count != 0 && cache->Summarizes() && h < cache->Heads(); ++h) {
-    GatherEvicted(cache, block, b0, e, h, ev_k, ev_v);
-    FoldRows fold{Work(cache, cache->layout.fold_k), Work(cache, cache->layout.fold_v), d, 0};
-    if (cache->HasOutliers()) {
-      OfferToOutliers(cache, h, ev_k, ev_v, e.count, &fold);
+  if (e.count != 0) {
+    if (!cache->Summarizes() && !cache->HasRetained()) {
+      cache->n_dropped += e.count * cache->Heads();  // nothing keeps them: no staging
     } else {
-      for (size_t i = 0; i < e.count; ++i) fold.Add(ev_k + i * d, ev_v + i * d);
+      for (size_t h = 0; h < cache->Heads(); ++h) EvictHead(cache, block, b0, e, h, scratch);
     }
-    FoldIntoSummary(cache, h, fold);
   }
-  // The batch tokens that stay enter the window ring.
-  float* tmp = Work(cache, cache->layout.mahalanobis);
+  float* tmp = scratch.At<float>(cache->append_scratch.mahalanobis);
+  const size_t row = cache->RowElems() * cache->elem;
   for (size_t i = e.from_batch; i < m; ++i) {
-    const size_t offset = WindowSlot(cache, cache->n_tokens + i);
-    StoreToken(cache, block, b0 + i, Window(cache).k + offset, Window(cache).v + offset, tmp);
+    const size_t slot = WindowSlot(cache, cache->n_tokens + i);
+    StoreToken(cache, block, b0 + i, Window(cache).k + slot * row, Window(cache).v + slot * row,
+               tmp);
+    for (size_t h = 0; h < cache->Heads() && cache->HasRetained(); ++h) {
+      Head(cache, h).window_scores[slot] = 0.0f;
+    }
   }
   cache->n_tokens += m;
 }
@@ -142,9 +182,17 @@ using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points on
 
 extern "C" {
 
-covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache* block) {
+covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache* block,
+                                    void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckCache(cache));
   COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, cache->Heads(), cache->Dim(), CacheExtent(cache)));
+  Extent work, k, v;
+  COVATTN_RETURN_IF_ERROR(
+      CheckScratch(scratch, scratch_bytes, cache->append_scratch.total + 64, &work));
+  CheckKvTensors(*block, &k, &v);  // valid: CheckKvBlock passed
+  if (work.Overlaps(CacheExtent(cache)) || work.Overlaps(k) || work.Overlaps(v)) {
+    return COVATTN_ERR_ALIASING;
+  }
   if (block->n_tokens > UINT64_MAX / 2 - cache->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (block->n_tokens == 0) return COVATTN_OK;
   // Refuse bad values before anything changes (the summary would refuse them
@@ -154,15 +202,16 @@ covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache
     return COVATTN_ERR_NONFINITE;
   }
   const Block tokens{*block, DtypeSize(block->dtype)};
+  const AppendScratch work_area{AlignedScratch(scratch)};
+  float* tmp = work_area.At<float>(cache->append_scratch.mahalanobis);
   size_t b = 0;
-  float* tmp = Work(cache, cache->layout.mahalanobis);
   for (; b < block->n_tokens && cache->n_tokens < cache->config.n_sinks; ++b, ++cache->n_tokens) {
     const size_t offset = static_cast<size_t>(cache->n_tokens) * cache->RowElems() * cache->elem;
     StoreToken(cache, tokens, b, Sinks(cache).k + offset, Sinks(cache).v + offset, tmp);
   }
   // Batches bound the work area; with no window every token is evicted at once.
   for (; b < block->n_tokens; b += kAppendBatch) {
-    AppendBatch(cache, tokens, b, std::min(block->n_tokens, b + kAppendBatch));
+    AppendBatch(cache, tokens, b, std::min(block->n_tokens, b + kAppendBatch), work_area);
   }
   return COVATTN_OK;
 }

@@ -1,17 +1,18 @@
 // Decode on the bounded cache (include/covattn/cache.h, MATH.md section 4):
-// exact attention over the sinks, the window and each head's outliers,
-// merged into one partial state; the summary's covariance readout with its
-// log-normaliser; and the two merged row by row in log-sum-exp space. The
-// entry point validates everything once; the parts run the kernels directly.
+// exact attention over the sinks, the window and each head's retained and
+// outlier slots, merged into one partial state; the summary's readout with
+// its log-normaliser (summary.h); and the two merged row by row in
+// log-sum-exp space. The entry point validates everything once; the parts run
+// the kernels directly.
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "cache.h"
-#include "covariance.h"
 #include "online_softmax.h"
 #include "partial_state.h"
+#include "summary.h"
 
 namespace covattn {
 namespace detail {
@@ -27,25 +28,13 @@ struct DecodeQuery {
 };
 
 // The caller's scratch: the attention kernel's, then the running exact
-// state, one part's state, and the summary's readout, log Z and ESS.
+// state, one part's state, the summary's readout, log Z and ESS, and the
+// summary's own work (the sizes of cache.cc's DecodeScratchBytes).
 struct DecodeScratch {
   void* attention;
   covattn_partial exact, part;
-  float *readout, *log_z, *ess;
+  float *readout, *log_z, *ess, *summary_work;
 };
-
-covattn_status DecodeScratchBytes(const covattn_cache* cache, size_t n_q_heads, size_t* bytes) {
-  if (n_q_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
-  if (n_q_heads % cache->Heads() != 0) return COVATTN_ERR_HEAD_MISMATCH;
-  // Two partial states and the summary's readout, log Z and ESS.
-  size_t floats;
-  if (MulOverflows(n_q_heads, 3 * cache->Dim() + 6, &floats) ||
-      MulOverflows(floats, sizeof(float), &floats) ||
-      AddOverflows(floats, AttentionScratchBytes(cache->Dim()) + 64, bytes)) {
-    return COVATTN_ERR_SIZE_OVERFLOW;
-  }
-  return COVATTN_OK;
-}
 
 DecodeScratch CarveScratch(void* scratch, size_t n_q_heads, size_t d) {
   DecodeScratch s;
@@ -59,6 +48,7 @@ DecodeScratch CarveScratch(void* scratch, size_t n_q_heads, size_t d) {
   s.readout = f;
   s.log_z = f + n_q_heads * d;
   s.ess = s.log_z + n_q_heads;
+  s.summary_work = s.ess + n_q_heads;
   return s;
 }
 
@@ -66,8 +56,8 @@ DecodeScratch CarveScratch(void* scratch, size_t n_q_heads, size_t d) {
 // in the order of its statuses.
 covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, void* scratch,
                            size_t scratch_bytes) {
-  size_t needed;
-  COVATTN_RETURN_IF_ERROR(DecodeScratchBytes(cache, dq.n_q_heads, &needed));
+  ScratchNeeds needs;
+  COVATTN_RETURN_IF_ERROR(CacheScratchBytes(cache->config, dq.n_q_heads, &needs));
   if (!std::isfinite(dq.scale)) return COVATTN_ERR_INVALID_SCALE;
   const size_t d = cache->Dim(), n = dq.n_q_heads;
   Extent q, outputs[5];  // out, the three diagnostics, scratch
@@ -78,9 +68,7 @@ covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, vo
     COVATTN_RETURN_IF_ERROR(
         CheckTensor(dq.diagnostics[i], sizeof(float), n, 1, 1, 0, 1, &outputs[1 + i]));
   }
-  if (scratch == nullptr || scratch_bytes < needed) return COVATTN_ERR_SCRATCH_TOO_SMALL;
-  outputs[4] = Extent{reinterpret_cast<uintptr_t>(scratch),
-                      reinterpret_cast<uintptr_t>(scratch) + scratch_bytes};
+  COVATTN_RETURN_IF_ERROR(CheckScratch(scratch, scratch_bytes, needs.decode, &outputs[4]));
   const Extent cache_extent = CacheExtent(cache);
   for (int i = 0; i < 5; ++i) {
     if (outputs[i].Overlaps(q) || outputs[i].Overlaps(cache_extent)) return COVATTN_ERR_ALIASING;
@@ -135,7 +123,7 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const DecodeQuer
 
 // The exact part: sinks and window (all heads at once; softmax is
 // indifferent to token order, so the ring needs no unrolling), then each
-// head's outliers. False if any part was not finite.
+// head's retained and outlier slots. False if any part was not finite.
 bool ExactPart(const covattn_cache* cache, const DecodeQuery& dq, const DecodeScratch& s) {
   const size_t d = cache->Dim(), row = cache->RowElems(), n = dq.n_q_heads;
   std::fill(s.exact.m, s.exact.m + n, kInitialMax);
@@ -151,24 +139,31 @@ bool ExactPart(const covattn_cache* cache, const DecodeQuery& dq, const DecodeSc
     finite &= AddSegment(cache, window, dq, 0, n, s);
   }
   const size_t group = n / cache->Heads();
-  for (size_t h = 0; h < cache->Heads() && cache->HasOutliers(); ++h) {
-    const size_t count = *Head(cache, h).count;
-    if (count == 0) continue;
-    const Segment outliers{Outliers(cache, h, 0), count, 1, d, 0};
-    finite &= AddSegment(cache, outliers, dq, h * group, group, s);
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<const covattn_cache> head = Head(cache, h);
+    const size_t retained = cache->HasRetained() ? *head.retained_count : 0;
+    if (retained != 0) {
+      const Segment slots{Retained(cache, h, 0), retained, 1, d, 0};
+      finite &= AddSegment(cache, slots, dq, h * group, group, s);
+    }
+    if (*head.count != 0) {
+      const Segment outliers{Outliers(cache, h, 0), *head.count, 1, d, 0};
+      finite &= AddSegment(cache, outliers, dq, h * group, group, s);
+    }
   }
   return finite;
 }
 
-// The summary part: the readout and its log-normaliser (MATH.md section 2)
-// for every query. False when there is none: no summary, an empty one, or a
-// readout that is not finite (*nonfinite is then set).
+// The summary part: the readout and its log-normaliser (MATH.md sections 2
+// and 6) for every query. False when there is none: no summary, nothing
+// folded yet, or a readout that is not finite (*nonfinite is then set).
 bool SummaryPart(const covattn_cache* cache, const DecodeQuery& dq, const DecodeScratch& s,
                  bool* nonfinite) {
-  const covattn_cov_state* summary = Summary(cache);
-  if (summary == nullptr || summary->n_tokens == 0) return false;
-  if (CovReadout(summary,
-                 CovReadoutProblem{dq.q, dq.n_q_heads, dq.scale, s.readout, s.log_z, s.ess})) {
+  if (!cache->Summarizes() || cache->n_summarized == 0) return false;
+  if (SummaryReadout(cache,
+                     SummaryQueries{dq.q, dq.n_q_heads, dq.scale, s.readout, s.log_z,
+                                    dq.diagnostics[1] != nullptr ? s.ess : nullptr},
+                     s.summary_work)) {
     return true;
   }
   *nonfinite = true;
@@ -228,13 +223,6 @@ covattn_status Decode(const covattn_cache* cache, const DecodeQuery& dq, const D
 using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points only
 
 extern "C" {
-
-covattn_status covattn_cache_decode_scratch_size(const covattn_cache* cache, size_t n_q_heads,
-                                                 size_t* bytes) {
-  COVATTN_RETURN_IF_ERROR(CheckCache(cache));
-  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
-  return DecodeScratchBytes(cache, n_q_heads, bytes);
-}
 
 covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, size_t n_q_heads,
                                     float scale, float* out,

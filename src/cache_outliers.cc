@@ -1,15 +1,17 @@
-// The bounded cache's outlier slots (include/covattn/cache.h, docs/cache.md):
-// per KV head, the keys a Gaussian summary would misrepresent most, ranked by
-// their squared Mahalanobis distance under the summary's key covariance. The
-// whitening W = L^-1 (C_kk = L L^T) is rebuilt as the summary grows.
+// The bounded cache's outlier policy (include/covattn/cache.h, docs/cache.md,
+// retention.h): per KV head, the keys a Gaussian summary would misrepresent
+// most, ranked by their squared Mahalanobis distance under the summary's key
+// covariance. The whitening W = L^-1 (C_kk = L L^T) is rebuilt as the summary
+// grows; a compact summary gives a diagonal C_kk.
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "cache.h"
-#include "covariance.h"
 #include "half.h"
+#include "retention.h"
+#include "summary.h"
 
 namespace covattn {
 namespace detail {
@@ -74,12 +76,13 @@ void InvertLower(size_t d, double* chol) {
 
 // Rebuilds head h's whitening from the summary's key covariance, then
 // rescores the resident outliers under it.
-void RefreshWhitening(covattn_cache* cache, size_t h) {
+void RefreshWhitening(covattn_cache* cache, size_t h, const AppendScratch& scratch) {
   const size_t d = cache->Dim();
-  float* cov = Work(cache, cache->layout.refresh_cov);
-  float* mean = Work(cache, cache->layout.refresh_mean);
-  double* chol = cache->At<double>(cache->layout.refresh_factor);
-  CovExport(Summary(cache), h, CovExportOutputs{nullptr, mean, nullptr, cov, nullptr});
+  const AppendScratchLayout& l = cache->append_scratch;
+  float* cov = scratch.At<float>(l.refresh_cov);
+  float* mean = scratch.At<float>(l.refresh_mean);
+  double* chol = scratch.At<double>(l.refresh_factor);
+  SummaryKeyMoments(cache, h, mean, cov);
   FactorWithJitter(cov, d, chol);
   InvertLower(d, chol);
   // W^T[j][i] = W[i][j], zero below the diagonal, as bf16.
@@ -94,8 +97,8 @@ void RefreshWhitening(covattn_cache* cache, size_t h) {
   head.refresh->folded_at_refresh = head.refresh->folded;
   // Rescore residents under the new whitening.
   const size_t count = *head.count;
-  float* rows = Work(cache, cache->layout.evicted_k);  // free between batches
-  float* work = Work(cache, cache->layout.mahalanobis);
+  float* rows = scratch.At<float>(l.fold_k);  // free between folds
+  float* work = scratch.At<float>(l.mahalanobis);
   for (size_t s0 = 0; s0 < count; s0 += kAppendBatch) {
     const size_t n = std::min(kAppendBatch, count - s0);
     CacheRowsToF32(cache->config.dtype, Outliers(cache, h, s0).k, d, n, d, rows, d);
@@ -105,42 +108,24 @@ void RefreshWhitening(covattn_cache* cache, size_t h) {
 
 }  // namespace
 
-void OfferToOutliers(covattn_cache* cache, size_t h, const float* k, const float* v, size_t n,
-                     FoldRows* fold) {
-  const size_t d = cache->Dim(), slots = cache->config.n_outliers;
-  const uint32_t dtype = cache->config.dtype;
-  float* dist = Work(cache, cache->layout.distances);
+const RetentionPolicy kOutlierPolicy{"mahalanobis", nullptr, false};
+
+void OfferToOutliers(covattn_cache* cache, size_t h, const StageRows& in, StageRows* out,
+                     const AppendScratch& scratch) {
+  const size_t d = cache->Dim();
+  float* dist = scratch.At<float>(cache->append_scratch.distances);
   const HeadRegions<covattn_cache> head = Head(cache, h);
   if (head.refresh->folded_at_refresh != 0) {
-    CacheMahalanobis(head.whitening, head.whitening_mean, k, d, n, d,
-                     Work(cache, cache->layout.mahalanobis), dist);
+    CacheMahalanobis(head.whitening, head.whitening_mean, in.k, d, in.n, d,
+                     scratch.At<float>(cache->append_scratch.mahalanobis), dist);
   } else {
-    std::fill(dist, dist + n, 0.0f);  // no covariance yet: first come, first kept
+    std::fill(dist, dist + in.n, 0.0f);  // no covariance yet: first come, first kept
   }
-  uint32_t& count = *head.count;
-  float* score = head.scores;
-  for (size_t e = 0; e < n; ++e) {
-    size_t slot;
-    if (count < slots) {
-      slot = count++;
-    } else {
-      slot = static_cast<size_t>(std::min_element(score, score + count) - score);
-      if (!(dist[e] > score[slot])) {
-        fold->Add(k + e * d, v + e * d);
-        continue;
-      }
-      // The resident goes to the summary; the newcomer takes its slot.
-      fold->AddStored(dtype, Outliers(cache, h, slot).k, Outliers(cache, h, slot).v);
-    }
-    const KvRows<covattn_cache> resident = Outliers(cache, h, slot);
-    StoreRow(dtype, k + e * d, d, resident.k);
-    StoreRow(dtype, v + e * d, d, resident.v);
-    score[slot] = dist[e];
-  }
+  AdmitToSlots(cache, OutlierSlots(cache, h), kOutlierPolicy, in, dist, out);
 }
 
-void RefreshWhiteningIfDue(covattn_cache* cache, size_t h) {
-  if (WhiteningDue(cache, h)) RefreshWhitening(cache, h);
+void RefreshWhiteningIfDue(covattn_cache* cache, size_t h, const AppendScratch& scratch) {
+  if (WhiteningDue(cache, h)) RefreshWhitening(cache, h, scratch);
 }
 
 }  // namespace detail

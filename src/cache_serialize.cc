@@ -9,18 +9,30 @@
 //          16  u64 n_kv_heads, u64 head_dim, u32 dtype, u32 flags,
 //              u64 n_sinks, u64 window, u64 n_outliers, f32 forgetting,
 //              u32 reserved (0), u64 n_tokens, u64 n_summarized,
-//              u64 n_dropped, u64 payload bytes, 24 reserved bytes (0)
+//              u64 n_dropped, u64 payload bytes,
+//         104  format 2: u64 n_retained, u32 retention, f32 retention_decay,
+//              u32 summary, u32 rope; format 1: 24 reserved bytes (0)
 //         128  payload:
 //              sink K then V rows (min(n_tokens, n_sinks) tokens, all heads),
 //              window K then V slots 0 .. window count - 1,
 //              u32 outlier count per head, then per head: scores (f32),
 //              K rows, V rows of its resident outliers,
+//              with retained slots (format 2): u32 retained count per head,
+//              then per head: scores (f32), token numbers (u64), K rows,
+//              V rows of its residents; then per head the window slots'
+//              scores (f32, window count of them),
 //              per head: u64 tokens folded, u64 folded at the last
 //              whitening, then with outlier slots mu_k (f32) and W^T
 //              (d x d bf16),
-//              with a summary: u64 bytes, then the covariance state's own
-//              serialized form (covattn_cov_state_serialize)
+//              with a summary: u64 bytes, then the summary's section: the
+//              covariance state's own serialized form
+//              (covattn_cov_state_serialize), or per head the compact
+//              summary's 1 + 3d f64 (W, mu_k, mu_v, m2)
 //         end  u64 FNV-1a of every byte before it
+//
+// A cache whose configuration format 1 (covattn 0.1) describes (no retained
+// slots, a covariance summary or none, COVATTN_ROPE_NONE) writes format 1,
+// byte for byte what 0.1 wrote; every other cache writes format 2.
 
 #include <algorithm>
 #include <cmath>
@@ -28,16 +40,23 @@
 
 #include "bytes.h"
 #include "cache.h"
-#include "covariance.h"
+#include "summary.h"
 
 namespace covattn {
 namespace detail {
 namespace {
 
 constexpr unsigned char kCacheFileMagic[8] = {'C', 'O', 'V', 'A', 'T', 'T', 'N', 'C'};
-constexpr uint32_t kCacheFormatVersion = 1;
+constexpr uint32_t kFormat1 = 1, kFormat2 = 2;
 constexpr size_t kCacheFileHeaderBytes = 128;
 constexpr size_t kChecksumBytes = 8;
+
+// The format a configuration writes (see above).
+uint32_t FormatOf(const covattn_cache_config& c) {
+  const bool v1 =
+      c.n_retained == 0 && c.rope == COVATTN_ROPE_NONE && c.summary != COVATTN_SUMMARY_COMPACT;
+  return v1 ? kFormat1 : kFormat2;
+}
 
 // Serialized payload bytes for a cache in this state.
 size_t PayloadBytes(const covattn_cache* cache) {
@@ -46,10 +65,14 @@ size_t PayloadBytes(const covattn_cache* cache) {
   bytes += 4 * cache->Heads();
   for (size_t h = 0; h < cache->Heads(); ++h) {
     bytes += *Head(cache, h).count * (4 + 2 * d * cache->elem);
+    if (cache->HasRetained()) {
+      bytes += 4 + *Head(cache, h).retained_count * (12 + 2 * d * cache->elem);
+      bytes += 4 * cache->WindowCount();
+    }
   }
   bytes += cache->Heads() * 16;  // folded counts
   if (cache->HasOutliers()) bytes += cache->Heads() * (4 * d + 2 * d * d);
-  if (cache->Summarizes()) bytes += 8 + CovSerializedBytes(Summary(cache));
+  if (cache->Summarizes()) bytes += 8 + SummarySerializedBytes(cache);
   return bytes;
 }
 
@@ -67,7 +90,8 @@ void PutHeader(const covattn_cache* cache, unsigned char* p) {
   const covattn_cache_config& c = cache->config;
   std::memset(p, 0, kCacheFileHeaderBytes);
   std::memcpy(p, kCacheFileMagic, 8);
-  PutLE(p + 8, kCacheFormatVersion, 4);
+  const uint32_t version = FormatOf(c);
+  PutLE(p + 8, version, 4);
   PutLE(p + 12, kCacheFileHeaderBytes, 4);
   PutLE(p + 16, c.n_kv_heads, 8);
   PutLE(p + 24, c.head_dim, 8);
@@ -81,6 +105,30 @@ void PutHeader(const covattn_cache* cache, unsigned char* p) {
   PutLE(p + 80, cache->n_summarized, 8);
   PutLE(p + 88, cache->n_dropped, 8);
   PutLE(p + 96, PayloadBytes(cache), 8);
+  if (version == kFormat1) return;
+  PutLE(p + 104, c.n_retained, 8);
+  PutLE(p + 112, c.retention, 4);
+  PutF32LE(p + 116, c.retention_decay);
+  PutLE(p + 120, c.summary, 4);
+  PutLE(p + 124, c.rope, 4);
+}
+
+// The retained slots' section (format 2, cache.h's retained slots only).
+unsigned char* PutRetained(const covattn_cache* cache, unsigned char* at) {
+  const size_t d = cache->Dim(), elem = cache->elem;
+  at = PutElements(at, Head(cache, 0).retained_count, cache->Heads(), 4);  // every head's
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<const covattn_cache> head = Head(cache, h);
+    const size_t n = *head.retained_count;
+    at = PutElements(at, head.retained_scores, n, 4);
+    at = PutElements(at, head.retained_stamps, n, 8);
+    at = PutElements(at, Retained(cache, h, 0).k, n * d, elem);
+    at = PutElements(at, Retained(cache, h, 0).v, n * d, elem);
+  }
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    at = PutElements(at, Head(cache, h).window_scores, cache->WindowCount(), 4);
+  }
+  return at;
 }
 
 // Writes the payload at p; returns its end.
@@ -99,6 +147,7 @@ unsigned char* PutPayload(const covattn_cache* cache, unsigned char* at) {
     at = PutElements(at, Outliers(cache, h, 0).k, n * d, elem);
     at = PutElements(at, Outliers(cache, h, 0).v, n * d, elem);
   }
+  if (cache->HasRetained()) at = PutRetained(cache, at);
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<const covattn_cache> head = Head(cache, h);
     PutLE(at, head.refresh->folded, 8);
@@ -109,9 +158,9 @@ unsigned char* PutPayload(const covattn_cache* cache, unsigned char* at) {
     at = PutElements(at, head.whitening, d * d, 2);
   }
   if (cache->Summarizes()) {
-    const size_t blob = CovSerializedBytes(Summary(cache));
+    const size_t blob = SummarySerializedBytes(cache);
     PutLE(at, blob, 8);
-    CovSerialize(Summary(cache), at + 8);
+    SummarySerialize(cache, at + 8);
     at += 8 + blob;
   }
   return at;
@@ -144,7 +193,8 @@ covattn_status CheckHeader(const covattn_cache_config& c, const unsigned char* p
   if (size < 8) return COVATTN_ERR_TRUNCATED;
   if (std::memcmp(p, kCacheFileMagic, 8) != 0) return COVATTN_ERR_BAD_MAGIC;
   if (size < kCacheFileHeaderBytes + kChecksumBytes) return COVATTN_ERR_TRUNCATED;
-  if (GetLE(p + 8, 4) != kCacheFormatVersion) return COVATTN_ERR_VERSION;
+  const uint64_t version = GetLE(p + 8, 4);
+  if (version != kFormat1 && version != kFormat2) return COVATTN_ERR_VERSION;
   if (GetLE(p + 12, 4) != kCacheFileHeaderBytes) return COVATTN_ERR_CORRUPT;
   uint32_t forgetting_bits;
   std::memcpy(&forgetting_bits, &c.forgetting, 4);
@@ -154,10 +204,20 @@ covattn_status CheckHeader(const covattn_cache_config& c, const unsigned char* p
       GetLE(p + 64, 4) != forgetting_bits) {
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
+  // Format 1 knew no retained slots, compact summary or RoPE: it loads into
+  // the caches that have none (retention and its decay mean nothing there).
+  if (version == kFormat1 && FormatOf(c) != kFormat1) return COVATTN_ERR_SHAPE_MISMATCH;
+  uint32_t decay_bits;
+  std::memcpy(&decay_bits, &c.retention_decay, 4);
+  if (version == kFormat2 && (GetLE(p + 104, 8) != c.n_retained ||
+                              GetLE(p + 112, 4) != c.retention || GetLE(p + 116, 4) != decay_bits ||
+                              GetLE(p + 120, 4) != c.summary || GetLE(p + 124, 4) != c.rope)) {
+    return COVATTN_ERR_SHAPE_MISMATCH;
+  }
   for (size_t i = 68; i < 72; ++i) {
     if (p[i] != 0) return COVATTN_ERR_CORRUPT;
   }
-  for (size_t i = 104; i < kCacheFileHeaderBytes; ++i) {
+  for (size_t i = 104; i < kCacheFileHeaderBytes && version == kFormat1; ++i) {
     if (p[i] != 0) return COVATTN_ERR_CORRUPT;
   }
   *counts = FileCounts{GetLE(p + 72, 8), GetLE(p + 80, 8), GetLE(p + 88, 8)};
@@ -172,6 +232,7 @@ covattn_status CheckHeader(const covattn_cache_config& c, const unsigned char* p
 struct Payload {
   size_t sinks, window;  // tokens held
   const unsigned char *exact_rows, *counts, *outliers, *whitening, *blob;
+  const unsigned char *retained_counts, *retained, *window_scores;  // with retained slots
   size_t blob_bytes;
 };
 
@@ -216,6 +277,46 @@ bool ReadExactRows(const covattn_cache* cache, PayloadReader* in, Payload* out,
   return true;
 }
 
+// A retention score: finite and not negative (weights are not).
+bool ScoresValid(const unsigned char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float score = F32FromLE(p + 4 * i);
+    if (!(score >= 0.0f) || !std::isfinite(score)) return false;
+  }
+  return true;
+}
+
+// The retained slots: within the budget, finite rows, valid scores, token
+// numbers of tokens that have left the window. Adds their rows to *rows_held.
+bool ReadRetained(const covattn_cache* cache, uint64_t n_tokens, PayloadReader* in, Payload* out,
+                  uint64_t* rows_held) {
+  out->retained_counts = out->retained = out->window_scores = nullptr;
+  if (!cache->HasRetained()) return true;
+  const covattn_cache_config& c = cache->config;
+  const size_t d = c.head_dim, elem = cache->elem;
+  out->retained_counts = in->Take(4 * c.n_kv_heads);
+  if (out->retained_counts == nullptr) return false;
+  out->retained = in->at;
+  const uint64_t left_window = n_tokens - out->window;  // tokens numbered below this left it
+  for (size_t h = 0; h < c.n_kv_heads; ++h) {
+    const uint64_t n = GetLE(out->retained_counts + 4 * h, 4);
+    if (n > c.n_retained) return false;
+    const unsigned char* scores = in->Take(4 * n);
+    const unsigned char* stamps = in->Take(8 * n);
+    const unsigned char* rows = in->Take(2 * n * d * elem);
+    if (scores == nullptr || stamps == nullptr || rows == nullptr) return false;
+    if (!ScoresValid(scores, n) || !ElementsFinite(rows, 2 * n * d, c.dtype)) return false;
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t stamp = GetLE(stamps + 8 * i, 8);
+      if (stamp < c.n_sinks || stamp >= left_window) return false;
+    }
+    *rows_held += n;
+  }
+  out->window_scores = in->Take(4 * c.n_kv_heads * out->window);
+  return out->window_scores != nullptr &&
+         ScoresValid(out->window_scores, c.n_kv_heads * out->window);
+}
+
 // The per-head fold counts and whitenings, then the summary's blob.
 bool ReadSummaryState(const covattn_cache* cache, const FileCounts& counts, PayloadReader* in,
                       Payload* out) {
@@ -257,14 +358,33 @@ bool ReadPayload(const covattn_cache* cache, const FileCounts& counts, const uns
   out->window = WindowCount(cache->config, counts.n_tokens);
   PayloadReader in{p + kCacheFileHeaderBytes, p + size - kChecksumBytes};
   uint64_t rows_held = 0;
-  if (!ReadExactRows(cache, &in, out, &rows_held) || !ReadSummaryState(cache, counts, &in, out) ||
-      in.at != in.end) {
+  if (!ReadExactRows(cache, &in, out, &rows_held) ||
+      !ReadRetained(cache, counts.n_tokens, &in, out, &rows_held) ||
+      !ReadSummaryState(cache, counts, &in, out) || in.at != in.end) {
     return false;
   }
   // Every appended token row is in exactly one place.
   return rows_held + counts.n_summarized + counts.n_dropped == counts.n_tokens * cache->Heads() &&
          (cache->Summarizes() || counts.n_summarized == 0) &&
          (!cache->Summarizes() || counts.n_dropped == 0);
+}
+
+// Copies a checked retained section into the cache.
+void CopyRetained(covattn_cache* cache, const Payload& in) {
+  const size_t d = cache->Dim(), elem = cache->elem;
+  const unsigned char* at = in.retained;
+  for (size_t h = 0; h < cache->Heads(); ++h) {
+    const HeadRegions<covattn_cache> head = Head(cache, h);
+    const size_t n = static_cast<size_t>(GetLE(in.retained_counts + 4 * h, 4));
+    *head.retained_count = static_cast<uint32_t>(n);
+    CopyLE(reinterpret_cast<unsigned char*>(head.retained_scores), at, n, 4);
+    CopyLE(reinterpret_cast<unsigned char*>(head.retained_stamps), at + 4 * n, n, 8);
+    CopyLE(Retained(cache, h, 0).k, at + 12 * n, n * d, elem);
+    CopyLE(Retained(cache, h, 0).v, at + 12 * n + n * d * elem, n * d, elem);
+    at += 12 * n + 2 * n * d * elem;
+    CopyLE(reinterpret_cast<unsigned char*>(head.window_scores),
+           in.window_scores + 4 * h * in.window, in.window, 4);
+  }
 }
 
 // Copies a checked payload into the cache.
@@ -288,6 +408,7 @@ void CopyPayload(covattn_cache* cache, const Payload& in) {
     CopyLE(Outliers(cache, h, 0).v, at + 4 * n + n * d * elem, n * d, elem);
     at += 4 * n + 2 * n * d * elem;
   }
+  if (cache->HasRetained()) CopyRetained(cache, in);
   at = in.whitening;
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<covattn_cache> head = Head(cache, h);
@@ -349,10 +470,10 @@ covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer, size
   // The summary checks its own blob and is written first: if it refuses,
   // nothing has changed.
   if (payload.blob != nullptr) {
-    const covattn_status status = CovLoad(Summary(cache), payload.blob, payload.blob_bytes);
-    if (status != COVATTN_OK) {
-      return status == COVATTN_ERR_SHAPE_MISMATCH ? COVATTN_ERR_CORRUPT : status;
-    }
+    const size_t d = cache->Dim();
+    const size_t whitening_stride = 16 + (cache->HasOutliers() ? 4 * d + 2 * d * d : 0);
+    COVATTN_RETURN_IF_ERROR(
+        SummaryLoad(cache, payload.blob, payload.blob_bytes, payload.whitening, whitening_stride));
   }
   cache->n_tokens = counts.n_tokens;
   cache->n_summarized = counts.n_summarized;

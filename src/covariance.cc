@@ -52,6 +52,19 @@ covattn_status CheckOutput(const void* p, size_t elem_size, size_t n_rows, size_
 }
 
 // True if any two of the non-empty extents overlap.
+// The caller's scratch of an update or a merge: COVATTN_ERR_SCRATCH_TOO_SMALL
+// when null or short of covattn_cov_state_scratch_size, else its extent.
+covattn_status CheckWork(void* scratch, size_t bytes, size_t head_dim, Extent* extent) {
+  if (scratch == nullptr || bytes < WorkspaceBytes(head_dim) + kAlign - 1) {
+    return COVATTN_ERR_SCRATCH_TOO_SMALL;
+  }
+  return MemoryExtent(scratch, bytes, extent);
+}
+float* AlignedWork(void* scratch) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + kAlign - 1) &
+                                  ~uintptr_t{kAlign - 1});
+}
+
 bool AnyOverlap(const Extent* extents, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = i + 1; j < n; ++j) {
@@ -173,8 +186,7 @@ covattn_status CheckFileHeader(const unsigned char* p, size_t size, FileHeader* 
 covattn_status CovStateBytes(size_t n_heads, size_t head_dim, size_t* bytes) {
   size_t heads;
   if (MulOverflows(n_heads, HeadBytes(head_dim), &heads) ||
-      AddOverflows(heads, kAlign - 1 + covattn_cov_state::kHeaderBytes + WorkspaceBytes(head_dim),
-                   bytes)) {
+      AddOverflows(heads, kAlign - 1 + covattn_cov_state::kHeaderBytes, bytes)) {
     return COVATTN_ERR_SIZE_OVERFLOW;
   }
   return COVATTN_OK;
@@ -335,28 +347,48 @@ covattn_status covattn_cov_state_info(const covattn_cov_state* state, covattn_co
   return COVATTN_OK;
 }
 
-covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block) {
+covattn_status covattn_cov_state_scratch_size(size_t head_dim, size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckShape(1, head_dim, 1.0f));
+  *bytes = WorkspaceBytes(head_dim) + kAlign - 1;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block,
+                                        void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
   COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, state->n_heads, state->head_dim, StateExtent(state)));
+  Extent work, k, v;
+  COVATTN_RETURN_IF_ERROR(CheckWork(scratch, scratch_bytes, state->head_dim, &work));
+  CheckKvTensors(*block, &k, &v);  // valid: CheckKvBlock passed
+  if (work.Overlaps(StateExtent(state)) || work.Overlaps(k) || work.Overlaps(v)) {
+    return COVATTN_ERR_ALIASING;
+  }
   if (block->n_tokens > UINT64_MAX - state->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (block->n_tokens == 0) return COVATTN_OK;
   const CovBlock cov_block = CovBlockOf(*block);
   if (!CovBlockInRange(cov_block, state->n_heads, state->head_dim)) {
     return COVATTN_ERR_NONFINITE;
   }
-  CovUpdate(state, cov_block);
+  CovUpdate(state, cov_block, AlignedWork(scratch));
   state->n_tokens += block->n_tokens;
   return COVATTN_OK;
 }
 
-covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_cov_state* other) {
+covattn_status covattn_cov_state_merge(covattn_cov_state* into, const covattn_cov_state* other,
+                                       void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckState(into));
   COVATTN_RETURN_IF_ERROR(CheckState(other));
   if (!SameShape(into, other)) return COVATTN_ERR_SHAPE_MISMATCH;
+  Extent work;
+  COVATTN_RETURN_IF_ERROR(CheckWork(scratch, scratch_bytes, into->head_dim, &work));
+  if (work.Overlaps(StateExtent(into)) || work.Overlaps(StateExtent(other))) {
+    return COVATTN_ERR_ALIASING;
+  }
   const uint64_t other_tokens = other->n_tokens;  // `other` may be `into`
   if (other_tokens > UINT64_MAX - into->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
   if (other_tokens == 0) return COVATTN_OK;
-  CovMerge(into, other);
+  CovMerge(into, other, AlignedWork(scratch));
   into->n_tokens += other_tokens;
   return COVATTN_OK;
 }
@@ -383,8 +415,9 @@ covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* 
   }
   if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
   const CovReadoutProblem problem{
-      q,   n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
-      out, log_z,     ess};
+      q,       n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
+      out,     log_z,     ess,
+      nullptr, nullptr};
   return CovReadout(state, problem) ? COVATTN_OK : COVATTN_ERR_NONFINITE;
 }
 

@@ -252,11 +252,11 @@ HWY_INLINE void UpdateHeadToken(D d, const CovShape& shape, const CovHead& head,
 // Heads [first_head, first_head + n_heads) absorb the block, whose head 0
 // is the state's head first_head.
 template <typename T>
-void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                 size_t n_heads) {
+void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_head, size_t n_heads,
+                 float* work) {
   const hn::ScalableTag<float> d;
   const CovShape shape = state->Shape();
-  const Workspace ws(state->Workspace(), shape.dim);
+  const Workspace ws(work, shape.dim);
   const size_t n = block.n_tokens;
   const size_t n_sub = (n + kSubBlockTokens - 1) / kSubBlockTokens;
   for (size_t h = 0; h < n_heads; ++h) {

@@ -261,14 +261,14 @@ bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_st
 // ---------------------------------------------------------------------------
 // Merge of two states.
 
-void Merge(covattn_cov_state* into, const covattn_cov_state* other) {
+void Merge(covattn_cov_state* into, const covattn_cov_state* other, float* work) {
   const hn::ScalableTag<float> d;
   const size_t dim = into->head_dim, width = 2 * dim;
   const size_t padded = detail::RoundUp(width, hn::Lanes(d));
   const double lambda = into->forgetting;
   // into's tokens all age by the number of tokens in other.
   const double decay = lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(other->n_tokens));
-  const Workspace ws(into->Workspace(), dim);
+  const Workspace ws(work, dim);
   for (size_t h = 0; h < into->n_heads; ++h) {
     const CovHead head = into->Head(h);
     const double* other_doubles = other->Doubles(h);
@@ -395,9 +395,20 @@ HWY_INLINE void ReadoutPart(D d, const float* HWY_RESTRICT m, size_t dim, bool k
 template <size_t kH, class D>
 HWY_INLINE void ReadoutHeads(D d, const float* HWY_RESTRICT m, size_t dim, bool stats,
                              const double* HWY_RESTRICT mean, const float* HWY_RESTRICT a,
-                             size_t lda, float w_inv, float* HWY_RESTRICT out, double* quad) {
+                             const float* HWY_RESTRICT a_value, size_t lda, float w_inv,
+                             float* HWY_RESTRICT out, double* quad) {
   if (stats) ReadoutPart<kH>(d, m, dim, /*k_part=*/true, mean, a, lda, w_inv, out, quad);
-  ReadoutPart<kH>(d, m, dim, /*k_part=*/false, mean, a, lda, w_inv, out, quad);
+  ReadoutPart<kH>(d, m, dim, /*k_part=*/false, mean, a_value, lda, w_inv, out, quad);
+}
+
+// tile[h][i] = scale q[h][i] for nh query rows, zero for N lanes beyond dim.
+void ScaleQueries(const float* q, size_t nh, size_t dim, float scale, size_t N, float* tile,
+                  size_t lda) {
+  for (size_t h = 0; h < nh; ++h) {
+    float* row = tile + h * lda;
+    for (size_t i = 0; i < dim; ++i) row[i] = scale * q[h * dim + i];
+    std::fill(row + dim, row + dim + N, 0.0f);
+  }
 }
 
 bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
@@ -405,11 +416,14 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
   const size_t N = hn::Lanes(d);
   const size_t dim = state->head_dim;
   const size_t group = pb.n_q_heads / state->n_heads;
-  const bool stats = pb.log_z != nullptr || pb.ess != nullptr;
-  // Scaled queries of one head tile, zero beyond dim (no scratch: on the
-  // stack, at most kReadHeads x 576 floats).
+  const bool stats = pb.log_z != nullptr || pb.ess != nullptr || pb.sigma2 != nullptr;
+  // Scaled queries of one head tile, zero beyond dim, and those of the value
+  // part when they differ (no scratch: on the stack, at most 2 kReadHeads x
+  // 576 floats).
   constexpr size_t kLda = COVATTN_MAX_HEAD_DIM + kMaxLanesF32;
   HWY_ALIGN float a[kReadHeads * kLda];
+  HWY_ALIGN float a_value_tile[kReadHeads * kLda];
+  const float* a_value = pb.value_q != nullptr ? a_value_tile : a;
   bool finite = true;
   for (size_t kv = 0; kv < state->n_heads; ++kv) {
     const float* m = state->Moments(kv);
@@ -423,6 +437,7 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
         std::fill(pb.out + h * dim, pb.out + (h + 1) * dim, 0.0f);
         if (pb.log_z != nullptr) pb.log_z[h] = -std::numeric_limits<float>::infinity();
         if (pb.ess != nullptr) pb.ess[h] = 0.0f;
+        if (pb.sigma2 != nullptr) pb.sigma2[h] = 0.0;
       }
       continue;
     }
@@ -430,19 +445,17 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
     for (size_t g0 = 0; g0 < group; g0 += kReadHeads) {
       const size_t nh = HWY_MIN(kReadHeads, group - g0);
       const size_t first = kv * group + g0;
-      for (size_t h = 0; h < nh; ++h) {
-        const float* q = pb.q + (first + h) * dim;
-        float* ah = a + h * kLda;
-        for (size_t i = 0; i < dim; ++i) ah[i] = pb.scale * q[i];
-        std::fill(ah + dim, ah + dim + N, 0.0f);
+      ScaleQueries(pb.q + first * dim, nh, dim, pb.scale, N, a, kLda);
+      if (pb.value_q != nullptr) {
+        ScaleQueries(pb.value_q + first * dim, nh, dim, pb.scale, N, a_value_tile, kLda);
       }
       double quad[kReadHeads] = {};
       float* out = pb.out + first * dim;
       switch (nh) {
-#define COVATTN_READ_CASE(n)                                                                  \
-  case n:                                                                                     \
-    ReadoutHeads<HWY_MIN(size_t{n}, kReadHeads)>(d, m, dim, stats, mean, a, kLda, w_inv, out, \
-                                                 quad);                                       \
+#define COVATTN_READ_CASE(n)                                                                      \
+  case n:                                                                                         \
+    ReadoutHeads<HWY_MIN(size_t{n}, kReadHeads)>(d, m, dim, stats, mean, a, a_value, kLda, w_inv, \
+                                                 out, quad);                                      \
     break;
         COVATTN_READ_CASE(1)
         COVATTN_READ_CASE(2)
@@ -452,7 +465,7 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
         COVATTN_READ_CASE(6)
         COVATTN_READ_CASE(7)
         default:
-          ReadoutHeads<kReadHeads>(d, m, dim, stats, mean, a, kLda, w_inv, out, quad);
+          ReadoutHeads<kReadHeads>(d, m, dim, stats, mean, a, a_value, kLda, w_inv, out, quad);
           break;
 #undef COVATTN_READ_CASE
       }
@@ -465,6 +478,7 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
         double a_mu = 0.0;
         for (size_t i = 0; i < dim; ++i) a_mu += double{ah[i]} * mean[i];
         const double sigma2 = quad[h] / weight;
+        if (pb.sigma2 != nullptr) pb.sigma2[first + h] = sigma2;
         if (pb.log_z != nullptr) {
           pb.log_z[first + h] = static_cast<float>(std::log(weight) + a_mu + 0.5 * sigma2);
           finite &= std::isfinite(pb.log_z[first + h]);
@@ -498,18 +512,18 @@ bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16
   return COVATTN_DISPATCH(BlockInRange)(block, n_heads, dim, f16_storage);
 }
 
-void CovUpdate(covattn_cov_state* state, const CovBlock& block) {
-  CovUpdateHeads(state, block, 0, state->n_heads);
+void CovUpdate(covattn_cov_state* state, const CovBlock& block, float* work) {
+  CovUpdateHeads(state, block, 0, state->n_heads, work);
 }
 
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                    size_t n_heads) {
+                    size_t n_heads, float* work) {
   ForDtype(block.dtype, CovUpdateHeadsF32, CovUpdateHeadsF16, CovUpdateHeadsBF16)(
-      state, block, first_head, n_heads);
+      state, block, first_head, n_heads, work);
 }
 
-void CovMerge(covattn_cov_state* into, const covattn_cov_state* other) {
-  COVATTN_DISPATCH(Merge)(into, other);
+void CovMerge(covattn_cov_state* into, const covattn_cov_state* other, float* work) {
+  COVATTN_DISPATCH(Merge)(into, other, work);
 }
 
 bool CovReadout(const covattn_cov_state* state, const CovReadoutProblem& problem) {

@@ -28,6 +28,11 @@ struct CovReadoutProblem {
   float* out;    // [n_q_heads][dim]
   float* log_z;  // [n_q_heads] or nullptr
   float* ess;    // [n_q_heads] or nullptr
+  // The bounded cache's ring correction (MATH.md section 6): queries for the
+  // value part ([n_q_heads][dim], scaled like q) when they differ from q, or
+  // nullptr; and a^T C_kk a per query, or nullptr.
+  const float* value_q;
+  double* sigma2;
 };
 
 // True when every element of the block is finite and at most
@@ -36,27 +41,28 @@ struct CovReadoutProblem {
 bool CovBlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage = false);
 
 // Absorbs a validated, in-range block into every head (MATH.md section 3).
-void CovUpdate(covattn_cov_state* state, const CovBlock& block);
+// work: the caller's scratch, 64-byte aligned, WorkspaceBytes(dim) bytes.
+void CovUpdate(covattn_cov_state* state, const CovBlock& block, float* work);
 
 // Only heads [first_head, first_head + n_heads) absorb the block, whose
 // head 0 is the state's head first_head: for states with
 // covattn_cov_state::kIndependentHeads (the bounded cache folds different
 // tokens into different heads). The state's token count is not changed.
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                    size_t n_heads);
+                    size_t n_heads, float* work);
 
 // CovUpdateHeads for one element type of the block (covariance_kernels_
 // {f32,f16,bf16}.cc, each compiled for every target).
 void CovUpdateHeadsF32(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                       size_t n_heads);
+                       size_t n_heads, float* work);
 void CovUpdateHeadsF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                       size_t n_heads);
+                       size_t n_heads, float* work);
 void CovUpdateHeadsBF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                        size_t n_heads);
+                        size_t n_heads, float* work);
 
 // into <- into followed by other (same shape and forgetting; may be the same
-// object).
-void CovMerge(covattn_cov_state* into, const covattn_cov_state* other);
+// object); work as for CovUpdate.
+void CovMerge(covattn_cov_state* into, const covattn_cov_state* other, float* work);
 
 // The readout of a non-empty state; false if a result is not finite.
 bool CovReadout(const covattn_cov_state* state, const CovReadoutProblem& problem);

@@ -12,8 +12,8 @@ namespace covattn {
 namespace HWY_NAMESPACE {
 
 void UpdateHeadsBF16(covattn_cov_state* state, const detail::CovBlock& block, size_t first_head,
-                     size_t n_heads) {
-  UpdateTyped<hwy::bfloat16_t>(state, block, first_head, n_heads);
+                     size_t n_heads, float* work) {
+  UpdateTyped<hwy::bfloat16_t>(state, block, first_head, n_heads, work);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -28,8 +28,8 @@ namespace covattn {
 HWY_EXPORT(UpdateHeadsBF16);
 
 void detail::CovUpdateHeadsBF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                                size_t n_heads) {
-  COVATTN_DISPATCH(UpdateHeadsBF16)(state, block, first_head, n_heads);
+                                size_t n_heads, float* work) {
+  COVATTN_DISPATCH(UpdateHeadsBF16)(state, block, first_head, n_heads, work);
 }
 
 }  // namespace covattn

@@ -12,8 +12,8 @@ namespace covattn {
 namespace HWY_NAMESPACE {
 
 void UpdateHeadsF32(covattn_cov_state* state, const detail::CovBlock& block, size_t first_head,
-                    size_t n_heads) {
-  UpdateTyped<float>(state, block, first_head, n_heads);
+                    size_t n_heads, float* work) {
+  UpdateTyped<float>(state, block, first_head, n_heads, work);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -28,8 +28,8 @@ namespace covattn {
 HWY_EXPORT(UpdateHeadsF32);
 
 void detail::CovUpdateHeadsF32(covattn_cov_state* state, const CovBlock& block, size_t first_head,
-                               size_t n_heads) {
-  COVATTN_DISPATCH(UpdateHeadsF32)(state, block, first_head, n_heads);
+                               size_t n_heads, float* work) {
+  COVATTN_DISPATCH(UpdateHeadsF32)(state, block, first_head, n_heads, work);
 }
 
 }  // namespace covattn

@@ -10,7 +10,7 @@
 //               with M_kv[j][i] = sum w (k_j - mu_kj)(v_i - mu_vi), followed
 //               by kVectorSlackBytes of zeros so that a vector load at the end
 //               of the last row stays inside the head (padded to 64 bytes)
-//   workspace   the block-update workspace (WorkspaceBytes(d))
+// The block update's workspace (WorkspaceBytes(d)) is the caller's scratch.
 //
 // Why these choices (see also docs/covariance.md):
 // - M_kk is stored full (d x d, kept exactly symmetric) rather than packed:
@@ -120,7 +120,6 @@ struct covattn_cov_state {
                                           covattn::detail::HeadDoublesBytes(head_dim));
   }
   const double* Doubles(size_t h) const { return reinterpret_cast<const double*>(HeadBase(h)); }
-  float* Workspace() { return reinterpret_cast<float*>(HeadBase(n_heads)); }
   covattn::detail::CovShape Shape() const { return {n_heads, head_dim, forgetting}; }
 };
 

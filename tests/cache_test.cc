@@ -11,90 +11,11 @@
 #include <numeric>
 
 #include "cache_files.h"
+#include "cache_test_util.h"
 #include "covariance_test_util.h"
 #include "test_util.h"
 
 using namespace covattn_test;
-
-namespace {
-
-struct CacheDeleter {
-  void operator()(covattn_cache* c) const { covattn_cache_destroy(c); }
-};
-using CachePtr = std::unique_ptr<covattn_cache, CacheDeleter>;
-
-CachePtr MakeCache(const covattn_cache_config& config) {
-  covattn_cache* c = nullptr;
-  REQUIRE(covattn_cache_create(&config, &c) == COVATTN_OK);
-  return CachePtr(c);
-}
-
-covattn_cache_config Config(size_t heads, size_t dim, size_t sinks, size_t window, size_t outliers,
-                            uint32_t dtype = COVATTN_F32, float forgetting = 1.0f,
-                            uint32_t flags = 0) {
-  return covattn_cache_config{heads, dim, dtype, sinks, window, outliers, forgetting, flags};
-}
-
-// Appends tokens [t0, t0 + n) of a test cache.
-void Append(covattn_cache* cache, const TestCache& data, size_t t0, size_t n) {
-  const covattn_kv_cache block = Slice(data.view(), t0, n);
-  REQUIRE(covattn_cache_append(cache, &block) == COVATTN_OK);
-}
-
-// Appends all tokens of `data` in blocks of irregular sizes.
-void AppendAll(covattn_cache* cache, const TestCache& data, uint64_t seed) {
-  Rng rng(seed);
-  for (size_t t = 0; t < data.n_tokens();) {
-    const size_t n = std::min(data.n_tokens() - t, size_t(1 + rng.Uniform(0, 1) * 150));
-    Append(cache, data, t, n);
-    t += n;
-  }
-}
-
-struct Decoded {
-  covattn_status status;
-  std::vector<float> out, share, ess, log_z;
-};
-
-Decoded Decode(const covattn_cache* cache, const std::vector<float>& q, size_t n_q_heads,
-               size_t dim, float scale = 0.0f) {
-  size_t bytes = 0;
-  REQUIRE(covattn_cache_decode_scratch_size(cache, n_q_heads, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> scratch(bytes);
-  Decoded r;
-  r.out.assign(n_q_heads * dim, -1.0f);
-  r.share.assign(n_q_heads, -1.0f), r.ess.assign(n_q_heads, -1.0f), r.log_z.assign(n_q_heads, 0);
-  const covattn_cache_diagnostics diag{r.share.data(), r.ess.data(), r.log_z.data()};
-  r.status = covattn_cache_decode(cache, q.data(), n_q_heads, scale, r.out.data(), &diag,
-                                  scratch.data(), scratch.size());
-  return r;
-}
-
-std::vector<float> RandomQueries(Rng& rng, size_t n, double std_dev) {
-  std::vector<float> q(n);
-  for (float& x : q) x = static_cast<float>(std_dev * rng.Normal());
-  return q;
-}
-
-double RelativeL2(const float* got, const std::vector<double>& ref) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);
-}
-
-std::vector<uint8_t> Serialize(const covattn_cache* cache) {
-  size_t bytes = 0, written = 0;
-  REQUIRE(covattn_cache_serialized_size(cache, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> buffer(bytes);
-  REQUIRE(covattn_cache_serialize(cache, buffer.data(), buffer.size(), &written) == COVATTN_OK);
-  REQUIRE(written == bytes);
-  return buffer;
-}
-
-}  // namespace
 
 TEST_CASE("until the first eviction the cache is exact attention") {
   const size_t dim = 48, heads = 2, group = 3;
@@ -361,7 +282,7 @@ TEST_CASE("a NaN token is refused and the cache is left exactly as it was") {
     Append(cache.get(), data, 0, 50);
     const std::vector<uint8_t> before = Serialize(cache.get());
     const covattn_kv_cache block = bad.view();
-    CHECK(covattn_cache_append(cache.get(), &block) == COVATTN_ERR_NONFINITE);
+    CHECK(AppendStatus(cache.get(), &block) == COVATTN_ERR_NONFINITE);
     CHECK(Serialize(cache.get()) == before);
   });
 }
@@ -382,15 +303,15 @@ TEST_CASE("an f16 cache refuses values f16 cannot hold, before anything changes"
       Append(cache.get(), data, 0, 30);
       const std::vector<uint8_t> before = Serialize(cache.get());
       block.SetV(2, 0, 5, 65280.0);  // f16 and bf16 hold it exactly: accepted
-      CHECK(covattn_cache_append(cache.get(), &block.view()) == COVATTN_OK);
+      CHECK(AppendStatus(cache.get(), &block.view()) == COVATTN_OK);
       const std::vector<uint8_t> after = Serialize(cache.get());
       block.SetV(2, 0, 5, -1e5);
-      CHECK(covattn_cache_append(cache.get(), &block.view()) == COVATTN_ERR_NONFINITE);
+      CHECK(AppendStatus(cache.get(), &block.view()) == COVATTN_ERR_NONFINITE);
       CHECK(Serialize(cache.get()) == after);
       CHECK(after != before);
       // An f32 cache keeps such values.
       CachePtr wide = MakeCache(Config(1, dim, 1, 5, 3, COVATTN_F32));
-      CHECK(covattn_cache_append(wide.get(), &block.view()) == COVATTN_OK);
+      CHECK(AppendStatus(wide.get(), &block.view()) == COVATTN_OK);
     }
   });
 }
@@ -406,7 +327,7 @@ TEST_CASE("configuration and shape errors have their own statuses") {
   CHECK(covattn_cache_create(&config, &cache) == COVATTN_ERR_INVALID_HEAD_COUNT);
   config = Config(2, 16, 1, 4, 2, 7);
   CHECK(covattn_cache_create(&config, &cache) == COVATTN_ERR_UNSUPPORTED_DTYPE);
-  config = Config(2, 16, 1, 4, 2, COVATTN_F32, 0.0f);
+  config = Config(2, 16, 1, 4, 2, COVATTN_F32, -0.5f);
   CHECK(covattn_cache_create(&config, &cache) == COVATTN_ERR_INVALID_FORGETTING);
   config = Config(2, 16, 1, 4, 2, COVATTN_F32, 1.5f);
   CHECK(covattn_cache_create(&config, &cache) == COVATTN_ERR_INVALID_FORGETTING);
@@ -429,26 +350,30 @@ TEST_CASE("configuration and shape errors have their own statuses") {
   TestCache wrong_heads(COVATTN_F32, Layout::kTokenMajor, 4, 3, 16);
   wrong_heads.FillRandom(rng);
   covattn_kv_cache block = wrong_heads.view();
-  CHECK(covattn_cache_append(cache, &block) == COVATTN_ERR_SHAPE_MISMATCH);
+  CHECK(AppendStatus(cache, &block) == COVATTN_ERR_SHAPE_MISMATCH);
   TestCache right(COVATTN_F32, Layout::kTokenMajor, 4, 2, 16);
   right.FillRandom(rng);
   block = right.view();
   block.dtype = 9;
-  CHECK(covattn_cache_append(cache, &block) == COVATTN_ERR_UNSUPPORTED_DTYPE);
+  CHECK(AppendStatus(cache, &block) == COVATTN_ERR_UNSUPPORTED_DTYPE);
   block = right.view();
   block.k_head_stride = 3;
-  CHECK(covattn_cache_append(cache, &block) == COVATTN_ERR_INVALID_STRIDE);
+  CHECK(AppendStatus(cache, &block) == COVATTN_ERR_INVALID_STRIDE);
   block = right.view();
-  CHECK(covattn_cache_append(nullptr, &block) == COVATTN_ERR_NULL_POINTER);
-  REQUIRE(covattn_cache_append(cache, &block) == COVATTN_OK);
+  std::vector<uint8_t> append_scratch = Scratch(cache);
+  CHECK(covattn_cache_append(nullptr, &block, append_scratch.data(), append_scratch.size()) ==
+        COVATTN_ERR_NULL_POINTER);
+  REQUIRE(AppendStatus(cache, &block) == COVATTN_OK);
 
   std::vector<float> q(4 * 16, 0.5f), out(4 * 16);
   size_t scratch_bytes = 0;
-  CHECK(covattn_cache_decode_scratch_size(cache, 3, &scratch_bytes) == COVATTN_ERR_HEAD_MISMATCH);
-  REQUIRE(covattn_cache_decode_scratch_size(cache, 4, &scratch_bytes) == COVATTN_OK);
+  CHECK(covattn_cache_scratch_size(&config, 3, &scratch_bytes) == COVATTN_ERR_HEAD_MISMATCH);
+  CHECK(covattn_cache_scratch_size(&config, 0, &scratch_bytes) == COVATTN_ERR_INVALID_HEAD_COUNT);
+  CHECK(covattn_cache_scratch_size(nullptr, 4, &scratch_bytes) == COVATTN_ERR_NULL_POINTER);
+  REQUIRE(covattn_cache_scratch_size(&config, 4, &scratch_bytes) == COVATTN_OK);
   std::vector<uint8_t> scratch(scratch_bytes);
-  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, out.data(), nullptr, scratch.data(),
-                             scratch_bytes - 1) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, out.data(), nullptr, scratch.data(), 16) ==
+        COVATTN_ERR_SCRATCH_TOO_SMALL);
   CHECK(covattn_cache_decode(cache, q.data(), 4, NAN, out.data(), nullptr, scratch.data(),
                              scratch_bytes) == COVATTN_ERR_INVALID_SCALE);
   CHECK(covattn_cache_decode(cache, q.data(), 4, 0.0f, q.data(), nullptr, scratch.data(),
@@ -543,7 +468,7 @@ TEST_CASE("serialize and load: bit-exact round trip, every corrupt file refused 
     bad[0] ^= 1;
     refuse(bad, COVATTN_ERR_BAD_MAGIC);
     bad = file;
-    bad[8] = 2;
+    bad[8] = 3;
     refuse(bad, COVATTN_ERR_VERSION);
     for (size_t at : {size_t{200}, file.size() / 2, file.size() - 20}) {
       bad = file;
@@ -611,7 +536,7 @@ TEST_CASE("files written before the cache was split into units still load, byte 
                                      f.config.head_dim,
                                      row,
                                      f.config.head_dim};
-        REQUIRE(covattn_cache_append(rebuilt.get(), &block) == COVATTN_OK);
+        REQUIRE(AppendStatus(rebuilt.get(), &block) == COVATTN_OK);
       }
       // The file's summary and outlier scores come from AVX3's kernels; other
       // targets round their sums and distances differently (and may keep

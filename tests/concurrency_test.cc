@@ -247,9 +247,15 @@ std::vector<uint8_t> CacheBytes(const covattn_cache* cache) {
 
 // A cache of Inputs' shape with room for a quarter of its tokens exact, fed
 // the f16 tokens [begin, end) in blocks of 50.
+std::vector<uint8_t> CacheScratch(const covattn_cache_config& config) {
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_scratch_size(&config, Inputs::kQHeads, &bytes) == COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
 covattn_cache* FilledCache(const Inputs& in, size_t begin, size_t end) {
-  const covattn_cache_config config{Inputs::kKvHeads, Inputs::kDim, COVATTN_F16, 4, 120, 16,
-                                    1.0f, 0};
+  const covattn_cache_config config{
+      Inputs::kKvHeads, Inputs::kDim, COVATTN_F16, 4, 120, 16, 1.0f, 0, 0, 0, 0.0f, 0, 0};
   covattn_cache* cache = nullptr;
   REQUIRE(covattn_cache_create(&config, &cache) == COVATTN_OK);
   for (size_t t = begin; t < end; t += 50) {
@@ -257,15 +263,16 @@ covattn_cache* FilledCache(const Inputs& in, size_t begin, size_t end) {
     block.n_tokens = std::min<size_t>(50, end - t);
     block.k = static_cast<const uint16_t*>(block.k) + t * block.k_token_stride;
     block.v = static_cast<const uint16_t*>(block.v) + t * block.v_token_stride;
-    REQUIRE(covattn_cache_append(cache, &block) == COVATTN_OK);
+    std::vector<uint8_t> scratch = CacheScratch(config);
+    REQUIRE(covattn_cache_append(cache, &block, scratch.data(), scratch.size()) == COVATTN_OK);
   }
   return cache;
 }
 
 std::vector<float> CacheDecode(const covattn_cache* cache, const float* q) {
-  size_t bytes = 0;
-  REQUIRE(covattn_cache_decode_scratch_size(cache, Inputs::kQHeads, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> scratch(bytes);
+  covattn_cache_info info;
+  REQUIRE(covattn_cache_info_get(cache, &info) == COVATTN_OK);
+  std::vector<uint8_t> scratch = CacheScratch(info.config);
   std::vector<float> out(Inputs::kQHeads * Inputs::kDim), share(Inputs::kQHeads);
   const covattn_cache_diagnostics diagnostics{share.data(), nullptr, nullptr};
   REQUIRE(covattn_cache_decode(cache, q, Inputs::kQHeads, 0.0f, out.data(), &diagnostics,
@@ -276,13 +283,20 @@ std::vector<float> CacheDecode(const covattn_cache* cache, const float* q) {
 
 }  // namespace
 
+static covattn_status CovUpdate(covattn_cov_state* state, const covattn_kv_cache* block) {
+  size_t bytes = 0;
+  REQUIRE(covattn_cov_state_scratch_size(Inputs::kDim, &bytes) == COVATTN_OK);
+  std::vector<uint8_t> scratch(bytes);
+  return covattn_cov_state_update(state, block, scratch.data(), scratch.size());
+}
+
 TEST_CASE("readouts of one covariance state from several threads; states updated in parallel") {
   const Inputs inputs;
   constexpr size_t kDim = Inputs::kDim, kQHeads = Inputs::kQHeads;
   ForEachTarget([&] {
     covattn_cov_state* shared = nullptr;
     REQUIRE(covattn_cov_state_create(Inputs::kKvHeads, kDim, 1.0f, &shared) == COVATTN_OK);
-    REQUIRE(covattn_cov_state_update(shared, &inputs.f16.view()) == COVATTN_OK);
+    REQUIRE(CovUpdate(shared, &inputs.f16.view()) == COVATTN_OK);
     const std::vector<uint8_t> before = StateBytes(shared);
     auto readout = [&](size_t position) {
       std::vector<float> out(kQHeads * kDim + 2 * kQHeads);
@@ -305,7 +319,7 @@ TEST_CASE("readouts of one covariance state from several threads; states updated
       slice.n_tokens = 100 + 50 * t;
       for (size_t round = 0; round < 5; ++round) {
         got[round * kThreads + t] = readout(t);
-        REQUIRE(covattn_cov_state_update(mine, &slice) == COVATTN_OK);
+        REQUIRE(CovUpdate(mine, &slice) == COVATTN_OK);
       }
       shared_bytes[t] = StateBytes(shared);
       own[t] = StateBytes(mine);
@@ -320,7 +334,7 @@ TEST_CASE("readouts of one covariance state from several threads; states updated
       covattn_kv_cache slice = inputs.f32.view();
       slice.n_tokens = 100 + 50 * t;
       for (size_t round = 0; round < 5; ++round) {
-        REQUIRE(covattn_cov_state_update(alone, &slice) == COVATTN_OK);
+        REQUIRE(CovUpdate(alone, &slice) == COVATTN_OK);
       }
       CHECK(StateBytes(alone) == own[t]);
       covattn_cov_state_destroy(alone);

@@ -174,12 +174,23 @@ TEST_CASE("update: every bad input has its status and leaves the state unchanged
   s.Fill(cache, 20);
   const std::vector<uint8_t> before = s.Snapshot();
   auto expect = [&](covattn_kv_cache block, covattn_status status) {
-    CHECK(covattn_cov_state_update(s.get(), &block) == status);
+    CHECK(UpdateStatus(s.get(), &block) == status);
     CHECK(s.Unchanged(before));
   };
   const covattn_kv_cache good = cache.view();
-  CHECK(covattn_cov_state_update(nullptr, &good) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_update(s.get(), nullptr) == COVATTN_ERR_NULL_POINTER);
+  std::vector<uint8_t> w = CovScratch(s.get());
+  CHECK(covattn_cov_state_update(nullptr, &good, w.data(), w.size()) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_update(s.get(), nullptr, w.data(), w.size()) == COVATTN_ERR_NULL_POINTER);
+  // Scratch: present, large enough, overlapping neither the state nor the block.
+  CHECK(covattn_cov_state_update(s.get(), &good, nullptr, w.size()) ==
+        COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(covattn_cov_state_update(s.get(), &good, w.data(), w.size() - 1) ==
+        COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(s.Unchanged(before));
+  void* block_k = const_cast<void*>(good.k);
+  CHECK(covattn_cov_state_update(s.get(), &good, block_k, w.size()) == COVATTN_ERR_ALIASING);
+  CHECK(covattn_cov_state_update(s.get(), &good, s.memory(), w.size()) == COVATTN_ERR_ALIASING);
+  CHECK(s.Unchanged(before));
   covattn_kv_cache b = good;
   b.dtype = 3;
   expect(b, COVATTN_ERR_UNSUPPORTED_DTYPE);
@@ -225,7 +236,7 @@ TEST_CASE("update: NaN, infinity and out-of-range values are refused before any 
                  : broken.SetK(pos[0], pos[1], pos[2], value);
             const std::vector<uint8_t> before = s.Snapshot();
             const covattn_kv_cache block = broken.view();
-            CHECK(covattn_cov_state_update(s.get(), &block) == COVATTN_ERR_NONFINITE);
+            CHECK(UpdateStatus(s.get(), &block) == COVATTN_ERR_NONFINITE);
             CHECK(s.Unchanged(before));
           });
         }
@@ -238,7 +249,7 @@ TEST_CASE("update: NaN, infinity and out-of-range values are refused before any 
     cache.SetK(1, 0, 0, -std::ldexp(1.0, 40));
     StatePtr s = MakeState(kHeads, kDim);
     const covattn_kv_cache block = cache.view();
-    CHECK(covattn_cov_state_update(s.get(), &block) == COVATTN_OK);
+    CHECK(UpdateStatus(s.get(), &block) == COVATTN_OK);
   }
 }
 
@@ -249,20 +260,24 @@ TEST_CASE("merge: argument checks leave both states unchanged") {
   a.Fill(cache, 30);
   b.Fill(cache, 10);
   const std::vector<uint8_t> a0 = a.Snapshot(), b0 = b.Snapshot();
-  CHECK(covattn_cov_state_merge(nullptr, b.get()) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_merge(a.get(), nullptr) == COVATTN_ERR_NULL_POINTER);
-  CHECK(covattn_cov_state_merge(a.get(), other_lambda.get()) == COVATTN_ERR_SHAPE_MISMATCH);
-  CHECK(covattn_cov_state_merge(a.get(), other_heads.get()) == COVATTN_ERR_SHAPE_MISMATCH);
-  CHECK(covattn_cov_state_merge(a.get(), other_dim.get()) == COVATTN_ERR_SHAPE_MISMATCH);
-  CHECK(covattn_cov_state_merge(other_lambda.get(), a.get()) == COVATTN_ERR_SHAPE_MISMATCH);
+  std::vector<uint8_t> w = CovScratch(a.get());
+  CHECK(covattn_cov_state_merge(nullptr, b.get(), w.data(), w.size()) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_merge(a.get(), nullptr, w.data(), w.size()) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cov_state_merge(a.get(), b.get(), nullptr, 0) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(covattn_cov_state_merge(a.get(), b.get(), w.data(), w.size() - 1) ==
+        COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(MergeStatus(a.get(), other_lambda.get()) == COVATTN_ERR_SHAPE_MISMATCH);
+  CHECK(MergeStatus(a.get(), other_heads.get()) == COVATTN_ERR_SHAPE_MISMATCH);
+  CHECK(MergeStatus(a.get(), other_dim.get()) == COVATTN_ERR_SHAPE_MISMATCH);
+  CHECK(MergeStatus(other_lambda.get(), a.get()) == COVATTN_ERR_SHAPE_MISMATCH);
   CHECK(a.Unchanged(a0));
   CHECK(b.Unchanged(b0));
   // Merging an empty state changes nothing, byte for byte.
   CallerState empty(6);
-  CHECK(covattn_cov_state_merge(a.get(), empty.get()) == COVATTN_OK);
+  CHECK(MergeStatus(a.get(), empty.get()) == COVATTN_OK);
   CHECK(a.Unchanged(a0));
   // Into an empty state: a copy of the other's statistics.
-  CHECK(covattn_cov_state_merge(empty.get(), b.get()) == COVATTN_OK);
+  CHECK(MergeStatus(empty.get(), b.get()) == COVATTN_OK);
   CHECK(Serialize(empty.get()) == Serialize(b.get()));
 }
 
@@ -540,9 +555,10 @@ TEST_CASE("a handle that is not a state is refused by every entry point, which w
   double weight = 0.0;
   CHECK(covattn_cov_state_reset(bad) == COVATTN_ERR_CORRUPT);
   CHECK(covattn_cov_state_info(bad, &info) == COVATTN_ERR_CORRUPT);
-  CHECK(covattn_cov_state_update(bad, &block) == COVATTN_ERR_CORRUPT);
-  CHECK(covattn_cov_state_merge(bad, good.get()) == COVATTN_ERR_CORRUPT);
-  CHECK(covattn_cov_state_merge(good.get(), bad) == COVATTN_ERR_CORRUPT);
+  std::vector<uint8_t> w = CovScratch(good.get());
+  CHECK(covattn_cov_state_update(bad, &block, w.data(), w.size()) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(bad, good.get(), w.data(), w.size()) == COVATTN_ERR_CORRUPT);
+  CHECK(covattn_cov_state_merge(good.get(), bad, w.data(), w.size()) == COVATTN_ERR_CORRUPT);
   CHECK(covattn_cov_readout(bad, q.data(), kHeads, 0.0f, out.data(), nullptr, nullptr) ==
         COVATTN_ERR_CORRUPT);
   CHECK(covattn_cov_state_export(bad, 0, &weight, mean.data(), nullptr, nullptr, nullptr) ==

@@ -228,12 +228,12 @@ TEST_CASE("merging arbitrary splits equals one pass, with and without forgetting
       for (size_t i = 0; i + 1 < cuts.size(); ++i) {
         parts.push_back(MakeState(n_heads, dim, lambda));
         Feed(parts.back().get(), cache, cuts[i], cuts[i + 1], sizes);
-        REQUIRE(covattn_cov_state_merge(total.get(), parts.back().get()) == COVATTN_OK);
+        REQUIRE(MergeStatus(total.get(), parts.back().get()) == COVATTN_OK);
       }
       // Tree: ((0 1) (2 3)) ((4 5) (6 7)), merging neighbours pairwise.
       for (size_t width = 1; width < parts.size(); width *= 2) {
         for (size_t i = 0; i + width < parts.size(); i += 2 * width) {
-          REQUIRE(covattn_cov_state_merge(parts[i].get(), parts[i + width].get()) == COVATTN_OK);
+          REQUIRE(MergeStatus(parts[i].get(), parts[i + width].get()) == COVATTN_OK);
         }
       }
       covattn_cov_info info;
@@ -262,7 +262,7 @@ TEST_CASE("merging a state into itself doubles every token") {
     ForEachTarget([&] {
       StatePtr s = MakeState(1, dim, lambda);
       Update(s.get(), cache.view(), 0, n);
-      REQUIRE(covattn_cov_state_merge(s.get(), s.get()) == COVATTN_OK);
+      REQUIRE(MergeStatus(s.get(), s.get()) == COVATTN_OK);
       CheckStats(Export(s.get(), 0, dim), ref, StateTolerance(8), lambda);
     });
   }
@@ -296,7 +296,7 @@ TEST_CASE("C_kk stays exactly symmetric on every path") {
     StatePtr s = MakeState(1, dim, 0.97f), other = MakeState(1, dim, 0.97f);
     Feed(s.get(), cache, 0, 500, {1, 2, 77, 200, 1});
     Feed(other.get(), cache, 500, n, {300, 1});
-    REQUIRE(covattn_cov_state_merge(s.get(), other.get()) == COVATTN_OK);
+    REQUIRE(MergeStatus(s.get(), other.get()) == COVATTN_OK);
     const Exported e = Export(s.get(), 0, dim);
     for (size_t i = 0; i < dim; ++i)
       for (size_t j = 0; j < dim; ++j) REQUIRE(e.cov_kk[i * dim + j] == e.cov_kk[j * dim + i]);

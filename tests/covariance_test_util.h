@@ -34,9 +34,28 @@ inline covattn_kv_cache Slice(const covattn_kv_cache& view, size_t t0, size_t n)
   return s;
 }
 
+// Scratch for updates and merges of a state (its head_dim's size).
+inline std::vector<uint8_t> CovScratch(const covattn_cov_state* s) {
+  covattn_cov_info info;
+  REQUIRE(covattn_cov_state_info(s, &info) == COVATTN_OK);
+  size_t bytes = 0;
+  REQUIRE(covattn_cov_state_scratch_size(info.head_dim, &bytes) == COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
+inline covattn_status UpdateStatus(covattn_cov_state* s, const covattn_kv_cache* block) {
+  std::vector<uint8_t> scratch = CovScratch(s);
+  return covattn_cov_state_update(s, block, scratch.data(), scratch.size());
+}
+
+inline covattn_status MergeStatus(covattn_cov_state* into, const covattn_cov_state* other) {
+  std::vector<uint8_t> scratch = CovScratch(into);
+  return covattn_cov_state_merge(into, other, scratch.data(), scratch.size());
+}
+
 inline void Update(covattn_cov_state* s, const covattn_kv_cache& view, size_t t0, size_t n) {
   const covattn_kv_cache block = Slice(view, t0, n);
-  REQUIRE(covattn_cov_state_update(s, &block) == COVATTN_OK);
+  REQUIRE(UpdateStatus(s, &block) == COVATTN_OK);
 }
 
 // One head's statistics as the library exports them.

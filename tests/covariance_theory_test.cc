@@ -267,7 +267,7 @@ TEST_CASE("in-context linear regression: the readout is one gradient-descent ste
     const Tolerance tol = StateTolerance(n / 128);
     ForEachTarget([&] {
       StatePtr s = MakeState(1, dim);
-      REQUIRE(covattn_cov_state_update(s.get(), &tokens) == COVATTN_OK);
+      REQUIRE(UpdateStatus(s.get(), &tokens) == COVATTN_OK);
       std::vector<float> out(n_q * dim);
       REQUIRE(covattn_cov_readout(s.get(), q.data(), n_q, eta, out.data(), nullptr, nullptr) ==
               COVATTN_OK);

@@ -32,8 +32,9 @@ TEST_CASE("the wrapper computes what the C API computes and throws the C API's s
     CHECK(std::string(e.what()).find("multiple") != std::string::npos);
   }
 
+  covattn::Scratch work;
   covattn::CovState state(heads, dim);
-  state.Update(data.view());
+  state.Update(data.view(), work);
   CHECK(state.Info().n_tokens == n);
   state.Readout(q.data(), heads * group, out.data());
   covattn::CovState copy(heads, dim);
@@ -42,13 +43,23 @@ TEST_CASE("the wrapper computes what the C API computes and throws the C API's s
   CHECK(out == expected);
   CHECK_THROWS_AS(covattn::CovState(heads, dim, 2.0f), covattn::Error);
 
-  covattn::Cache cache(covattn_cache_config{heads, dim, COVATTN_F16, 2, 16, 4, 1.0f, 0});
-  cache.Append(data.view());
+  covattn::Cache cache(
+      covattn_cache_config{heads, dim, COVATTN_F16, 2, 16, 4, 1.0f, 0, 0, 0, 0.0f, 0, 0});
+  cache.Append(data.view(), work);
   CHECK(cache.Info().n_tokens == n);
-  CHECK(cache.Decode(q.data(), heads * group, out.data()) == COVATTN_OK);
+  const covattn::Cache& reader = cache;
+  CHECK(reader.Decode(q.data(), heads * group, 0.0f, out.data(), nullptr, work) == COVATTN_OK);
   for (float x : out) CHECK(std::isfinite(x));
   covattn::Cache loaded(cache.Info().config);
   loaded.Load(cache.Serialize());
-  CHECK(loaded.Decode(q.data(), heads * group, expected.data()) == COVATTN_OK);
+  CHECK(loaded.Decode(q.data(), heads * group, 0.0f, expected.data(), nullptr, work) == COVATTN_OK);
+  CHECK(out == expected);
+  // The same call through the C API, in the same argument order.
+  size_t bytes_c = 0;
+  const covattn_cache_config config = cache.Info().config;
+  REQUIRE(covattn_cache_scratch_size(&config, heads * group, &bytes_c) == COVATTN_OK);
+  std::vector<uint8_t> scratch_c(bytes_c);
+  REQUIRE(covattn_cache_decode(cache.get(), q.data(), heads * group, 0.0f, expected.data(), nullptr,
+                               scratch_c.data(), scratch_c.size()) == COVATTN_OK);
   CHECK(out == expected);
 }

@@ -13,7 +13,9 @@
  * before any write, and a failed call leaves the state exactly as it was.
  * Concurrency: calls that take a const state (readout, export, serialize)
  * may run at the same time on one state; anything that modifies a state
- * needs exclusive access to it. */
+ * needs exclusive access to it. Work memory is the caller's scratch, so a
+ * state is only its statistics, and a merge may read `other` while other
+ * threads read it too. */
 #ifndef COVATTN_COVARIANCE_H_
 #define COVATTN_COVARIANCE_H_
 
@@ -25,13 +27,18 @@ extern "C" {
 
 typedef struct covattn_cov_state covattn_cov_state;
 
-/* Bytes a state needs for n_heads KV heads of head_dim (including its
- * block-update workspace and alignment slack); a fixed formula, documented in
- * docs/covariance.md (8 head_dim^2 + 16 head_dim bytes per head, padded, and
- * one workspace of about 1 KiB * head_dim + 68 KiB; for head_dim 128,
- * 130 KiB per head and a 200 KiB workspace). */
+/* Persistent bytes of a state of n_heads KV heads of head_dim: the
+ * statistics and alignment slack, nothing else. With R(x) = x rounded up to a
+ * multiple of 64: 191 + n_heads (R(8 (1 + 2 head_dim)) + R(8 head_dim^2 + 256)),
+ * 130 KiB per head at head_dim 128 (docs/covariance.md). */
 COVATTN_API covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim,
                                                   size_t* bytes);
+
+/* Bytes of scratch that update and merge need for states of head_dim (the
+ * block update's workspace, about 1 KiB * head_dim + 68 KiB; any alignment).
+ * One buffer serves every state of that head_dim, one per thread. Its
+ * contents do not matter between calls. */
+COVATTN_API covattn_status covattn_cov_state_scratch_size(size_t head_dim, size_t* bytes);
 
 /* Creates a state in caller memory of at least covattn_cov_state_size()
  * bytes (any alignment). The memory must outlive the state; nothing is
@@ -72,15 +79,21 @@ COVATTN_API covattn_status covattn_cov_state_info(const covattn_cov_state* state
  * A block containing NaN, infinity or a value of magnitude above 2^40 (whose
  * square could overflow the f32 co-moments) is refused with
  * COVATTN_ERR_NONFINITE and the state is unchanged. K and V may be the same
- * memory; neither may overlap the state's. */
+ * memory; neither may overlap the state's. scratch holds at least
+ * covattn_cov_state_scratch_size(head_dim) bytes (else, or when NULL,
+ * COVATTN_ERR_SCRATCH_TOO_SMALL) and overlaps neither the state nor the
+ * block (COVATTN_ERR_ALIASING). */
 COVATTN_API covattn_status covattn_cov_state_update(covattn_cov_state* state,
-                                                    const covattn_kv_cache* block);
+                                                    const covattn_kv_cache* block, void* scratch,
+                                                    size_t scratch_bytes);
 
 /* into <- the state of both token streams, as if `other`'s tokens had come
  * after `into`'s (with forgetting, `into`'s weight is first decayed by
- * lambda^(tokens in other)). Shapes and forgetting factors must match. */
+ * lambda^(tokens in other)). Shapes and forgetting factors must match.
+ * Scratch as for update, overlapping neither state. */
 COVATTN_API covattn_status covattn_cov_state_merge(covattn_cov_state* into,
-                                                   const covattn_cov_state* other);
+                                                   const covattn_cov_state* other, void* scratch,
+                                                   size_t scratch_bytes);
 
 /* The covariance readout for n_q_heads query heads (a multiple of the
  * state's n_heads; GQA groups share one KV head, read once per group). q and

@@ -3,7 +3,9 @@
 // Owning objects (CovState, Cache) release themselves; calls that fail throw
 // covattn::Error carrying the status. The library itself never throws: the
 // exceptions are raised here, in the caller's code, from the statuses the C
-// functions return. Scratch memory is kept inside the wrapper objects.
+// functions return. Attention keeps its scratch memory; CovState and Cache
+// take the caller's (a Scratch, one per thread, shared by every object), so
+// that they hold only their state and Cache::Decode reads a const cache.
 #ifndef COVATTN_COVATTN_HPP_
 #define COVATTN_COVATTN_HPP_
 
@@ -64,6 +66,19 @@ class Attention {
   std::vector<unsigned char> scratch_;
 };
 
+// Work memory for CovState and Cache calls, grown to what each call needs.
+class Scratch {
+ public:
+  void* Reserve(size_t bytes) {
+    if (bytes_.size() < bytes) bytes_.resize(bytes);
+    return bytes_.data();
+  }
+  size_t size() const { return bytes_.size(); }
+
+ private:
+  std::vector<unsigned char> bytes_;
+};
+
 // The covariance state (covattn/covariance.h).
 class CovState {
  public:
@@ -73,8 +88,14 @@ class CovState {
     state_.reset(s);
   }
 
-  void Update(const covattn_kv_cache& block) { Check(covattn_cov_state_update(get(), &block)); }
-  void Merge(const CovState& other) { Check(covattn_cov_state_merge(get(), other.get())); }
+  void Update(const covattn_kv_cache& block, Scratch& scratch) {
+    void* work = scratch.Reserve(ScratchBytes());
+    Check(covattn_cov_state_update(get(), &block, work, scratch.size()));
+  }
+  void Merge(const CovState& other, Scratch& scratch) {
+    void* work = scratch.Reserve(ScratchBytes());
+    Check(covattn_cov_state_merge(get(), other.get(), work, scratch.size()));
+  }
   void Reset() { Check(covattn_cov_state_reset(get())); }
 
   // q and out [n_q_heads][head_dim]; log_z and ess optional.
@@ -103,6 +124,11 @@ class CovState {
   covattn_cov_state* get() const { return state_.get(); }
 
  private:
+  size_t ScratchBytes() const {
+    size_t bytes = 0;
+    Check(covattn_cov_state_scratch_size(Info().head_dim, &bytes));
+    return bytes;
+  }
   struct Deleter {
     void operator()(covattn_cov_state* s) const { covattn_cov_state_destroy(s); }
   };
@@ -118,18 +144,34 @@ class Cache {
     cache_.reset(c);
   }
 
-  void Append(const covattn_kv_cache& block) { Check(covattn_cache_append(get(), &block)); }
+  // The calls in the C API's argument order, scratch last. Append reserves
+  // scratch for n_kv_heads queries; a Scratch that decode has grown serves too.
+  void Append(const covattn_kv_cache& block, Scratch& scratch) {
+    void* work = scratch.Reserve(ScratchBytes(Info().config.n_kv_heads));
+    Check(covattn_cache_append(get(), &block, work, scratch.size()));
+  }
   void Reset() { Check(covattn_cache_reset(get())); }
 
-  // q and out [n_q_heads][head_dim].
-  covattn_status Decode(const float* q, size_t n_q_heads, float* out,
-                        const covattn_cache_diagnostics* diagnostics = nullptr,
-                        float scale = 0.0f) {
+  // q and out [n_q_heads][head_dim]; scale 0 for 1/sqrt(head_dim).
+  covattn_status Decode(const float* q, size_t n_q_heads, float scale, float* out,
+                        const covattn_cache_diagnostics* diagnostics, Scratch& scratch) const {
+    void* work = scratch.Reserve(ScratchBytes(n_q_heads));
+    return Check(
+        covattn_cache_decode(get(), q, n_q_heads, scale, out, diagnostics, work, scratch.size()));
+  }
+
+  // log_z as decode reported it (diagnostics.log_z).
+  void Observe(const float* q, size_t n_q_heads, float scale, const float* log_z,
+               Scratch& scratch) {
+    void* work = scratch.Reserve(ScratchBytes(n_q_heads));
+    Check(covattn_cache_observe(get(), q, n_q_heads, scale, log_z, work, scratch.size()));
+  }
+
+  size_t ScratchBytes(size_t n_q_heads) const {
+    const covattn_cache_config config = Info().config;
     size_t bytes = 0;
-    Check(covattn_cache_decode_scratch_size(get(), n_q_heads, &bytes));
-    if (scratch_.size() < bytes) scratch_.resize(bytes);
-    return Check(covattn_cache_decode(get(), q, n_q_heads, scale, out, diagnostics,
-                                      scratch_.data(), scratch_.size()));
+    Check(covattn_cache_scratch_size(&config, n_q_heads, &bytes));
+    return bytes;
   }
 
   covattn_cache_info Info() const {
@@ -156,7 +198,6 @@ class Cache {
     void operator()(covattn_cache* c) const { covattn_cache_destroy(c); }
   };
   std::unique_ptr<covattn_cache, Deleter> cache_;
-  std::vector<unsigned char> scratch_;
 };
 
 }  // namespace covattn

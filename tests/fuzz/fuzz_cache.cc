@@ -59,9 +59,8 @@ covattn_status LoadChecked(OwnedCache& c, const covattn_cache_config& config, co
   const covattn_status status = covattn_cache_load(c.cache, copy.data(), size);
   if (status != COVATTN_OK) {
     FUZZ_CHECK(OneOf(status, {COVATTN_ERR_TRUNCATED, COVATTN_ERR_BAD_MAGIC, COVATTN_ERR_VERSION,
-                              COVATTN_ERR_CHECKSUM, COVATTN_ERR_CORRUPT,
-                              COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_INVALID_FORGETTING,
-                              COVATTN_ERR_NONFINITE}),
+                              COVATTN_ERR_CHECKSUM, COVATTN_ERR_CORRUPT, COVATTN_ERR_SHAPE_MISMATCH,
+                              COVATTN_ERR_INVALID_FORGETTING, COVATTN_ERR_NONFINITE}),
                "load returned %d (%s)", status, StatusName(status));
     FUZZ_CHECK(Serialize(c.cache) == before, "a refused load changed the cache");
     return status;
@@ -76,6 +75,13 @@ covattn_status LoadChecked(OwnedCache& c, const covattn_cache_config& config, co
   covattn_cache_info info{};
   FUZZ_CHECK(covattn_cache_info_get(c.cache, &info) == COVATTN_OK, "info");
   return status;
+}
+
+// Scratch for every call with up to n_q query heads on a cache of `config`.
+std::vector<uint8_t> Scratch(const covattn_cache_config& config, size_t n_q) {
+  size_t bytes = 0;
+  FUZZ_CHECK(covattn_cache_scratch_size(&config, n_q, &bytes) == COVATTN_OK, "scratch size");
+  return std::vector<uint8_t>(bytes);
 }
 
 // Appends `n_tokens` tokens built from the input: values of one magnitude in
@@ -105,13 +111,14 @@ covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config&
     StoreElement(in.U8() % 2 ? k.data() : v.data(), dtype, in.U32() % n_elems,
                  ByteReader::Special(in.U8()));
   }
-  covattn_kv_cache block{dtype,       k.data(), v.data(), n_tokens, block_heads, block_dim, 0, 0,
-                         0,           0};
+  covattn_kv_cache block{dtype, k.data(), v.data(), n_tokens, block_heads, block_dim, 0, 0, 0, 0};
   block.k_token_stride = block.v_token_stride = head_major ? block_dim : block_heads * block_dim;
   block.k_head_stride = block.v_head_stride = head_major ? n_tokens * block_dim : block_dim;
   if (head_major && n_tokens == 0) block.k_head_stride = block.v_head_stride = block_dim;
   const std::vector<uint8_t> before = Serialize(c.cache);
-  const covattn_status status = covattn_cache_append(c.cache, &block);
+  std::vector<uint8_t> scratch = Scratch(config, config.n_kv_heads);
+  const covattn_status status =
+      covattn_cache_append(c.cache, &block, scratch.data(), scratch.size());
   if (status != COVATTN_OK) {
     FUZZ_CHECK(OneOf(status, {COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_NONFINITE,
                               COVATTN_ERR_INVALID_STRIDE}),
@@ -125,6 +132,24 @@ covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config&
   return status;
 }
 
+// Folds a decode into the retention scores, sometimes with a planted NaN
+// log Z: refused untouched, or accepted.
+void CheckObserve(ByteReader& in, OwnedCache& c, const std::vector<float>& q, size_t n_q,
+                  float scale, std::vector<float>* log_z, Block& scratch) {
+  const bool planted = in.U8() >= 0xF0;
+  if (planted) (*log_z)[in.U8() % n_q] = std::nanf("");
+  const std::vector<uint8_t> before = Serialize(c.cache);
+  const covattn_status status = covattn_cache_observe(c.cache, q.data(), n_q, scale, log_z->data(),
+                                                      scratch.data(), scratch.size());
+  if (planted) {
+    FUZZ_CHECK(status == COVATTN_ERR_NONFINITE, "observe of a NaN log Z: %d", status);
+    FUZZ_CHECK(Serialize(c.cache) == before, "a refused observe changed the cache");
+  } else {
+    FUZZ_CHECK(status == COVATTN_OK, "observe of a decode's own log Z: %d (%s)", status,
+               StatusName(status));
+  }
+}
+
 void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& config) {
   const size_t group = 1 + in.U8() % 4;
   const bool wrong_heads = in.U8() >= 0xF8 && config.n_kv_heads > 1;  // not a multiple
@@ -134,8 +159,7 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
   for (float& x : q) x = in.U8() >= 0xFC ? in.Float() : (static_cast<int8_t>(in.U8()) / 64.0f);
   const float scale = in.U8() >= 0xF0 ? in.Float() : 0.0f;
   size_t scratch_bytes = 0;
-  const covattn_status size_status =
-      covattn_cache_decode_scratch_size(c.cache, n_q, &scratch_bytes);
+  const covattn_status size_status = covattn_cache_scratch_size(&config, n_q, &scratch_bytes);
   if (wrong_heads) {
     FUZZ_CHECK(size_status == COVATTN_ERR_HEAD_MISMATCH, "scratch size for %zu heads: %d", n_q,
                size_status);
@@ -143,14 +167,17 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
   } else {
     FUZZ_CHECK(size_status == COVATTN_OK, "scratch size: %d", size_status);
   }
+  // Scratch serves every call; decode needs less than append: 16 bytes is
+  // short of what any decode needs.
   const bool short_scratch = scratch_bytes > 0 && in.U8() >= 0xF0;
-  const size_t given = short_scratch ? scratch_bytes - 1 : scratch_bytes;
+  const size_t given = short_scratch ? 16 : scratch_bytes;
   Block scratch(std::max<size_t>(given, 1));
   const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
   const std::vector<uint8_t> before = Serialize(c.cache);
-  const covattn_status status = covattn_cache_decode(c.cache, q.data(), n_q, scale, out.data(),
-                                                     in.U8() % 2 ? &diagnostics : nullptr,
-                                                     scratch.data(), given);
+  const bool diagnose = in.U8() % 2;
+  const covattn_status status =
+      covattn_cache_decode(c.cache, q.data(), n_q, scale, out.data(),
+                           diagnose ? &diagnostics : nullptr, scratch.data(), given);
   FUZZ_CHECK(Serialize(c.cache) == before, "a decode changed the cache");
   // With faults planted, the status names one of them (the order of the
   // checks is the library's); without, no argument error may come back.
@@ -163,9 +190,9 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
                "decode with %zu planted faults returned %d (%s)", faults.size(), status,
                StatusName(status));
   } else {
-    FUZZ_CHECK(status == COVATTN_OK || status == COVATTN_FULLY_MASKED ||
-                   status == COVATTN_ERR_NONFINITE,
-               "decode of a valid call returned %d (%s)", status, StatusName(status));
+    FUZZ_CHECK(
+        status == COVATTN_OK || status == COVATTN_FULLY_MASKED || status == COVATTN_ERR_NONFINITE,
+        "decode of a valid call returned %d (%s)", status, StatusName(status));
   }
   if (status == COVATTN_OK || status == COVATTN_FULLY_MASKED) {
     for (float x : out) FUZZ_CHECK(std::isfinite(x), "output %g with status %d", x, status);
@@ -178,6 +205,7 @@ void CheckDecode(ByteReader& in, OwnedCache& c, const covattn_cache_config& conf
     if (status == COVATTN_FULLY_MASKED) {
       for (float x : out) FUZZ_CHECK(x == 0.0f, "a fully masked decode gave %g", x);
     }
+    if (diagnose && faults.empty()) CheckObserve(in, c, q, n_q, scale, &log_z, scratch);
   } else {
     FUZZ_CHECK(OneOf(status, {COVATTN_ERR_HEAD_MISMATCH, COVATTN_ERR_SCRATCH_TOO_SMALL,
                               COVATTN_ERR_INVALID_SCALE, COVATTN_ERR_NONFINITE}),
@@ -202,10 +230,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   config.window = in.U8() % 12;
   config.n_outliers = in.U8() % 5;
   config.forgetting = in.U8() < 0xC0 ? 1.0f : 0.5f + (in.U8() % 128) / 256.0f;
+  // Format 2's fields: retained slots and their policy, the summary kind,
+  // RoPE (even head_dim only).
+  config.n_retained = in.U8() % 5;
+  config.retention = in.U8() % 3;
+  config.retention_decay = in.U8() < 0x80 ? 0.0f : 0.5f + (in.U8() % 128) / 256.0f;
+  config.summary = in.U8() % 2;  // covariance or compact
+  config.rope = config.head_dim % 2 == 0 ? in.U8() % 3 : 0;
   if (in.U8() >= 0xE0) {  // no summary: then no outlier slots, and some exact slots
     config.flags = COVATTN_CACHE_DROP_EVICTED;
+    config.summary = COVATTN_SUMMARY_NONE;
     config.n_outliers = 0;
-    if (config.n_sinks + config.window == 0) config.window = 1;
+    if (config.n_sinks + config.window + config.n_retained == 0) config.window = 1;
   }
   OwnedCache a;
   FUZZ_CHECK(a.Create(config), "creating a cache (%zu heads, d %zu)", config.n_kv_heads,

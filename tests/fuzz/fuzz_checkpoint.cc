@@ -94,7 +94,7 @@ void CheckAccepted(const Checkpoint& ck, size_t size, ByteReader& in) {
   MethodSpec exact;
   exact.exact = true;
   MethodSpec bounded;
-  bounded.cache = covattn_cache_config{0, 0, COVATTN_F32, 1, 1, 0, 1.0f, 0};
+  bounded.cache = covattn_cache_config{0, 0, COVATTN_F32, 1, 1, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
   for (const MethodSpec& spec : {exact, bounded}) {
     const size_t n_tokens = std::min<size_t>(c.seq_len, 3);
     std::vector<std::unique_ptr<LayerAttention>> attention;

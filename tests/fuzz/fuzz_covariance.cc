@@ -77,6 +77,13 @@ covattn_status LoadChecked(OwnedState& s, const uint8_t* data, size_t size) {
   return status;
 }
 
+// Scratch for updates and merges of states of head_dim.
+std::vector<uint8_t> Scratch(size_t head_dim) {
+  size_t bytes = 0;
+  FUZZ_CHECK(covattn_cov_state_scratch_size(head_dim, &bytes) == COVATTN_OK, "scratch size");
+  return std::vector<uint8_t>(bytes);
+}
+
 // Feeds `n_tokens` tokens of values from the input into every head.
 covattn_status Feed(ByteReader& in, OwnedState& s, size_t n_heads, size_t head_dim,
                     size_t n_tokens) {
@@ -90,7 +97,9 @@ covattn_status Feed(ByteReader& in, OwnedState& s, size_t n_heads, size_t head_d
       COVATTN_F32, k.data(),           v.data(), n_tokens,           n_heads,
       head_dim,    n_heads * head_dim, head_dim, n_heads * head_dim, head_dim};
   const std::vector<uint8_t> before = Serialize(s.state);
-  const covattn_status status = covattn_cov_state_update(s.state, &block);
+  std::vector<uint8_t> scratch = Scratch(head_dim);
+  const covattn_status status =
+      covattn_cov_state_update(s.state, &block, scratch.data(), scratch.size());
   if (status != COVATTN_OK) FUZZ_CHECK(Serialize(s.state) == before, "a refused update wrote");
   return status;
 }
@@ -163,14 +172,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       case 1: {
         const std::vector<uint8_t> before = Serialize(a.state), other = Serialize(b.state);
-        const covattn_status status = covattn_cov_state_merge(a.state, b.state);
+        std::vector<uint8_t> scratch = Scratch(head_dim);
+        const covattn_status status =
+            covattn_cov_state_merge(a.state, b.state, scratch.data(), scratch.size());
         FUZZ_CHECK(Serialize(b.state) == other, "merge changed `other`");
         if (status != COVATTN_OK) FUZZ_CHECK(Serialize(a.state) == before, "refused merge wrote");
         break;
       }
       case 2: {  // a state merged into itself: accepted or refused, never half done
         const std::vector<uint8_t> before = Serialize(a.state);
-        if (covattn_cov_state_merge(a.state, a.state) != COVATTN_OK) {
+        std::vector<uint8_t> scratch = Scratch(head_dim);
+        if (covattn_cov_state_merge(a.state, a.state, scratch.data(), scratch.size()) !=
+            COVATTN_OK) {
           FUZZ_CHECK(Serialize(a.state) == before, "refused self-merge wrote");
         }
         break;

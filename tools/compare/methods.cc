@@ -188,10 +188,10 @@ class BoundedHead : public HeadMethod {
       return false;
     }
     size_t bytes = 0;
-    s = covattn_cache_decode_scratch_size(cache_, max_queries, &bytes);
+    s = covattn_cache_scratch_size(&config_, max_queries, &bytes);
     if (s == COVATTN_OK) s = covattn_cache_size(&config_, &allocated_);
     if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_decode_scratch_size", s);
+      *error = StatusText("covattn_cache_scratch_size", s);
       return false;
     }
     scratch_.resize(bytes);
@@ -212,7 +212,7 @@ class BoundedHead : public HeadMethod {
                                  dim,
                                  dim};
     const auto start = std::chrono::steady_clock::now();
-    const covattn_status s = covattn_cache_append(cache_, &block);
+    const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
     append_seconds_ +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (s != COVATTN_OK) {

@@ -95,9 +95,9 @@ class CacheAttention : public LayerAttention {
       return false;
     }
     size_t bytes = 0;
-    s = covattn_cache_decode_scratch_size(cache_, n_heads_, &bytes);
+    s = covattn_cache_scratch_size(&config_, n_heads_, &bytes);
     if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_decode_scratch_size", s);
+      *error = StatusText("covattn_cache_scratch_size", s);
       return false;
     }
     scratch_.resize(bytes);
@@ -107,7 +107,7 @@ class CacheAttention : public LayerAttention {
   bool Append(const float* k, const float* v, std::string* error) override {
     const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
                                  head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
-    const covattn_status s = covattn_cache_append(cache_, &block);
+    const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
     if (s != COVATTN_OK) {
       *error = StatusText("covattn_cache_append", s);
       return false;
@@ -125,11 +125,18 @@ class CacheAttention : public LayerAttention {
         d.summary_share = diagnostics->summary_share.data();
       }
     }
-    const covattn_status s =
-        covattn_cache_decode(cache_, q, n_heads_, 0.0f, out, diagnostics ? &d : nullptr,
-                             scratch_.data(), scratch_.size());
+    // Retained slots: observe every decode (with decode's log Z).
+    log_z_.resize(n_heads_);
+    if (config_.n_retained != 0 && d.log_z == nullptr) d.log_z = log_z_.data();
+    const bool any = diagnostics != nullptr || config_.n_retained != 0;
+    covattn_status s = covattn_cache_decode(cache_, q, n_heads_, 0.0f, out, any ? &d : nullptr,
+                                            scratch_.data(), scratch_.size());
+    if (s >= 0 && config_.n_retained != 0) {
+      s = covattn_cache_observe(cache_, q, n_heads_, 0.0f, d.log_z, scratch_.data(),
+                                scratch_.size());
+    }
     if (s < 0) {
-      *error = StatusText("covattn_cache_decode", s);
+      *error = StatusText("covattn_cache_decode/observe", s);
       return false;
     }
     return true;
@@ -140,6 +147,7 @@ class CacheAttention : public LayerAttention {
   covattn_cache_config config_;
   covattn_cache* cache_ = nullptr;
   std::vector<unsigned char> scratch_;
+  std::vector<float> log_z_;
 };
 
 }  // namespace

@@ -13,6 +13,15 @@
 //   hybrid    S sinks + (B - S) window + summary
 //   outliers  S sinks + O slots + (B - S - O - ceil(whitening / token)) window
 //             + summary + whitening
+//   POLICY+SUMMARY  query-aware retention (POLICY ema, h2o or tova), observed
+//             after every decode: S sinks, then equal numbers of window and
+//             retained slots (a window slot costs a token and a 4-byte score,
+//             a retained slot a token, a score and an 8-byte token number)
+//             filling the window method's bytes after the SUMMARY: none,
+//             mean (compact, no RoPE: diagonal Gaussian), ring (compact with
+//             the ring correction of interleaved RoPE), cov (covariance), or
+//             covring (covariance with the ring correction)
+//   hybrid-ring  hybrid with the ring correction of interleaved RoPE
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -117,6 +126,45 @@ covattn_cache_config Config(size_t sinks, size_t window, size_t outliers, uint32
   return c;
 }
 
+// POLICY+SUMMARY methods (see the top of the file); false for other names.
+bool PlanRetention(const std::string& method, size_t budget, const Args& a, size_t d,
+                   MethodSpec* spec) {
+  const size_t plus = method.find('+');
+  if (plus == std::string::npos) return false;
+  const std::string policy = method.substr(0, plus), kind = method.substr(plus + 1);
+  const std::map<std::string, uint32_t> policies = {{"ema", COVATTN_RETENTION_EMA},
+                                                    {"h2o", COVATTN_RETENTION_H2O},
+                                                    {"tova", COVATTN_RETENTION_TOVA}};
+  struct Kind {
+    uint32_t summary, rope;
+    size_t bytes;
+  };
+  const size_t compact = 8 * (1 + 3 * d), covariance = 8 * (1 + 2 * d) + 8 * d * d;
+  const std::map<std::string, Kind> kinds = {
+      {"none", {COVATTN_SUMMARY_NONE, COVATTN_ROPE_NONE, 0}},
+      {"mean", {COVATTN_SUMMARY_COMPACT, COVATTN_ROPE_NONE, compact}},
+      {"ring", {COVATTN_SUMMARY_COMPACT, COVATTN_ROPE_INTERLEAVED, compact}},
+      {"cov", {COVATTN_SUMMARY_COVARIANCE, COVATTN_ROPE_NONE, covariance}},
+      {"covring", {COVATTN_SUMMARY_COVARIANCE, COVATTN_ROPE_INTERLEAVED, covariance}}};
+  if (!policies.count(policy) || !kinds.count(kind)) return false;
+  const Kind k = kinds.at(kind);
+  const size_t token = TokenBytes(d), summary = 8 * (1 + 2 * d) + 8 * d * d;
+  const size_t total = (budget + CeilDiv(summary, token)) * token;  // the window method's
+  const size_t window_slot = token + 4, retained_slot = token + 12;
+  if (total < a.sinks * token + k.bytes + window_slot + retained_slot) return false;
+  const size_t left = total - a.sinks * token - k.bytes;
+  const size_t pairs = left / (window_slot + retained_slot);
+  const size_t window = pairs + (left - pairs * (window_slot + retained_slot)) / window_slot;
+  spec->cache = Config(a.sinks, window, 0, 0);
+  spec->cache.n_retained = pairs;
+  spec->cache.retention = policies.at(policy);
+  spec->cache.summary = k.summary;
+  spec->cache.rope = k.rope;
+  spec->persistent_bytes_per_kv_head =
+      a.sinks * token + window * window_slot + pairs * retained_slot + k.bytes;
+  return true;
+}
+
 bool Plan(const std::string& method, size_t budget, const Args& a, size_t d, MethodSpec* spec,
           std::string* error) {
   const size_t token = TokenBytes(d), summary = 8 * (1 + 2 * d) + 8 * d * d;
@@ -146,13 +194,17 @@ bool Plan(const std::string& method, size_t budget, const Args& a, size_t d, Met
     const size_t window = budget - a.sinks - slots - given_up;
     spec->cache = Config(a.sinks, window, slots, 0);
     spec->persistent_bytes_per_kv_head = (a.sinks + window + slots) * token + summary + whitening;
-  } else {
+  } else if (method == "hybrid-ring") {
+    spec->cache = Config(a.sinks, budget - a.sinks, 0, 0);
+    spec->cache.rope = COVATTN_ROPE_INTERLEAVED;
+    spec->persistent_bytes_per_kv_head = budget * token + summary;
+  } else if (!PlanRetention(method, budget, a, d, spec)) {
     *error = "unknown method " + method;
     return false;
   }
   spec->name += " (" + std::to_string(spec->cache.n_sinks) + "/" +
                 std::to_string(spec->cache.window) + "/" + std::to_string(spec->cache.n_outliers) +
-                ")";
+                (spec->cache.n_retained ? "/" + std::to_string(spec->cache.n_retained) : "") + ")";
   return true;
 }
 
