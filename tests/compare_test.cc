@@ -25,234 +25,14 @@ using covattn_test::F16FromDouble;
 
 namespace {
 
-struct RunResult {
-  int status;
-  std::string out, err;
-};
-
-std::string Drain(std::FILE* f) {
-  std::fflush(f);
-  std::rewind(f);
-  std::string s;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) s.append(buffer, n);
-  std::fclose(f);
-  return s;
-}
-
-RunResult Run(const std::vector<std::string>& args) {
-  std::vector<const char*> argv = {"covattn-compare"};
-  for (const std::string& a : args) argv.push_back(a.c_str());
-  std::FILE* out = std::tmpfile();
-  std::FILE* err = std::tmpfile();
-  REQUIRE(out != nullptr);
-  REQUIRE(err != nullptr);
-  RunResult r;
-  r.status = CompareMain(static_cast<int>(argv.size()), argv.data(), out, err);
-  r.out = Drain(out);
-  r.err = Drain(err);
-  return r;
-}
-
-std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
 // A run of a few milliseconds: tiny heads, two short contexts, a budget the
 // contexts exceed so that the bounded methods evict.
 const std::vector<std::string> kTiny = {
-    "--contexts", "40,96", "--head-dims", "16", "--kv-heads", "2",   "--group",   "2",
-    "--queries",  "3",     "--budget",    "32", "--sinks",    "2",   "--outliers", "6",
-    "--samples",  "2",     "--min-time",  "0.01", "--quiet"};
+    "--contexts", "40,96",     "--head-dims", "16",       "--kv-heads", "2",       "--group",
+    "2",          "--queries", "3",           "--budget", "32",         "--sinks", "2",
+    "--outliers", "6",         "--samples",   "2",        "--min-time", "0.01",    "--quiet"};
 
 size_t MethodCount() { return HaveOneDnn() ? 6 : 5; }
-
-// ---------------------------------------------------------------------------
-// Minimal parsers: CSV with quoted fields, and JSON into a small tree.
-
-std::vector<std::vector<std::string>> ParseCsv(const std::string& text) {
-  std::vector<std::vector<std::string>> rows;
-  std::vector<std::string> row;
-  std::string field;
-  bool quoted = false, any = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') field += '"', ++i;
-      else if (c == '"') quoted = false;
-      else field += c;
-    } else if (c == '"') {
-      quoted = true, any = true;
-    } else if (c == ',') {
-      row.push_back(field), field.clear(), any = true;
-    } else if (c == '\n') {
-      row.push_back(field), field.clear();
-      rows.push_back(row), row.clear(), any = false;
-    } else {
-      field += c, any = true;
-    }
-  }
-  REQUIRE_FALSE(quoted);
-  REQUIRE_FALSE(any);  // the file ends with a newline
-  return rows;
-}
-
-struct Json {
-  enum Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = kNull;
-  bool boolean = false;
-  double number = 0.0;
-  std::string text;
-  std::vector<Json> items;
-  std::map<std::string, Json> members;
-  const Json& operator[](const std::string& key) const {
-    static const Json missing;
-    auto it = members.find(key);
-    return it == members.end() ? missing : it->second;
-  }
-};
-
-class JsonParser {
- public:
-  explicit JsonParser(const std::string& s) : s_(s) {}
-  bool Parse(Json* out) {
-    if (!Value(out)) return false;
-    Space();
-    return i_ == s_.size();
-  }
-
- private:
-  void Space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  bool Literal(const char* word) {
-    const std::string w = word;
-    if (s_.compare(i_, w.size(), w) != 0) return false;
-    i_ += w.size();
-    return true;
-  }
-  bool String(std::string* out) {
-    if (i_ >= s_.size() || s_[i_] != '"') return false;
-    ++i_;
-    while (i_ < s_.size() && s_[i_] != '"') {
-      if (static_cast<unsigned char>(s_[i_]) < 0x20) return false;
-      if (s_[i_] == '\\') {
-        if (++i_ >= s_.size()) return false;
-        const char e = s_[i_];
-        if (e == 'u') {
-          if (i_ + 4 >= s_.size()) return false;
-          i_ += 4;
-          *out += '?';
-        } else if (std::string("\"\\/bfnrt").find(e) == std::string::npos) {
-          return false;
-        } else {
-          *out += e == 'n' ? '\n' : e == 't' ? '\t' : e;
-        }
-        ++i_;
-        continue;
-      }
-      *out += s_[i_++];
-    }
-    if (i_ >= s_.size()) return false;
-    ++i_;
-    return true;
-  }
-  bool Value(Json* v) {
-    Space();
-    if (i_ >= s_.size()) return false;
-    const char c = s_[i_];
-    if (c == '{') {
-      v->kind = Json::kObject;
-      ++i_;
-      Space();
-      if (i_ < s_.size() && s_[i_] == '}') return ++i_, true;
-      for (;;) {
-        Space();
-        std::string key;
-        if (!String(&key)) return false;
-        Space();
-        if (i_ >= s_.size() || s_[i_++] != ':') return false;
-        if (v->members.count(key)) return false;  // duplicate keys would hide data
-        if (!Value(&v->members[key])) return false;
-        Space();
-        if (i_ < s_.size() && s_[i_] == ',') {
-          ++i_;
-          continue;
-        }
-        return i_ < s_.size() && s_[i_++] == '}';
-      }
-    }
-    if (c == '[') {
-      v->kind = Json::kArray;
-      ++i_;
-      Space();
-      if (i_ < s_.size() && s_[i_] == ']') return ++i_, true;
-      for (;;) {
-        v->items.emplace_back();
-        if (!Value(&v->items.back())) return false;
-        Space();
-        if (i_ < s_.size() && s_[i_] == ',') {
-          ++i_;
-          continue;
-        }
-        return i_ < s_.size() && s_[i_++] == ']';
-      }
-    }
-    if (c == '"') {
-      v->kind = Json::kString;
-      return String(&v->text);
-    }
-    if (Literal("null")) return v->kind = Json::kNull, true;
-    if (Literal("true")) return v->kind = Json::kBool, v->boolean = true, true;
-    if (Literal("false")) return v->kind = Json::kBool, v->boolean = false, true;
-    // Numbers: JSON's grammar (no NaN, no inf, no leading '+').
-    const size_t start = i_;
-    if (s_[i_] == '-') ++i_;
-    if (i_ >= s_.size() || !std::isdigit(static_cast<unsigned char>(s_[i_]))) return false;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) ||
-                              std::string(".eE+-").find(s_[i_]) != std::string::npos)) {
-      ++i_;
-    }
-    v->kind = Json::kNumber;
-    char* end = nullptr;
-    const std::string number = s_.substr(start, i_ - start);
-    v->number = std::strtod(number.c_str(), &end);
-    return end == number.c_str() + number.size();
-  }
-
-  const std::string& s_;
-  size_t i_ = 0;
-};
-
-// Well-formed enough: one <svg> root, every element closed in order.
-void CheckSvg(const std::string& svg) {
-  REQUIRE(svg.rfind("<svg", 0) == 0);
-  REQUIRE(svg.size() > 1000);
-  CHECK(svg.substr(svg.size() - 7) == "</svg>\n");
-  std::vector<std::string> open;
-  size_t elements = 0, polylines = 0;
-  for (size_t i = svg.find('<'); i != std::string::npos; i = svg.find('<', i + 1)) {
-    const size_t close = svg.find('>', i);
-    REQUIRE(close != std::string::npos);
-    const std::string tag = svg.substr(i + 1, close - i - 1);
-    REQUIRE_FALSE(tag.empty());
-    CHECK(tag.find('<') == std::string::npos);
-    if (tag[0] == '/') {
-      REQUIRE_FALSE(open.empty());
-      CHECK(open.back() == tag.substr(1));
-      open.pop_back();
-      continue;
-    }
-    const std::string name = tag.substr(0, tag.find_first_of(" /"));
-    ++elements;
-    polylines += name == "polyline";
-    if (tag.back() != '/') open.push_back(name);
-    if (elements > 1) CHECK(!open.empty());  // nothing outside the root
-  }
-  CHECK(open.empty());
-  CHECK(polylines > 0);
-}
 
 }  // namespace
 
@@ -340,8 +120,8 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
   REQUIRE(r.status == 0);
 
   // The table: a heading per series, the columns, every method.
-  for (const char* column : {"method", "memory/layer", "decode", "speedup", "rel L2", "cosine",
-                             "|dlog Z|"}) {
+  for (const char* column :
+       {"method", "memory/layer", "decode", "speedup", "rel L2", "cosine", "|dlog Z|"}) {
     CHECK(r.out.find(column) != std::string::npos);
   }
   for (const char* workload : {"gaussian, d=16", "student-t, d=16", "ar, d=16", "drift, d=16"}) {
@@ -376,8 +156,10 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
     CHECK(std::isfinite(rel));
     if (method == "exact" || method == "onednn") CHECK(rel < 1e-4);
     if (method == "exact") CHECK(std::stod(row[col["speedup"]]) == 1.0);
-    if (method == "onednn") CHECK(row[col["log_z_error_median"]].empty());  // no log Z: n/a
-    else CHECK(std::stod(row[col["log_z_error_median"]]) >= 0.0);
+    if (method == "onednn")
+      CHECK(row[col["log_z_error_median"]].empty());  // no log Z: n/a
+    else
+      CHECK(std::stod(row[col["log_z_error_median"]]) >= 0.0);
     // Memory: exact grows with the context, bounded methods stay put.
     const size_t context = std::stoul(row[col["context"]]);
     const size_t memory = std::stoul(row[col["memory_bytes"]]);
@@ -414,17 +196,17 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
 
 TEST_CASE("--table all, --no-files, explicit paths") {
   ScratchDir dir;
-  RunResult r = Run(Concat(kTiny, {"--table", "all", "--no-files", "--workloads", "ar",
-                                   "--methods", "exact,readout"}));
+  RunResult r = Run(Concat(
+      kTiny, {"--table", "all", "--no-files", "--workloads", "ar", "--methods", "exact,readout"}));
   REQUIRE(r.status == 0);
   CHECK(r.out.find("context") != std::string::npos);
   CHECK(r.out.find("\n      40  exact (covattn)") != std::string::npos);
   CHECK(r.out.find("\n      96  covariance readout") != std::string::npos);
   CHECK(r.err.empty());
 
-  r = Run(Concat(kTiny, {"--workloads", "gaussian", "--methods", "hybrid", "--csv",
-                         dir.File("a/b.csv"), "--json", dir.File("c.json"), "--svg",
-                         dir.File("d.svg")}));
+  r = Run(
+      Concat(kTiny, {"--workloads", "gaussian", "--methods", "hybrid", "--csv", dir.File("a/b.csv"),
+                     "--json", dir.File("c.json"), "--svg", dir.File("d.svg")}));
   REQUIRE(r.status == 0);
   // Without the exact method there is nothing to compare times with.
   const auto rows = ParseCsv(ReadBytes(dir.File("a/b.csv")));
@@ -439,9 +221,9 @@ TEST_CASE("heads spread over threads give the same errors") {
   ScratchDir dir;
   auto errors = [&](const std::string& threads) {
     const std::string csv = dir.File("t" + threads + ".csv");
-    const RunResult r = Run(Concat(kTiny, {"--kv-heads", "3", "--workloads", "drift", "--threads",
-                                           threads, "--csv", csv, "--output-dir",
-                                           dir.path().string()}));
+    const RunResult r =
+        Run(Concat(kTiny, {"--kv-heads", "3", "--workloads", "drift", "--threads", threads, "--csv",
+                           csv, "--output-dir", dir.path().string()}));
     REQUIRE(r.status == 0);
     const auto rows = ParseCsv(ReadBytes(csv));
     std::vector<std::string> values;
@@ -464,9 +246,9 @@ TEST_CASE("heads spread over threads give the same errors") {
 TEST_CASE("output that cannot be written is a runtime failure") {
   ScratchDir dir;
   WriteBytes(dir.File("file"), "x");
-  const RunResult r = Run(Concat(kTiny, {"--workloads", "gaussian", "--output-dir",
-                                         dir.path().string(), "--csv",
-                                         dir.File("file") + "/sub/out.csv"}));
+  const RunResult r =
+      Run(Concat(kTiny, {"--workloads", "gaussian", "--output-dir", dir.path().string(), "--csv",
+                         dir.File("file") + "/sub/out.csv"}));
   CHECK(r.status == 1);
   CHECK(r.err.find("out.csv") != std::string::npos);
 }
@@ -502,10 +284,9 @@ void WriteLayer(const ScratchDir& dir, const std::string& prefix, const Activati
   WriteNpyF32(dir.File(prefix + "v.npy"), {a.tokens, a.kv_heads, a.dim}, a.v);
 }
 
-const std::vector<std::string> kQkvTiny = {"--positions", "4", "--min-context", "16",
-                                           "--budget",    "16", "--sinks", "2",
-                                           "--outliers",  "4", "--samples", "2",
-                                           "--min-time",  "0.01", "--quiet"};
+const std::vector<std::string> kQkvTiny = {
+    "--positions", "4", "--min-context", "16", "--budget",   "16",   "--sinks", "2",
+    "--outliers",  "4", "--samples",     "2",  "--min-time", "0.01", "--quiet"};
 
 std::vector<std::vector<std::string>> RunQkvCsv(const std::vector<std::string>& args,
                                                 const ScratchDir& out) {
@@ -540,9 +321,8 @@ TEST_CASE("--qkv: one layer of f32 q.npy, k.npy, v.npy, causal at sampled positi
 
   // The three-files form reads the same data.
   ScratchDir out2;
-  const auto same = RunQkvCsv({"--qkv", data.File("q.npy") + "," + data.File("k.npy") + "," +
-                                            data.File("v.npy")},
-                              out2);
+  const auto same = RunQkvCsv(
+      {"--qkv", data.File("q.npy") + "," + data.File("k.npy") + "," + data.File("v.npy")}, out2);
   REQUIRE(same.size() == rows.size());
   CHECK(same[5][col["rel_l2_median"]] == rows[5][col["rel_l2_median"]]);
 }
@@ -591,99 +371,137 @@ TEST_CASE("--qkv: malformed layers are refused with exit 1, naming the file") {
          WriteNpyF32(d.File("q.npy"), {32, 4, 8}, a.q);
          WriteNpyF32(d.File("k.npy"), {32, 2, 8}, a.k);
        },
-       {}, "v.npy", "missing"},
+       {},
+       "v.npy",
+       "missing"},
       {"missing layer file",
        [&](const ScratchDir& d) {
          WriteNpyF32(d.File("layer1_q.npy"), {32, 4, 8}, a.q);
          WriteNpyF32(d.File("layer1_v.npy"), {32, 2, 8}, a.v);
        },
-       {}, "layer1_k.npy", "missing"},
+       {},
+       "layer1_k.npy",
+       "missing"},
       {"both namings",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteLayer(d, "layer0_", a);
        },
-       {}, "", "keep one naming"},
-      {"no layer files", [&](const ScratchDir& d) { WriteBytes(d.File("x.npy"), "x"); }, {}, "",
+       {},
+       "",
+       "keep one naming"},
+      {"no layer files",
+       [&](const ScratchDir& d) { WriteBytes(d.File("x.npy"), "x"); },
+       {},
+       "",
        "no q.npy"},
-      {"layer not there", [&](const ScratchDir& d) { WriteLayer(d, "layer2_", a); },
-       {"--layers", "5"}, "", "no layer 5"},
+      {"layer not there",
+       [&](const ScratchDir& d) { WriteLayer(d, "layer2_", a); },
+       {"--layers", "5"},
+       "",
+       "no layer 5"},
       {"tokens differ",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
-         WriteNpyF32(d.File("k.npy"), {16, 2, 8}, std::vector<float>(a.k.begin(), a.k.begin() + 256));
-         WriteNpyF32(d.File("v.npy"), {16, 2, 8}, std::vector<float>(a.v.begin(), a.v.begin() + 256));
+         WriteNpyF32(d.File("k.npy"), {16, 2, 8},
+                     std::vector<float>(a.k.begin(), a.k.begin() + 256));
+         WriteNpyF32(d.File("v.npy"), {16, 2, 8},
+                     std::vector<float>(a.v.begin(), a.v.begin() + 256));
        },
-       {}, "k.npy", "16 tokens"},
+       {},
+       "k.npy",
+       "16 tokens"},
       {"k and v differ",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("v.npy"), {32, 1, 16}, a.v);
        },
-       {}, "v.npy", "differs"},
+       {},
+       "v.npy",
+       "differs"},
       {"head_dim differs",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("q.npy"), {32, 2, 16}, a.q);
        },
-       {}, "k.npy", "head_dim"},
+       {},
+       "k.npy",
+       "head_dim"},
       {"query heads not a multiple",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
-         WriteNpyF32(d.File("q.npy"), {32, 3, 8}, std::vector<float>(a.q.begin(), a.q.begin() + 768));
+         WriteNpyF32(d.File("q.npy"), {32, 3, 8},
+                     std::vector<float>(a.q.begin(), a.q.begin() + 768));
        },
-       {}, "q.npy", "not a multiple"},
+       {},
+       "q.npy",
+       "not a multiple"},
       {"four dimensions",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("k.npy"), {32, 2, 2, 4}, a.k);
        },
-       {}, "k.npy", "4 dimensions"},
+       {},
+       "k.npy",
+       "4 dimensions"},
       {"empty",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("q.npy"), {0, 4, 8}, {});
        },
-       {}, "q.npy", "empty"},
+       {},
+       "q.npy",
+       "empty"},
       {"NaN",
        [&](const ScratchDir& d) {
          Activations bad = a;
          bad.v[5 * 16 + 8 + 3] = std::nanf("");
          WriteLayer(d, "", bad);
        },
-       {}, "v.npy", "non-finite value nan at token 5, head 1, dim 3"},
+       {},
+       "v.npy",
+       "non-finite value nan at token 5, head 1, dim 3"},
       {"uint16 without --bf16",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteBytes(d.File("k.npy"), NpyBytes(Dict("<u2", {32, 2, 8}), std::string(1024, '\0')));
        },
-       {}, "k.npy", "--bf16"},
+       {},
+       "k.npy",
+       "--bf16"},
       {"truncated",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          std::string bytes = ReadBytes(d.File("q.npy"));
          WriteBytes(d.File("q.npy"), bytes.substr(0, bytes.size() - 10));
        },
-       {}, "q.npy", "truncated"},
+       {},
+       "q.npy",
+       "truncated"},
       {"integers",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteBytes(d.File("v.npy"), NpyBytes(Dict("<i4", {32, 2, 8}), std::string(2048, '\0')));
        },
-       {}, "v.npy", "'<i4' is not supported"},
+       {},
+       "v.npy",
+       "'<i4' is not supported"},
       {"head_dim too large",
        [&](const ScratchDir& d) {
          WriteNpyF32(d.File("q.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
          WriteNpyF32(d.File("k.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
          WriteNpyF32(d.File("v.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
        },
-       {}, "q.npy", "exceeds"},
+       {},
+       "q.npy",
+       "exceeds"},
   };
   for (const Case& c : cases) {
     INFO("case: " << c.name);
     ScratchDir d;
     c.make(d);
-    const RunResult r = Run(Concat(Concat(kQkvTiny, {"--qkv", d.path().string(), "--no-files"}), c.extra));
+    const RunResult r =
+        Run(Concat(Concat(kQkvTiny, {"--qkv", d.path().string(), "--no-files"}), c.extra));
     CHECK(r.status == 1);
     INFO("stderr: " << r.err);
     CHECK(r.err.rfind("covattn-compare: error: ", 0) == 0);
@@ -701,4 +519,201 @@ TEST_CASE("--qkv: malformed layers are refused with exit 1, naming the file") {
   r = Run({"--qkv", "/nonexistent/q.npy,/nonexistent/k.npy,/nonexistent/v.npy", "--quiet"});
   CHECK(r.status == 1);
   CHECK(r.err.find("/nonexistent/q.npy: cannot open") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// --model: a random-weight checkpoint written here (head_dim 8, 4 query and 2
+// KV heads, 2 layers, vocab 40, seq_len 64).
+
+namespace {
+
+std::string I32Data(const std::vector<int32_t>& tokens) {
+  std::string data;
+  for (int32_t t : tokens) {
+    for (int b = 0; b < 4; ++b)
+      data += static_cast<char>((static_cast<uint32_t>(t) >> (8 * b)) & 0xFF);
+  }
+  return data;
+}
+
+struct ModelFiles {
+  ScratchDir dir;
+  Shape shape;
+  std::string checkpoint = dir.File("model.bin"), tokens = dir.File("tokens.npy");
+  ModelFiles() {
+    WriteBytes(checkpoint, CheckpointBytes(shape, RandomWeights(shape, 77)));
+    std::vector<int32_t> t(60);
+    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((i * 7 + i / 5) % 40);
+    WriteBytes(tokens, NpyBytes(Dict("<i4", {t.size()}), I32Data(t)));
+  }
+};
+
+// The CSV's rows as maps from the header's names.
+std::vector<std::map<std::string, std::string>> CsvRecords(const std::string& text) {
+  const std::vector<std::vector<std::string>> rows = ParseCsv(text);
+  REQUIRE(rows.size() >= 2);
+  std::vector<std::map<std::string, std::string>> records;
+  for (size_t r = 1; r < rows.size(); ++r) {
+    REQUIRE(rows[r].size() == rows[0].size());
+    std::map<std::string, std::string> record;
+    for (size_t i = 0; i < rows[0].size(); ++i) record[rows[0][i]] = rows[r][i];
+    records.push_back(record);
+  }
+  return records;
+}
+
+}  // namespace
+
+TEST_CASE("--model: every method at every budget, table, CSV, JSON and SVG") {
+  ModelFiles m;
+  const RunResult r = Run({"--model", m.checkpoint, "--tokens", m.tokens, "--max-tokens", "48",
+                           "--budget", "12,24", "--sinks", "2", "--outliers", "2", "--windows", "2",
+                           "--output-dir", m.dir.File("out"), "--quiet"});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("2 windows of 48 tokens") != std::string::npos);
+  CHECK(r.out.find("hybrid B=12 (2/10/0)") != std::string::npos);
+  const auto records = CsvRecords(ReadBytes(m.dir.File("out/covattn-compare.csv")));
+  std::map<std::string, size_t> per_method;
+  for (const auto& rec : records) {
+    ++per_method[rec.at("method")];
+    for (const char* field :
+         {"kl_mean", "kl_p95", "top1_agreement", "ppl_ratio", "decode_seconds_per_token",
+          "layer0_rel_l2", "layer1_log_z_error", "persistent_bytes_per_kv_head"}) {
+      INFO(rec.at("method_name") << " " << field);
+      REQUIRE(rec.count(field) == 1);
+      if (std::string(field).rfind("layer", 0) != 0 || rec.at("method") != "exact") {
+        CHECK(std::isfinite(std::stod(rec.at(field))));
+      }
+    }
+    if (rec.at("method") == "exact") {  // exact against exact, bit for bit
+      CHECK(rec.at("kl_mean") == "0");
+      CHECK(rec.at("kl_p95") == "0");
+      CHECK(rec.at("top1_agreement") == "1");
+      CHECK(rec.at("ppl_ratio") == "1");
+    }
+    if (rec.at("method") == "hybrid" && rec.at("budget") == "12") {
+      CHECK(std::stod(rec.at("kl_mean")) > 1e-6);  // 48 tokens, 10 in the window
+      CHECK(std::stod(rec.at("layer0_rel_l2")) > 1e-4);
+    }
+  }
+  CHECK(per_method["exact"] == 1);
+  CHECK(per_method["hybrid"] == 2);
+  CHECK(per_method["window"] == 2);
+  // Equal memory: the window's cache is never smaller than the hybrid's.
+  for (const auto& w : records) {
+    for (const auto& h : records) {
+      if (w.at("method") == "window" && h.at("method") == "hybrid" &&
+          w.at("budget") == h.at("budget")) {
+        CHECK(std::stod(w.at("persistent_bytes_per_kv_head")) >=
+              std::stod(h.at("persistent_bytes_per_kv_head")));
+      }
+    }
+  }
+  Json json;
+  REQUIRE(JsonParser(ReadBytes(m.dir.File("out/covattn-compare.json"))).Parse(&json));
+  CHECK(json["mode"].text == "model");
+  CHECK(json["window_offsets"].items.size() == 2);
+  CHECK(json["measurements"].items.size() == records.size());
+  for (const Json& item : json["measurements"].items) {
+    for (const char* field : {"kl_mean", "kl_p95", "top1_agreement", "ppl_ratio"}) {
+      CHECK(item[field].kind == Json::kNumber);
+    }
+  }
+  CHECK(json["attention"]["score_std"].items.size() == 2);
+  CheckSvg(ReadBytes(m.dir.File("out/covattn-compare.svg")));
+}
+
+TEST_CASE("--model: a sequence sampled from the exact model, reproducibly") {
+  ModelFiles m;
+  const std::vector<std::string> args = {
+      "--model", m.checkpoint, "--seed", "5",         "--max-tokens", "30",         "--budget",
+      "8",       "--sinks",    "1",      "--methods", "exact,hybrid", "--no-files", "--quiet"};
+  const RunResult a = Run(args), b = Run(args);
+  INFO("stderr: " << a.err);
+  REQUIRE(a.status == 0);
+  CHECK(a.out.find("tokens sampled") != std::string::npos);
+  // The same tokens and figures (timings aside) in both runs.
+  auto figures = [](const std::string& out) {
+    const size_t at = out.find("hybrid B=8");
+    REQUIRE(at != std::string::npos);
+    return out.substr(at, 75);
+  };
+  CHECK(figures(a.out) == figures(b.out));
+}
+
+TEST_CASE("--model: malformed checkpoints and tokens exit 1, naming the file and the problem") {
+  ModelFiles m;
+  const std::string good = ReadBytes(m.checkpoint);
+  int32_t header[7] = {32, 96, 2, 4, 3, 40, 64};
+  struct Case {
+    std::string name, file, contents;
+    std::vector<std::string> args;
+    std::string words;
+  };
+  const std::vector<Case> cases = {
+      {"missing", m.dir.File("none.bin"), "", {}, "cannot open"},
+      {"truncated", m.dir.File("short.bin"), good.substr(0, good.size() - 8), {}, "truncated"},
+      {"header", m.dir.File("head.bin"), good.substr(0, 20), {}, "truncated"},
+      {"oversized", m.dir.File("long.bin"), good + std::string(8, '\0'), {}, "size mismatch"},
+      {"heads",
+       m.dir.File("heads.bin"),
+       HeaderBytes(header) + good.substr(28),
+       {},
+       "n_heads 4 is not a multiple of n_kv_heads 3"},
+  };
+  for (const Case& c : cases) {
+    INFO("case " << c.name);
+    if (c.name != "missing") WriteBytes(c.file, c.contents);
+    const RunResult r = Run({"--model", c.file, "--tokens", m.tokens, "--budget", "8", "--sinks",
+                             "1", "--no-files", "--quiet"});
+    CHECK(r.status == 1);
+    CHECK(r.err.rfind("covattn-compare: error: " + c.file + ": ", 0) == 0);
+    CHECK(r.err.find(c.words) != std::string::npos);
+    CHECK(r.out.empty());
+  }
+  const std::vector<Case> token_cases = {
+      {"outside the vocabulary",
+       m.dir.File("big.npy"),
+       NpyBytes(Dict("<i4", {3}), I32Data({1, 40, 2})),
+       {},
+       "token 40 at position 1 is outside"},
+      {"negative",
+       m.dir.File("neg.npy"),
+       NpyBytes(Dict("<i4", {2}), I32Data({1, -3})),
+       {},
+       "token -3 at position 1"},
+      {"not npy", m.dir.File("text.npy"), "hello", {}, "not a .npy file"},
+      {"float tokens",
+       m.dir.File("f.npy"),
+       NpyBytes(Dict("<f4", {2}), F32Data({1, 2})),
+       {},
+       "not a token type"},
+      {"truncated",
+       m.dir.File("cut.npy"),
+       NpyBytes(Dict("<i4", {8}), I32Data({1, 2})),
+       {},
+       "truncated"},
+      {"bytes", m.dir.File("raw.txt"), "abc", {"--bytes"}, "token 97 at position 0"},
+      {"missing", m.dir.File("none.npy"), "", {}, "cannot open"},
+  };
+  for (const Case& c : token_cases) {
+    INFO("case " << c.name);
+    if (c.name != "missing") WriteBytes(c.file, c.contents);
+    const RunResult r = Run(Concat({"--model", m.checkpoint, "--tokens", c.file, "--budget", "8",
+                                    "--sinks", "1", "--no-files", "--quiet"},
+                                   c.args));
+    CHECK(r.status == 1);
+    INFO("stderr: " << r.err);
+    CHECK(r.err.rfind("covattn-compare: error: " + c.file + ": ", 0) == 0);
+    CHECK(r.err.find(c.words) != std::string::npos);
+  }
+  RunResult r = Run({"--model", m.checkpoint, "--max-tokens", "65", "--no-files", "--quiet"});
+  CHECK(r.status == 1);
+  CHECK(r.err.find(m.checkpoint + ": --max-tokens 65 exceeds the model's seq_len of 64") !=
+        std::string::npos);
+  // Usage errors: exit 2.
+  CHECK(Run({"--tokens", m.tokens}).status == 2);
+  CHECK(Run({"--budget", "8,16"}).status == 2);
+  CHECK(Run({"--model", m.checkpoint, "--qkv", m.dir.path().string()}).status == 2);
 }

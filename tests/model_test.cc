@@ -22,59 +22,12 @@
 namespace {
 
 using namespace covattn_model;
+using covattn_compare_test::CheckpointBytes;
+using covattn_compare_test::HeaderBytes;
+using covattn_compare_test::RandomWeights;
 using covattn_compare_test::ScratchDir;
+using covattn_compare_test::Shape;
 using covattn_test::kU;
-
-// ---------------------------------------------------------------------------
-// Random checkpoints, written here in the llama2.c layout.
-
-struct Shape {
-  int32_t dim = 32, hidden = 96, layers = 2, heads = 4, kv_heads = 2, vocab = 40, seq_len = 64;
-  bool shared = true;
-  int32_t head_dim() const { return dim / heads; }
-};
-
-// Weights in file order. Scales make the model look trained: unit-RMS
-// activations, attention scores and logits with a std of about 2.
-std::vector<float> RandomWeights(const Shape& s, uint64_t seed) {
-  covattn_test::Rng rng(seed);
-  std::vector<float> w;
-  auto add = [&](size_t n, double mean, double std) {
-    for (size_t i = 0; i < n; ++i) w.push_back(static_cast<float>(mean + std * rng.Normal()));
-  };
-  const size_t d = size_t(s.dim), kv = size_t(s.kv_heads * s.head_dim()), L = size_t(s.layers);
-  const size_t hidden = size_t(s.hidden), vocab = size_t(s.vocab);
-  const double in = 1.0 / std::sqrt(double(d));
-  add(vocab * d, 0.0, 1.0);                                   // token embedding
-  add(L * d, 1.0, 0.1);                                       // rms_att
-  add(L * d * d, 0.0, 1.4 * in);                              // wq
-  add(L * kv * d, 0.0, 1.4 * in);                             // wk
-  add(L * kv * d, 0.0, in);                                   // wv
-  add(L * d * d, 0.0, in);                                    // wo
-  add(L * d, 1.0, 0.1);                                       // rms_ffn
-  add(L * hidden * d, 0.0, in);                               // w1
-  add(L * d * hidden, 0.0, 1.0 / std::sqrt(double(hidden)));  // w2
-  add(L * hidden * d, 0.0, in);                               // w3
-  add(d, 0.3, 0.03);  // rms_final: logits with a std of about 2
-  add(2 * size_t(s.seq_len) * size_t(s.head_dim() / 2), 7.0, 0.0);  // unused RoPE tables
-  if (!s.shared) add(vocab * d, 0.0, in);                           // wcls
-  return w;
-}
-
-std::string HeaderBytes(const int32_t fields[7]) {
-  std::string bytes(28, '\0');
-  for (int i = 0; i < 7; ++i) {
-    const uint32_t u = static_cast<uint32_t>(fields[i]);
-    for (int b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<char>((u >> (8 * b)) & 0xFF);
-  }
-  return bytes;
-}
-
-std::string CheckpointBytes(const Shape& s, const std::vector<float>& weights) {
-  const int32_t fields[7] = {
-      s.dim, s.hidden, s.layers, s.heads, s.kv_heads, s.shared ? s.vocab : -s.vocab, s.seq_len};
-  return HeaderBytes(fields) + covattn_compare_test::F32Data(weights);
-}
 
 // ---------------------------------------------------------------------------
 // The float64 forward pass, independent of the library, with a bound e on

@@ -9,6 +9,8 @@
 #include "covattn/covattn.h"
 #include "evaluate.h"
 #include "methods.h"
+#include "model_mode.h"
+#include "model_report.h"
 #include "options.h"
 #include "progress.h"
 #include "qkv.h"
@@ -117,6 +119,36 @@ bool RunQkv(const Options& options, ThreadPool& pool, Progress& progress,
   return true;
 }
 
+// --model: its own results, table and files.
+int ModelMain(const Options& options, const RunInfo& info, std::FILE* out, std::FILE* err) {
+  ModelResult result;
+  std::string error;
+  bool ok = false;
+  try {
+    Progress progress(err, options.progress);
+    ok = RunModel(options, progress, &result, &error);
+    progress.Finish();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory (try fewer --max-tokens)";
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (ok) {
+    WriteModelTable(out, info, options, result);
+    std::fflush(out);
+    ok = !options.write_files || WriteModelFiles(info, options, result, &error);
+  }
+  if (!ok) {
+    std::fprintf(err, "covattn-compare: error: %s\n", error.c_str());
+    return kExitFailure;
+  }
+  if (options.write_files) {
+    std::fprintf(err, "covattn-compare: wrote %s, %s, %s\n", options.csv_path.c_str(),
+                 options.json_path.c_str(), options.svg_path.c_str());
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* err) {
@@ -138,7 +170,7 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   }
   // Budgets that cannot work at a requested head_dim are usage errors too
   // (with --qkv, head_dim is known only once the files are read).
-  if (options.qkv.empty()) {
+  if (options.qkv.empty() && options.model.empty()) {
     for (size_t dim : options.head_dims) {
       for (Method method : options.methods) {
         MethodPlan plan;
@@ -155,6 +187,10 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   info.target = covattn_target_name();
   info.cpu = CpuName();
   info.mode = options.qkv.empty() ? "synthetic" : "npy";
+  if (!options.model.empty()) {
+    info.mode = "model";
+    return ModelMain(options, info, out, err);
+  }
 
   std::vector<Measurement> results;
   bool ok = false;

@@ -58,8 +58,8 @@ bool HaveOneDnn() {
 #endif
 }
 
-size_t OutlierSlots(const Options& options) {
-  return options.outliers != 0 ? options.outliers : options.budget / 2;
+size_t OutlierSlots(const Options& options, size_t budget) {
+  return options.outliers != 0 ? options.outliers : budget / 2;
 }
 
 std::vector<std::string> SplitList(const std::string& s) {
@@ -256,6 +256,7 @@ bool ApplyQkv(Parser& p, const std::string&, const std::string& v) {
 bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
   std::vector<Method>& out = p.o->methods;
   out.clear();
+  p.o->methods_given = true;
   for (const std::string& item : SplitList(v)) {
     bool found = false;
     for (Method m : kAllMethods) {
@@ -274,6 +275,19 @@ bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
   }
   std::sort(out.begin(), out.end());
   return true;
+}
+
+bool ApplyPath(std::string Options::*field, Parser& p, const std::string& name,
+               const std::string& v) {
+  if (v.empty()) return p.Fail("--" + name + " wants a path");
+  p.o->*field = v;
+  return true;
+}
+
+Apply Path(std::string Options::*field) {
+  return [=](Parser& p, const std::string& name, const std::string& v) {
+    return ApplyPath(field, p, name, v);
+  };
 }
 
 bool ApplyTable(Parser& p, const std::string&, const std::string& v) {
@@ -327,12 +341,31 @@ const std::vector<OptionGroup>& OptionTable() {
            {"scale", "X", "softmax scale [1/sqrt(head_dim)]",
             RealIn(&Options::scale, 0.0, 1e6, false)},
        }},
+      {"Model (a llama2.c checkpoint, see docs/compare.md)",
+       {
+           {"model", "PATH", "run every method inside this model, teacher-forced",
+            Path(&Options::model)},
+           {"tokens", "FILE", "its input: .npy of int32/int64 tokens [sampled, --seed]",
+            Path(&Options::tokens)},
+           {"bytes", nullptr, "read --tokens as raw bytes, one token each",
+            Set(&Options::bytes, true)},
+           {"max-tokens", "N", "tokens per window [the model's seq_len]",
+            SizeIn(&Options::max_tokens, 1, kMaxContext)},
+           {"windows", "N", "windows cut evenly from --tokens; medians over them [1]",
+            SizeIn(&Options::windows, 1, 4096)},
+           {"from", "N", "aggregate positions from N on [0]",
+            SizeIn(&Options::from, 0, kMaxContext)},
+           {"dump-qkv", "DIR", "write the exact model's q, k, v for --qkv (first window)",
+            Path(&Options::dump_qkv)},
+       }},
       {"Methods",
        {
            {"methods", "LIST", "exact, onednn, readout, window, hybrid, outliers, all [all]",
             ApplyMethods},
-           {"budget", "N", "exact tokens per KV head of the bounded methods [256]",
-            SizeIn(&Options::budget, 1, size_t{1} << 20)},
+           {"budget", "LIST",
+            "exact tokens per KV head of the bounded methods;\n"
+            "a list is a sweep (--model) [256]",
+            SizeListIn(&Options::budgets, 1, size_t{1} << 20)},
            {"sinks", "N", "first tokens kept exact [4]",
             SizeIn(&Options::sinks, 0, size_t{1} << 20)},
            {"outliers", "N", "outlier key slots of 'outliers' [budget / 2]",
@@ -442,14 +475,34 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, s
     *error = "an empty list was given";
     return ParseOutcome::kUsageError;
   }
-  if (o.sinks >= o.budget) {
-    *error = "--sinks (" + std::to_string(o.sinks) + ") must be below --budget (" +
-             std::to_string(o.budget) + ")";
+  if (o.budgets.empty()) {
+    *error = "an empty list was given";
     return ParseOutcome::kUsageError;
   }
-  if (o.sinks + OutlierSlots(o) >= o.budget) {
-    *error = "--sinks plus --outliers must leave room for a window within --budget";
+  if (o.model.empty() && o.budgets.size() > 1) {
+    *error = "a list of budgets (a sweep) is for --model; give one --budget here";
     return ParseOutcome::kUsageError;
+  }
+  if (!o.model.empty() && !o.qkv.empty()) {
+    *error = "--model and --qkv are two different inputs; give one";
+    return ParseOutcome::kUsageError;
+  }
+  if (o.model.empty() && (!o.tokens.empty() || !o.dump_qkv.empty())) {
+    *error = "--tokens and --dump-qkv need --model";
+    return ParseOutcome::kUsageError;
+  }
+  o.budget = o.budgets.front();
+  for (size_t budget : o.budgets) {
+    if (o.sinks >= budget) {
+      *error = "--sinks (" + std::to_string(o.sinks) + ") must be below --budget (" +
+               std::to_string(budget) + ")";
+      return ParseOutcome::kUsageError;
+    }
+    if (o.sinks + OutlierSlots(o, budget) >= budget) {
+      *error = "--sinks plus --outliers must leave room for a window within --budget " +
+               std::to_string(budget);
+      return ParseOutcome::kUsageError;
+    }
   }
   if (o.csv_path.empty()) o.csv_path = parser.output_dir + "/covattn-compare.csv";
   if (o.json_path.empty()) o.json_path = parser.output_dir + "/covattn-compare.json";

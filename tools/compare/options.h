@@ -54,9 +54,20 @@ struct Options {
   std::vector<size_t> layers;  // empty: every layer found
   float scale = 0.0f;          // 0: 1/sqrt(head_dim)
 
+  // A llama2.c checkpoint run with every method (docs/compare.md).
+  std::string model;
+  std::string tokens;     // empty: sampled from the exact model
+  bool bytes = false;     // --tokens is raw bytes, one token each
+  size_t max_tokens = 0;  // tokens per window; 0: the model's seq_len
+  size_t windows = 1;     // windows cut evenly from the token file
+  size_t from = 0;        // positions from here on are aggregated
+  std::string dump_qkv;   // the exact model's activations for --qkv
+
   // Methods and their memory.
   std::vector<Method> methods;
-  size_t budget = 256;  // exact tokens of the bounded methods (per KV head)
+  bool methods_given = false;           // --methods was on the command line
+  std::vector<size_t> budgets = {256};  // --budget: one, or a sweep (--model)
+  size_t budget = 256;  // budgets.front(): the budget of the synthetic and --qkv modes
   size_t sinks = 4;
   size_t outliers = 0;  // outlier slots of the hybrid with outliers; 0: budget / 2
   float forgetting = 1.0f;
@@ -87,8 +98,9 @@ std::string UsageText();
 // "a,b,,c" -> {"a", "b", "", "c"}: the lists of the command line.
 std::vector<std::string> SplitList(const std::string& s);
 
-// The outlier slots actually used (the default is half the budget).
-size_t OutlierSlots(const Options& options);
+// The outlier slots actually used at a budget (the default is half of it).
+size_t OutlierSlots(const Options& options, size_t budget);
+inline size_t OutlierSlots(const Options& options) { return OutlierSlots(options, options.budget); }
 
 }  // namespace covattn_compare
 
