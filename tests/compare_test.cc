@@ -566,9 +566,10 @@ std::vector<std::map<std::string, std::string>> CsvRecords(const std::string& te
 
 TEST_CASE("--model: every method at every budget, table, CSV, JSON and SVG") {
   ModelFiles m;
-  const RunResult r = Run({"--model", m.checkpoint, "--tokens", m.tokens, "--max-tokens", "48",
-                           "--budget", "12,24", "--sinks", "2", "--outliers", "2", "--windows", "2",
-                           "--output-dir", m.dir.File("out"), "--quiet"});
+  const RunResult r =
+      Run({"--model", m.checkpoint, "--tokens", m.tokens, "--max-tokens", "48", "--budget", "12,24",
+           "--sinks", "2", "--outliers", "2", "--windows", "2", "--output-dir", m.dir.File("out"),
+           "--dump-qkv", m.dir.File("dump"), "--quiet"});
   INFO("stderr: " << r.err);
   REQUIRE(r.status == 0);
   CHECK(r.out.find("2 windows of 48 tokens") != std::string::npos);
@@ -622,6 +623,15 @@ TEST_CASE("--model: every method at every budget, table, CSV, JSON and SVG") {
   }
   CHECK(json["attention"]["score_std"].items.size() == 2);
   CheckSvg(ReadBytes(m.dir.File("out/covattn-compare.svg")));
+  // The first window's activations, as --qkv reads them (model_test checks
+  // that --qkv on them gives the model's layer-0 errors).
+  const RunResult qkv = Run({"--qkv", m.dir.File("dump"), "--methods", "exact,hybrid", "--budget",
+                             "12", "--sinks", "2", "--samples", "1", "--min-time", "0.01",
+                             "--min-context", "8", "--no-files", "--quiet"});
+  INFO("--qkv stderr: " << qkv.err);
+  CHECK(qkv.status == 0);
+  CHECK(qkv.out.find("layer 1") != std::string::npos);
+  CHECK(qkv.out.find("context 48") != std::string::npos);
 }
 
 TEST_CASE("--model: a sequence sampled from the exact model, reproducibly") {

@@ -785,3 +785,75 @@ TEST_CASE("dump-qkv writes layer<N>_{q,k,v}.npy as covattn-compare --qkv reads t
   CHECK_FALSE(Evaluate(ck, tokens, {}, options, &e, &error));
   CHECK(Contains(error, "layer7_q.npy: already there"));
 }
+
+TEST_CASE("covattn-compare --qkv on a dump reproduces the model's layer-0 errors") {
+  // Layer 0's q, k, v depend on the tokens only, so a method's layer-0
+  // errors inside the model (against exact attention in f32) are --qkv's on
+  // the exact model's dump (against float64 attention).
+  Shape s;
+  const Checkpoint ck = MakeCheckpoint(s, RandomWeights(s, 72));
+  const std::vector<int32_t> tokens = RandomTokens(48, s.vocab, 9);
+  ScratchDir dir;
+  EvalOptions options;
+  options.dump_qkv_dir = dir.File("dump");
+  Evaluation e;
+  std::string error;
+  REQUIRE_MESSAGE(Evaluate(ck, tokens, {CacheSpec(2, 14, 0, 0)}, options, &e, &error), error);
+  const covattn_compare_test::RunResult r = covattn_compare_test::Run({"--qkv",
+                                                                       dir.File("dump"),
+                                                                       "--methods",
+                                                                       "hybrid",
+                                                                       "--budget",
+                                                                       "16",
+                                                                       "--sinks",
+                                                                       "2",
+                                                                       "--positions",
+                                                                       "48",
+                                                                       "--min-context",
+                                                                       "1",
+                                                                       "--samples",
+                                                                       "1",
+                                                                       "--min-time",
+                                                                       "0.01",
+                                                                       "--quiet",
+                                                                       "--csv",
+                                                                       dir.File("qkv.csv"),
+                                                                       "--json",
+                                                                       dir.File("qkv.json"),
+                                                                       "--svg",
+                                                                       dir.File("qkv.svg")});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto rows =
+      covattn_compare_test::ParseCsv(covattn_compare_test::ReadBytes(dir.File("qkv.csv")));
+  const std::vector<std::string>& header = rows[0];
+  auto column = [&](const char* name) {
+    return size_t(std::find(header.begin(), header.end(), name) - header.begin());
+  };
+  const size_t layer = column("layer"), context = column("context"), rel = column("rel_l2_median"),
+               dz = column("log_z_error_median");
+  // The median over the query heads at a position, as --qkv takes it.
+  auto median = [&](const LayerSeries& series, size_t pos) {
+    std::vector<double> v(series[0].begin() + long(pos * 4), series[0].begin() + long(pos * 4 + 4));
+    std::sort(v.begin(), v.end());
+    return 0.5 * (v[1] + v[2]);
+  };
+  size_t compared = 0, evicting = 0;
+  for (size_t i = 1; i < rows.size(); ++i) {
+    if (rows[i][layer] != "0") continue;
+    const size_t pos = std::stoul(rows[i][context]) - 1;
+    INFO("position " << pos);
+    const double model_rel = median(e.methods[0].rel_l2, pos);
+    const double model_dz = median(e.methods[0].log_z_error, pos);
+    // f32 exact against float64 differs by a few 1e-7 (the f32 floor).
+    const double qkv_rel = std::stod(rows[i][rel]), qkv_dz = std::stod(rows[i][dz]);
+    INFO("rel L2 " << qkv_rel << " against " << model_rel << ", |dlog Z| " << qkv_dz << " against "
+                   << model_dz);
+    CHECK(std::fabs(qkv_rel - model_rel) <= 2e-6 + 1e-3 * model_rel);
+    CHECK(std::fabs(qkv_dz - model_dz) <= 2e-6 + 1e-3 * model_dz);
+    ++compared;
+    evicting += model_rel > 1e-3;
+  }
+  CHECK(compared >= 25);  // log-spaced positions, the repeats removed
+  CHECK(evicting > 10);   // the comparison is not only of exact figures
+}
