@@ -17,6 +17,7 @@
 #include "compare_test_util.h"
 #include "options.h"
 #include "test_util.h"
+#include "workloads.h"
 
 using namespace covattn_compare;
 using namespace covattn_compare_test;
@@ -124,7 +125,8 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
        {"method", "memory/layer", "decode", "speedup", "rel L2", "cosine", "|dlog Z|"}) {
     CHECK(r.out.find(column) != std::string::npos);
   }
-  for (const char* workload : {"gaussian, d=16", "student-t, d=16", "ar, d=16", "drift, d=16"}) {
+  for (const char* workload : {"gaussian, d=16, sigma=1", "student-t, d=16", "ar, d=16",
+                               "drift, d=16", "rope-sinks, d=16, sigma=3"}) {
     CHECK(r.out.find(workload) != std::string::npos);
   }
   for (Method m : kAllMethods) {
@@ -137,7 +139,7 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
 
   // CSV: a header and one row per (series, context, method), all of one width.
   const auto rows = ParseCsv(ReadBytes(dir.File("out/covattn-compare.csv")));
-  REQUIRE(rows.size() == 1 + 4 * 2 * MethodCount());
+  REQUIRE(rows.size() == 1 + 5 * 2 * MethodCount());
   const std::vector<std::string>& header = rows[0];
   std::map<std::string, size_t> col;
   for (size_t i = 0; i < header.size(); ++i) col[header[i]] = i;
@@ -192,6 +194,55 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
   }
 
   CheckSvg(ReadBytes(dir.File("out/covattn-compare.svg")));
+}
+
+TEST_CASE("rope workloads: sharp, recent, rotated, and the sinks' share of the mass") {
+  using namespace covattn_tools;
+  // The recency peak stands out by about sqrt(d / 2) (the RoPE pairs' cosines
+  // add up at the query's position only): real head dims, an odd one too.
+  for (Workload w : {Workload::kRope, Workload::kRopeSinks}) {
+    for (size_t d : {size_t{64}, size_t{63}}) {
+      INFO(WorkloadName(w) << " d=" << d);
+      WorkloadSpec spec;
+      spec.workload = w;
+      spec.n_tokens = 2048;
+      spec.n_kv_heads = 2;
+      spec.head_dim = d;
+      const Layer layer = MakeLayer(spec);
+      CHECK(NaturalSigma(w) == 3.0);
+      for (size_t n : {size_t{300}, size_t{2048}}) {
+        const std::vector<float> q = SharpQueries(layer, 1, 3, n, 3.0, 5);
+        for (size_t i = 0; i < 3; ++i) {
+          std::vector<double> a(n);  // scores a.k, a = q / sqrt(d)
+          for (size_t t = 0; t < n; ++t) {
+            for (size_t j = 0; j < d; ++j) {
+              a[t] += q[i * d + j] * layer.k[(t * 2 + 1) * d + j] / std::sqrt(double(d));
+            }
+          }
+          const size_t first = w == Workload::kRopeSinks ? kSinkTokens : 0;
+          double sum = 0, squares = 0, top = -INFINITY;
+          for (size_t t = first; t < n; ++t) sum += a[t], squares += a[t] * a[t];
+          for (double x : a) top = std::max(top, x);
+          const double m = sum / double(n - first);
+          CHECK(std::sqrt(squares / double(n - first) - m * m) == doctest::Approx(3.0));
+          double z = 0, sinks = 0, recent = 0;
+          for (size_t t = 0; t < n; ++t) {
+            const double e = std::exp(a[t] - top);
+            z += e, sinks += t < first ? e : 0.0, recent += t + 64 >= n ? e : 0.0;
+          }
+          if (first) CHECK(sinks / z == doctest::Approx(kSinkShare));
+          // Recency: the last 64 tokens take several times their share of
+          // the mass outside the sinks.
+          CHECK(recent / (z - sinks) > 3.0 * 64.0 / double(n - first));
+        }
+      }
+    }
+  }
+  // Other workloads are unchanged by the RoPE ones: no sink state.
+  WorkloadSpec gaussian;
+  gaussian.n_tokens = 64;
+  CHECK(MakeLayer(gaussian).key_mean.empty());
+  CHECK(NaturalSigma(Workload::kGaussian) == 1.0);
 }
 
 TEST_CASE("--table all, --no-files, explicit paths") {

@@ -34,8 +34,15 @@ std::string SigmaText(double sigma) {
 // queries of each sharpness drawn against it.
 bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
                   std::vector<Measurement>* results, std::string* error) {
-  const size_t n_series =
-      options.workloads.size() * options.head_dims.size() * options.sigmas.size();
+  // The sharpness of a workload's series: --sigma, or the workload's own.
+  auto sigmas = [&options](covattn_tools::Workload w) {
+    return options.sigmas_given ? options.sigmas
+                                : std::vector<double>{covattn_tools::NaturalSigma(w)};
+  };
+  size_t n_series = 0;
+  for (covattn_tools::Workload w : options.workloads) {
+    n_series += options.head_dims.size() * sigmas(w).size();
+  }
   size_t index = 0;
   for (covattn_tools::Workload workload : options.workloads) {
     for (size_t dim : options.head_dims) {
@@ -48,7 +55,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
       spec.n_kv_heads = options.kv_heads;
       spec.n_q_heads = options.kv_heads * options.group;
       spec.head_dim = dim;
-      spec.sigma = options.sigmas.front();
+      spec.sigma = sigmas(workload).front();
       spec.seed = options.seed;
       const covattn_tools::Layer layer = covattn_tools::MakeLayer(spec);
 
@@ -68,7 +75,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
           std::copy_n(layer.v.data() + from, dim, series.v[h].data() + t * dim);
         }
       }
-      for (double sigma : options.sigmas) {
+      for (double sigma : sigmas(workload)) {
         series.sigma = sigma;
         series.label = name + ", d=" + std::to_string(dim) + ", sigma=" + SigmaText(sigma);
         // The same query directions at every context (rescaled to the

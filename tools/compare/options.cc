@@ -230,7 +230,8 @@ bool ApplyWorkloads(Parser& p, const std::string&, const std::string& v) {
     }
     covattn_tools::Workload w;
     if (!covattn_tools::ParseWorkload(item, &w)) {
-      return p.Fail("unknown workload '" + item + "' (gaussian, student-t, ar, drift, all)");
+      return p.Fail("unknown workload '" + item +
+                    "' (gaussian, student-t, ar, drift, rope, rope-sinks, all)");
     }
     if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
   }
@@ -239,6 +240,7 @@ bool ApplyWorkloads(Parser& p, const std::string&, const std::string& v) {
 
 bool ApplySigmas(Parser& p, const std::string& name, const std::string& v) {
   p.o->sigmas.clear();
+  p.o->sigmas_given = true;
   for (const std::string& item : SplitList(v)) {
     double x;
     if (!p.Real(name, item, 0.0, 8.0, false, &x)) return false;
@@ -313,8 +315,12 @@ const std::vector<OptionGroup>& OptionTable() {
   static const std::vector<OptionGroup> table = {
       {"Workloads (synthetic, fixed seeds)",
        {
-           {"workloads", "LIST", "gaussian, student-t, ar, drift, all [all]", ApplyWorkloads},
-           {"sigma", "LIST", "attention sharpness: std of the scores a.k [1]", ApplySigmas},
+           {"workloads", "LIST",
+            "gaussian, student-t, ar, drift, rope, rope-sinks, all\n"
+            "[gaussian,student-t,ar,drift,rope-sinks]",
+            ApplyWorkloads},
+           {"sigma", "LIST",
+            "attention sharpness: std of the scores a.k\n[1; 3 for rope, rope-sinks]", ApplySigmas},
            {"contexts", "LIST", "context lengths, e.g. 256,4k,64k [256,512,...,65536]",
             SizeListIn(&Options::contexts, 2, kMaxContext)},
            {"head-dims", "LIST", "head dimensions [64,128]",
@@ -446,8 +452,9 @@ bool NextOption(int argc, const char* const* argv, int* i, Parser& p, const Opti
 ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, std::string* error) {
   Options& o = *options;
   o = Options();
-  o.workloads.assign(std::begin(covattn_tools::kAllWorkloads),
-                     std::end(covattn_tools::kAllWorkloads));
+  o.workloads = {covattn_tools::Workload::kGaussian, covattn_tools::Workload::kStudentT,
+                 covattn_tools::Workload::kAutoregressive, covattn_tools::Workload::kDrift,
+                 covattn_tools::Workload::kRopeSinks};
   o.sigmas = {1.0};
   for (size_t n = 256; n <= 65536; n *= 2) o.contexts.push_back(n);
   o.head_dims = {64, 128};
@@ -515,9 +522,10 @@ std::string UsageText() {
   std::string s = R"(usage: covattn-compare [options]
 
 Exact attention against the covariance readout and the bounded cache, speed
-and error side by side. With no options: four synthetic workloads, head_dim
-64 and 128, 2 KV heads x 4 query heads, contexts 256 ... 65536 (under a
-minute on two cores). Prints a table, writes covattn-compare.{csv,json,svg}.
+and error side by side. With no options: five synthetic workloads (one
+sharp, with RoPE keys and sinks), head_dim 64 and 128, 2 KV heads x 4 query
+heads, contexts 256 ... 65536. Prints a table, writes
+covattn-compare.{csv,json,svg}.
 )";
   for (const OptionGroup& group : OptionTable()) {
     s += "\n" + std::string(group.title) + ":\n";

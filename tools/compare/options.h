@@ -39,6 +39,7 @@ struct Options {
   // Synthetic workloads (ignored with --qkv).
   std::vector<covattn_tools::Workload> workloads;
   std::vector<double> sigmas;
+  bool sigmas_given = false;  // else each workload's NaturalSigma
   std::vector<size_t> contexts;
   std::vector<size_t> head_dims;
   size_t kv_heads = 2;
