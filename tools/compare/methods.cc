@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "covattn/covattn.h"
+#include "model/bounded_cache.h"
 #ifdef COVATTN_COMPARE_WITH_ONEDNN
 #include <dlfcn.h>
 
@@ -179,23 +180,10 @@ class BoundedHead : public HeadMethod {
  public:
   BoundedHead(const covattn_cache_config& config, float scale, const float* k, const float* v)
       : config_(config), scale_(scale), k_(k), v_(v) {}
-  ~BoundedHead() override { covattn_cache_destroy(cache_); }
 
   bool Init(size_t max_queries, std::string* error) {
-    covattn_status s = covattn_cache_create(&config_, &cache_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_create", s);
-      return false;
-    }
-    size_t bytes = 0;
-    s = covattn_cache_decode_scratch_size(cache_, max_queries, &bytes);
-    if (s == COVATTN_OK) s = covattn_cache_size(&config_, &allocated_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_decode_scratch_size", s);
-      return false;
-    }
-    scratch_.resize(bytes);
-    return true;
+    return cache_.Create(config_, max_queries, error) &&
+           covattn_model::CacheBytes(config_, &allocated_, error);
   }
 
   bool Advance(size_t n, std::string* error) override {
@@ -212,7 +200,7 @@ class BoundedHead : public HeadMethod {
                                  dim,
                                  dim};
     const auto start = std::chrono::steady_clock::now();
-    const covattn_status s = covattn_cache_append(cache_, &block);
+    const covattn_status s = cache_.Append(block);
     append_seconds_ +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (s != COVATTN_OK) {
@@ -230,8 +218,7 @@ class BoundedHead : public HeadMethod {
     r->summary_ess.assign(n_q, 0.0f);
     const covattn_cache_diagnostics diagnostics{r->summary_share.data(), r->summary_ess.data(),
                                                 r->log_z.data()};
-    const covattn_status s = covattn_cache_decode(cache_, q, n_q, scale_, r->out.data(),
-                                                  &diagnostics, scratch_.data(), scratch_.size());
+    const covattn_status s = cache_.Decode(q, n_q, scale_, r->out.data(), &diagnostics);
     if (s < 0) {
       *error = StatusText("covattn_cache_decode", s);
       return false;
@@ -244,10 +231,7 @@ class BoundedHead : public HeadMethod {
   }
 
   void DecodeFast(const float* q, size_t n_q, float* out) override {
-    if (covattn_cache_decode(cache_, q, n_q, scale_, out, nullptr, scratch_.data(),
-                             scratch_.size()) < 0) {
-      fast_ok_ = false;
-    }
+    if (cache_.Decode(q, n_q, scale_, out, nullptr) < 0) fast_ok_ = false;
   }
 
   size_t AllocatedBytes() const override { return allocated_; }
@@ -257,9 +241,8 @@ class BoundedHead : public HeadMethod {
   float scale_;
   const float* k_;
   const float* v_;
-  covattn_cache* cache_ = nullptr;
+  covattn_model::BoundedCache cache_;
   size_t appended_ = 0, allocated_ = 0;
-  std::vector<unsigned char> scratch_;
 };
 
 covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,

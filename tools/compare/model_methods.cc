@@ -1,6 +1,6 @@
 #include "model_methods.h"
 
-#include "covattn/covattn.h"
+#include "model/bounded_cache.h"
 
 namespace covattn_compare {
 namespace {
@@ -57,10 +57,8 @@ bool CacheBytesPerKvHead(const covattn_cache_config& config, size_t d, size_t* b
   covattn_cache_config c = config;
   c.n_kv_heads = 1;
   c.head_dim = d;
-  const covattn_status s = covattn_cache_size(&c, bytes);
-  if (s != COVATTN_OK) {
-    *error = std::string("covattn_cache_size failed for ") + Tokens(c) + " tokens at head_dim " +
-             std::to_string(d) + ": " + covattn_status_string(s);
+  if (!covattn_model::CacheBytes(c, bytes, error)) {
+    *error += " for " + Tokens(c) + " tokens at head_dim " + std::to_string(d);
     return false;
   }
   return true;

@@ -1,6 +1,6 @@
 // The methods of covattn-compare --model at equal memory, counted as the
-// cache reports it: covattn_cache_size of one KV head's cache (the only call
-// of it here, CacheBytesPerKvHead). With --budget B exact tokens and --sinks S
+// cache reports it: covattn_cache_size of one KV head's cache
+// (CacheBytesPerKvHead, through model/bounded_cache.h). With --budget B exact tokens and --sinks S
 // (d = head_dim):
 //   hybrid    S sinks + a window of B - S + the summary: H bytes;
 //   window    S sinks + the smallest window whose cache takes at least H

@@ -4,6 +4,7 @@
 #include <new>
 #include <vector>
 
+#include "bounded_cache.h"
 #include "covattn/covattn.h"
 
 namespace covattn_model {
@@ -86,30 +87,15 @@ class CacheAttention : public LayerAttention {
     config_.n_kv_heads = c.n_kv_heads;
     config_.head_dim = head_dim_;
   }
-  ~CacheAttention() override { covattn_cache_destroy(cache_); }
 
-  bool Init(std::string* error) {
-    covattn_status s = covattn_cache_create(&config_, &cache_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_create", s);
-      return false;
-    }
-    size_t bytes = 0;
-    s = covattn_cache_decode_scratch_size(cache_, n_heads_, &bytes);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_decode_scratch_size", s);
-      return false;
-    }
-    scratch_.resize(bytes);
-    return true;
-  }
+  bool Init(std::string* error) { return cache_.Create(config_, n_heads_, error); }
 
   bool Append(const float* k, const float* v, std::string* error) override {
     const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
                                  head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
-    const covattn_status s = covattn_cache_append(cache_, &block);
+    const covattn_status s = cache_.Append(block);
     if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_append", s);
+      *error = CacheStatusText("covattn_cache_append", s);
       return false;
     }
     return true;
@@ -125,11 +111,9 @@ class CacheAttention : public LayerAttention {
         d.summary_share = diagnostics->summary_share.data();
       }
     }
-    const covattn_status s =
-        covattn_cache_decode(cache_, q, n_heads_, 0.0f, out, diagnostics ? &d : nullptr,
-                             scratch_.data(), scratch_.size());
+    const covattn_status s = cache_.Decode(q, n_heads_, 0.0f, out, diagnostics ? &d : nullptr);
     if (s < 0) {
-      *error = StatusText("covattn_cache_decode", s);
+      *error = CacheStatusText("covattn_cache_decode", s);
       return false;
     }
     return true;
@@ -138,8 +122,7 @@ class CacheAttention : public LayerAttention {
  private:
   size_t n_heads_, head_dim_, kv_dim_;
   covattn_cache_config config_;
-  covattn_cache* cache_ = nullptr;
-  std::vector<unsigned char> scratch_;
+  BoundedCache cache_;
 };
 
 }  // namespace
