@@ -51,6 +51,10 @@ inline void WriteBytes(const std::string& path, const std::string& bytes) {
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+inline bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
 inline std::string ReadBytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream s;
