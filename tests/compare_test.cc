@@ -12,6 +12,7 @@
 #include <iterator>
 #include <map>
 #include <random>
+#include <set>
 
 #include "cli.h"
 #include "compare_test_util.h"
@@ -266,6 +267,31 @@ TEST_CASE("--table all, --no-files, explicit paths") {
   Json json;
   CHECK(JsonParser(ReadBytes(dir.File("c.json"))).Parse(&json));
   CheckSvg(ReadBytes(dir.File("d.svg")));
+}
+
+TEST_CASE("a budget sweep: a series per budget, the budget in every row") {
+  ScratchDir dir;
+  const RunResult r =
+      Run(Concat(kTiny, {"--workloads", "gaussian", "--budget", "24,32", "--csv", dir.File("s.csv"),
+                         "--json", dir.File("s.json"), "--svg", dir.File("s.svg")}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("gaussian, d=16, sigma=1, budget 24") != std::string::npos);
+  CHECK(r.out.find("gaussian, d=16, sigma=1, budget 32") != std::string::npos);
+  const auto rows = ParseCsv(ReadBytes(dir.File("s.csv")));
+  REQUIRE(rows.size() == 1 + 2 * 2 * MethodCount());
+  std::map<std::string, size_t> col;
+  for (size_t i = 0; i < rows[0].size(); ++i) col[rows[0][i]] = i;
+  REQUIRE(col.count("budget") == 1);
+  std::map<std::string, std::set<std::string>> memory;  // per budget, the hybrid's bytes
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const std::string budget = rows[i][col["budget"]];
+    CHECK((budget == "24" || budget == "32"));
+    CHECK(rows[i][col["series"]].find("budget " + budget) != std::string::npos);
+    if (rows[i][col["method"]] == "hybrid") memory[budget].insert(rows[i][col["memory_bytes"]]);
+  }
+  REQUIRE(memory.size() == 2);
+  CHECK(memory["24"] != memory["32"]);
 }
 
 TEST_CASE("heads spread over threads give the same errors") {

@@ -445,6 +445,6 @@ TEST_CASE("--model: malformed checkpoints and tokens exit 1, naming the file and
         std::string::npos);
   // Usage errors: exit 2.
   CHECK(Run({"--tokens", m.tokens}).status == 2);
-  CHECK(Run({"--budget", "8,16"}).status == 2);
+  CHECK(Run({"--dump-qkv", m.dir.File("d")}).status == 2);
   CHECK(Run({"--model", m.checkpoint, "--qkv", m.dir.path().string()}).status == 2);
 }

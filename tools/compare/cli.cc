@@ -30,6 +30,30 @@ std::string SigmaText(double sigma) {
   return buffer;
 }
 
+// One series at every --budget, a series of its own per budget when there
+// are several (the label says which).
+bool EvaluateAtBudgets(Series& series, const Options& options, ThreadPool& pool,
+                       const ProgressFn& progress, std::vector<Measurement>* results,
+                       std::string* error) {
+  const std::string label = series.label;
+  const size_t n = options.budgets.size();
+  for (size_t i = 0; i < n; ++i) {
+    Options at = options;
+    at.budget = options.budgets[i];
+    if (n > 1) series.label = label + ", budget " + std::to_string(at.budget);
+    const ProgressFn report = [&](double f, const std::string& what) {
+      progress((double(i) + f) / double(n), what);
+    };
+    const size_t first = results->size();
+    if (!EvaluateSeries(series, at, pool, report, results, error)) {
+      *error = series.label + ": " + *error;
+      return false;
+    }
+    for (size_t r = first; r < results->size(); ++r) (*results)[r].budget = at.budget;
+  }
+  return true;
+}
+
 // Runs every synthetic series: one generated layer per (workload, head_dim),
 // queries of each sharpness drawn against it.
 bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
@@ -96,10 +120,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
         const ProgressFn report = [&](double f, const std::string& label) {
           progress.Update((base + f) / n_series, label);
         };
-        if (!EvaluateSeries(series, options, pool, report, results, error)) {
-          *error = series.label + ": " + *error;
-          return false;
-        }
+        if (!EvaluateAtBudgets(series, options, pool, report, results, error)) return false;
         ++index;
       }
     }
@@ -118,10 +139,7 @@ bool RunQkv(const Options& options, ThreadPool& pool, Progress& progress,
     const ProgressFn report = [&](double f, const std::string& label) {
       progress.Update((double(i) + f) / layers.size(), label);
     };
-    if (!EvaluateSeries(series, options, pool, report, results, error)) {
-      *error = series.label + ": " + *error;
-      return false;
-    }
+    if (!EvaluateAtBudgets(series, options, pool, report, results, error)) return false;
   }
   return true;
 }
@@ -179,11 +197,15 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   // (with --qkv, head_dim is known only once the files are read).
   if (options.qkv.empty() && options.model.empty()) {
     for (size_t dim : options.head_dims) {
-      for (Method method : options.methods) {
-        MethodPlan plan;
-        if (!PlanMethod(method, options, dim, &plan, &error)) {
-          std::fprintf(err, "covattn-compare: %s\n", error.c_str());
-          return kExitUsage;
+      for (size_t budget : options.budgets) {
+        Options at = options;
+        at.budget = budget;
+        for (Method method : options.methods) {
+          MethodPlan plan;
+          if (!PlanMethod(method, at, dim, &plan, &error)) {
+            std::fprintf(err, "covattn-compare: %s\n", error.c_str());
+            return kExitUsage;
+          }
         }
       }
     }

@@ -370,7 +370,7 @@ const std::vector<OptionGroup>& OptionTable() {
             ApplyMethods},
            {"budget", "LIST",
             "exact tokens per KV head of the bounded methods;\n"
-            "a list is a sweep (--model) [256]",
+            "a list is a sweep, e.g. 32,64,128,256 [256]",
             SizeListIn(&Options::budgets, 1, size_t{1} << 20)},
            {"sinks", "N", "first tokens kept exact [4]",
             SizeIn(&Options::sinks, 0, size_t{1} << 20)},
@@ -484,10 +484,6 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, s
   }
   if (o.budgets.empty()) {
     *error = "an empty list was given";
-    return ParseOutcome::kUsageError;
-  }
-  if (o.model.empty() && o.budgets.size() > 1) {
-    *error = "a list of budgets (a sweep) is for --model; give one --budget here";
     return ParseOutcome::kUsageError;
   }
   if (!o.model.empty() && !o.qkv.empty()) {

@@ -67,8 +67,8 @@ struct Options {
   // Methods and their memory.
   std::vector<Method> methods;
   bool methods_given = false;           // --methods was on the command line
-  std::vector<size_t> budgets = {256};  // --budget: one, or a sweep (--model)
-  size_t budget = 256;  // budgets.front(): the budget of the synthetic and --qkv modes
+  std::vector<size_t> budgets = {256};  // --budget: one, or a sweep
+  size_t budget = 256;  // the budget being evaluated (budgets.front() after parsing)
   size_t sinks = 4;
   size_t outliers = 0;  // outlier slots of the hybrid with outliers; 0: budget / 2
   float forgetting = 1.0f;

@@ -24,6 +24,7 @@ std::vector<Field> Fields(const Measurement& m, const RunInfo& info, const Optio
       Number("context", double(m.context)),
       Text("method", MethodKey(m.method)),
       Text("method_name", MethodName(m.method)),
+      Number("budget", double(m.budget)),
       Number("memory_bytes", double(m.memory_bytes)),
       Number("allocated_bytes", double(m.allocated_bytes)),
       Number("decode_seconds_median", m.time_median),
@@ -202,10 +203,12 @@ void WriteTable(std::FILE* out, const RunInfo& info, const Options& options,
   std::fprintf(out, "covattn-compare %s | %s | target %s | %zu thread%s%s\n",
                info.tool_version.c_str(), info.cpu.c_str(), info.target.c_str(), options.threads,
                options.threads == 1 ? "" : "s", options.cold ? " | cold caches" : "");
+  std::string budgets;
+  for (size_t b : options.budgets) budgets += (budgets.empty() ? "" : ",") + std::to_string(b);
   std::fprintf(out,
-               "bounded methods: %zu exact tokens per KV head (%zu sinks), equal memory; "
+               "bounded methods: %s exact tokens per KV head (%zu sinks), equal memory; "
                "errors against float64 attention, medians over %s\n",
-               options.budget, options.sinks, info.mode == "npy" ? "query heads" : "queries");
+               budgets.c_str(), options.sinks, info.mode == "npy" ? "query heads" : "queries");
   // Series in order of first appearance.
   std::vector<std::string> order;
   std::map<std::string, size_t> longest;
@@ -274,7 +277,11 @@ bool WriteJson(const std::string& path, const RunInfo& info, const Options& opti
   j += "  \"mode\": " + JsonString(info.mode) + ",\n";
   j += "  \"command\": " + JsonString(options.command_line) + ",\n";
   j += "  \"threads\": " + std::to_string(options.threads) + ",\n";
-  j += "  \"budget_tokens\": " + std::to_string(options.budget) + ",\n";
+  j += "  \"budget_tokens\": [";
+  for (size_t i = 0; i < options.budgets.size(); ++i) {
+    j += (i ? ", " : "") + std::to_string(options.budgets[i]);
+  }
+  j += "],\n";
   j += "  \"sinks\": " + std::to_string(options.sinks) + ",\n";
   j += "  \"outlier_slots\": " + std::to_string(OutlierSlots(options)) + ",\n";
   j += "  \"forgetting\": " + JsonNumber(options.forgetting) + ",\n";
