@@ -248,8 +248,8 @@ std::vector<uint8_t> CacheBytes(const covattn_cache* cache) {
 // A cache of Inputs' shape with room for a quarter of its tokens exact, fed
 // the f16 tokens [begin, end) in blocks of 50.
 covattn_cache* FilledCache(const Inputs& in, size_t begin, size_t end) {
-  const covattn_cache_config config{
-      Inputs::kKvHeads, Inputs::kDim, COVATTN_F16, 4, 120, 16, 1.0f, 0};
+  const covattn_cache_config config{Inputs::kKvHeads, Inputs::kDim, COVATTN_F16, 4, 120, 16,
+                                    1.0f, 0};
   covattn_cache* cache = nullptr;
   REQUIRE(covattn_cache_create(&config, &cache) == COVATTN_OK);
   for (size_t t = begin; t < end; t += 50) {
