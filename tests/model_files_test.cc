@@ -355,6 +355,42 @@ TEST_CASE("--model: every method at every budget, table, CSV, JSON and SVG") {
   CHECK(qkv.out.find("context 48") != std::string::npos);
 }
 
+TEST_CASE("--model --state-bytes: equal memory by the state's bytes") {
+  // head_dim 8: a token is 64 bytes, the summary 8 (1 + 16) + 8 * 64 = 648
+  // (11 tokens, rounded up).
+  ModelFiles m;
+  const RunResult r = Run({"--model",
+                           m.checkpoint,
+                           "--tokens",
+                           m.tokens,
+                           "--max-tokens",
+                           "32",
+                           "--budget",
+                           "12",
+                           "--sinks",
+                           "2",
+                           "--outliers",
+                           "2",
+                           "--state-bytes",
+                           "--csv",
+                           m.dir.File("s.csv"),
+                           "--json",
+                           m.dir.File("s.json"),
+                           "--svg",
+                           m.dir.File("s.svg"),
+                           "--quiet"});
+  INFO("stderr: " << r.err);
+  REQUIRE(r.status == 0);
+  std::map<std::string, std::map<std::string, std::string>> by_method;
+  for (const auto& rec : CsvRecords(ReadBytes(m.dir.File("s.csv"))))
+    by_method[rec.at("method")] = rec;
+  CHECK(by_method["hybrid"]["persistent_bytes_per_kv_head"] == "1416");
+  CHECK(by_method["hybrid"]["window"] == "10");
+  CHECK(by_method["window"]["window"] == "21");
+  CHECK(by_method["window"]["persistent_bytes_per_kv_head"] == "1472");
+  CHECK(by_method["outliers"]["outlier_slots"] == "2");
+}
+
 TEST_CASE("--model: a sequence sampled from the exact model, reproducibly") {
   ModelFiles m;
   const std::vector<std::string> args = {

@@ -1,5 +1,6 @@
 #include "model_methods.h"
 
+#include "methods.h"
 #include "model/bounded_cache.h"
 
 namespace covattn_compare {
@@ -73,6 +74,18 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
     p.exact = true;
     p.budget = 0;
     p.name = MethodName(method);
+    *spec = p;
+    return true;
+  }
+  if (options.state_bytes) {  // the synthetic modes' accounting (methods.h)
+    Options at = options;
+    at.budget = budget;
+    MethodPlan plan;
+    if (!PlanMethod(method, at, d, &plan, error)) return false;
+    p.cache = plan.config;
+    p.persistent_bytes_per_kv_head = plan.bounded_bytes;
+    p.name = std::string(MethodName(method)) + " B=" + std::to_string(budget) + " (" +
+             Tokens(p.cache) + ")";
     *spec = p;
     return true;
   }

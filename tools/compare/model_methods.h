@@ -10,6 +10,10 @@
 //             window whose cache takes at most H bytes, the rest summarised;
 //   readout   the summary alone (its own bytes, not H);
 //   exact     every token, 2 d 4 bytes each.
+// With --state-bytes the bytes are instead those of the state alone, by the
+// synthetic modes' accounting (methods.h: tokens, the summary, the
+// whitening), what covattn_cache_size will count once the append workspace
+// leaves the cache (issue 9 section 3).
 // h2o (sinks + heavy hitters + window, evicted tokens dropped) needs
 // query-aware retention, which the cache does not have yet (issue 9
 // section 4); its plan goes beside the window's in PlanModelMethod.

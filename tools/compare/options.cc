@@ -361,6 +361,10 @@ const std::vector<OptionGroup>& OptionTable() {
             SizeIn(&Options::windows, 1, 4096)},
            {"from", "N", "aggregate positions from N on [0]",
             SizeIn(&Options::from, 0, kMaxContext)},
+           {"state-bytes", nullptr,
+            "equal memory by the state's bytes (as the synthetic\n"
+            "modes count them), not by covattn_cache_size",
+            Set(&Options::state_bytes, true)},
            {"dump-qkv", "DIR", "write the exact model's q, k, v for --qkv (first window)",
             Path(&Options::dump_qkv)},
        }},

@@ -57,12 +57,13 @@ struct Options {
 
   // A llama2.c checkpoint run with every method (docs/compare.md).
   std::string model;
-  std::string tokens;     // empty: sampled from the exact model
-  bool bytes = false;     // --tokens is raw bytes, one token each
-  size_t max_tokens = 0;  // tokens per window; 0: the model's seq_len
-  size_t windows = 1;     // windows cut evenly from the token file
-  size_t from = 0;        // positions from here on are aggregated
-  std::string dump_qkv;   // the exact model's activations for --qkv
+  std::string tokens;        // empty: sampled from the exact model
+  bool bytes = false;        // --tokens is raw bytes, one token each
+  size_t max_tokens = 0;     // tokens per window; 0: the model's seq_len
+  size_t windows = 1;        // windows cut evenly from the token file
+  size_t from = 0;           // positions from here on are aggregated
+  std::string dump_qkv;      // the exact model's activations for --qkv
+  bool state_bytes = false;  // equal memory by the state's bytes, not covattn_cache_size
 
   // Methods and their memory.
   std::vector<Method> methods;
