@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli.h"
+#include "model/checkpoint.h"
 #include "test_util.h"
 
 namespace covattn_compare_test {
@@ -392,6 +393,18 @@ inline std::string CheckpointBytes(const Shape& s, const std::vector<float>& wei
   const int32_t fields[7] = {
       s.dim, s.hidden, s.layers, s.heads, s.kv_heads, s.shared ? s.vocab : -s.vocab, s.seq_len};
   return HeaderBytes(fields) + F32Data(weights);
+}
+
+// The checkpoint of CheckpointBytes, parsed in memory as "test.bin".
+inline covattn_model::Checkpoint MakeCheckpoint(const Shape& s, const std::vector<float>& weights) {
+  const std::string bytes = CheckpointBytes(s, weights);
+  covattn_model::Checkpoint ck;
+  std::string error;
+  REQUIRE_MESSAGE(
+      covattn_model::ParseCheckpoint("test.bin", reinterpret_cast<const uint8_t*>(bytes.data()),
+                                     bytes.size(), &ck, &error),
+      error);
+  return ck;
 }
 
 }  // namespace covattn_compare_test

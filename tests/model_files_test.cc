@@ -21,20 +21,6 @@
 using namespace covattn_compare_test;
 using namespace covattn_model;
 
-namespace {
-
-Checkpoint MakeCheckpoint(const Shape& s, const std::vector<float>& weights) {
-  const std::string bytes = CheckpointBytes(s, weights);
-  Checkpoint ck;
-  std::string error;
-  REQUIRE_MESSAGE(ParseCheckpoint("test.bin", reinterpret_cast<const uint8_t*>(bytes.data()),
-                                  bytes.size(), &ck, &error),
-                  error);
-  return ck;
-}
-
-}  // namespace
-
 // ---------------------------------------------------------------------------
 // Malformed checkpoints: each gives a message naming the file and the
 // problem, through the file reader and the in-memory parser alike.

@@ -26,6 +26,7 @@ using namespace covattn_model;
 using covattn_compare_test::CheckpointBytes;
 using covattn_compare_test::Contains;
 using covattn_compare_test::HeaderBytes;
+using covattn_compare_test::MakeCheckpoint;
 using covattn_compare_test::RandomWeights;
 using covattn_compare_test::ScratchDir;
 using covattn_compare_test::Shape;
@@ -238,16 +239,6 @@ class ReferenceModel {
   std::vector<Vec> q_, knew_, vnew_;     // per layer, the newest position
   mutable std::vector<std::vector<std::vector<double>>> scores_, score_errors_;  // [layer][head]
 };
-
-Checkpoint MakeCheckpoint(const Shape& s, const std::vector<float>& weights) {
-  const std::string bytes = CheckpointBytes(s, weights);
-  Checkpoint ck;
-  std::string error;
-  REQUIRE_MESSAGE(ParseCheckpoint("test.bin", reinterpret_cast<const uint8_t*>(bytes.data()),
-                                  bytes.size(), &ck, &error),
-                  error);
-  return ck;
-}
 
 std::vector<int32_t> RandomTokens(size_t n, int32_t vocab, uint64_t seed) {
   covattn_test::Rng rng(seed);

@@ -245,6 +245,8 @@ class BoundedHead : public HeadMethod {
   size_t appended_ = 0, allocated_ = 0;
 };
 
+}  // namespace
+
 covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
                                  float forgetting, uint32_t flags) {
   covattn_cache_config c{};
@@ -258,8 +260,6 @@ covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t
   c.flags = flags;
   return c;
 }
-
-}  // namespace
 
 bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* plan,
                 std::string* error) {

@@ -31,6 +31,10 @@ size_t TokenBytes(size_t dim);
 size_t SummaryBytes(size_t dim);
 size_t WhiteningBytes(size_t dim, size_t outlier_slots);
 
+// A cache of one KV head, f32 K and V.
+covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
+                                 float forgetting, uint32_t flags);
+
 // A method's configuration for one head_dim.
 struct MethodPlan {
   Method method = Method::kExact;

@@ -14,18 +14,6 @@ std::string Tokens(const covattn_cache_config& c) {
          std::to_string(c.n_outliers);
 }
 
-covattn_cache_config Config(size_t sinks, size_t window, size_t outliers, float forgetting,
-                            uint32_t flags) {
-  covattn_cache_config c{};
-  c.dtype = COVATTN_F32;
-  c.n_sinks = sinks;
-  c.window = window;
-  c.n_outliers = outliers;
-  c.forgetting = forgetting;
-  c.flags = flags;
-  return c;
-}
-
 // The window w in [lo, hi] where the cache's bytes cross `target`: the
 // smallest with bytes >= target (at_least), or the largest with bytes <=
 // target; the bytes grow with the window. False when no window qualifies.
@@ -90,7 +78,8 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
     return true;
   }
   const size_t sinks = options.sinks;
-  const covattn_cache_config hybrid = Config(sinks, budget - sinks, 0, options.forgetting, 0);
+  const covattn_cache_config hybrid =
+      CacheConfig(d, sinks, budget - sinks, 0, options.forgetting, 0);
   size_t hybrid_bytes = 0;
   if (!CacheBytesPerKvHead(hybrid, d, &hybrid_bytes, error)) return false;
   const size_t max_window = budget + hybrid_bytes / covattn_model::TokenBytes(d) + 1;
@@ -100,7 +89,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
       p.cache = hybrid;
       break;
     case Method::kSinkWindow: {
-      p.cache = Config(sinks, 0, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED);
+      p.cache = CacheConfig(d, sinks, 0, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED);
       error->clear();
       if (!FindWindow(p.cache, d, budget - sinks, max_window, hybrid_bytes, true, &p.cache.window,
                       error)) {
@@ -113,7 +102,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
     // like the window once the cache keeps heavy hitters (issue 9 section 4).
     case Method::kHybridOutliers: {
       const size_t slots = OutlierSlots(options, budget);
-      p.cache = Config(sinks, 0, slots, options.forgetting, 0);
+      p.cache = CacheConfig(d, sinks, 0, slots, options.forgetting, 0);
       error->clear();
       if (!FindWindow(p.cache, d, 1, budget, hybrid_bytes, false, &p.cache.window, error)) {
         if (error->empty()) {
@@ -127,7 +116,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
       break;
     }
     case Method::kReadout:
-      p.cache = Config(0, 0, 0, options.forgetting, 0);
+      p.cache = CacheConfig(d, 0, 0, 0, options.forgetting, 0);
       break;
     case Method::kOneDnn:
       *error = "onednn is not run inside a model";
