@@ -12,11 +12,13 @@
 #include <iterator>
 #include <map>
 #include <random>
+#include <set>
 
 #include "cli.h"
 #include "compare_test_util.h"
 #include "options.h"
 #include "test_util.h"
+#include "workloads.h"
 
 using namespace covattn_compare;
 using namespace covattn_compare_test;
@@ -25,234 +27,14 @@ using covattn_test::F16FromDouble;
 
 namespace {
 
-struct RunResult {
-  int status;
-  std::string out, err;
-};
-
-std::string Drain(std::FILE* f) {
-  std::fflush(f);
-  std::rewind(f);
-  std::string s;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) s.append(buffer, n);
-  std::fclose(f);
-  return s;
-}
-
-RunResult Run(const std::vector<std::string>& args) {
-  std::vector<const char*> argv = {"covattn-compare"};
-  for (const std::string& a : args) argv.push_back(a.c_str());
-  std::FILE* out = std::tmpfile();
-  std::FILE* err = std::tmpfile();
-  REQUIRE(out != nullptr);
-  REQUIRE(err != nullptr);
-  RunResult r;
-  r.status = CompareMain(static_cast<int>(argv.size()), argv.data(), out, err);
-  r.out = Drain(out);
-  r.err = Drain(err);
-  return r;
-}
-
-std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
 // A run of a few milliseconds: tiny heads, two short contexts, a budget the
 // contexts exceed so that the bounded methods evict.
 const std::vector<std::string> kTiny = {
-    "--contexts", "40,96", "--head-dims", "16", "--kv-heads", "2",   "--group",   "2",
-    "--queries",  "3",     "--budget",    "32", "--sinks",    "2",   "--outliers", "6",
-    "--samples",  "2",     "--min-time",  "0.01", "--quiet"};
+    "--contexts", "40,96",     "--head-dims", "16",       "--kv-heads", "2",       "--group",
+    "2",          "--queries", "3",           "--budget", "32",         "--sinks", "2",
+    "--outliers", "6",         "--samples",   "2",        "--min-time", "0.01",    "--quiet"};
 
-size_t MethodCount() { return HaveOneDnn() ? 6 : 5; }
-
-// ---------------------------------------------------------------------------
-// Minimal parsers: CSV with quoted fields, and JSON into a small tree.
-
-std::vector<std::vector<std::string>> ParseCsv(const std::string& text) {
-  std::vector<std::vector<std::string>> rows;
-  std::vector<std::string> row;
-  std::string field;
-  bool quoted = false, any = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') field += '"', ++i;
-      else if (c == '"') quoted = false;
-      else field += c;
-    } else if (c == '"') {
-      quoted = true, any = true;
-    } else if (c == ',') {
-      row.push_back(field), field.clear(), any = true;
-    } else if (c == '\n') {
-      row.push_back(field), field.clear();
-      rows.push_back(row), row.clear(), any = false;
-    } else {
-      field += c, any = true;
-    }
-  }
-  REQUIRE_FALSE(quoted);
-  REQUIRE_FALSE(any);  // the file ends with a newline
-  return rows;
-}
-
-struct Json {
-  enum Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = kNull;
-  bool boolean = false;
-  double number = 0.0;
-  std::string text;
-  std::vector<Json> items;
-  std::map<std::string, Json> members;
-  const Json& operator[](const std::string& key) const {
-    static const Json missing;
-    auto it = members.find(key);
-    return it == members.end() ? missing : it->second;
-  }
-};
-
-class JsonParser {
- public:
-  explicit JsonParser(const std::string& s) : s_(s) {}
-  bool Parse(Json* out) {
-    if (!Value(out)) return false;
-    Space();
-    return i_ == s_.size();
-  }
-
- private:
-  void Space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  bool Literal(const char* word) {
-    const std::string w = word;
-    if (s_.compare(i_, w.size(), w) != 0) return false;
-    i_ += w.size();
-    return true;
-  }
-  bool String(std::string* out) {
-    if (i_ >= s_.size() || s_[i_] != '"') return false;
-    ++i_;
-    while (i_ < s_.size() && s_[i_] != '"') {
-      if (static_cast<unsigned char>(s_[i_]) < 0x20) return false;
-      if (s_[i_] == '\\') {
-        if (++i_ >= s_.size()) return false;
-        const char e = s_[i_];
-        if (e == 'u') {
-          if (i_ + 4 >= s_.size()) return false;
-          i_ += 4;
-          *out += '?';
-        } else if (std::string("\"\\/bfnrt").find(e) == std::string::npos) {
-          return false;
-        } else {
-          *out += e == 'n' ? '\n' : e == 't' ? '\t' : e;
-        }
-        ++i_;
-        continue;
-      }
-      *out += s_[i_++];
-    }
-    if (i_ >= s_.size()) return false;
-    ++i_;
-    return true;
-  }
-  bool Value(Json* v) {
-    Space();
-    if (i_ >= s_.size()) return false;
-    const char c = s_[i_];
-    if (c == '{') {
-      v->kind = Json::kObject;
-      ++i_;
-      Space();
-      if (i_ < s_.size() && s_[i_] == '}') return ++i_, true;
-      for (;;) {
-        Space();
-        std::string key;
-        if (!String(&key)) return false;
-        Space();
-        if (i_ >= s_.size() || s_[i_++] != ':') return false;
-        if (v->members.count(key)) return false;  // duplicate keys would hide data
-        if (!Value(&v->members[key])) return false;
-        Space();
-        if (i_ < s_.size() && s_[i_] == ',') {
-          ++i_;
-          continue;
-        }
-        return i_ < s_.size() && s_[i_++] == '}';
-      }
-    }
-    if (c == '[') {
-      v->kind = Json::kArray;
-      ++i_;
-      Space();
-      if (i_ < s_.size() && s_[i_] == ']') return ++i_, true;
-      for (;;) {
-        v->items.emplace_back();
-        if (!Value(&v->items.back())) return false;
-        Space();
-        if (i_ < s_.size() && s_[i_] == ',') {
-          ++i_;
-          continue;
-        }
-        return i_ < s_.size() && s_[i_++] == ']';
-      }
-    }
-    if (c == '"') {
-      v->kind = Json::kString;
-      return String(&v->text);
-    }
-    if (Literal("null")) return v->kind = Json::kNull, true;
-    if (Literal("true")) return v->kind = Json::kBool, v->boolean = true, true;
-    if (Literal("false")) return v->kind = Json::kBool, v->boolean = false, true;
-    // Numbers: JSON's grammar (no NaN, no inf, no leading '+').
-    const size_t start = i_;
-    if (s_[i_] == '-') ++i_;
-    if (i_ >= s_.size() || !std::isdigit(static_cast<unsigned char>(s_[i_]))) return false;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) ||
-                              std::string(".eE+-").find(s_[i_]) != std::string::npos)) {
-      ++i_;
-    }
-    v->kind = Json::kNumber;
-    char* end = nullptr;
-    const std::string number = s_.substr(start, i_ - start);
-    v->number = std::strtod(number.c_str(), &end);
-    return end == number.c_str() + number.size();
-  }
-
-  const std::string& s_;
-  size_t i_ = 0;
-};
-
-// Well-formed enough: one <svg> root, every element closed in order.
-void CheckSvg(const std::string& svg) {
-  REQUIRE(svg.rfind("<svg", 0) == 0);
-  REQUIRE(svg.size() > 1000);
-  CHECK(svg.substr(svg.size() - 7) == "</svg>\n");
-  std::vector<std::string> open;
-  size_t elements = 0, polylines = 0;
-  for (size_t i = svg.find('<'); i != std::string::npos; i = svg.find('<', i + 1)) {
-    const size_t close = svg.find('>', i);
-    REQUIRE(close != std::string::npos);
-    const std::string tag = svg.substr(i + 1, close - i - 1);
-    REQUIRE_FALSE(tag.empty());
-    CHECK(tag.find('<') == std::string::npos);
-    if (tag[0] == '/') {
-      REQUIRE_FALSE(open.empty());
-      CHECK(open.back() == tag.substr(1));
-      open.pop_back();
-      continue;
-    }
-    const std::string name = tag.substr(0, tag.find_first_of(" /"));
-    ++elements;
-    polylines += name == "polyline";
-    if (tag.back() != '/') open.push_back(name);
-    if (elements > 1) CHECK(!open.empty());  // nothing outside the root
-  }
-  CHECK(open.empty());
-  CHECK(polylines > 0);
-}
+size_t MethodCount() { return HaveOneDnn() ? 6 : 5; }  // without the --model-only ones
 
 }  // namespace
 
@@ -340,15 +122,16 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
   REQUIRE(r.status == 0);
 
   // The table: a heading per series, the columns, every method.
-  for (const char* column : {"method", "memory/layer", "decode", "speedup", "rel L2", "cosine",
-                             "|dlog Z|"}) {
+  for (const char* column :
+       {"method", "memory/layer", "decode", "speedup", "rel L2", "cosine", "|dlog Z|"}) {
     CHECK(r.out.find(column) != std::string::npos);
   }
-  for (const char* workload : {"gaussian, d=16", "student-t, d=16", "ar, d=16", "drift, d=16"}) {
+  for (const char* workload : {"gaussian, d=16, sigma=1", "student-t, d=16", "ar, d=16",
+                               "drift, d=16", "rope-sinks, d=16, sigma=3"}) {
     CHECK(r.out.find(workload) != std::string::npos);
   }
   for (Method m : kAllMethods) {
-    if (m == Method::kOneDnn && !HaveOneDnn()) continue;
+    if ((m == Method::kOneDnn && !HaveOneDnn()) || NeedsQueryStream(m)) continue;
     CHECK(r.out.find(MethodName(m)) != std::string::npos);
   }
   CHECK(r.out.find("context 96") != std::string::npos);
@@ -357,7 +140,7 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
 
   // CSV: a header and one row per (series, context, method), all of one width.
   const auto rows = ParseCsv(ReadBytes(dir.File("out/covattn-compare.csv")));
-  REQUIRE(rows.size() == 1 + 4 * 2 * MethodCount());
+  REQUIRE(rows.size() == 1 + 5 * 2 * MethodCount());
   const std::vector<std::string>& header = rows[0];
   std::map<std::string, size_t> col;
   for (size_t i = 0; i < header.size(); ++i) col[header[i]] = i;
@@ -376,8 +159,10 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
     CHECK(std::isfinite(rel));
     if (method == "exact" || method == "onednn") CHECK(rel < 1e-4);
     if (method == "exact") CHECK(std::stod(row[col["speedup"]]) == 1.0);
-    if (method == "onednn") CHECK(row[col["log_z_error_median"]].empty());  // no log Z: n/a
-    else CHECK(std::stod(row[col["log_z_error_median"]]) >= 0.0);
+    if (method == "onednn")
+      CHECK(row[col["log_z_error_median"]].empty());  // no log Z: n/a
+    else
+      CHECK(std::stod(row[col["log_z_error_median"]]) >= 0.0);
     // Memory: exact grows with the context, bounded methods stay put.
     const size_t context = std::stoul(row[col["context"]]);
     const size_t memory = std::stoul(row[col["memory_bytes"]]);
@@ -412,19 +197,68 @@ TEST_CASE("a tiny synthetic run: table, CSV, JSON and SVG") {
   CheckSvg(ReadBytes(dir.File("out/covattn-compare.svg")));
 }
 
+TEST_CASE("rope workloads: sharp, recent, rotated, and the sinks' share of the mass") {
+  using namespace covattn_tools;
+  // The recency peak stands out by about sqrt(d / 2) (the RoPE pairs' cosines
+  // add up at the query's position only): real head dims, an odd one too.
+  for (Workload w : {Workload::kRope, Workload::kRopeSinks}) {
+    for (size_t d : {size_t{64}, size_t{63}}) {
+      INFO(WorkloadName(w) << " d=" << d);
+      WorkloadSpec spec;
+      spec.workload = w;
+      spec.n_tokens = 2048;
+      spec.n_kv_heads = 2;
+      spec.head_dim = d;
+      const Layer layer = MakeLayer(spec);
+      CHECK(NaturalSigma(w) == 3.0);
+      for (size_t n : {size_t{300}, size_t{2048}}) {
+        const std::vector<float> q = SharpQueries(layer, 1, 3, n, 3.0, 5);
+        for (size_t i = 0; i < 3; ++i) {
+          std::vector<double> a(n);  // scores a.k, a = q / sqrt(d)
+          for (size_t t = 0; t < n; ++t) {
+            for (size_t j = 0; j < d; ++j) {
+              a[t] += q[i * d + j] * layer.k[(t * 2 + 1) * d + j] / std::sqrt(double(d));
+            }
+          }
+          const size_t first = w == Workload::kRopeSinks ? kSinkTokens : 0;
+          double sum = 0, squares = 0, top = -INFINITY;
+          for (size_t t = first; t < n; ++t) sum += a[t], squares += a[t] * a[t];
+          for (double x : a) top = std::max(top, x);
+          const double m = sum / double(n - first);
+          CHECK(std::sqrt(squares / double(n - first) - m * m) == doctest::Approx(3.0));
+          double z = 0, sinks = 0, recent = 0;
+          for (size_t t = 0; t < n; ++t) {
+            const double e = std::exp(a[t] - top);
+            z += e, sinks += t < first ? e : 0.0, recent += t + 64 >= n ? e : 0.0;
+          }
+          if (first) CHECK(sinks / z == doctest::Approx(kSinkShare));
+          // Recency: the last 64 tokens take several times their share of
+          // the mass outside the sinks.
+          CHECK(recent / (z - sinks) > 3.0 * 64.0 / double(n - first));
+        }
+      }
+    }
+  }
+  // Other workloads are unchanged by the RoPE ones: no sink state.
+  WorkloadSpec gaussian;
+  gaussian.n_tokens = 64;
+  CHECK(MakeLayer(gaussian).key_mean.empty());
+  CHECK(NaturalSigma(Workload::kGaussian) == 1.0);
+}
+
 TEST_CASE("--table all, --no-files, explicit paths") {
   ScratchDir dir;
-  RunResult r = Run(Concat(kTiny, {"--table", "all", "--no-files", "--workloads", "ar",
-                                   "--methods", "exact,readout"}));
+  RunResult r = Run(Concat(
+      kTiny, {"--table", "all", "--no-files", "--workloads", "ar", "--methods", "exact,readout"}));
   REQUIRE(r.status == 0);
   CHECK(r.out.find("context") != std::string::npos);
   CHECK(r.out.find("\n      40  exact (covattn)") != std::string::npos);
   CHECK(r.out.find("\n      96  covariance readout") != std::string::npos);
   CHECK(r.err.empty());
 
-  r = Run(Concat(kTiny, {"--workloads", "gaussian", "--methods", "hybrid", "--csv",
-                         dir.File("a/b.csv"), "--json", dir.File("c.json"), "--svg",
-                         dir.File("d.svg")}));
+  r = Run(
+      Concat(kTiny, {"--workloads", "gaussian", "--methods", "hybrid", "--csv", dir.File("a/b.csv"),
+                     "--json", dir.File("c.json"), "--svg", dir.File("d.svg")}));
   REQUIRE(r.status == 0);
   // Without the exact method there is nothing to compare times with.
   const auto rows = ParseCsv(ReadBytes(dir.File("a/b.csv")));
@@ -435,13 +269,38 @@ TEST_CASE("--table all, --no-files, explicit paths") {
   CheckSvg(ReadBytes(dir.File("d.svg")));
 }
 
+TEST_CASE("a budget sweep: a series per budget, the budget in every row") {
+  ScratchDir dir;
+  const RunResult r =
+      Run(Concat(kTiny, {"--workloads", "gaussian", "--budget", "24,32", "--csv", dir.File("s.csv"),
+                         "--json", dir.File("s.json"), "--svg", dir.File("s.svg")}));
+  INFO("stderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("gaussian, d=16, sigma=1, budget 24") != std::string::npos);
+  CHECK(r.out.find("gaussian, d=16, sigma=1, budget 32") != std::string::npos);
+  const auto rows = ParseCsv(ReadBytes(dir.File("s.csv")));
+  REQUIRE(rows.size() == 1 + 2 * 2 * MethodCount());
+  std::map<std::string, size_t> col;
+  for (size_t i = 0; i < rows[0].size(); ++i) col[rows[0][i]] = i;
+  REQUIRE(col.count("budget") == 1);
+  std::map<std::string, std::set<std::string>> memory;  // per budget, the hybrid's bytes
+  for (size_t i = 1; i < rows.size(); ++i) {
+    const std::string budget = rows[i][col["budget"]];
+    CHECK((budget == "24" || budget == "32"));
+    CHECK(rows[i][col["series"]].find("budget " + budget) != std::string::npos);
+    if (rows[i][col["method"]] == "hybrid") memory[budget].insert(rows[i][col["memory_bytes"]]);
+  }
+  REQUIRE(memory.size() == 2);
+  CHECK(memory["24"] != memory["32"]);
+}
+
 TEST_CASE("heads spread over threads give the same errors") {
   ScratchDir dir;
   auto errors = [&](const std::string& threads) {
     const std::string csv = dir.File("t" + threads + ".csv");
-    const RunResult r = Run(Concat(kTiny, {"--kv-heads", "3", "--workloads", "drift", "--threads",
-                                           threads, "--csv", csv, "--output-dir",
-                                           dir.path().string()}));
+    const RunResult r =
+        Run(Concat(kTiny, {"--kv-heads", "3", "--workloads", "drift", "--threads", threads, "--csv",
+                           csv, "--output-dir", dir.path().string()}));
     REQUIRE(r.status == 0);
     const auto rows = ParseCsv(ReadBytes(csv));
     std::vector<std::string> values;
@@ -461,12 +320,24 @@ TEST_CASE("heads spread over threads give the same errors") {
   CHECK(errors("3") == one);
 }
 
+TEST_CASE("the methods that need every position's queries are --model only") {
+  for (const char* method : {"h2o", "ema-ring"}) {
+    const RunResult r = Run(Concat(kTiny, {"--methods", method}));
+    CHECK(r.status == 2);
+    CHECK(r.err.find("only with --model") != std::string::npos);
+  }
+  // "all" keeps the rest.
+  const RunResult r = Run(Concat(kTiny, {"--methods", "all", "--no-files"}));
+  CHECK(r.status == 0);
+  CHECK(r.out.find(MethodName(Method::kEmaRing)) == std::string::npos);
+}
+
 TEST_CASE("output that cannot be written is a runtime failure") {
   ScratchDir dir;
   WriteBytes(dir.File("file"), "x");
-  const RunResult r = Run(Concat(kTiny, {"--workloads", "gaussian", "--output-dir",
-                                         dir.path().string(), "--csv",
-                                         dir.File("file") + "/sub/out.csv"}));
+  const RunResult r =
+      Run(Concat(kTiny, {"--workloads", "gaussian", "--output-dir", dir.path().string(), "--csv",
+                         dir.File("file") + "/sub/out.csv"}));
   CHECK(r.status == 1);
   CHECK(r.err.find("out.csv") != std::string::npos);
 }
@@ -502,10 +373,9 @@ void WriteLayer(const ScratchDir& dir, const std::string& prefix, const Activati
   WriteNpyF32(dir.File(prefix + "v.npy"), {a.tokens, a.kv_heads, a.dim}, a.v);
 }
 
-const std::vector<std::string> kQkvTiny = {"--positions", "4", "--min-context", "16",
-                                           "--budget",    "16", "--sinks", "2",
-                                           "--outliers",  "4", "--samples", "2",
-                                           "--min-time",  "0.01", "--quiet"};
+const std::vector<std::string> kQkvTiny = {
+    "--positions", "4", "--min-context", "16", "--budget",   "16",   "--sinks", "2",
+    "--outliers",  "4", "--samples",     "2",  "--min-time", "0.01", "--quiet"};
 
 std::vector<std::vector<std::string>> RunQkvCsv(const std::vector<std::string>& args,
                                                 const ScratchDir& out) {
@@ -540,9 +410,8 @@ TEST_CASE("--qkv: one layer of f32 q.npy, k.npy, v.npy, causal at sampled positi
 
   // The three-files form reads the same data.
   ScratchDir out2;
-  const auto same = RunQkvCsv({"--qkv", data.File("q.npy") + "," + data.File("k.npy") + "," +
-                                            data.File("v.npy")},
-                              out2);
+  const auto same = RunQkvCsv(
+      {"--qkv", data.File("q.npy") + "," + data.File("k.npy") + "," + data.File("v.npy")}, out2);
   REQUIRE(same.size() == rows.size());
   CHECK(same[5][col["rel_l2_median"]] == rows[5][col["rel_l2_median"]]);
 }
@@ -591,99 +460,137 @@ TEST_CASE("--qkv: malformed layers are refused with exit 1, naming the file") {
          WriteNpyF32(d.File("q.npy"), {32, 4, 8}, a.q);
          WriteNpyF32(d.File("k.npy"), {32, 2, 8}, a.k);
        },
-       {}, "v.npy", "missing"},
+       {},
+       "v.npy",
+       "missing"},
       {"missing layer file",
        [&](const ScratchDir& d) {
          WriteNpyF32(d.File("layer1_q.npy"), {32, 4, 8}, a.q);
          WriteNpyF32(d.File("layer1_v.npy"), {32, 2, 8}, a.v);
        },
-       {}, "layer1_k.npy", "missing"},
+       {},
+       "layer1_k.npy",
+       "missing"},
       {"both namings",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteLayer(d, "layer0_", a);
        },
-       {}, "", "keep one naming"},
-      {"no layer files", [&](const ScratchDir& d) { WriteBytes(d.File("x.npy"), "x"); }, {}, "",
+       {},
+       "",
+       "keep one naming"},
+      {"no layer files",
+       [&](const ScratchDir& d) { WriteBytes(d.File("x.npy"), "x"); },
+       {},
+       "",
        "no q.npy"},
-      {"layer not there", [&](const ScratchDir& d) { WriteLayer(d, "layer2_", a); },
-       {"--layers", "5"}, "", "no layer 5"},
+      {"layer not there",
+       [&](const ScratchDir& d) { WriteLayer(d, "layer2_", a); },
+       {"--layers", "5"},
+       "",
+       "no layer 5"},
       {"tokens differ",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
-         WriteNpyF32(d.File("k.npy"), {16, 2, 8}, std::vector<float>(a.k.begin(), a.k.begin() + 256));
-         WriteNpyF32(d.File("v.npy"), {16, 2, 8}, std::vector<float>(a.v.begin(), a.v.begin() + 256));
+         WriteNpyF32(d.File("k.npy"), {16, 2, 8},
+                     std::vector<float>(a.k.begin(), a.k.begin() + 256));
+         WriteNpyF32(d.File("v.npy"), {16, 2, 8},
+                     std::vector<float>(a.v.begin(), a.v.begin() + 256));
        },
-       {}, "k.npy", "16 tokens"},
+       {},
+       "k.npy",
+       "16 tokens"},
       {"k and v differ",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("v.npy"), {32, 1, 16}, a.v);
        },
-       {}, "v.npy", "differs"},
+       {},
+       "v.npy",
+       "differs"},
       {"head_dim differs",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("q.npy"), {32, 2, 16}, a.q);
        },
-       {}, "k.npy", "head_dim"},
+       {},
+       "k.npy",
+       "head_dim"},
       {"query heads not a multiple",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
-         WriteNpyF32(d.File("q.npy"), {32, 3, 8}, std::vector<float>(a.q.begin(), a.q.begin() + 768));
+         WriteNpyF32(d.File("q.npy"), {32, 3, 8},
+                     std::vector<float>(a.q.begin(), a.q.begin() + 768));
        },
-       {}, "q.npy", "not a multiple"},
+       {},
+       "q.npy",
+       "not a multiple"},
       {"four dimensions",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("k.npy"), {32, 2, 2, 4}, a.k);
        },
-       {}, "k.npy", "4 dimensions"},
+       {},
+       "k.npy",
+       "4 dimensions"},
       {"empty",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteNpyF32(d.File("q.npy"), {0, 4, 8}, {});
        },
-       {}, "q.npy", "empty"},
+       {},
+       "q.npy",
+       "empty"},
       {"NaN",
        [&](const ScratchDir& d) {
          Activations bad = a;
          bad.v[5 * 16 + 8 + 3] = std::nanf("");
          WriteLayer(d, "", bad);
        },
-       {}, "v.npy", "non-finite value nan at token 5, head 1, dim 3"},
+       {},
+       "v.npy",
+       "non-finite value nan at token 5, head 1, dim 3"},
       {"uint16 without --bf16",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteBytes(d.File("k.npy"), NpyBytes(Dict("<u2", {32, 2, 8}), std::string(1024, '\0')));
        },
-       {}, "k.npy", "--bf16"},
+       {},
+       "k.npy",
+       "--bf16"},
       {"truncated",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          std::string bytes = ReadBytes(d.File("q.npy"));
          WriteBytes(d.File("q.npy"), bytes.substr(0, bytes.size() - 10));
        },
-       {}, "q.npy", "truncated"},
+       {},
+       "q.npy",
+       "truncated"},
       {"integers",
        [&](const ScratchDir& d) {
          WriteLayer(d, "", a);
          WriteBytes(d.File("v.npy"), NpyBytes(Dict("<i4", {32, 2, 8}), std::string(2048, '\0')));
        },
-       {}, "v.npy", "'<i4' is not supported"},
+       {},
+       "v.npy",
+       "'<i4' is not supported"},
       {"head_dim too large",
        [&](const ScratchDir& d) {
          WriteNpyF32(d.File("q.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
          WriteNpyF32(d.File("k.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
          WriteNpyF32(d.File("v.npy"), {1, 1, 600}, std::vector<float>(600, 1.0f));
        },
-       {}, "q.npy", "exceeds"},
+       {},
+       "q.npy",
+       "exceeds"},
   };
   for (const Case& c : cases) {
     INFO("case: " << c.name);
     ScratchDir d;
     c.make(d);
-    const RunResult r = Run(Concat(Concat(kQkvTiny, {"--qkv", d.path().string(), "--no-files"}), c.extra));
+    const RunResult r =
+        Run(Concat(Concat(kQkvTiny, {"--qkv", d.path().string(), "--no-files"}), c.extra));
     CHECK(r.status == 1);
     INFO("stderr: " << r.err);
     CHECK(r.err.rfind("covattn-compare: error: ", 0) == 0);

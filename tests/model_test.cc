@@ -1,8 +1,9 @@
-// The model evaluation (tools/model): the llama2.c checkpoint reader on good
-// and malformed files, the forward pass against a float64 forward written
-// here with a first-order bound on the f32 rounding, the metrics (exact
-// against exact is KL 0; a cache that never evicts is exact), token files,
-// sampling, and the --qkv dump read back with covattn-compare's reader.
+// The model evaluation (tools/model): the forward pass against a float64
+// forward written here with a first-order bound on the f32 rounding, the
+// metrics (exact against exact is KL 0; a cache that never evicts is exact),
+// token sequences, sampling, and the --qkv dump read back with
+// covattn-compare's reader and evaluated by it (model_files_test.cc has the
+// checkpoint reader, token files and --model end to end).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -22,59 +23,14 @@
 namespace {
 
 using namespace covattn_model;
+using covattn_compare_test::CheckpointBytes;
+using covattn_compare_test::Contains;
+using covattn_compare_test::HeaderBytes;
+using covattn_compare_test::MakeCheckpoint;
+using covattn_compare_test::RandomWeights;
 using covattn_compare_test::ScratchDir;
+using covattn_compare_test::Shape;
 using covattn_test::kU;
-
-// ---------------------------------------------------------------------------
-// Random checkpoints, written here in the llama2.c layout.
-
-struct Shape {
-  int32_t dim = 32, hidden = 96, layers = 2, heads = 4, kv_heads = 2, vocab = 40, seq_len = 64;
-  bool shared = true;
-  int32_t head_dim() const { return dim / heads; }
-};
-
-// Weights in file order. Scales make the model look trained: unit-RMS
-// activations, attention scores and logits with a std of about 2.
-std::vector<float> RandomWeights(const Shape& s, uint64_t seed) {
-  covattn_test::Rng rng(seed);
-  std::vector<float> w;
-  auto add = [&](size_t n, double mean, double std) {
-    for (size_t i = 0; i < n; ++i) w.push_back(static_cast<float>(mean + std * rng.Normal()));
-  };
-  const size_t d = size_t(s.dim), kv = size_t(s.kv_heads * s.head_dim()), L = size_t(s.layers);
-  const size_t hidden = size_t(s.hidden), vocab = size_t(s.vocab);
-  const double in = 1.0 / std::sqrt(double(d));
-  add(vocab * d, 0.0, 1.0);                                   // token embedding
-  add(L * d, 1.0, 0.1);                                       // rms_att
-  add(L * d * d, 0.0, 1.4 * in);                              // wq
-  add(L * kv * d, 0.0, 1.4 * in);                             // wk
-  add(L * kv * d, 0.0, in);                                   // wv
-  add(L * d * d, 0.0, in);                                    // wo
-  add(L * d, 1.0, 0.1);                                       // rms_ffn
-  add(L * hidden * d, 0.0, in);                               // w1
-  add(L * d * hidden, 0.0, 1.0 / std::sqrt(double(hidden)));  // w2
-  add(L * hidden * d, 0.0, in);                               // w3
-  add(d, 0.3, 0.03);  // rms_final: logits with a std of about 2
-  add(2 * size_t(s.seq_len) * size_t(s.head_dim() / 2), 7.0, 0.0);  // unused RoPE tables
-  if (!s.shared) add(vocab * d, 0.0, in);                           // wcls
-  return w;
-}
-
-std::string HeaderBytes(const int32_t fields[7]) {
-  std::string bytes(28, '\0');
-  for (int i = 0; i < 7; ++i) {
-    const uint32_t u = static_cast<uint32_t>(fields[i]);
-    for (int b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<char>((u >> (8 * b)) & 0xFF);
-  }
-  return bytes;
-}
-
-std::string CheckpointBytes(const Shape& s, const std::vector<float>& weights) {
-  const int32_t fields[7] = {
-      s.dim, s.hidden, s.layers, s.heads, s.kv_heads, s.shared ? s.vocab : -s.vocab, s.seq_len};
-  return HeaderBytes(fields) + covattn_compare_test::F32Data(weights);
-}
 
 // ---------------------------------------------------------------------------
 // The float64 forward pass, independent of the library, with a bound e on
@@ -283,16 +239,6 @@ class ReferenceModel {
   std::vector<Vec> q_, knew_, vnew_;     // per layer, the newest position
   mutable std::vector<std::vector<std::vector<double>>> scores_, score_errors_;  // [layer][head]
 };
-
-Checkpoint MakeCheckpoint(const Shape& s, const std::vector<float>& weights) {
-  const std::string bytes = CheckpointBytes(s, weights);
-  Checkpoint ck;
-  std::string error;
-  REQUIRE_MESSAGE(ParseCheckpoint("test.bin", reinterpret_cast<const uint8_t*>(bytes.data()),
-                                  bytes.size(), &ck, &error),
-                  error);
-  return ck;
-}
 
 std::vector<int32_t> RandomTokens(size_t n, int32_t vocab, uint64_t seed) {
   covattn_test::Rng rng(seed);
@@ -524,217 +470,6 @@ TEST_CASE("a bounded cache that never evicts is exact attention; one that does i
   });
 }
 
-// ---------------------------------------------------------------------------
-// Malformed checkpoints: each gives a message naming the file and the
-// problem, through the file reader and the in-memory parser alike.
-
-namespace {
-
-// Writes `bytes` to a file and reads it back as a checkpoint; returns the
-// error (empty when it loads).
-std::string LoadError(const std::string& bytes) {
-  ScratchDir dir;
-  const std::string path = dir.File("model.bin");
-  covattn_compare_test::WriteBytes(path, bytes);
-  Checkpoint ck;
-  std::string file_error, memory_error;
-  const bool file_ok = ReadCheckpoint(path, &ck, &file_error);
-  CHECK(ck.weights.empty() == !file_ok);
-  const bool memory_ok = ParseCheckpoint("mem.bin", reinterpret_cast<const uint8_t*>(bytes.data()),
-                                         bytes.size(), &ck, &memory_error);
-  CHECK(file_ok == memory_ok);
-  if (file_ok) return "";
-  // The same problem, each message naming its source.
-  CHECK(file_error.rfind(path + ": ", 0) == 0);
-  CHECK(memory_error.rfind("mem.bin: ", 0) == 0);
-  CHECK(file_error.substr(path.size()) == memory_error.substr(7));
-  return file_error;
-}
-
-std::string HeaderError(std::initializer_list<int32_t> fields) {
-  int32_t f[7];
-  std::copy(fields.begin(), fields.end(), f);
-  return LoadError(HeaderBytes(f) + std::string(4096, '\0'));
-}
-
-bool Contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
-}  // namespace
-
-TEST_CASE("checkpoint reader: a valid file loads, and its tensors are where run.c puts them") {
-  Shape s;
-  s.shared = false;
-  const std::vector<float> weights = RandomWeights(s, 41);
-  CHECK(LoadError(CheckpointBytes(s, weights)).empty());
-  const Checkpoint ck = MakeCheckpoint(s, weights);
-  const size_t d = 32, kv = 16, hidden = 96, L = 2, vocab = 40;
-  CHECK(ck.config.head_dim() == 8);
-  CHECK(ck.config.kv_dim() == kv);
-  CHECK(ck.token_embedding == ck.weights.data());
-  size_t at = vocab * d + L * d;  // embedding, rms_att
-  CHECK(ck.layers[1].wq == ck.weights.data() + at + d * d);
-  at += L * d * d;
-  CHECK(ck.layers[1].wk == ck.weights.data() + at + kv * d);
-  at += 2 * L * kv * d + L * d * d + L * d + 3 * L * hidden * d;
-  CHECK(ck.rms_final == ck.weights.data() + at);
-  CHECK(ck.classifier == ck.weights.data() + at + d + 2 * 64 * 4);
-  CHECK(ck.weights.size() == at + d + 2 * 64 * 4 + vocab * d);
-}
-
-TEST_CASE("checkpoint reader: truncated and oversized files") {
-  Shape s;
-  const std::string good = CheckpointBytes(s, RandomWeights(s, 42));
-  for (size_t size : {size_t{0}, size_t{3}, size_t{27}}) {
-    INFO("size " << size);
-    const std::string e = LoadError(good.substr(0, size));
-    CHECK(Contains(e, "truncated"));
-    CHECK(Contains(e, "header"));
-  }
-  for (size_t size : {size_t{28}, size_t{29}, good.size() / 2, good.size() - 4, good.size() - 1}) {
-    INFO("size " << size);
-    const std::string e = LoadError(good.substr(0, size));
-    CHECK(Contains(e, "truncated: the header (dim 32, hidden_dim 96, 2 layers, 4/2 heads"));
-    CHECK(Contains(e, "implies " + std::to_string(good.size()) + " bytes"));
-  }
-  CHECK(Contains(LoadError(good + std::string(4, '\0')), "size mismatch"));
-  // A header that claims a separate classifier the file does not have.
-  std::string claims_separate = good;
-  const int32_t minus_vocab = -s.vocab;
-  std::memcpy(&claims_separate[20], &minus_vocab, 4);
-  CHECK(Contains(LoadError(claims_separate), "separate classifier"));
-  // One layer more than the file holds.
-  std::string more_layers = good;
-  const int32_t three = 3;
-  std::memcpy(&more_layers[8], &three, 4);
-  CHECK(Contains(LoadError(more_layers), "truncated"));
-}
-
-TEST_CASE("checkpoint reader: header fields") {
-  // Every field zero or negative (vocab_size negative is a separate classifier).
-  for (int field = 0; field < 7; ++field) {
-    for (int32_t bad : {0, -1, std::numeric_limits<int32_t>::min()}) {
-      int32_t f[7] = {32, 96, 2, 4, 2, 40, 64};
-      f[field] = bad;
-      if (field == 5 && bad == -1) continue;  // a valid separate-classifier header
-      INFO("field " << field << " = " << bad);
-      const std::string e = LoadError(HeaderBytes(f) + std::string(64, '\0'));
-      CHECK(Contains(e, "header field"));
-      CHECK(Contains(e, std::to_string(bad)));
-    }
-  }
-  CHECK(Contains(HeaderError({30, 96, 2, 4, 2, 40, 64}), "dim 30 is not a multiple of n_heads 4"));
-  CHECK(Contains(HeaderError({32, 96, 2, 4, 3, 40, 64}),
-                 "n_heads 4 is not a multiple of n_kv_heads 3"));
-  CHECK(Contains(HeaderError({36, 96, 2, 4, 2, 40, 64}), "head_dim 9"));
-  CHECK(Contains(HeaderError({36, 96, 2, 4, 2, 40, 64}), "odd"));
-  CHECK(Contains(HeaderError({1026, 96, 2, 1, 1, 40, 64}), "exceeds covattn's limit of 512"));
-  CHECK(Contains(HeaderError({32, 96, 2, 8, 16, 40, 64}), "n_heads 8 is not a multiple"));
-  // Sizes far beyond any file: overflow, or simply not this file.
-  const int32_t big = std::numeric_limits<int32_t>::max();
-  CHECK(Contains(HeaderError({1 << 30, big, big, 1 << 22, 1 << 22, big, big}), "overflow"));
-  CHECK(Contains(HeaderError({1 << 16, 1 << 30, 1 << 20, 256, 256, 1 << 30, 1 << 30}), "overflow"));
-  CHECK(
-      Contains(HeaderError({1 << 16, 1 << 20, 1 << 10, 256, 256, 1 << 20, 1 << 20}), "truncated"));
-}
-
-TEST_CASE("checkpoint reader: non-finite weights, other formats, unreadable paths") {
-  Shape s;
-  std::vector<float> weights = RandomWeights(s, 43);
-  const size_t wq_layer1 = 40 * 32 + 2 * 32 + 32 * 32 + 5;
-  weights[wq_layer1] = std::numeric_limits<float>::quiet_NaN();
-  std::string e = LoadError(CheckpointBytes(s, weights));
-  CHECK(Contains(e, "non-finite weight NaN in wq of layer 1 at element 5"));
-  weights = RandomWeights(s, 43);
-  weights[7] = -std::numeric_limits<float>::infinity();
-  CHECK(Contains(LoadError(CheckpointBytes(s, weights)),
-                 "infinity in token_embedding_table at element 7"));
-  // The unused RoPE tables may hold anything, as for run.c.
-  weights = RandomWeights(s, 43);
-  weights[weights.size() - 1] = std::numeric_limits<float>::quiet_NaN();
-  CHECK(LoadError(CheckpointBytes(s, weights)).empty());
-
-  const int32_t export_v1[7] = {0x616b3432, 1, 32, 96, 2, 4, 2};
-  CHECK(Contains(LoadError(HeaderBytes(export_v1) + std::string(64, '\0')),
-                 "format version 1 (magic \"ak42\")"));
-
-  ScratchDir dir;
-  Checkpoint ck;
-  std::string error;
-  CHECK_FALSE(ReadCheckpoint(dir.File("missing.bin"), &ck, &error));
-  CHECK(Contains(error, dir.File("missing.bin") + ": cannot open"));
-  CHECK_FALSE(ReadCheckpoint(dir.path().string(), &ck, &error));
-  CHECK(Contains(error, "not a regular file"));
-}
-
-// ---------------------------------------------------------------------------
-// Tokens.
-
-TEST_CASE("tokens: .npy int32/int64 and raw bytes, windows, bad ids") {
-  using covattn_compare_test::Dict;
-  using covattn_compare_test::NpyBytes;
-  ScratchDir dir;
-  std::string i4, i8;
-  for (int32_t t = 0; t < 10; ++t) {
-    for (int b = 0; b < 4; ++b) i4 += static_cast<char>((t * 3) >> (8 * b));
-    for (int b = 0; b < 8; ++b) i8 += static_cast<char>(b < 4 ? (t * 3) >> (8 * b) : 0);
-  }
-  covattn_compare_test::WriteBytes(dir.File("t4.npy"), NpyBytes(Dict("<i4", {10}), i4));
-  covattn_compare_test::WriteBytes(dir.File("t8.npy"), NpyBytes(Dict("<i8", {1, 10}), i8, 2));
-  covattn_compare_test::WriteBytes(dir.File("text.txt"), "Hi!\n");
-  std::vector<int32_t> tokens;
-  std::string error;
-  for (const char* name : {"t4.npy", "t8.npy"}) {
-    INFO(name);
-    REQUIRE_MESSAGE(ReadTokens(dir.File(name), TokenFormat::kNpy, {}, 40, &tokens, &error), error);
-    CHECK(tokens == std::vector<int32_t>{0, 3, 6, 9, 12, 15, 18, 21, 24, 27});
-    REQUIRE(ReadTokens(dir.File(name), TokenFormat::kNpy, {2, 3}, 40, &tokens, &error));
-    CHECK(tokens == std::vector<int32_t>{6, 9, 12});
-    size_t count = 0;
-    REQUIRE(CountTokens(dir.File(name), TokenFormat::kNpy, &count, &error));
-    CHECK(count == 10);
-    // 27 is outside a vocabulary of 20: the file and the position are named.
-    CHECK_FALSE(ReadTokens(dir.File(name), TokenFormat::kNpy, {}, 20, &tokens, &error));
-    CHECK(error == dir.File(name) + ": token 21 at position 7 is outside the vocabulary [0, 20)");
-    CHECK(tokens.empty());
-    CHECK_FALSE(ReadTokens(dir.File(name), TokenFormat::kNpy, {10, 0}, 40, &tokens, &error));
-    CHECK(Contains(error, "no tokens from offset 10"));
-  }
-  REQUIRE(ReadTokens(dir.File("text.txt"), TokenFormat::kBytes, {1, 0}, 257, &tokens, &error));
-  CHECK(tokens == std::vector<int32_t>{'i', '!', '\n'});
-  CHECK_FALSE(ReadTokens(dir.File("text.txt"), TokenFormat::kBytes, {}, 100, &tokens, &error));
-  CHECK(error ==
-        dir.File("text.txt") + ": token 105 at position 1 is outside the vocabulary [0, 100)");
-
-  // Negative ids, wrong dtypes and shapes, truncated data, not .npy at all.
-  std::string negative = i8;
-  negative[8 * 4 + 7] = '\xff';
-  covattn_compare_test::WriteBytes(dir.File("neg.npy"), NpyBytes(Dict("<i8", {10}), negative));
-  CHECK_FALSE(ReadTokens(dir.File("neg.npy"), TokenFormat::kNpy, {}, 40, &tokens, &error));
-  CHECK(Contains(error, "at position 4 is outside"));
-  const struct {
-    const char* name;
-    std::string bytes;
-    const char* problem;
-  } bad[] = {
-      {"f4.npy", NpyBytes(Dict("<f4", {10}), i4), "dtype '<f4' is not a token type"},
-      {"2d.npy", NpyBytes(Dict("<i4", {2, 5}), i4), "shape (2, 5) is not a token sequence"},
-      {"short.npy", NpyBytes(Dict("<i4", {11}), i4), "truncated: shape (11,)"},
-      {"long.npy", NpyBytes(Dict("<i4", {9}), i4), "size mismatch: shape (9,)"},
-      {"huge.npy", NpyBytes(Dict("<i4", {1ull << 62}), i4), "impossible shape"},
-      {"nodict.npy", NpyBytes("{}", i4), "malformed header"},
-      {"text.txt", "Hi!\n", "not a .npy file"},
-  };
-  for (const auto& b : bad) {
-    INFO(b.name);
-    covattn_compare_test::WriteBytes(dir.File(b.name), b.bytes);
-    CHECK_FALSE(ReadTokens(dir.File(b.name), TokenFormat::kNpy, {}, 40, &tokens, &error));
-    CHECK(error.rfind(dir.File(b.name) + ": ", 0) == 0);
-    CHECK(Contains(error, b.problem));
-  }
-}
-
 TEST_CASE("evaluation refuses bad token sequences before running") {
   Shape s;
   const Checkpoint ck = MakeCheckpoint(s, RandomWeights(s, 51));
@@ -831,4 +566,76 @@ TEST_CASE("dump-qkv writes layer<N>_{q,k,v}.npy as covattn-compare --qkv reads t
   covattn_compare_test::WriteBytes((dir.path() / "dump" / "layer7_q.npy").string(), "x");
   CHECK_FALSE(Evaluate(ck, tokens, {}, options, &e, &error));
   CHECK(Contains(error, "layer7_q.npy: already there"));
+}
+
+TEST_CASE("covattn-compare --qkv on a dump reproduces the model's layer-0 errors") {
+  // Layer 0's q, k, v depend on the tokens only, so a method's layer-0
+  // errors inside the model (against exact attention in f32) are --qkv's on
+  // the exact model's dump (against float64 attention).
+  Shape s;
+  const Checkpoint ck = MakeCheckpoint(s, RandomWeights(s, 72));
+  const std::vector<int32_t> tokens = RandomTokens(48, s.vocab, 9);
+  ScratchDir dir;
+  EvalOptions options;
+  options.dump_qkv_dir = dir.File("dump");
+  Evaluation e;
+  std::string error;
+  REQUIRE_MESSAGE(Evaluate(ck, tokens, {CacheSpec(2, 14, 0, 0)}, options, &e, &error), error);
+  const covattn_compare_test::RunResult r = covattn_compare_test::Run({"--qkv",
+                                                                       dir.File("dump"),
+                                                                       "--methods",
+                                                                       "hybrid",
+                                                                       "--budget",
+                                                                       "16",
+                                                                       "--sinks",
+                                                                       "2",
+                                                                       "--positions",
+                                                                       "48",
+                                                                       "--min-context",
+                                                                       "1",
+                                                                       "--samples",
+                                                                       "1",
+                                                                       "--min-time",
+                                                                       "0.01",
+                                                                       "--quiet",
+                                                                       "--csv",
+                                                                       dir.File("qkv.csv"),
+                                                                       "--json",
+                                                                       dir.File("qkv.json"),
+                                                                       "--svg",
+                                                                       dir.File("qkv.svg")});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto rows =
+      covattn_compare_test::ParseCsv(covattn_compare_test::ReadBytes(dir.File("qkv.csv")));
+  const std::vector<std::string>& header = rows[0];
+  auto column = [&](const char* name) {
+    return size_t(std::find(header.begin(), header.end(), name) - header.begin());
+  };
+  const size_t layer = column("layer"), context = column("context"), rel = column("rel_l2_median"),
+               dz = column("log_z_error_median");
+  // The median over the query heads at a position, as --qkv takes it.
+  auto median = [&](const LayerSeries& series, size_t pos) {
+    std::vector<double> v(series[0].begin() + long(pos * 4), series[0].begin() + long(pos * 4 + 4));
+    std::sort(v.begin(), v.end());
+    return 0.5 * (v[1] + v[2]);
+  };
+  size_t compared = 0, evicting = 0;
+  for (size_t i = 1; i < rows.size(); ++i) {
+    if (rows[i][layer] != "0") continue;
+    const size_t pos = std::stoul(rows[i][context]) - 1;
+    INFO("position " << pos);
+    const double model_rel = median(e.methods[0].rel_l2, pos);
+    const double model_dz = median(e.methods[0].log_z_error, pos);
+    // f32 exact against float64 differs by a few 1e-7 (the f32 floor).
+    const double qkv_rel = std::stod(rows[i][rel]), qkv_dz = std::stod(rows[i][dz]);
+    INFO("rel L2 " << qkv_rel << " against " << model_rel << ", |dlog Z| " << qkv_dz << " against "
+                   << model_dz);
+    CHECK(std::fabs(qkv_rel - model_rel) <= 2e-6 + 1e-3 * model_rel);
+    CHECK(std::fabs(qkv_dz - model_dz) <= 2e-6 + 1e-3 * model_dz);
+    ++compared;
+    evicting += model_rel > 1e-3;
+  }
+  CHECK(compared >= 25);  // log-spaced positions, the repeats removed
+  CHECK(evicting > 10);   // the comparison is not only of exact figures
 }

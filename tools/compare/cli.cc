@@ -9,6 +9,8 @@
 #include "covattn/covattn.h"
 #include "evaluate.h"
 #include "methods.h"
+#include "model_mode.h"
+#include "model_report.h"
 #include "options.h"
 #include "progress.h"
 #include "qkv.h"
@@ -28,12 +30,43 @@ std::string SigmaText(double sigma) {
   return buffer;
 }
 
+// One series at every --budget, a series of its own per budget when there
+// are several (the label says which).
+bool EvaluateAtBudgets(Series& series, const Options& options, ThreadPool& pool,
+                       const ProgressFn& progress, std::vector<Measurement>* results,
+                       std::string* error) {
+  const std::string label = series.label;
+  const size_t n = options.budgets.size();
+  for (size_t i = 0; i < n; ++i) {
+    Options at = options;
+    at.budget = options.budgets[i];
+    if (n > 1) series.label = label + ", budget " + std::to_string(at.budget);
+    const ProgressFn report = [&](double f, const std::string& what) {
+      progress((double(i) + f) / double(n), what);
+    };
+    const size_t first = results->size();
+    if (!EvaluateSeries(series, at, pool, report, results, error)) {
+      *error = series.label + ": " + *error;
+      return false;
+    }
+    for (size_t r = first; r < results->size(); ++r) (*results)[r].budget = at.budget;
+  }
+  return true;
+}
+
 // Runs every synthetic series: one generated layer per (workload, head_dim),
 // queries of each sharpness drawn against it.
 bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
                   std::vector<Measurement>* results, std::string* error) {
-  const size_t n_series =
-      options.workloads.size() * options.head_dims.size() * options.sigmas.size();
+  // The sharpness of a workload's series: --sigma, or the workload's own.
+  auto sigmas = [&options](covattn_tools::Workload w) {
+    return options.sigmas_given ? options.sigmas
+                                : std::vector<double>{covattn_tools::NaturalSigma(w)};
+  };
+  size_t n_series = 0;
+  for (covattn_tools::Workload w : options.workloads) {
+    n_series += options.head_dims.size() * sigmas(w).size();
+  }
   size_t index = 0;
   for (covattn_tools::Workload workload : options.workloads) {
     for (size_t dim : options.head_dims) {
@@ -46,7 +79,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
       spec.n_kv_heads = options.kv_heads;
       spec.n_q_heads = options.kv_heads * options.group;
       spec.head_dim = dim;
-      spec.sigma = options.sigmas.front();
+      spec.sigma = sigmas(workload).front();
       spec.seed = options.seed;
       const covattn_tools::Layer layer = covattn_tools::MakeLayer(spec);
 
@@ -66,7 +99,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
           std::copy_n(layer.v.data() + from, dim, series.v[h].data() + t * dim);
         }
       }
-      for (double sigma : options.sigmas) {
+      for (double sigma : sigmas(workload)) {
         series.sigma = sigma;
         series.label = name + ", d=" + std::to_string(dim) + ", sigma=" + SigmaText(sigma);
         // The same query directions at every context (rescaled to the
@@ -87,10 +120,7 @@ bool RunSynthetic(const Options& options, ThreadPool& pool, Progress& progress,
         const ProgressFn report = [&](double f, const std::string& label) {
           progress.Update((base + f) / n_series, label);
         };
-        if (!EvaluateSeries(series, options, pool, report, results, error)) {
-          *error = series.label + ": " + *error;
-          return false;
-        }
+        if (!EvaluateAtBudgets(series, options, pool, report, results, error)) return false;
         ++index;
       }
     }
@@ -109,12 +139,39 @@ bool RunQkv(const Options& options, ThreadPool& pool, Progress& progress,
     const ProgressFn report = [&](double f, const std::string& label) {
       progress.Update((double(i) + f) / layers.size(), label);
     };
-    if (!EvaluateSeries(series, options, pool, report, results, error)) {
-      *error = series.label + ": " + *error;
-      return false;
-    }
+    if (!EvaluateAtBudgets(series, options, pool, report, results, error)) return false;
   }
   return true;
+}
+
+// --model: its own results, table and files.
+int ModelMain(const Options& options, const RunInfo& info, std::FILE* out, std::FILE* err) {
+  ModelResult result;
+  std::string error;
+  bool ok = false;
+  try {
+    Progress progress(err, options.progress);
+    ok = RunModel(options, progress, &result, &error);
+    progress.Finish();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory (try fewer --max-tokens)";
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (ok) {
+    WriteModelTable(out, info, options, result);
+    std::fflush(out);
+    ok = !options.write_files || WriteModelFiles(info, options, result, &error);
+  }
+  if (!ok) {
+    std::fprintf(err, "covattn-compare: error: %s\n", error.c_str());
+    return kExitFailure;
+  }
+  if (options.write_files) {
+    std::fprintf(err, "covattn-compare: wrote %s, %s, %s\n", options.csv_path.c_str(),
+                 options.json_path.c_str(), options.svg_path.c_str());
+  }
+  return kExitOk;
 }
 
 }  // namespace
@@ -138,13 +195,17 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   }
   // Budgets that cannot work at a requested head_dim are usage errors too
   // (with --qkv, head_dim is known only once the files are read).
-  if (options.qkv.empty()) {
+  if (options.qkv.empty() && options.model.empty()) {
     for (size_t dim : options.head_dims) {
-      for (Method method : options.methods) {
-        MethodPlan plan;
-        if (!PlanMethod(method, options, dim, &plan, &error)) {
-          std::fprintf(err, "covattn-compare: %s\n", error.c_str());
-          return kExitUsage;
+      for (size_t budget : options.budgets) {
+        Options at = options;
+        at.budget = budget;
+        for (Method method : options.methods) {
+          MethodPlan plan;
+          if (!PlanMethod(method, at, dim, &plan, &error)) {
+            std::fprintf(err, "covattn-compare: %s\n", error.c_str());
+            return kExitUsage;
+          }
         }
       }
     }
@@ -155,6 +216,10 @@ int CompareMain(int argc, const char* const* argv, std::FILE* out, std::FILE* er
   info.target = covattn_target_name();
   info.cpu = CpuName();
   info.mode = options.qkv.empty() ? "synthetic" : "npy";
+  if (!options.model.empty()) {
+    info.mode = "model";
+    return ModelMain(options, info, out, err);
+  }
 
   std::vector<Measurement> results;
   bool ok = false;

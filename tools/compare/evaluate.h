@@ -48,6 +48,7 @@ struct Measurement {
   long layer = -1;
   size_t dim = 0, n_kv_heads = 0, n_q_heads = 0, context = 0;
   Method method = Method::kExact;
+  size_t budget = 0;           // --budget of the bounded methods
   size_t memory_bytes = 0;     // state per layer, by the accounting of methods.h
   size_t allocated_bytes = 0;  // per layer, as allocated (workspace included)
   double time_median = 0.0, time_min = 0.0, time_max = 0.0;  // seconds per layer decode

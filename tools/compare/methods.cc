@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "covattn/covattn.h"
+#include "model/bounded_cache.h"
 #ifdef COVATTN_COMPARE_WITH_ONEDNN
 #include <dlfcn.h>
 
@@ -179,23 +180,10 @@ class BoundedHead : public HeadMethod {
  public:
   BoundedHead(const covattn_cache_config& config, float scale, const float* k, const float* v)
       : config_(config), scale_(scale), k_(k), v_(v) {}
-  ~BoundedHead() override { covattn_cache_destroy(cache_); }
 
   bool Init(size_t max_queries, std::string* error) {
-    covattn_status s = covattn_cache_create(&config_, &cache_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_create", s);
-      return false;
-    }
-    size_t bytes = 0;
-    s = covattn_cache_scratch_size(&config_, max_queries, &bytes);
-    if (s == COVATTN_OK) s = covattn_cache_size(&config_, &allocated_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_scratch_size", s);
-      return false;
-    }
-    scratch_.resize(bytes);
-    return true;
+    return cache_.Create(config_, max_queries, error) &&
+           covattn_model::CacheBytes(config_, &allocated_, error);
   }
 
   bool Advance(size_t n, std::string* error) override {
@@ -212,7 +200,7 @@ class BoundedHead : public HeadMethod {
                                  dim,
                                  dim};
     const auto start = std::chrono::steady_clock::now();
-    const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
+    const covattn_status s = cache_.Append(block);
     append_seconds_ +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (s != COVATTN_OK) {
@@ -230,8 +218,7 @@ class BoundedHead : public HeadMethod {
     r->summary_ess.assign(n_q, 0.0f);
     const covattn_cache_diagnostics diagnostics{r->summary_share.data(), r->summary_ess.data(),
                                                 r->log_z.data()};
-    const covattn_status s = covattn_cache_decode(cache_, q, n_q, scale_, r->out.data(),
-                                                  &diagnostics, scratch_.data(), scratch_.size());
+    const covattn_status s = cache_.Decode(q, n_q, scale_, r->out.data(), &diagnostics);
     if (s < 0) {
       *error = StatusText("covattn_cache_decode", s);
       return false;
@@ -244,10 +231,7 @@ class BoundedHead : public HeadMethod {
   }
 
   void DecodeFast(const float* q, size_t n_q, float* out) override {
-    if (covattn_cache_decode(cache_, q, n_q, scale_, out, nullptr, scratch_.data(),
-                             scratch_.size()) < 0) {
-      fast_ok_ = false;
-    }
+    if (cache_.Decode(q, n_q, scale_, out, nullptr) < 0) fast_ok_ = false;
   }
 
   size_t AllocatedBytes() const override { return allocated_; }
@@ -257,10 +241,11 @@ class BoundedHead : public HeadMethod {
   float scale_;
   const float* k_;
   const float* v_;
-  covattn_cache* cache_ = nullptr;
+  covattn_model::BoundedCache cache_;
   size_t appended_ = 0, allocated_ = 0;
-  std::vector<unsigned char> scratch_;
 };
+
+}  // namespace
 
 covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
                                  float forgetting, uint32_t flags) {
@@ -276,7 +261,39 @@ covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t
   return c;
 }
 
-}  // namespace
+bool PlanRetention(Method method, const Options& options, size_t dim, size_t bytes,
+                   covattn_cache_config* config, std::string* error) {
+  covattn_cache_config c = CacheConfig(dim, options.sinks, 1, 0, options.forgetting, 0);
+  c.n_retained = 1;
+  if (method == Method::kHeavyHitters) {
+    c.retention = COVATTN_RETENTION_H2O;
+    c.summary = COVATTN_SUMMARY_NONE;
+  } else {
+    c.retention = COVATTN_RETENTION_EMA;
+    c.summary = COVATTN_SUMMARY_COMPACT;
+    c.rope = options.rope;
+  }
+  auto fits = [&](size_t pairs) {
+    c.window = c.n_retained = pairs;
+    size_t b = 0;
+    return covattn_cache_size(&c, &b) == COVATTN_OK && b <= bytes;
+  };
+  if (!fits(1)) {
+    *error = std::string(MethodKey(method)) + ": " + std::to_string(bytes) +
+             " bytes per KV head hold no window and retained slot beside " +
+             std::to_string(options.sinks) + " sinks at head_dim " + std::to_string(dim);
+    return false;
+  }
+  size_t lo = 1, hi = 2;
+  while (fits(hi)) lo = hi, hi *= 2;
+  while (hi - lo > 1) {  // fits(lo), !fits(hi)
+    const size_t mid = lo + (hi - lo) / 2;
+    fits(mid) ? lo = mid : hi = mid;
+  }
+  fits(lo);
+  *config = c;
+  return true;
+}
 
 bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* plan,
                 std::string* error) {
@@ -318,6 +335,13 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
       p.bounded_bytes = (sinks + window + slots) * token + summary + WhiteningBytes(dim, slots);
       break;
     }
+    case Method::kHeavyHitters:
+    case Method::kEmaRing:  // in the hybrid's bytes, counted as the cache counts them
+      if (!PlanRetention(method, options, dim, budget * token + summary, &p.config, error)) {
+        return false;
+      }
+      if (covattn_cache_size(&p.config, &p.bounded_bytes) != COVATTN_OK) return false;
+      break;
   }
   *plan = p;
   return true;

@@ -31,6 +31,10 @@ size_t TokenBytes(size_t dim);
 size_t SummaryBytes(size_t dim);
 size_t WhiteningBytes(size_t dim, size_t outlier_slots);
 
+// A cache of one KV head, f32 K and V.
+covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
+                                 float forgetting, uint32_t flags);
+
 // A method's configuration for one head_dim.
 struct MethodPlan {
   Method method = Method::kExact;
@@ -41,6 +45,14 @@ struct MethodPlan {
 
 bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* plan,
                 std::string* error);
+
+// The retention methods (h2o, ema-ring) in at most `bytes` per KV head by
+// covattn_cache_size: S sinks, then as many pairs of a window slot and a
+// retained slot as fit beside the summary (half the exact tokens retained,
+// half recent, a split chosen a priori, docs/cache.md). False with a
+// message when not even one pair fits.
+bool PlanRetention(Method method, const Options& options, size_t dim, size_t bytes,
+                   covattn_cache_config* config, std::string* error);
 
 // State bytes per KV head at a context length: every token for the exact
 // methods, the fixed budget for the bounded ones.

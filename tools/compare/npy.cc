@@ -254,26 +254,10 @@ bool ReadExactly(std::FILE* f, unsigned char* dst, size_t n) {
   return n == 0 || std::fread(dst, 1, n, f) == n;
 }
 
-bool Read(const std::string& path, const NpyReadOptions& options, NpyArray* array,
-          Failure* failure) {
-  struct stat info;
-  if (::stat(path.c_str(), &info) != 0) {
-    *failure = {NpyProblem::kOpen, std::string("cannot open: ") + std::strerror(errno)};
-    return false;
-  }
-  if (!S_ISREG(info.st_mode)) {
-    *failure = {NpyProblem::kOpen, "not a regular file"};
-    return false;
-  }
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) {
-    *failure = {NpyProblem::kOpen, std::string("cannot open: ") + std::strerror(errno)};
-    return false;
-  }
-  const uint64_t file_size = static_cast<uint64_t>(info.st_size);
-
+// The prefix and the header dictionary, checked against the file's size.
+bool ReadHeader(std::FILE* file, uint64_t file_bytes, NpyHeader* out, Failure* failure) {
   unsigned char prefix[12];
-  const size_t got = std::fread(prefix, 1, sizeof(prefix), file.get());
+  const size_t got = std::fread(prefix, 1, sizeof(prefix), file);
   if (got < sizeof(kMagic) || std::memcmp(prefix, kMagic, sizeof(kMagic)) != 0) {
     *failure = {NpyProblem::kBadMagic, "not a .npy file (it does not start with \\x93NUMPY)"};
     return false;
@@ -301,29 +285,55 @@ bool Read(const std::string& path, const NpyReadOptions& options, NpyArray* arra
                 "header length " + std::to_string(header_bytes) + " is absurd"};
     return false;
   }
-  if (file_size < data_offset) {
+  if (file_bytes < data_offset) {
     *failure = {NpyProblem::kTruncated, "the file ends inside the header (" +
-                                            std::to_string(file_size) + " bytes, header needs " +
+                                            std::to_string(file_bytes) + " bytes, header needs " +
                                             std::to_string(data_offset) + ")"};
     return false;
   }
-  std::vector<char> header(header_bytes);
-  if (std::fseek(file.get(), static_cast<long>(8 + length_bytes), SEEK_SET) != 0 ||
-      !ReadExactly(file.get(), reinterpret_cast<unsigned char*>(header.data()), header.size())) {
+  std::vector<char> text(header_bytes);
+  if (std::fseek(file, static_cast<long>(8 + length_bytes), SEEK_SET) != 0 ||
+      !ReadExactly(file, reinterpret_cast<unsigned char*>(text.data()), text.size())) {
     *failure = {NpyProblem::kOpen, "read error in the header"};
     return false;
   }
 
-  std::string descr, why;
-  bool structured = false, fortran = false;
-  std::vector<size_t> shape;
-  HeaderParser parser(header.data(), header.data() + header.size());
-  if (!parser.ParseDict(&descr, &structured, &fortran, &shape, &why)) {
+  std::string why;
+  HeaderParser parser(text.data(), text.data() + text.size());
+  if (!parser.ParseDict(&out->descr, &out->structured, &out->fortran_order, &out->shape, &why)) {
     *failure = {NpyProblem::kBadHeader, "malformed header: " + why};
     return false;
   }
+  out->data_offset = data_offset;
+  return true;
+}
+
+bool Read(const std::string& path, const NpyReadOptions& options, NpyArray* array,
+          Failure* failure) {
+  struct stat info;
+  if (::stat(path.c_str(), &info) != 0) {
+    *failure = {NpyProblem::kOpen, std::string("cannot open: ") + std::strerror(errno)};
+    return false;
+  }
+  if (!S_ISREG(info.st_mode)) {
+    *failure = {NpyProblem::kOpen, "not a regular file"};
+    return false;
+  }
+  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
+  if (!file) {
+    *failure = {NpyProblem::kOpen, std::string("cannot open: ") + std::strerror(errno)};
+    return false;
+  }
+  const uint64_t file_size = static_cast<uint64_t>(info.st_size);
+
+  NpyHeader header;
+  if (!ReadHeader(file.get(), file_size, &header, failure)) return false;
+  const std::string& descr = header.descr;
+  const std::vector<size_t>& shape = header.shape;
+  const bool fortran = header.fortran_order;
+  const uint64_t data_offset = header.data_offset;
   Element element;
-  if (!ParseDescr(descr, structured, options, &element, failure)) return false;
+  if (!ParseDescr(descr, header.structured, options, &element, failure)) return false;
   size_t non_trivial = 0;
   uint64_t count = 1;
   for (size_t extent : shape) {
@@ -394,6 +404,81 @@ std::string ShapeString(const std::vector<size_t>& shape) {
   }
   if (shape.size() == 1) s += ",";
   return s + ")";
+}
+
+bool ReadNpyHeader(std::FILE* file, uint64_t file_bytes, NpyHeader* header, std::string* what) {
+  Failure failure{NpyProblem::kNone, ""};
+  if (!ReadHeader(file, file_bytes, header, &failure)) {
+    *what = failure.what;
+    return false;
+  }
+  header->count = 1;
+  for (size_t extent : header->shape) {
+    if (extent != 0 && header->count > file_bytes / extent) {
+      *what = "impossible shape " + ShapeString(header->shape) + " for a file of " +
+              std::to_string(file_bytes) + " bytes";
+      return false;
+    }
+    header->count *= extent;
+  }
+  if (header->structured) {
+    *what = "structured dtypes are not supported";
+    return false;
+  }
+  return true;
+}
+
+bool NpyF32Writer::Open(const std::string& path, const std::vector<size_t>& shape,
+                        std::string* error) {
+  path_ = path;
+  expected_ = 1;
+  for (size_t extent : shape) expected_ *= extent;
+  written_ = 0;
+  std::string dict =
+      "{'descr': '<f4', 'fortran_order': False, 'shape': " + ShapeString(shape) + ", }";
+  // Padded with spaces and a newline so that the data starts at a multiple of 64.
+  const size_t prefix = 10;
+  while ((prefix + dict.size() + 1) % 64 != 0) dict += ' ';
+  dict += '\n';
+  std::string bytes(reinterpret_cast<const char*>(kMagic), sizeof(kMagic));
+  bytes += '\x01';
+  bytes += '\x00';
+  bytes += static_cast<char>(dict.size() & 0xFF);
+  bytes += static_cast<char>(dict.size() >> 8);
+  bytes += dict;
+  file_.reset(std::fopen(path.c_str(), "wb"));
+  if (!file_ || std::fwrite(bytes.data(), 1, bytes.size(), file_.get()) != bytes.size()) {
+    *error = path + ": cannot write: " + std::strerror(errno);
+    file_.reset();
+    return false;
+  }
+  return true;
+}
+
+bool NpyF32Writer::Append(const float* values, size_t n, std::string* error) {
+  buffer_.resize(4 * n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &values[i], 4);
+    for (size_t b = 0; b < 4; ++b) buffer_[4 * i + b] = static_cast<uint8_t>(bits >> (8 * b));
+  }
+  if (!file_ || written_ + n > expected_ ||
+      std::fwrite(buffer_.data(), 1, buffer_.size(), file_.get()) != buffer_.size()) {
+    *error = path_ + ": cannot write" + (file_ ? ": " + std::string(std::strerror(errno)) : "");
+    return false;
+  }
+  written_ += n;
+  return true;
+}
+
+bool NpyF32Writer::Close(std::string* error) {
+  const bool complete = written_ == expected_;
+  const bool closed = file_ && std::fclose(file_.release()) == 0;
+  if (!complete || !closed) {
+    *error = path_ + (complete ? ": cannot close the file" : ": incomplete array");
+    return false;
+  }
+  return true;
 }
 
 bool ReadNpy(const std::string& path, const NpyReadOptions& options, NpyArray* array,

@@ -1,4 +1,5 @@
-// A small, defensive reader of NumPy .npy files (format versions 1.0, 2.0 and
+// A small, defensive reader of NumPy .npy files (and the writer of the float32
+// arrays covattn-compare --dump-qkv writes) (format versions 1.0, 2.0 and
 // 3.0): little-endian float32, float16, float64, and bfloat16 stored as
 // uint16, C order. Everything the header claims is checked against the file
 // before any data is trusted; every problem is reported as a message naming
@@ -9,6 +10,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,6 +59,44 @@ bool ReadNpy(const std::string& path, const NpyReadOptions& options, NpyArray* a
 
 // "(3, 4, 5)" as numpy prints shapes.
 std::string ShapeString(const std::vector<size_t>& shape);
+
+// The header of any .npy file, for readers of other element types (the
+// model's token files).
+struct NpyHeader {
+  std::string descr;        // e.g. "<i4"; empty when structured
+  bool structured = false;  // a list of fields, not one type
+  bool fortran_order = false;
+  std::vector<size_t> shape;
+  uint64_t count = 0;        // elements (the shape's product)
+  uint64_t data_offset = 0;  // bytes before the data
+};
+
+// Reads the header at the start of `file` (of file_bytes bytes). False with
+// a message (without the file name) for a file that is not .npy, an unknown
+// version, a header that does not parse, a structured dtype, or a shape of
+// more elements than the file has bytes.
+bool ReadNpyHeader(std::FILE* file, uint64_t file_bytes, NpyHeader* header, std::string* what);
+
+// Writes one float32 array of a known shape (C order, little-endian), row by
+// row: the --dump-qkv files.
+class NpyF32Writer {
+ public:
+  // Creates the file and writes its header.
+  bool Open(const std::string& path, const std::vector<size_t>& shape, std::string* error);
+  // Appends n values.
+  bool Append(const float* values, size_t n, std::string* error);
+  // Checks that every element of the shape was written, and closes.
+  bool Close(std::string* error);
+
+ private:
+  struct Closer {
+    void operator()(std::FILE* f) const { std::fclose(f); }
+  };
+  std::string path_;
+  std::unique_ptr<std::FILE, Closer> file_;
+  uint64_t expected_ = 0, written_ = 0;
+  std::vector<uint8_t> buffer_;
+};
 
 }  // namespace covattn_compare
 

@@ -26,6 +26,10 @@ const char* MethodName(Method method) {
       return "hybrid";
     case Method::kHybridOutliers:
       return "hybrid + outliers";
+    case Method::kHeavyHitters:
+      return "sink + window + heavy hitters (H2O)";
+    case Method::kEmaRing:
+      return "EMA retention + ring summary";
   }
   return "?";
 }
@@ -44,11 +48,19 @@ const char* MethodKey(Method method) {
       return "hybrid";
     case Method::kHybridOutliers:
       return "outliers";
+    case Method::kHeavyHitters:
+      return "h2o";
+    case Method::kEmaRing:
+      return "ema-ring";
   }
   return "?";
 }
 
 bool IsExact(Method method) { return method == Method::kExact || method == Method::kOneDnn; }
+
+bool NeedsQueryStream(Method method) {
+  return method == Method::kHeavyHitters || method == Method::kEmaRing;
+}
 
 bool HaveOneDnn() {
 #ifdef COVATTN_COMPARE_WITH_ONEDNN
@@ -58,8 +70,8 @@ bool HaveOneDnn() {
 #endif
 }
 
-size_t OutlierSlots(const Options& options) {
-  return options.outliers != 0 ? options.outliers : options.budget / 2;
+size_t OutlierSlots(const Options& options, size_t budget) {
+  return options.outliers != 0 ? options.outliers : budget / 2;
 }
 
 std::vector<std::string> SplitList(const std::string& s) {
@@ -230,7 +242,8 @@ bool ApplyWorkloads(Parser& p, const std::string&, const std::string& v) {
     }
     covattn_tools::Workload w;
     if (!covattn_tools::ParseWorkload(item, &w)) {
-      return p.Fail("unknown workload '" + item + "' (gaussian, student-t, ar, drift, all)");
+      return p.Fail("unknown workload '" + item +
+                    "' (gaussian, student-t, ar, drift, rope, rope-sinks, all)");
     }
     if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
   }
@@ -239,6 +252,7 @@ bool ApplyWorkloads(Parser& p, const std::string&, const std::string& v) {
 
 bool ApplySigmas(Parser& p, const std::string& name, const std::string& v) {
   p.o->sigmas.clear();
+  p.o->sigmas_given = true;
   for (const std::string& item : SplitList(v)) {
     double x;
     if (!p.Real(name, item, 0.0, 8.0, false, &x)) return false;
@@ -256,10 +270,12 @@ bool ApplyQkv(Parser& p, const std::string&, const std::string& v) {
 bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
   std::vector<Method>& out = p.o->methods;
   out.clear();
+  p.o->methods_given = true;
   for (const std::string& item : SplitList(v)) {
     bool found = false;
     for (Method m : kAllMethods) {
       if (item != MethodKey(m) && item != "all") continue;
+      if (item == "all") p.o->methods_all = true;
       found = true;
       if (m == Method::kOneDnn && !HaveOneDnn()) {
         if (item == "all") continue;
@@ -274,6 +290,19 @@ bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
   }
   std::sort(out.begin(), out.end());
   return true;
+}
+
+bool ApplyPath(std::string Options::*field, Parser& p, const std::string& name,
+               const std::string& v) {
+  if (v.empty()) return p.Fail("--" + name + " wants a path");
+  p.o->*field = v;
+  return true;
+}
+
+Apply Path(std::string Options::*field) {
+  return [=](Parser& p, const std::string& name, const std::string& v) {
+    return ApplyPath(field, p, name, v);
+  };
 }
 
 bool ApplyTable(Parser& p, const std::string&, const std::string& v) {
@@ -299,8 +328,12 @@ const std::vector<OptionGroup>& OptionTable() {
   static const std::vector<OptionGroup> table = {
       {"Workloads (synthetic, fixed seeds)",
        {
-           {"workloads", "LIST", "gaussian, student-t, ar, drift, all [all]", ApplyWorkloads},
-           {"sigma", "LIST", "attention sharpness: std of the scores a.k [1]", ApplySigmas},
+           {"workloads", "LIST",
+            "gaussian, student-t, ar, drift, rope, rope-sinks, all\n"
+            "[gaussian,student-t,ar,drift,rope-sinks]",
+            ApplyWorkloads},
+           {"sigma", "LIST",
+            "attention sharpness: std of the scores a.k\n[1; 3 for rope, rope-sinks]", ApplySigmas},
            {"contexts", "LIST", "context lengths, e.g. 256,4k,64k [256,512,...,65536]",
             SizeListIn(&Options::contexts, 2, kMaxContext)},
            {"head-dims", "LIST", "head dimensions [64,128]",
@@ -327,12 +360,35 @@ const std::vector<OptionGroup>& OptionTable() {
            {"scale", "X", "softmax scale [1/sqrt(head_dim)]",
             RealIn(&Options::scale, 0.0, 1e6, false)},
        }},
+      {"Model (a llama2.c checkpoint, see docs/compare.md)",
+       {
+           {"model", "PATH", "run every method inside this model, teacher-forced",
+            Path(&Options::model)},
+           {"tokens", "FILE", "its input: .npy of int32/int64 tokens [sampled, --seed]",
+            Path(&Options::tokens)},
+           {"bytes", nullptr, "read --tokens as raw bytes, one token each",
+            Set(&Options::bytes, true)},
+           {"max-tokens", "N", "tokens per window [the model's seq_len]",
+            SizeIn(&Options::max_tokens, 1, kMaxContext)},
+           {"windows", "N", "windows cut evenly from --tokens; medians over them [1]",
+            SizeIn(&Options::windows, 1, 4096)},
+           {"from", "N", "aggregate positions from N on [0]",
+            SizeIn(&Options::from, 0, kMaxContext)},
+           {"state-bytes", nullptr,
+            "equal memory by the state's bytes (as the synthetic\n"
+            "modes count them), not by covattn_cache_size",
+            Set(&Options::state_bytes, true)},
+           {"dump-qkv", "DIR", "write the exact model's q, k, v for --qkv (first window)",
+            Path(&Options::dump_qkv)},
+       }},
       {"Methods",
        {
            {"methods", "LIST", "exact, onednn, readout, window, hybrid, outliers, all [all]",
             ApplyMethods},
-           {"budget", "N", "exact tokens per KV head of the bounded methods [256]",
-            SizeIn(&Options::budget, 1, size_t{1} << 20)},
+           {"budget", "LIST",
+            "exact tokens per KV head of the bounded methods;\n"
+            "a list is a sweep, e.g. 32,64,128,256 [256]",
+            SizeListIn(&Options::budgets, 1, size_t{1} << 20)},
            {"sinks", "N", "first tokens kept exact [4]",
             SizeIn(&Options::sinks, 0, size_t{1} << 20)},
            {"outliers", "N", "outlier key slots of 'outliers' [budget / 2]",
@@ -413,13 +469,14 @@ bool NextOption(int argc, const char* const* argv, int* i, Parser& p, const Opti
 ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, std::string* error) {
   Options& o = *options;
   o = Options();
-  o.workloads.assign(std::begin(covattn_tools::kAllWorkloads),
-                     std::end(covattn_tools::kAllWorkloads));
+  o.workloads = {covattn_tools::Workload::kGaussian, covattn_tools::Workload::kStudentT,
+                 covattn_tools::Workload::kAutoregressive, covattn_tools::Workload::kDrift,
+                 covattn_tools::Workload::kRopeSinks};
   o.sigmas = {1.0};
   for (size_t n = 256; n <= 65536; n *= 2) o.contexts.push_back(n);
   o.head_dims = {64, 128};
   for (Method m : kAllMethods) {
-    if (m != Method::kOneDnn || HaveOneDnn()) o.methods.push_back(m);
+    if ((m != Method::kOneDnn || HaveOneDnn()) && !NeedsQueryStream(m)) o.methods.push_back(m);
   }
   for (int i = 0; i < argc; ++i) {
     if (i) o.command_line += ' ';
@@ -442,14 +499,43 @@ ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, s
     *error = "an empty list was given";
     return ParseOutcome::kUsageError;
   }
-  if (o.sinks >= o.budget) {
-    *error = "--sinks (" + std::to_string(o.sinks) + ") must be below --budget (" +
-             std::to_string(o.budget) + ")";
+  if (o.budgets.empty()) {
+    *error = "an empty list was given";
     return ParseOutcome::kUsageError;
   }
-  if (o.sinks + OutlierSlots(o) >= o.budget) {
-    *error = "--sinks plus --outliers must leave room for a window within --budget";
+  if (!o.model.empty() && !o.qkv.empty()) {
+    *error = "--model and --qkv are two different inputs; give one";
     return ParseOutcome::kUsageError;
+  }
+  if (o.model.empty() && (!o.tokens.empty() || !o.dump_qkv.empty())) {
+    *error = "--tokens and --dump-qkv need --model";
+    return ParseOutcome::kUsageError;
+  }
+  // llama2.c checkpoints rotate keys in interleaved pairs (run.c).
+  if (!o.model.empty()) o.rope = COVATTN_ROPE_INTERLEAVED;
+  if (o.model.empty()) {
+    for (Method m : o.methods) {
+      if (NeedsQueryStream(m) && !o.methods_all) {
+        *error = std::string("--methods ") + MethodKey(m) +
+                 " scores tokens by the queries of every position: only with --model";
+        return ParseOutcome::kUsageError;
+      }
+    }
+    o.methods.erase(std::remove_if(o.methods.begin(), o.methods.end(), NeedsQueryStream),
+                    o.methods.end());
+  }
+  o.budget = o.budgets.front();
+  for (size_t budget : o.budgets) {
+    if (o.sinks >= budget) {
+      *error = "--sinks (" + std::to_string(o.sinks) + ") must be below --budget (" +
+               std::to_string(budget) + ")";
+      return ParseOutcome::kUsageError;
+    }
+    if (o.sinks + OutlierSlots(o, budget) >= budget) {
+      *error = "--sinks plus --outliers must leave room for a window within --budget " +
+               std::to_string(budget);
+      return ParseOutcome::kUsageError;
+    }
   }
   if (o.csv_path.empty()) o.csv_path = parser.output_dir + "/covattn-compare.csv";
   if (o.json_path.empty()) o.json_path = parser.output_dir + "/covattn-compare.json";
@@ -462,9 +548,10 @@ std::string UsageText() {
   std::string s = R"(usage: covattn-compare [options]
 
 Exact attention against the covariance readout and the bounded cache, speed
-and error side by side. With no options: four synthetic workloads, head_dim
-64 and 128, 2 KV heads x 4 query heads, contexts 256 ... 65536 (under a
-minute on two cores). Prints a table, writes covattn-compare.{csv,json,svg}.
+and error side by side. With no options: five synthetic workloads (one
+sharp, with RoPE keys and sinks), head_dim 64 and 128, 2 KV heads x 4 query
+heads, contexts 256 ... 65536. Prints a table, writes
+covattn-compare.{csv,json,svg}.
 )";
   for (const OptionGroup& group : OptionTable()) {
     s += "\n" + std::string(group.title) + ":\n";

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "covattn/cache.h"
 #include "workloads.h"
 
 namespace covattn_compare {
@@ -20,15 +21,23 @@ enum class Method {
   kSinkWindow,      // sinks + recent window, evicted tokens dropped
   kHybrid,          // sinks + window + covariance summary
   kHybridOutliers,  // sinks + window + outlier keys + covariance summary
+  kHeavyHitters,    // sinks + window + H2O-retained tokens, evicted tokens dropped
+  kEmaRing,         // sinks + window + EMA-retained tokens + compact (ring) summary
 };
 
-constexpr Method kAllMethods[] = {Method::kExact,      Method::kOneDnn, Method::kReadout,
-                                  Method::kSinkWindow, Method::kHybrid, Method::kHybridOutliers};
+constexpr Method kAllMethods[] = {Method::kExact,          Method::kOneDnn,
+                                  Method::kReadout,        Method::kSinkWindow,
+                                  Method::kHybrid,         Method::kHybridOutliers,
+                                  Method::kHeavyHitters,   Method::kEmaRing};
 
 // Long name for tables and legends, and the short key of --methods and CSV.
 const char* MethodName(Method method);
 const char* MethodKey(Method method);
 bool IsExact(Method method);
+// True for the methods that score tokens by the queries of every position
+// (h2o, ema-ring): only --model has that stream (the synthetic and --qkv
+// modes probe with a few queries at chosen contexts).
+bool NeedsQueryStream(Method method);
 
 // True when this build has the oneDNN peer.
 bool HaveOneDnn();
@@ -39,6 +48,8 @@ struct Options {
   // Synthetic workloads (ignored with --qkv).
   std::vector<covattn_tools::Workload> workloads;
   std::vector<double> sigmas;
+  bool sigmas_given = false;  // else each workload's NaturalSigma
+  bool methods_all = false;   // --methods all (the --model-only ones dropped elsewhere)
   std::vector<size_t> contexts;
   std::vector<size_t> head_dims;
   size_t kv_heads = 2;
@@ -54,9 +65,24 @@ struct Options {
   std::vector<size_t> layers;  // empty: every layer found
   float scale = 0.0f;          // 0: 1/sqrt(head_dim)
 
+  // A llama2.c checkpoint run with every method (docs/compare.md).
+  std::string model;
+  // How the keys were rotated (covattn_rope), for the summaries of the
+  // retention methods: --model sets run.c's interleaved pairs.
+  uint32_t rope = COVATTN_ROPE_NONE;
+  std::string tokens;        // empty: sampled from the exact model
+  bool bytes = false;        // --tokens is raw bytes, one token each
+  size_t max_tokens = 0;     // tokens per window; 0: the model's seq_len
+  size_t windows = 1;        // windows cut evenly from the token file
+  size_t from = 0;           // positions from here on are aggregated
+  std::string dump_qkv;      // the exact model's activations for --qkv
+  bool state_bytes = false;  // equal memory by the state's bytes, not covattn_cache_size
+
   // Methods and their memory.
   std::vector<Method> methods;
-  size_t budget = 256;  // exact tokens of the bounded methods (per KV head)
+  bool methods_given = false;           // --methods was on the command line
+  std::vector<size_t> budgets = {256};  // --budget: one, or a sweep
+  size_t budget = 256;  // the budget being evaluated (budgets.front() after parsing)
   size_t sinks = 4;
   size_t outliers = 0;  // outlier slots of the hybrid with outliers; 0: budget / 2
   float forgetting = 1.0f;
@@ -87,8 +113,9 @@ std::string UsageText();
 // "a,b,,c" -> {"a", "b", "", "c"}: the lists of the command line.
 std::vector<std::string> SplitList(const std::string& s);
 
-// The outlier slots actually used (the default is half the budget).
-size_t OutlierSlots(const Options& options);
+// The outlier slots actually used at a budget (the default is half of it).
+size_t OutlierSlots(const Options& options, size_t budget);
+inline size_t OutlierSlots(const Options& options) { return OutlierSlots(options, options.budget); }
 
 }  // namespace covattn_compare
 

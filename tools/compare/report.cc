@@ -12,18 +12,6 @@
 namespace covattn_compare {
 namespace {
 
-// One field of a measurement as CSV and JSON write it: text, or a number
-// (NaN means "not applicable": an empty CSV field, JSON null).
-struct Field {
-  std::string name;
-  bool is_text;
-  std::string text;
-  double number;
-};
-
-Field Text(const char* name, const std::string& text) { return {name, true, text, 0.0}; }
-Field Number(const char* name, double x) { return {name, false, "", x}; }
-
 std::vector<Field> Fields(const Measurement& m, const RunInfo& info, const Options& options) {
   return {
       Text("series", m.series),
@@ -36,6 +24,7 @@ std::vector<Field> Fields(const Measurement& m, const RunInfo& info, const Optio
       Number("context", double(m.context)),
       Text("method", MethodKey(m.method)),
       Text("method_name", MethodName(m.method)),
+      Number("budget", double(m.budget)),
       Number("memory_bytes", double(m.memory_bytes)),
       Number("allocated_bytes", double(m.allocated_bytes)),
       Number("decode_seconds_median", m.time_median),
@@ -76,6 +65,20 @@ std::string CsvQuote(const std::string& s) {
   return quoted + "\"";
 }
 
+std::string Speedup(double x) {
+  if (!std::isfinite(x)) return "n/a";
+  return Fixed(x, x >= 100 ? 0 : x >= 10 ? 1 : 2, "x");
+}
+
+std::string SeriesHeading(const Measurement& m) {
+  std::string s = m.series + "  (" + std::to_string(m.n_kv_heads) + " KV heads x " +
+                  std::to_string(m.n_q_heads / m.n_kv_heads) +
+                  " query heads, d=" + std::to_string(m.dim) + ")";
+  return s;
+}
+
+}  // namespace
+
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -114,26 +117,45 @@ std::string Sci(double x) {
   return buffer;
 }
 
-std::string Fixed(double x, int digits, const char* suffix = "") {
+std::string Fixed(double x, int digits, const char* suffix) {
   if (!std::isfinite(x)) return "n/a";
   char buffer[40];
   std::snprintf(buffer, sizeof(buffer), "%.*f%s", digits, x, suffix);
   return buffer;
 }
 
-std::string Speedup(double x) {
-  if (!std::isfinite(x)) return "n/a";
-  return Fixed(x, x >= 100 ? 0 : x >= 10 ? 1 : 2, "x");
+std::string CsvText(const Record& header, const std::vector<Record>& records) {
+  std::string csv;
+  for (size_t i = 0; i < header.size(); ++i) csv += (i ? "," : "") + header[i].name;
+  csv += '\n';
+  for (const Record& fields : records) {
+    for (size_t i = 0; i < fields.size(); ++i) {
+      if (i) csv += ',';
+      const Field& f = fields[i];
+      if (f.is_text)
+        csv += CsvQuote(f.text);
+      else if (std::isfinite(f.number))
+        csv += FormatNumber(f.number);
+    }
+    csv += '\n';
+  }
+  return csv;
 }
 
-std::string SeriesHeading(const Measurement& m) {
-  std::string s = m.series + "  (" + std::to_string(m.n_kv_heads) + " KV heads x " +
-                  std::to_string(m.n_q_heads / m.n_kv_heads) +
-                  " query heads, d=" + std::to_string(m.dim) + ")";
-  return s;
+std::string JsonRecords(const std::vector<Record>& records) {
+  std::string j = "[";
+  for (size_t r = 0; r < records.size(); ++r) {
+    j += r ? ",\n    {" : "\n    {";
+    const Record& fields = records[r];
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const Field& f = fields[i];
+      j += (i ? ", " : "") + JsonString(f.name) + ": " +
+           (f.is_text ? JsonString(f.text) : JsonNumber(f.number));
+    }
+    j += "}";
+  }
+  return j + (records.empty() ? "]" : "\n  ]");
 }
-
-}  // namespace
 
 std::string CpuName() {
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -181,10 +203,12 @@ void WriteTable(std::FILE* out, const RunInfo& info, const Options& options,
   std::fprintf(out, "covattn-compare %s | %s | target %s | %zu thread%s%s\n",
                info.tool_version.c_str(), info.cpu.c_str(), info.target.c_str(), options.threads,
                options.threads == 1 ? "" : "s", options.cold ? " | cold caches" : "");
+  std::string budgets;
+  for (size_t b : options.budgets) budgets += (budgets.empty() ? "" : ",") + std::to_string(b);
   std::fprintf(out,
-               "bounded methods: %zu exact tokens per KV head (%zu sinks), equal memory; "
+               "bounded methods: %s exact tokens per KV head (%zu sinks), equal memory; "
                "errors against float64 attention, medians over %s\n",
-               options.budget, options.sinks, info.mode == "npy" ? "query heads" : "queries");
+               budgets.c_str(), options.sinks, info.mode == "npy" ? "query heads" : "queries");
   // Series in order of first appearance.
   std::vector<std::string> order;
   std::map<std::string, size_t> longest;
@@ -238,23 +262,9 @@ bool WriteTextFile(const std::string& path, const std::string& text, std::string
 
 bool WriteCsv(const std::string& path, const RunInfo& info, const Options& options,
               const std::vector<Measurement>& results, std::string* error) {
-  std::string csv;
-  const std::vector<Field> names = Fields(Measurement(), info, options);
-  for (size_t i = 0; i < names.size(); ++i) csv += (i ? "," : "") + names[i].name;
-  csv += '\n';
-  for (const Measurement& m : results) {
-    const std::vector<Field> fields = Fields(m, info, options);
-    for (size_t i = 0; i < fields.size(); ++i) {
-      if (i) csv += ',';
-      const Field& f = fields[i];
-      if (f.is_text)
-        csv += CsvQuote(f.text);
-      else if (std::isfinite(f.number))
-        csv += FormatNumber(f.number);
-    }
-    csv += '\n';
-  }
-  return WriteTextFile(path, csv, error);
+  std::vector<Record> records;
+  for (const Measurement& m : results) records.push_back(Fields(m, info, options));
+  return WriteTextFile(path, CsvText(Fields(Measurement(), info, options), records), error);
 }
 
 bool WriteJson(const std::string& path, const RunInfo& info, const Options& options,
@@ -267,25 +277,20 @@ bool WriteJson(const std::string& path, const RunInfo& info, const Options& opti
   j += "  \"mode\": " + JsonString(info.mode) + ",\n";
   j += "  \"command\": " + JsonString(options.command_line) + ",\n";
   j += "  \"threads\": " + std::to_string(options.threads) + ",\n";
-  j += "  \"budget_tokens\": " + std::to_string(options.budget) + ",\n";
+  j += "  \"budget_tokens\": [";
+  for (size_t i = 0; i < options.budgets.size(); ++i) {
+    j += (i ? ", " : "") + std::to_string(options.budgets[i]);
+  }
+  j += "],\n";
   j += "  \"sinks\": " + std::to_string(options.sinks) + ",\n";
   j += "  \"outlier_slots\": " + std::to_string(OutlierSlots(options)) + ",\n";
   j += "  \"forgetting\": " + JsonNumber(options.forgetting) + ",\n";
   j += "  \"samples\": " + std::to_string(options.samples) + ",\n";
   j += "  \"min_sample_ms\": " + JsonNumber(options.min_sample_ms) + ",\n";
   j += "  \"cold\": " + std::string(options.cold ? "true" : "false") + ",\n";
-  j += "  \"measurements\": [";
-  for (size_t r = 0; r < results.size(); ++r) {
-    j += r ? ",\n    {" : "\n    {";
-    const std::vector<Field> fields = Fields(results[r], info, options);
-    for (size_t i = 0; i < fields.size(); ++i) {
-      const Field& f = fields[i];
-      j += (i ? ", " : "") + JsonString(f.name) + ": " +
-           (f.is_text ? JsonString(f.text) : JsonNumber(f.number));
-    }
-    j += "}";
-  }
-  j += results.empty() ? "]\n}\n" : "\n  ]\n}\n";
+  std::vector<Record> records;
+  for (const Measurement& m : results) records.push_back(Fields(m, info, options));
+  j += "  \"measurements\": " + JsonRecords(records) + "\n}\n";
   return WriteTextFile(path, j, error);
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "evaluate.h"
@@ -30,6 +31,30 @@ bool WriteCsv(const std::string& path, const RunInfo& info, const Options& optio
               const std::vector<Measurement>& results, std::string* error);
 bool WriteJson(const std::string& path, const RunInfo& info, const Options& options,
                const std::vector<Measurement>& results, std::string* error);
+
+// One field of a record as CSV and JSON write it: text, or a number (NaN
+// means "not applicable": an empty CSV field, JSON null).
+struct Field {
+  std::string name;
+  bool is_text;
+  std::string text;
+  double number;
+};
+using Record = std::vector<Field>;
+
+inline Field Text(std::string name, const std::string& text) {
+  return {std::move(name), true, text, 0.0};
+}
+inline Field Number(std::string name, double x) { return {std::move(name), false, "", x}; }
+
+// A header line of the names of `header`, then one line per record.
+std::string CsvText(const Record& header, const std::vector<Record>& records);
+// Records as JSON objects, one per line, indented for a "measurements" array.
+std::string JsonRecords(const std::vector<Record>& records);
+std::string JsonString(const std::string& s);
+std::string JsonNumber(double x);
+std::string Sci(double x);
+std::string Fixed(double x, int digits, const char* suffix = "");
 
 // Writes `text` to `path`, replacing it; false with a message on failure.
 bool WriteTextFile(const std::string& path, const std::string& text, std::string* error);

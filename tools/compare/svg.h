@@ -1,4 +1,4 @@
-// The picture of covattn-compare, as a self-contained SVG (no dependency):
+// The pictures of covattn-compare, as self-contained SVG (no dependency):
 // one row per series, two panels per row -- speedup against exact attention
 // (covattn) and relative L2 error against float64 attention, both against
 // context length -- one line per method, log axes, one legend on top.
@@ -13,6 +13,16 @@
 namespace covattn_compare {
 
 std::string RenderSvg(const std::vector<Measurement>& results, const std::string& title);
+
+// covattn-compare --model's picture: mean and 95th-percentile KL against the
+// budget, one line per method, log axes.
+struct BudgetPoint {
+  Method method;
+  size_t budget;
+  double kl_mean, kl_p95;
+};
+
+std::string RenderBudgetSvg(const std::vector<BudgetPoint>& points, const std::string& title);
 
 }  // namespace covattn_compare
 

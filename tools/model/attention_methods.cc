@@ -4,6 +4,7 @@
 #include <new>
 #include <vector>
 
+#include "bounded_cache.h"
 #include "covattn/covattn.h"
 
 namespace covattn_model {
@@ -86,30 +87,15 @@ class CacheAttention : public LayerAttention {
     config_.n_kv_heads = c.n_kv_heads;
     config_.head_dim = head_dim_;
   }
-  ~CacheAttention() override { covattn_cache_destroy(cache_); }
 
-  bool Init(std::string* error) {
-    covattn_status s = covattn_cache_create(&config_, &cache_);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_create", s);
-      return false;
-    }
-    size_t bytes = 0;
-    s = covattn_cache_scratch_size(&config_, n_heads_, &bytes);
-    if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_scratch_size", s);
-      return false;
-    }
-    scratch_.resize(bytes);
-    return true;
-  }
+  bool Init(std::string* error) { return cache_.Create(config_, n_heads_, error); }
 
   bool Append(const float* k, const float* v, std::string* error) override {
     const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
                                  head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
-    const covattn_status s = covattn_cache_append(cache_, &block, scratch_.data(), scratch_.size());
+    const covattn_status s = cache_.Append(block);
     if (s != COVATTN_OK) {
-      *error = StatusText("covattn_cache_append", s);
+      *error = CacheStatusText("covattn_cache_append", s);
       return false;
     }
     return true;
@@ -121,22 +107,23 @@ class CacheAttention : public LayerAttention {
     if (diagnostics) {
       d.log_z = diagnostics->log_z.data();
       // Without a summary the share is not a figure of the method (it is 0).
-      if (!(config_.flags & COVATTN_CACHE_DROP_EVICTED)) {
+      if (!(config_.flags & COVATTN_CACHE_DROP_EVICTED) &&
+          config_.summary != COVATTN_SUMMARY_NONE) {
         d.summary_share = diagnostics->summary_share.data();
       }
     }
-    // Retained slots: observe every decode (with decode's log Z).
-    log_z_.resize(n_heads_);
-    if (config_.n_retained != 0 && d.log_z == nullptr) d.log_z = log_z_.data();
-    const bool any = diagnostics != nullptr || config_.n_retained != 0;
-    covattn_status s = covattn_cache_decode(cache_, q, n_heads_, 0.0f, out, any ? &d : nullptr,
-                                            scratch_.data(), scratch_.size());
-    if (s >= 0 && config_.n_retained != 0) {
-      s = covattn_cache_observe(cache_, q, n_heads_, 0.0f, d.log_z, scratch_.data(),
-                                scratch_.size());
-    }
+    // Retained slots: the engine's step observes every decode with its log Z.
+    const bool observe = config_.n_retained != 0;
+    if (observe && d.log_z == nullptr) d.log_z = log_z_.data();
+    covattn_status s =
+        cache_.Decode(q, n_heads_, 0.0f, out, diagnostics || observe ? &d : nullptr);
     if (s < 0) {
-      *error = StatusText("covattn_cache_decode/observe", s);
+      *error = CacheStatusText("covattn_cache_decode", s);
+      return false;
+    }
+    if (observe) s = cache_.Observe(q, n_heads_, 0.0f, d.log_z);
+    if (s < 0) {
+      *error = CacheStatusText("covattn_cache_observe", s);
       return false;
     }
     return true;
@@ -145,9 +132,8 @@ class CacheAttention : public LayerAttention {
  private:
   size_t n_heads_, head_dim_, kv_dim_;
   covattn_cache_config config_;
-  covattn_cache* cache_ = nullptr;
-  std::vector<unsigned char> scratch_;
-  std::vector<float> log_z_;
+  BoundedCache cache_;
+  std::vector<float> log_z_ = std::vector<float>(n_heads_);
 };
 
 }  // namespace

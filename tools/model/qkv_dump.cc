@@ -85,7 +85,7 @@ bool QkvDumper::Close(std::string* error) {
   bool ok = true;
   std::string first;
   for (auto* writers : {&q_, &k_, &v_}) {
-    for (NpyF32Writer& w : *writers) {
+    for (covattn_compare::NpyF32Writer& w : *writers) {
       std::string e;
       if (!w.Close(&e) && ok) ok = false, first = e;
     }

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "checkpoint.h"
-#include "npy_file.h"
+#include "npy.h"
 #include "transformer.h"
 
 namespace covattn_model {
@@ -27,7 +27,7 @@ class QkvDumper : public StepObserver {
 
  private:
   ModelConfig config_;
-  std::vector<NpyF32Writer> q_, k_, v_;  // per layer
+  std::vector<covattn_compare::NpyF32Writer> q_, k_, v_;  // per layer
 };
 
 }  // namespace covattn_model

@@ -8,7 +8,7 @@
 #include <memory>
 #include <new>
 
-#include "npy_file.h"
+#include "npy.h"
 
 namespace covattn_model {
 namespace {
@@ -46,8 +46,8 @@ bool OpenTokens(const std::string& path, TokenFormat format, File* file, TokenLa
     *layout = TokenLayout{0, 1, file_bytes};
     return true;
   }
-  NpyHeader header;
-  if (!ReadNpyHeader(file->get(), file_bytes, &header, what)) return false;
+  covattn_compare::NpyHeader header;
+  if (!covattn_compare::ReadNpyHeader(file->get(), file_bytes, &header, what)) return false;
   if (header.descr != "<i4" && header.descr != "<i8") {
     *what = "dtype '" + header.descr +
             "' is not a token type; expected int32 '<i4' or int64 "
@@ -57,7 +57,8 @@ bool OpenTokens(const std::string& path, TokenFormat format, File* file, TokenLa
   size_t long_axes = 0;
   for (size_t extent : header.shape) long_axes += extent > 1;
   if (long_axes > 1) {
-    *what = "shape " + NpyShapeString(header.shape) + " is not a token sequence (one axis)";
+    *what = "shape " + covattn_compare::ShapeString(header.shape) +
+            " is not a token sequence (one axis)";
     return false;
   }
   layout->data_offset = header.data_offset;
@@ -67,7 +68,7 @@ bool OpenTokens(const std::string& path, TokenFormat format, File* file, TokenLa
   if (data_bytes != layout->count * layout->token_bytes) {
     *what = (data_bytes < layout->count * layout->token_bytes ? "truncated: shape "
                                                               : "size mismatch: shape ") +
-            NpyShapeString(header.shape) + " of '" + header.descr + "' needs " +
+            covattn_compare::ShapeString(header.shape) + " of '" + header.descr + "' needs " +
             std::to_string(layout->count * layout->token_bytes) +
             " bytes of data, the file holds " + std::to_string(data_bytes);
     return false;
