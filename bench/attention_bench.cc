@@ -40,8 +40,8 @@ covattn_kv_cache MakeView(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, si
                           Layout layout) {
   const size_t token_stride = layout == Layout::kTokenMajor ? n_kv_heads * dim : dim;
   const size_t head_stride = layout == Layout::kTokenMajor ? dim : n_tokens * dim;
-  return covattn_kv_cache{dtype, nullptr, nullptr, n_tokens, n_kv_heads, dim,
-                          token_stride, head_stride, token_stride, head_stride};
+  return covattn_kv_cache{dtype, nullptr,      nullptr,     n_tokens,     n_kv_heads,
+                          dim,   token_stride, head_stride, token_stride, head_stride};
 }
 
 // A cache of random values, generated once per shape and kept for the whole
@@ -57,7 +57,8 @@ struct Cache {
       view.k = f32_k.data(), view.v = f32_v.data();
     } else {
       k16.resize(n), v16.resize(n);
-      for (size_t i = 0; i < n; ++i) k16[i] = Bits16(f32_k[i], dtype), v16[i] = Bits16(f32_v[i], dtype);
+      for (size_t i = 0; i < n; ++i)
+        k16[i] = Bits16(f32_k[i], dtype), v16[i] = Bits16(f32_v[i], dtype);
       std::vector<float>().swap(f32_k), std::vector<float>().swap(f32_v);
       view.k = k16.data(), view.v = v16.data();
     }
@@ -88,8 +89,7 @@ struct DecodeShape {
   Layout layout;
 };
 
-void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
-            DecodeShape shape) {
+void Decode(benchmark::State& state, const std::string& target, uint32_t dtype, DecodeShape shape) {
   if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
     state.SkipWithError("target unavailable");
     return;
@@ -111,8 +111,8 @@ void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
   }
   const double bytes = static_cast<double>(cache.Bytes());
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
-  state.counters["tokens_per_second"] =
-      benchmark::Counter(static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
   if (shape.streams_from_dram) {
     state.counters["of_read_bw"] = benchmark::Counter(
         bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
@@ -125,7 +125,8 @@ void Decode(benchmark::State& state, const std::string& target, uint32_t dtype,
 // The loop an engine writes before it links a kernel library (llama2.c's
 // run.c): per query head, scores, softmax, weighted sum, in plain f32 C++.
 void NaiveDecode(benchmark::State& state, DecodeShape shape) {
-  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
+  Cache& cache =
+      SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
   const size_t n_q_heads = shape.n_kv_heads * shape.group, dim = shape.dim;
   const std::vector<float> q = RandomVector(n_q_heads * dim, 7);
   std::vector<float> out(n_q_heads * dim), scores(shape.n_tokens);
@@ -192,29 +193,32 @@ void Prefill(benchmark::State& state, const std::string& target, uint32_t dtype,
     benchmark::DoNotOptimize(out.data());
   }
   const double flops = CausalFlops(n, dim);
-  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["of_fma_peak"] = benchmark::Counter(
-      flops / Limits().fma_flops_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(flops / Limits().fma_flops_per_second,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
   covattn_restrict_targets(nullptr);
 }
 
 #ifdef COVATTN_BENCH_WITH_ONEDNN
 void OneDnnDecodeBench(benchmark::State& state, DecodeShape shape) {
-  Cache& cache = SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
+  Cache& cache =
+      SharedCache(COVATTN_F32, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
   const size_t n_q_heads = shape.n_kv_heads * shape.group;
   const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
   std::vector<float> out(n_q_heads * shape.dim);
   OneDnnDecode peer(shape.n_kv_heads, shape.group, shape.dim, shape.n_tokens,
                     cache.view.k_token_stride, cache.view.k_head_stride,
-                    static_cast<const float*>(cache.view.k), static_cast<const float*>(cache.view.v));
+                    static_cast<const float*>(cache.view.k),
+                    static_cast<const float*>(cache.view.v));
   for (auto _ : state) {
     peer.Run(q.data(), out.data());
     benchmark::DoNotOptimize(out.data());
   }
   const double bytes = static_cast<double>(cache.Bytes());
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
-  state.counters["tokens_per_second"] =
-      benchmark::Counter(static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
   if (shape.streams_from_dram) {
     state.counters["of_read_bw"] = benchmark::Counter(
         bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
@@ -234,9 +238,10 @@ void OneDnnPrefillBench(benchmark::State& state, size_t dim, size_t n) {
     benchmark::DoNotOptimize(out.data());
   }
   const double flops = CausalFlops(n, dim);  // the useful work, as for covattn
-  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["of_fma_peak"] = benchmark::Counter(
-      flops / Limits().fma_flops_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(flops / Limits().fma_flops_per_second,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
 #endif
 
@@ -253,24 +258,30 @@ void RegisterAll() {
       const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
       benchmark::RegisterBenchmark(("decode/layer_kv8_gqa4_d128_ctx32768/" + suffix).c_str(),
                                    Decode, target, dtype, layer)
-          ->UseRealTime()->Unit(benchmark::kMillisecond);
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(
           ("decode/layer_kv8_gqa4_d128_ctx32768_headmajor/" + suffix).c_str(), Decode, target,
           dtype, layer_head_major)
-          ->UseRealTime()->Unit(benchmark::kMillisecond);
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx32768/" + suffix).c_str(), Decode,
                                    target, dtype, one_head)
-          ->UseRealTime()->Unit(benchmark::kMicrosecond);
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
       benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx4096/" + suffix).c_str(), Decode,
                                    target, dtype, short_head)
-          ->UseRealTime()->Unit(benchmark::kMicrosecond);
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
     }
-    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f32/" + target).c_str(), Prefill,
-                                 target, COVATTN_F32, size_t{128}, size_t{4096})
-        ->UseRealTime()->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f16/" + target).c_str(), Prefill,
-                                 target, COVATTN_F16, size_t{128}, size_t{4096})
-        ->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f32/" + target).c_str(), Prefill, target,
+                                 COVATTN_F32, size_t{128}, size_t{4096})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("prefill/head_d128_n4096/f16/" + target).c_str(), Prefill, target,
+                                 COVATTN_F16, size_t{128}, size_t{4096})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
   }
   // Every head_dim, small ones included, per target and against the naive
   // loop: one KV head of 512 tokens (a tiny model's layer) and a layer of 8
@@ -286,30 +297,42 @@ void RegisterAll() {
       const std::string layer_name = "decode_dims/layer_kv8_gqa4_d" + d + "_ctx4096/f32/" + target;
       if (naive) {
         benchmark::RegisterBenchmark(head_name.c_str(), NaiveDecode, head)
-            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark(layer_name.c_str(), NaiveDecode, small_layer)
-            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
       } else {
         benchmark::RegisterBenchmark(head_name.c_str(), Decode, target, COVATTN_F32, head)
-            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark(layer_name.c_str(), Decode, target, COVATTN_F32, small_layer)
-            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
       }
     }
   }
 #ifdef COVATTN_BENCH_WITH_ONEDNN
-  benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, layer)
-      ->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench,
+                               layer)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("decode/layer_kv8_gqa4_d128_ctx32768_headmajor/f32/oneDNN",
                                OneDnnDecodeBench, layer_head_major)
-      ->UseRealTime()->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench, one_head)
-      ->UseRealTime()->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx4096/f32/oneDNN", OneDnnDecodeBench, short_head)
-      ->UseRealTime()->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("prefill/head_d128_n4096/f32/oneDNN", OneDnnPrefillBench, size_t{128},
-                               size_t{4096})
-      ->UseRealTime()->Unit(benchmark::kMillisecond);
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx32768/f32/oneDNN", OneDnnDecodeBench,
+                               one_head)
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("decode/head_gqa4_d128_ctx4096/f32/oneDNN", OneDnnDecodeBench,
+                               short_head)
+      ->UseRealTime()
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("prefill/head_d128_n4096/f32/oneDNN", OneDnnPrefillBench,
+                               size_t{128}, size_t{4096})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
 #endif
 }
 

@@ -19,8 +19,8 @@
 #include <tuple>
 #include <vector>
 
-#include "covattn/cache.h"
 #include "bench_util.h"
+#include "covattn/cache.h"
 #include "machine_limits.h"
 #include "workloads.h"
 
@@ -107,8 +107,8 @@ const Layer& SharedLayer(Workload workload, size_t dim, size_t n) {
 
 covattn_kv_cache ViewOf(const Layer& layer) {
   const size_t d = layer.head_dim, h = layer.n_kv_heads;
-  return covattn_kv_cache{COVATTN_F32, layer.k.data(), layer.v.data(), layer.n_tokens, h, d,
-                          h * d,       d,              h * d,          d};
+  return covattn_kv_cache{
+      COVATTN_F32, layer.k.data(), layer.v.data(), layer.n_tokens, h, d, h * d, d, h * d, d};
 }
 
 // Scratch for every call on a cache of this configuration.
@@ -150,11 +150,11 @@ class Decoder {
   bool ok() const { return method_ == Method::kExact || cache_ != nullptr; }
   bool Run() {
     if (method_ == Method::kExact) {
-      return covattn_decode(&view_, layer_.q.data(), kQHeads, nullptr, out_.data(),
-                            scratch_.data(), scratch_.size()) == COVATTN_OK;
+      return covattn_decode(&view_, layer_.q.data(), kQHeads, nullptr, out_.data(), scratch_.data(),
+                            scratch_.size()) == COVATTN_OK;
     }
-    return covattn_cache_decode(cache_.get(), layer_.q.data(), kQHeads, 0.0f, out_.data(),
-                                nullptr, scratch_.data(), scratch_.size()) == COVATTN_OK;
+    return covattn_cache_decode(cache_.get(), layer_.q.data(), kQHeads, 0.0f, out_.data(), nullptr,
+                                scratch_.data(), scratch_.size()) == COVATTN_OK;
   }
   const std::vector<float>& out() const { return out_; }
   size_t MemoryBytes() const {
@@ -253,8 +253,8 @@ void RegisterAll() {
       }
     }
     for (Method m : {Method::kReadout, Method::kHybrid, Method::kOutliers}) {
-      const std::string name = std::string("cache_append/") + MethodName(m) + "/d" +
-                               std::to_string(dim) + "/prompt8192";
+      const std::string name =
+          std::string("cache_append/") + MethodName(m) + "/d" + std::to_string(dim) + "/prompt8192";
       benchmark::RegisterBenchmark(name.c_str(), AppendBench, m, dim, size_t{8192})
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);

@@ -11,8 +11,8 @@
 //   one-head state of head_dim d. flops counts the block product
 //   [k | v]^T-by-k GEMM of a d x 2d x B shape, 4 B d^2 (nominal: the update
 //   skips the tiles of M_kk below the diagonal, about a fifth of them, and
-//   copies them instead); of_fma_peak divides by the measured peak. The same run's oneDNN peer (update_peer/...) is
-//   dnnl_sgemm on the same block, already centred (centring, conversion and
+//   copies them instead); of_fma_peak divides by the measured peak. The same run's oneDNN peer
+//   (update_peer/...) is dnnl_sgemm on the same block, already centred (centring, conversion and
 //   the merge are not counted for the peer: the comparison favours it).
 // readout/...: covattn_cov_readout for a GQA group (1 KV head, 4 query
 //   heads, d = 128), with and without log Z; "cold" cycles through 512
@@ -64,9 +64,10 @@ bool UseTarget(benchmark::State& state, const std::string& target) {
 }
 
 void SetFlops(benchmark::State& state, double flops) {
-  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["of_fma_peak"] = benchmark::Counter(
-      flops / Limits().fma_flops_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(flops / Limits().fma_flops_per_second,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---------------------------------------------------------------------------
@@ -84,7 +85,7 @@ void Update(benchmark::State& state, const std::string& target, size_t dim, size
   // projection leaves them.
   const std::vector<float> kv = RandomVector(block * 2 * dim, 3);
   const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + dim, block, 1, dim,
-                                2 * dim,     dim,       2 * dim,        dim};
+                                2 * dim,     dim,       2 * dim,         dim};
   StatePtr s = NewState(1, dim);
   std::vector<unsigned char> scratch = UpdateScratch(dim);
   for (auto _ : state) {
@@ -95,8 +96,8 @@ void Update(benchmark::State& state, const std::string& target, size_t dim, size
     benchmark::ClobberMemory();
   }
   SetFlops(state, 4.0 * block * dim * dim);
-  state.counters["tokens_per_second"] = benchmark::Counter(
-      static_cast<double>(block), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(block), benchmark::Counter::kIsIterationInvariantRate);
   covattn_restrict_targets(nullptr);
 }
 
@@ -117,8 +118,8 @@ void UpdatePeer(benchmark::State& state, size_t dim, size_t block) {
     benchmark::ClobberMemory();
   }
   SetFlops(state, 4.0 * block * dim * dim);
-  state.counters["tokens_per_second"] = benchmark::Counter(
-      static_cast<double>(block), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(block), benchmark::Counter::kIsIterationInvariantRate);
 }
 #endif
 
@@ -139,7 +140,7 @@ std::vector<StatePtr>& States() {
   if (states.empty()) {
     const std::vector<float> kv = RandomVector(512 * 2 * kDim, 5);
     const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + kDim, 512, 1, kDim,
-                                  2 * kDim,    kDim,      2 * kDim,        kDim};
+                                  2 * kDim,    kDim,      2 * kDim,         kDim};
     std::vector<unsigned char> scratch = UpdateScratch(kDim);
     for (size_t i = 0; i < kColdStates; ++i) {
       states.push_back(NewState(1, kDim));
@@ -191,7 +192,7 @@ void Decode(benchmark::State& state, const std::string& target, size_t n_ctx) {
     for (uint16_t& x : kv) x = Bits16(RandomFloat(rng), COVATTN_F16);
   }
   const covattn_kv_cache cache{COVATTN_F16, kv.data(), kv.data() + kDim, n_ctx, 1, kDim,
-                               2 * kDim,    kDim,      2 * kDim,        kDim};
+                               2 * kDim,    kDim,      2 * kDim,         kDim};
   const std::vector<float> q = RandomVector(kGroup * kDim, 7);
   std::vector<float> out(kGroup * kDim);
   size_t scratch_bytes = 0;
@@ -229,8 +230,8 @@ void RegisterAll() {
     for (size_t block : {size_t{1}, size_t{16}, size_t{64}, size_t{256}}) {
       const std::string shape = "d" + std::to_string(dim) + "_block" + std::to_string(block);
       for (const std::string& target : targets) {
-        benchmark::RegisterBenchmark(("update/" + shape + "/f32/" + target).c_str(), Update,
-                                     target, dim, block)
+        benchmark::RegisterBenchmark(("update/" + shape + "/f32/" + target).c_str(), Update, target,
+                                     dim, block)
             ->UseRealTime();
       }
 #ifdef COVATTN_BENCH_WITH_ONEDNN

@@ -3,7 +3,6 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "machine_limits.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
-
 #include <hwy/highway.h>
 
 HWY_BEFORE_NAMESPACE();
@@ -89,7 +88,8 @@ MachineLimits Measure() {
     size_t lanes = 0;
     const auto start = std::chrono::steady_clock::now();
     sink += HWY_DYNAMIC_DISPATCH(FmaChains)(size_t{1} << 24, sink * 1e-30f + 1.0f, &lanes);
-    limits.fma_flops_per_second = std::max(limits.fma_flops_per_second, 2.0 * lanes / Seconds(start));
+    limits.fma_flops_per_second =
+        std::max(limits.fma_flops_per_second, 2.0 * lanes / Seconds(start));
   }
   benchmark::DoNotOptimize(sink);
   const int64_t used = hwy::SupportedTargets() & HWY_TARGETS;  // what dispatch picked

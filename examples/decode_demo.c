@@ -37,8 +37,8 @@ static uint16_t f16_from_float(float f) {
 static double double_from_f16(uint16_t h) {
   const int exponent = (h >> 10) & 0x1F;
   const double mantissa = (double)(h & 0x3FF);
-  const double magnitude = exponent == 0 ? ldexp(mantissa, -24)
-                                         : ldexp(1024.0 + mantissa, exponent - 25);
+  const double magnitude =
+      exponent == 0 ? ldexp(mantissa, -24) : ldexp(1024.0 + mantissa, exponent - 25);
   return (h & 0x8000u) ? -magnitude : magnitude;
 }
 
@@ -62,8 +62,8 @@ int main(void) {
   for (size_t i = 0; i < (size_t)kQHeads * kDim; ++i) q[i] = (float)(2.0 * next_uniform(&rng));
 
   /* [token][head][dim] layout, strides in elements. */
-  const covattn_kv_cache cache = {COVATTN_F16, k, v, kTokens, kKvHeads, kDim,
-                                  kKvHeads * kDim, kDim, kKvHeads * kDim, kDim};
+  const covattn_kv_cache cache = {
+      COVATTN_F16, k, v, kTokens, kKvHeads, kDim, kKvHeads * kDim, kDim, kKvHeads * kDim, kDim};
   const covattn_status status =
       covattn_decode(&cache, q, kQHeads, NULL, out, scratch, scratch_bytes);
   if (status != COVATTN_OK) {

@@ -98,8 +98,8 @@ int main(void) {
     for (int i = 0; i < kDx; ++i) gd += q[h * kDim + i] * w1[i], truth += q[h * kDim + i] * w[i];
     const double err = fabs(out[h * kDim + kDx] - gd);
     if (err > worst) worst = err;
-    printf("%8d %14.6f %14.6f %14.6f %18.6f\n", h, gd, out[h * kDim + kDx],
-           exact[h * kDim + kDx], mean[kDx] + eta * truth);
+    printf("%8d %14.6f %14.6f %14.6f %18.6f\n", h, gd, out[h * kDim + kDx], exact[h * kDim + kDx],
+           mean[kDx] + eta * truth);
   }
   printf("readout vs GD step: max |difference| %.2g (f32 rounding)\n", worst);
   covattn_cov_state_destroy(state);

@@ -19,8 +19,8 @@ void CacheRowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, si
 // given as W^T: dim x dim bf16 bits, row-major, zero below the diagonal.
 // work holds kMahalanobisRows * dim floats.
 constexpr size_t kMahalanobisRows = 4;
-void CacheMahalanobis(const uint16_t* wt, const float* mean, const float* rows, size_t ld,
-                      size_t n, size_t dim, float* work, float* out);
+void CacheMahalanobis(const uint16_t* wt, const float* mean, const float* rows, size_t ld, size_t n,
+                      size_t dim, float* work, float* out);
 
 }  // namespace detail
 }  // namespace covattn

@@ -28,8 +28,8 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<D>> F16Bits(D d, hn::Vec<D> x) {
   const auto magnitude = hn::And(bits, hn::Set(di, 0x7FFFFFFF));
   // Normal binary16 (>= 2^-14): re-bias the exponent, round to nearest even.
   const auto rounded =
-      hn::Add(magnitude, hn::Add(hn::Set(di, 0xFFF), hn::And(hn::ShiftRight<13>(magnitude),
-                                                              hn::Set(di, 1))));
+      hn::Add(magnitude,
+              hn::Add(hn::Set(di, 0xFFF), hn::And(hn::ShiftRight<13>(magnitude), hn::Set(di, 1))));
   auto result = hn::ShiftRight<13>(hn::Sub(rounded, hn::Set(di, 0x38000000)));
   // Below 2^-14: |x| + 0.5 rounds |x| to a multiple of 2^-24 (the subnormal
   // unit) in the FPU's nearest-even mode; 1024 units is the smallest normal.
@@ -48,12 +48,13 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<D>> BF16Bits(D d, hn::Vec<D> x) {
   const hn::RebindToUnsigned<D> du;
   (void)d;
   const auto bits = hn::BitCast(du, x);
-  const auto rounded = hn::ShiftRight<16>(
-      hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u)))));
+  const auto rounded = hn::ShiftRight<16>(hn::Add(
+      bits, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u)))));
   const auto quiet_nan = hn::Or(hn::ShiftRight<16>(bits), hn::Set(du, 0x40u));
   const auto magnitude = hn::BitCast(di, hn::And(bits, hn::Set(du, 0x7FFFFFFFu)));
-  return hn::BitCast(di, hn::IfThenElse(hn::RebindMask(du, hn::Gt(magnitude, hn::Set(di, 0x7F800000))),
-                                        quiet_nan, rounded));
+  return hn::BitCast(
+      di, hn::IfThenElse(hn::RebindMask(du, hn::Gt(magnitude, hn::Set(di, 0x7F800000))), quiet_nan,
+                         rounded));
 }
 
 void F32ToF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst) {
@@ -61,7 +62,8 @@ void F32ToF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT
   const hn::Rebind<uint16_t, decltype(d)> d16;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::DemoteTo(d16, F16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::DemoteTo(d16, F16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
   for (; i < n; ++i) dst[i] = F16BitsFromF32(src[i]);
 }
 
@@ -70,7 +72,8 @@ void F32ToBF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRIC
   const hn::Rebind<uint16_t, decltype(d)> d16;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::DemoteTo(d16, BF16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::DemoteTo(d16, BF16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
   for (; i < n; ++i) dst[i] = BF16BitsFromF32(src[i]);
 }
 

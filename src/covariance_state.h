@@ -89,7 +89,7 @@ struct CovHead {
 // start of its (aligned) memory; everything else is found from `this`.
 struct covattn_cov_state {
   uint64_t magic;
-  void* allocation;  // what covattn_cov_state_create allocated, else nullptr
+  void* allocation;                    // what covattn_cov_state_create allocated, else nullptr
   uintptr_t memory_begin, memory_end;  // the caller's whole block, for aliasing checks
   size_t n_heads, head_dim;
   float forgetting;

@@ -34,8 +34,8 @@ enum class RowOutcome { kOk, kMasked, kNonfinite };
 // that saw no token (l == 0) gives zeros and log Z = -inf (kMasked). `valid`
 // false (a score of the row was NaN or infinite) makes the row kNonfinite
 // whatever it computes.
-inline RowOutcome FinalizeRow(float m, float l, const float* o, size_t dim, bool valid,
-                              float* out, float* log_z) {
+inline RowOutcome FinalizeRow(float m, float l, const float* o, size_t dim, bool valid, float* out,
+                              float* log_z) {
   valid = valid && std::isfinite(m) && std::isfinite(l);
   if (l == 0.0f && valid) {
     std::fill(out, out + dim, 0.0f);

@@ -30,11 +30,11 @@ void CheckDecode(const TestCache& cache, const std::vector<float>& q, size_t n_q
   const size_t dim = cache.dim();
   std::vector<uint8_t> scratch = Scratch(dim);
   std::vector<float> out(n_q_heads * dim, -7.0f);
-  const float scale = options && options->scale != 0.0f ? options->scale
-                                                         : 1.0f / std::sqrt(float(dim));
+  const float scale =
+      options && options->scale != 0.0f ? options->scale : 1.0f / std::sqrt(float(dim));
   const size_t window = options ? options->window : 0, sinks = options ? options->n_sinks : 0;
-  REQUIRE(covattn_decode(&cache.view(), q.data(), n_q_heads, options, out.data(),
-                         scratch.data(), scratch.size()) == COVATTN_OK);
+  REQUIRE(covattn_decode(&cache.view(), q.data(), n_q_heads, options, out.data(), scratch.data(),
+                         scratch.size()) == COVATTN_OK);
   const size_t group = n_q_heads / cache.n_heads();
   for (size_t h = 0; h < n_q_heads; ++h) {
     INFO("query head " << h);
@@ -93,8 +93,8 @@ TEST_CASE("decode with many heads: passes that span heads, tiles that split a gr
   uint64_t seed = 40;
   for (const Shape& s : shapes) {
     for (const Layout layout : {Layout::kTokenMajor, Layout::kHeadMajor}) {
-      INFO("dim " << s.dim << " n_ctx " << s.n_tokens << " kv heads " << s.kv_heads
-                  << " group " << s.group << " " << LayoutName(layout));
+      INFO("dim " << s.dim << " n_ctx " << s.n_tokens << " kv heads " << s.kv_heads << " group "
+                  << s.group << " " << LayoutName(layout));
       Rng rng(seed++);
       TestCache cache(COVATTN_F32, layout, s.n_tokens, s.kv_heads, s.dim);
       cache.FillRandom(rng);
@@ -121,8 +121,8 @@ TEST_CASE("every cache layout and custom strides give the same answer") {
 TEST_CASE("sliding window and sink tokens") {
   struct Case {
     size_t window, sinks, n_tokens;
-  } cases[] = {{1, 0, 100}, {16, 0, 100}, {16, 4, 100}, {64, 64, 300}, {100, 3, 100},
-               {500, 2, 100}, {7, 200, 150}, {65, 1, 1000}};
+  } cases[] = {{1, 0, 100},   {16, 0, 100},  {16, 4, 100},  {64, 64, 300},
+               {100, 3, 100}, {500, 2, 100}, {7, 200, 150}, {65, 1, 1000}};
   for (const Case& c : cases) {
     INFO("window " << c.window << " sinks " << c.sinks << " n_ctx " << c.n_tokens);
     Rng rng(c.window * 131 + c.sinks);
@@ -177,13 +177,13 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
   struct Case {
     size_t dim, n_past, n_new, kv_heads, group, window, sinks;
     uint32_t dtype;
-  } cases[] = {{64, 0, 37, 2, 4, 0, 0, COVATTN_F32},   {17, 50, 100, 1, 1, 0, 0, COVATTN_F16},
+  } cases[] = {{64, 0, 37, 2, 4, 0, 0, COVATTN_F32},     {17, 50, 100, 1, 1, 0, 0, COVATTN_F16},
                {128, 10, 70, 1, 8, 24, 4, COVATTN_BF16}, {80, 0, 130, 2, 2, 33, 0, COVATTN_F32},
                {3, 200, 9, 3, 3, 5, 2, COVATTN_F32},     {8, 30, 40, 2, 4, 0, 0, COVATTN_F16},
                {12, 0, 70, 1, 4, 0, 0, COVATTN_F32},     {24, 5, 33, 2, 2, 16, 1, COVATTN_BF16}};
   for (const Case& c : cases) {
-    INFO("dim " << c.dim << " n_past " << c.n_past << " n_new " << c.n_new << " group "
-                << c.group << " window " << c.window << " sinks " << c.sinks);
+    INFO("dim " << c.dim << " n_past " << c.n_past << " n_new " << c.n_new << " group " << c.group
+                << " window " << c.window << " sinks " << c.sinks);
     const size_t n_tokens = c.n_past + c.n_new, q_heads = c.kv_heads * c.group;
     Rng rng(c.dim + c.n_new);
     TestCache cache(c.dtype, Layout::kTokenMajor, n_tokens + 3, c.kv_heads, c.dim);
@@ -202,8 +202,8 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
       std::vector<float> out(q_heads * c.n_new * c.dim), log_z(c.n_new * q_heads);
       const covattn_queries queries{q.data(), c.n_new, q_heads, q_token_stride, c.dim};
       const covattn_outputs outputs{out.data(), c.dim, c.n_new * c.dim, log_z.data()};
-      REQUIRE(covattn_prefill(&cache.view(), &queries, c.n_past, &options, &outputs,
-                              scratch.data(), scratch.size()) == COVATTN_OK);
+      REQUIRE(covattn_prefill(&cache.view(), &queries, c.n_past, &options, &outputs, scratch.data(),
+                              scratch.size()) == COVATTN_OK);
       for (size_t t = 0; t < c.n_new; ++t) {
         // Decode sees the cache up to this query's own token.
         covattn_kv_cache prefix = cache.view();
@@ -211,13 +211,12 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
         std::vector<float> dec(q_heads * c.dim);
         std::vector<float> qt(q.begin() + t * q_token_stride,
                               q.begin() + t * q_token_stride + q_heads * c.dim);
-        REQUIRE(covattn_decode(&prefix, qt.data(), q_heads, &options, dec.data(),
-                               scratch.data(), scratch.size()) == COVATTN_OK);
+        REQUIRE(covattn_decode(&prefix, qt.data(), q_heads, &options, dec.data(), scratch.data(),
+                               scratch.size()) == COVATTN_OK);
         for (size_t h = 0; h < q_heads; ++h) {
           INFO("token " << t << " head " << h);
           const ReferenceRow ref = ReferenceAttention(cache, qt.data() + h * c.dim, scale,
-                                                      h / c.group, c.n_past + t, c.window,
-                                                      c.sinks);
+                                                      h / c.group, c.n_past + t, c.window, c.sinks);
           const float* got = out.data() + h * c.n_new * c.dim + t * c.dim;
           CheckRow(got, ref, c.dim);
           CheckRow(dec.data() + h * c.dim, ref, c.dim);
@@ -248,8 +247,8 @@ TEST_CASE("split into partial states and merged equals one pass") {
       const covattn_partial part{m2.data(), l2.data(), o2.data()};
       // Fold the ranges [splits[i], splits[i+1]) in, in a scrambled order.
       const size_t order[] = {3, 0, 5, 1, 4, 2};
-      REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, &options, 0, 0,
-                                      &total, scratch.data(), scratch.size()) == COVATTN_OK);
+      REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, &options, 0, 0, &total,
+                                      scratch.data(), scratch.size()) == COVATTN_OK);
       for (size_t idx : order) {
         REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, &options,
                                         splits[idx], splits[idx + 1], &part, scratch.data(),
@@ -261,8 +260,8 @@ TEST_CASE("split into partial states and merged equals one pass") {
               COVATTN_OK);
       for (size_t h = 0; h < q_heads; ++h) {
         INFO("head " << h);
-        const ReferenceRow ref =
-            ReferenceAttention(cache, q.data() + h * dim, scale, h / group, n_tokens - 1, window, 2);
+        const ReferenceRow ref = ReferenceAttention(cache, q.data() + h * dim, scale, h / group,
+                                                    n_tokens - 1, window, 2);
         CheckRow(out.data() + h * dim, ref, dim);
         CHECK(std::fabs(log_z[h] - ref.log_z) <= ref.log_z_bound);
       }
@@ -326,8 +325,10 @@ TEST_CASE("NaN or infinite inputs are reported, never returned as success") {
       INFO(std::string(p.what) << " " << DtypeName(dtype));
       TestCache cache(dtype, Layout::kTokenMajor, n, 1, dim);
       cache.FillRandom(rng);
-      if (p.in_key) cache.SetK(40, 0, 5, p.value);
-      else cache.SetV(40, 0, 31, p.value);
+      if (p.in_key)
+        cache.SetK(40, 0, 5, p.value);
+      else
+        cache.SetV(40, 0, 31, p.value);
       ForEachTarget([&] {
         std::vector<float> out(dim);
         CHECK(covattn_decode(&cache.view(), q.data(), 1, nullptr, out.data(), scratch.data(),

@@ -81,7 +81,7 @@ TEST_CASE("f32 to f16 and bf16: round to nearest even, overflow to infinity, NaN
         if (got[i] != ExpectedBits(f16, x[i]) && wrong++ == 0) first = i;
       }
       INFO("first wrong: f32 bits 0x" << std::hex << BitsOf(x[first]) << " got 0x" << got[first]
-                                       << " expected 0x" << ExpectedBits(f16, x[first]));
+                                      << " expected 0x" << ExpectedBits(f16, x[first]));
       CHECK(wrong == 0);
     });
   }
@@ -100,10 +100,10 @@ TEST_CASE("f16 and bf16 to f32 is exact for every bit pattern, at every length")
       size_t wrong = 0;
       for (uint32_t h = 0; h < 65536; ++h) {
         const double want = f16 ? DoubleFromF16(uint16_t(h)) : DoubleFromBF16(uint16_t(h));
-        const bool same = std::isnan(want) ? std::isnan(got[h]) &&
-                                                 std::signbit(got[h]) == std::signbit(want)
-                                           : static_cast<double>(got[h]) == want &&
-                                                 std::signbit(got[h]) == std::signbit(want);
+        const bool same =
+            std::isnan(want)
+                ? std::isnan(got[h]) && std::signbit(got[h]) == std::signbit(want)
+                : static_cast<double>(got[h]) == want && std::signbit(got[h]) == std::signbit(want);
         wrong += !same;
       }
       CHECK(wrong == 0);

@@ -66,7 +66,8 @@ struct Exported {
 
 inline Exported Export(const covattn_cov_state* s, size_t head, size_t dim) {
   Exported e;
-  e.mean_k.resize(dim), e.mean_v.resize(dim), e.cov_kk.resize(dim * dim), e.cov_vk.resize(dim * dim);
+  e.mean_k.resize(dim), e.mean_v.resize(dim), e.cov_kk.resize(dim * dim),
+      e.cov_vk.resize(dim * dim);
   REQUIRE(covattn_cov_state_export(s, head, &e.weight, e.mean_k.data(), e.mean_v.data(),
                                    e.cov_kk.data(), e.cov_vk.data()) == COVATTN_OK);
   return e;
@@ -136,8 +137,8 @@ inline Reference CacheReference(const TestCache& c, size_t h, size_t begin, size
 // Means: the f32 sums of a sub-block (4 u sqrt(128) sigma), plus the
 // export's rounding u |mu|.
 struct Tolerance {
-  double cov;       // relative to sqrt(C_ii C_jj)
-  double mean;      // relative to sigma_i
+  double cov;   // relative to sqrt(C_ii C_jj)
+  double mean;  // relative to sigma_i
 };
 
 inline Tolerance StateTolerance(size_t n_merges) {
@@ -157,23 +158,23 @@ inline void CheckStats(const Exported& e, const Reference& r, const Tolerance& t
     const double ratio = std::fabs(got - want) / bound;
     if (!(ratio <= worst)) {
       worst = ratio;
-      where = std::string(what) + "[" + std::to_string(i) + "][" + std::to_string(j) +
-              "]: got " + std::to_string(got) + " want " + std::to_string(want) + " bound " +
+      where = std::string(what) + "[" + std::to_string(i) + "][" + std::to_string(j) + "]: got " +
+              std::to_string(got) + " want " + std::to_string(want) + " bound " +
               std::to_string(bound);
     }
   };
   for (size_t i = 0; i < dim; ++i) {
     const double sk = std::sqrt(r.cov_kk[i * dim + i]), sv = std::sqrt(r.var_v[i]);
-    check(e.mean_k[i], r.mean_k[i], tol.mean * sk + kU * std::fabs(r.mean_k[i]) + 1e-300,
-          "mean_k", i, 0);
-    check(e.mean_v[i], r.mean_v[i], tol.mean * sv + kU * std::fabs(r.mean_v[i]) + 1e-300,
-          "mean_v", i, 0);
+    check(e.mean_k[i], r.mean_k[i], tol.mean * sk + kU * std::fabs(r.mean_k[i]) + 1e-300, "mean_k",
+          i, 0);
+    check(e.mean_v[i], r.mean_v[i], tol.mean * sv + kU * std::fabs(r.mean_v[i]) + 1e-300, "mean_v",
+          i, 0);
     for (size_t j = 0; j < dim; ++j) {
       const double skj = std::sqrt(r.cov_kk[j * dim + j]);
-      check(e.cov_kk[i * dim + j], r.cov_kk[i * dim + j], tol.cov * sk * skj + 1e-300, "cov_kk",
-            i, j);
-      check(e.cov_vk[i * dim + j], r.cov_vk[i * dim + j], tol.cov * sv * skj + 1e-300, "cov_vk",
-            i, j);
+      check(e.cov_kk[i * dim + j], r.cov_kk[i * dim + j], tol.cov * sk * skj + 1e-300, "cov_kk", i,
+            j);
+      check(e.cov_vk[i * dim + j], r.cov_vk[i * dim + j], tol.cov * sv * skj + 1e-300, "cov_vk", i,
+            j);
     }
   }
   INFO(where);
@@ -184,8 +185,8 @@ inline void CheckStats(const Exported& e, const Reference& r, const Tolerance& t
 // scripts/test), where SVE runs ~50x slower: long tests scale down.
 inline bool ArmTargets() {
   const char* best = covattn_available_target(0);
-  return best != nullptr && (std::string(best).rfind("SVE", 0) == 0 ||
-                             std::string(best).rfind("NEON", 0) == 0);
+  return best != nullptr &&
+         (std::string(best).rfind("SVE", 0) == 0 || std::string(best).rfind("NEON", 0) == 0);
 }
 
 }  // namespace covattn_test

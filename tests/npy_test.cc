@@ -1,12 +1,13 @@
 // The .npy reader of covattn-compare against hand-made files: every dtype it
 // reads, every header spelling numpy produces, and every malformed file it
 // must refuse with a message naming the file.
+#include "npy.h"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
 
 #include "compare_test_util.h"
-#include "npy.h"
 
 using namespace covattn_compare;
 using namespace covattn_compare_test;
@@ -92,8 +93,8 @@ TEST_CASE("every header spelling numpy writes or accepts") {
       "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",  // numpy >= 1.x
       "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2)}",    // no trailing comma
       "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2, 2)}",
-      "{'shape': (2, 2), 'fortran_order': False, 'descr': '<f4'}",    // any key order
-      "{'descr':'<f4','fortran_order':False,'shape':(2,2,)}",          // tight, trailing comma
+      "{'shape': (2, 2), 'fortran_order': False, 'descr': '<f4'}",      // any key order
+      "{'descr':'<f4','fortran_order':False,'shape':(2,2,)}",           // tight, trailing comma
       "{'descr': '=f4', 'fortran_order': False, 'shape': (2L, 2L), }",  // native order, py2 longs
   };
   for (const char* dict : dicts) {
@@ -192,9 +193,10 @@ TEST_CASE("malformed files are refused with the file and the problem named") {
       INFO(descr);
       refused(NpyBytes(Dict(descr, {2, 3}), good_data), NpyProblem::kUnsupportedDtype, "dtype");
     }
-    refused(NpyBytes("{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (3,)}",
-                     good_data),
-            NpyProblem::kUnsupportedDtype, "structured");
+    refused(
+        NpyBytes("{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (3,)}",
+                 good_data),
+        NpyProblem::kUnsupportedDtype, "structured");
     refused(NpyBytes(Dict(">f4", {2, 3}), good_data), NpyProblem::kBigEndian, "big-endian");
     refused(NpyBytes(Dict(">f2", {3}), good_data.substr(0, 6)), NpyProblem::kBigEndian, "'<f2'");
     refused(NpyBytes(Dict("!f4", {2, 3}), good_data), NpyProblem::kUnsupportedDtype, "byte order");

@@ -65,7 +65,7 @@ enum class Layout {
 };
 
 inline const char* LayoutName(Layout layout) {
-  return layout == Layout::kTokenMajor ? "token-major"
+  return layout == Layout::kTokenMajor  ? "token-major"
          : layout == Layout::kHeadMajor ? "head-major"
                                         : "padded";
 }
@@ -94,9 +94,9 @@ class TestCache {
     v_storage_.assign(std::max<size_t>(elems, 1) * elem_size, 0xFF);
     k_.assign(n_tokens * n_heads * dim, 0.0);
     v_.assign(n_tokens * n_heads * dim, 0.0);
-    view_ = covattn_kv_cache{dtype,        k_storage_.data(), v_storage_.data(), n_tokens,
-                             n_heads,      dim,               token_stride,      head_stride,
-                             token_stride, head_stride};
+    view_ =
+        covattn_kv_cache{dtype, k_storage_.data(), v_storage_.data(), n_tokens,     n_heads,
+                         dim,   token_stride,      head_stride,       token_stride, head_stride};
   }
 
   // Stores x (rounded to the dtype) at (t, h, i) of K or V.
@@ -121,8 +121,8 @@ class TestCache {
   size_t dim() const { return dim_; }
 
  private:
-  void Set(std::vector<uint8_t>& storage, std::vector<double>& exact, size_t t, size_t h,
-           size_t i, double x) {
+  void Set(std::vector<uint8_t>& storage, std::vector<double>& exact, size_t t, size_t h, size_t i,
+           double x) {
     const size_t index = t * view_.k_token_stride + h * view_.k_head_stride + i;
     double stored;
     if (dtype_ == COVATTN_F32) {
@@ -130,8 +130,8 @@ class TestCache {
       std::memcpy(storage.data() + 4 * index, &f, 4);
       stored = f;
     } else {
-      const uint16_t bits = dtype_ == COVATTN_F16 ? F16FromDouble(x)
-                                                  : BF16FromFloat(static_cast<float>(x));
+      const uint16_t bits =
+          dtype_ == COVATTN_F16 ? F16FromDouble(x) : BF16FromFloat(static_cast<float>(x));
       std::memcpy(storage.data() + 2 * index, &bits, 2);
       stored = dtype_ == COVATTN_F16 ? DoubleFromF16(bits) : DoubleFromBF16(bits);
     }
@@ -176,9 +176,8 @@ struct ReferenceRow {
 //    4 u sqrt(n) sum_j w_j |v_ji| (4 standard deviations), plus 2 u |out_i|
 //    for the final division.
 inline ReferenceRow ReferenceAttention(const TestCache& cache, const float* q, float scale,
-                                       size_t kv_head, size_t pos, size_t window,
-                                       size_t n_sinks, size_t begin = 0,
-                                       size_t end = SIZE_MAX) {
+                                       size_t kv_head, size_t pos, size_t window, size_t n_sinks,
+                                       size_t begin = 0, size_t end = SIZE_MAX) {
   const size_t dim = cache.dim();
   end = std::min(end, cache.n_tokens());
   std::vector<double> a(dim);
@@ -246,8 +245,8 @@ inline void CheckRow(const float* got, const ReferenceRow& ref, size_t dim) {
     const double ratio = std::fabs(got[i] - ref.out[i]) / ref.bound[i];
     if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;  // NaN counts as worst
   }
-  INFO("dim " << worst << ": got " << got[worst] << ", reference " << ref.out[worst]
-              << ", bound " << ref.bound[worst]);
+  INFO("dim " << worst << ": got " << got[worst] << ", reference " << ref.out[worst] << ", bound "
+              << ref.bound[worst]);
   CHECK(worst_ratio <= 1.0);
 }
 

@@ -244,8 +244,7 @@ COVATTN_API covattn_status covattn_cache_observe(covattn_cache* cache, const flo
  * format 1 (covattn 0.1) load into caches without retained slots, with a
  * covariance summary or none, and COVATTN_ROPE_NONE; such caches also write
  * format 1, byte for byte what covattn 0.1 wrote, so 0.1 reads them. */
-COVATTN_API covattn_status covattn_cache_serialized_size(const covattn_cache* cache,
-                                                         size_t* bytes);
+COVATTN_API covattn_status covattn_cache_serialized_size(const covattn_cache* cache, size_t* bytes);
 COVATTN_API covattn_status covattn_cache_serialize(const covattn_cache* cache, void* buffer,
                                                    size_t capacity, size_t* written);
 COVATTN_API covattn_status covattn_cache_load(covattn_cache* cache, const void* buffer,

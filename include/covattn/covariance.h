@@ -31,8 +31,7 @@ typedef struct covattn_cov_state covattn_cov_state;
  * statistics and alignment slack, nothing else. With R(x) = x rounded up to a
  * multiple of 64: 191 + n_heads (R(8 (1 + 2 head_dim)) + R(8 head_dim^2 + 256)),
  * 130 KiB per head at head_dim 128 (docs/covariance.md). */
-COVATTN_API covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim,
-                                                  size_t* bytes);
+COVATTN_API covattn_status covattn_cov_state_size(size_t n_heads, size_t head_dim, size_t* bytes);
 
 /* Bytes of scratch that update and merge need for states of head_dim (the
  * block update's workspace, about 1 KiB * head_dim + 68 KiB; any alignment).
@@ -50,8 +49,7 @@ COVATTN_API covattn_status covattn_cov_state_init(void* memory, size_t bytes, si
 
 /* Same, allocating the memory once; release with covattn_cov_state_destroy. */
 COVATTN_API covattn_status covattn_cov_state_create(size_t n_heads, size_t head_dim,
-                                                    float forgetting,
-                                                    covattn_cov_state** state);
+                                                    float forgetting, covattn_cov_state** state);
 
 /* Frees a state from covattn_cov_state_create; for one made with
  * covattn_cov_state_init it does nothing (the caller owns the memory).
@@ -110,8 +108,8 @@ COVATTN_API covattn_status covattn_cov_readout(const covattn_cov_state* state, c
  * beyond the state's gives COVATTN_ERR_INVALID_RANGE, an empty state
  * COVATTN_ERR_EMPTY_STATE (nothing written). */
 COVATTN_API covattn_status covattn_cov_state_export(const covattn_cov_state* state, size_t head,
-                                                    double* weight, float* mean_k,
-                                                    float* mean_v, float* cov_kk, float* cov_vk);
+                                                    double* weight, float* mean_k, float* mean_v,
+                                                    float* cov_kk, float* cov_vk);
 
 /* Serialization: a versioned little-endian header (magic, format version,
  * n_heads, head_dim, forgetting, token count, payload element count), the
@@ -122,9 +120,8 @@ COVATTN_API covattn_status covattn_cov_state_export(const covattn_cov_state* sta
 /* `written` may be NULL. The format is specified in docs/covariance.md. */
 COVATTN_API covattn_status covattn_cov_state_serialized_size(const covattn_cov_state* state,
                                                              size_t* bytes);
-COVATTN_API covattn_status covattn_cov_state_serialize(const covattn_cov_state* state,
-                                                       void* buffer, size_t capacity,
-                                                       size_t* written);
+COVATTN_API covattn_status covattn_cov_state_serialize(const covattn_cov_state* state, void* buffer,
+                                                       size_t capacity, size_t* written);
 COVATTN_API covattn_status covattn_cov_state_load(covattn_cov_state* state, const void* buffer,
                                                   size_t size);
 

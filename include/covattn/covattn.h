@@ -58,17 +58,17 @@ typedef enum covattn_status {
   COVATTN_ERR_TARGET_UNAVAILABLE = -16, /* no named target is compiled in and supported here */
 
   /* Stateful objects (covariance state, bounded cache) and their files. */
-  COVATTN_ERR_EMPTY_STATE = -17,       /* a readout of a state that has seen no token */
-  COVATTN_ERR_SHAPE_MISMATCH = -18,    /* head count, head_dim or settings of two objects differ */
+  COVATTN_ERR_EMPTY_STATE = -17,        /* a readout of a state that has seen no token */
+  COVATTN_ERR_SHAPE_MISMATCH = -18,     /* head count, head_dim or settings of two objects differ */
   COVATTN_ERR_INVALID_FORGETTING = -19, /* forgetting factor not in (0, 1] */
-  COVATTN_ERR_OUT_OF_MEMORY = -20,     /* allocation at creation failed */
-  COVATTN_ERR_BUFFER_TOO_SMALL = -21,  /* caller memory or output buffer too small */
-  COVATTN_ERR_TRUNCATED = -22,         /* serialized data ends early */
-  COVATTN_ERR_BAD_MAGIC = -23,         /* serialized data is not a covattn object of this kind */
-  COVATTN_ERR_VERSION = -24,           /* serialized data has an unsupported format version */
-  COVATTN_ERR_CHECKSUM = -25,          /* serialized payload does not match its checksum */
-  COVATTN_ERR_CORRUPT = -26,           /* serialized fields are inconsistent, absurd or non-finite */
-  COVATTN_ERR_INVALID_BUDGET = -27     /* a cache budget that cannot work (see covattn/cache.h) */
+  COVATTN_ERR_OUT_OF_MEMORY = -20,      /* allocation at creation failed */
+  COVATTN_ERR_BUFFER_TOO_SMALL = -21,   /* caller memory or output buffer too small */
+  COVATTN_ERR_TRUNCATED = -22,          /* serialized data ends early */
+  COVATTN_ERR_BAD_MAGIC = -23,          /* serialized data is not a covattn object of this kind */
+  COVATTN_ERR_VERSION = -24,            /* serialized data has an unsupported format version */
+  COVATTN_ERR_CHECKSUM = -25,           /* serialized payload does not match its checksum */
+  COVATTN_ERR_CORRUPT = -26,       /* serialized fields are inconsistent, absurd or non-finite */
+  COVATTN_ERR_INVALID_BUDGET = -27 /* a cache budget that cannot work (see covattn/cache.h) */
 } covattn_status;
 
 /* A static English description of a status; never NULL. */
@@ -105,7 +105,8 @@ COVATTN_API const char* covattn_available_target(size_t index);
  * NULL or "" lifts the restriction. COVATTN_ERR_UNKNOWN_TARGET if a name is
  * no target covattn knows (x86 and Arm names are known everywhere),
  * COVATTN_ERR_TARGET_UNAVAILABLE if none of the named targets is compiled in
- * and supported here; on error the previous choice stays. Not thread-safe with respect to kernels running at the same time. */
+ * and supported here; on error the previous choice stays. Not thread-safe with respect to kernels
+ * running at the same time. */
 COVATTN_API covattn_status covattn_restrict_targets(const char* names);
 
 /* The names in COVATTN_TARGETS that are no target name covattn knows (a
@@ -118,8 +119,8 @@ COVATTN_API const char* covattn_unknown_env_targets(void);
 
 typedef enum covattn_dtype {
   COVATTN_F32 = 0,
-  COVATTN_F16 = 1,  /* IEEE binary16, passed as uint16_t bits */
-  COVATTN_BF16 = 2  /* bfloat16, passed as uint16_t bits */
+  COVATTN_F16 = 1, /* IEEE binary16, passed as uint16_t bits */
+  COVATTN_BF16 = 2 /* bfloat16, passed as uint16_t bits */
 } covattn_dtype;
 
 #define COVATTN_MAX_HEAD_DIM 512
@@ -185,8 +186,8 @@ COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_
  * set to zeros with COVATTN_FULLY_MASKED. */
 COVATTN_API covattn_status covattn_decode(const covattn_kv_cache* kv, const float* q,
                                           size_t n_q_heads,
-                                          const covattn_attention_options* options,
-                                          float* out, void* scratch, size_t scratch_bytes);
+                                          const covattn_attention_options* options, float* out,
+                                          void* scratch, size_t scratch_bytes);
 
 /* Prefill: queries at positions n_past .. n_past + q->n_tokens - 1, causal,
  * against a cache that already holds their own keys and values
@@ -194,8 +195,7 @@ COVATTN_API covattn_status covattn_decode(const covattn_kv_cache* kv, const floa
  * position are never seen). Tiled: memory use does not grow with the number
  * of tokens. Decode is the case q->n_tokens == 1, n_past = n_tokens - 1. */
 COVATTN_API covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q,
-                                           size_t n_past,
-                                           const covattn_attention_options* options,
+                                           size_t n_past, const covattn_attention_options* options,
                                            const covattn_outputs* out, void* scratch,
                                            size_t scratch_bytes);
 

@@ -45,16 +45,14 @@ class Attention {
   covattn_status Decode(const covattn_kv_cache& kv, const float* q, size_t n_q_heads, float* out,
                         const covattn_attention_options* options = nullptr) {
     Reserve(kv.head_dim);
-    return Check(covattn_decode(&kv, q, n_q_heads, options, out, scratch_.data(),
-                                scratch_.size()));
+    return Check(covattn_decode(&kv, q, n_q_heads, options, out, scratch_.data(), scratch_.size()));
   }
 
   covattn_status Prefill(const covattn_kv_cache& kv, const covattn_queries& q, size_t n_past,
                          const covattn_outputs& out,
                          const covattn_attention_options* options = nullptr) {
     Reserve(kv.head_dim);
-    return Check(covattn_prefill(&kv, &q, n_past, options, &out, scratch_.data(),
-                                 scratch_.size()));
+    return Check(covattn_prefill(&kv, &q, n_past, options, &out, scratch_.data(), scratch_.size()));
   }
 
  private:

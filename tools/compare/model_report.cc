@@ -1,9 +1,8 @@
 #include "model_report.h"
 
-#include <cstring>
-
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "svg.h"
 

@@ -25,10 +25,9 @@ enum class Method {
   kEmaRing,         // sinks + window + EMA-retained tokens + compact (ring) summary
 };
 
-constexpr Method kAllMethods[] = {Method::kExact,          Method::kOneDnn,
-                                  Method::kReadout,        Method::kSinkWindow,
-                                  Method::kHybrid,         Method::kHybridOutliers,
-                                  Method::kHeavyHitters,   Method::kEmaRing};
+constexpr Method kAllMethods[] = {Method::kExact,        Method::kOneDnn, Method::kReadout,
+                                  Method::kSinkWindow,   Method::kHybrid, Method::kHybridOutliers,
+                                  Method::kHeavyHitters, Method::kEmaRing};
 
 // Long name for tables and legends, and the short key of --methods and CSV.
 const char* MethodName(Method method);

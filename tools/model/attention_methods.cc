@@ -115,8 +115,7 @@ class CacheAttention : public LayerAttention {
     // Retained slots: the engine's step observes every decode with its log Z.
     const bool observe = config_.n_retained != 0;
     if (observe && d.log_z == nullptr) d.log_z = log_z_.data();
-    covattn_status s =
-        cache_.Decode(q, n_heads_, 0.0f, out, diagnostics || observe ? &d : nullptr);
+    covattn_status s = cache_.Decode(q, n_heads_, 0.0f, out, diagnostics || observe ? &d : nullptr);
     if (s < 0) {
       *error = CacheStatusText("covattn_cache_decode", s);
       return false;

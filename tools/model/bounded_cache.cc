@@ -48,8 +48,7 @@ covattn_status BoundedCache::Decode(const float* q, size_t n_q, float scale, flo
                               scratch_.size());
 }
 
-covattn_status BoundedCache::Observe(const float* q, size_t n_q, float scale,
-                                     const float* log_z) {
+covattn_status BoundedCache::Observe(const float* q, size_t n_q, float scale, const float* log_z) {
   return covattn_cache_observe(cache_, q, n_q, scale, log_z, scratch_.data(), scratch_.size());
 }
 
