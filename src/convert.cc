@@ -57,24 +57,29 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<D>> BF16Bits(D d, hn::Vec<D> x) {
                          rounded));
 }
 
-void F32ToF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst) {
+// dst[i] = the 16-bit bits of src[i]: vector_bits on whole vectors,
+// scalar_bits (the same rounding) on the tail.
+template <class VectorBits>
+HWY_INLINE void F32To16BitRow(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst,
+                              VectorBits vector_bits, uint16_t (*scalar_bits)(float)) {
   const hn::ScalableTag<float> d;
   const hn::Rebind<uint16_t, decltype(d)> d16;
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(hn::DemoteTo(d16, F16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
-  for (; i < n; ++i) dst[i] = F16BitsFromF32(src[i]);
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::DemoteTo(d16, vector_bits(d, hn::LoadU(d, src + i))), d16, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = scalar_bits(src[i]);
+}
+
+void F32ToF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst) {
+  F32To16BitRow(
+      src, n, dst, [](auto d, auto x) { return F16Bits(d, x); }, F16BitsFromF32);
 }
 
 void F32ToBF16Row(const float* HWY_RESTRICT src, size_t n, uint16_t* HWY_RESTRICT dst) {
-  const hn::ScalableTag<float> d;
-  const hn::Rebind<uint16_t, decltype(d)> d16;
-  const size_t N = hn::Lanes(d);
-  size_t i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(hn::DemoteTo(d16, BF16Bits(d, hn::LoadU(d, src + i))), d16, dst + i);
-  for (; i < n; ++i) dst[i] = BF16BitsFromF32(src[i]);
+  F32To16BitRow(
+      src, n, dst, [](auto d, auto x) { return BF16Bits(d, x); }, BF16BitsFromF32);
 }
 
 template <typename T>
