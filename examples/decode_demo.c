@@ -19,21 +19,7 @@ static double next_uniform(uint64_t* state) {
   return (double)(*state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
-/* Round a float to IEEE binary16 (nearest even); normal range only, enough
- * for the demo's values in [-2, 2]. */
-static uint16_t f16_from_float(float f) {
-  uint32_t x;
-  memcpy(&x, &f, sizeof x);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  int32_t exponent = (int32_t)((x >> 23) & 0xFF) - 127 + 15;
-  uint32_t mantissa = x & 0x7FFFFFu;
-  if (exponent <= 0) return (uint16_t)sign;
-  uint32_t h = ((uint32_t)exponent << 10) | (mantissa >> 13);
-  const uint32_t rest = mantissa & 0x1FFFu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return (uint16_t)(sign | h);
-}
-
+/* The reference reads the f16 values back on its own (not through covattn). */
 static double double_from_f16(uint16_t h) {
   const int exponent = (h >> 10) & 0x1F;
   const double mantissa = (double)(h & 0x3FF);
@@ -54,11 +40,20 @@ int main(void) {
   void* scratch = malloc(scratch_bytes);
   if (!k || !v || !q || !out || !scores || !scratch) return 1;
 
+  /* An engine's f32 K/V rows, stored in f16 with covattn_convert. */
+  float* k32 = malloc(cache_elems * sizeof *k32);
+  float* v32 = malloc(cache_elems * sizeof *v32);
+  if (!k32 || !v32) return 1;
   uint64_t rng = 0x9E3779B97F4A7C15ull;
   for (size_t i = 0; i < cache_elems; ++i) {
-    k[i] = f16_from_float((float)(2.0 * next_uniform(&rng)));
-    v[i] = f16_from_float((float)next_uniform(&rng));
+    k32[i] = (float)(2.0 * next_uniform(&rng));
+    v32[i] = (float)next_uniform(&rng);
   }
+  if (covattn_convert(k, COVATTN_F16, k32, COVATTN_F32, cache_elems) != COVATTN_OK ||
+      covattn_convert(v, COVATTN_F16, v32, COVATTN_F32, cache_elems) != COVATTN_OK) {
+    return 1;
+  }
+  free(k32), free(v32);
   for (size_t i = 0; i < (size_t)kQHeads * kDim; ++i) q[i] = (float)(2.0 * next_uniform(&rng));
 
   /* [token][head][dim] layout, strides in elements. */

@@ -180,7 +180,12 @@ typedef struct covattn_attention_options {
 COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes);
 
 /* Decode: one query position per head (the newest token, position
- * kv->n_tokens - 1) against the whole cache. q is [n_q_heads][head_dim] and
+ * kv->n_tokens - 1) against the whole cache. kv->n_tokens is the number of
+ * tokens written so far, the current one included (append it before
+ * decoding it), not the capacity of an engine's preallocated buffer: every
+ * one of the n_tokens rows is attended to. (Prefill says the same position
+ * with n_past: its first query is at n_past, and kv->n_tokens may run past
+ * its last one.) q is [n_q_heads][head_dim] and
  * out the same, both contiguous. options may be NULL. On an empty cache
  * (n_tokens == 0) the arguments are checked as for any other call and out is
  * set to zeros with COVATTN_FULLY_MASKED. */
