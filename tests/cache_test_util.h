@@ -44,8 +44,17 @@ inline std::vector<uint8_t> Scratch(const covattn_cache* cache, size_t n_q_heads
   return std::vector<uint8_t>(bytes);
 }
 
+// One append scratch per thread, grown to the largest need seen (streams of
+// small appends would otherwise allocate and clear a workspace per call).
 inline covattn_status AppendStatus(covattn_cache* cache, const covattn_kv_cache* block) {
-  std::vector<uint8_t> scratch = Scratch(cache);
+  thread_local std::vector<uint8_t> scratch;
+  covattn_cache_info info;
+  size_t bytes = 0;
+  if (covattn_cache_info_get(cache, &info) != COVATTN_OK ||
+      covattn_cache_scratch_size(&info.config, info.config.n_kv_heads, &bytes) != COVATTN_OK) {
+    FAIL("covattn_cache_info_get or covattn_cache_scratch_size failed");
+  }
+  if (scratch.size() < bytes) scratch.resize(bytes);
   return covattn_cache_append(cache, block, scratch.data(), scratch.size());
 }
 
