@@ -69,7 +69,7 @@ int main(void) {
   if (status == COVATTN_OK)
     status = covattn_cov_state_update(state, &tokens, scratch, scratch_bytes);
   if (status == COVATTN_OK) status = covattn_cov_readout(state, q, kQueries, eta, out, NULL, NULL);
-  const covattn_attention_options options = {eta, 0, 0};
+  const covattn_attention_options options = {eta, 0, 0, NULL};
   if (status == COVATTN_OK) {
     status = covattn_decode(&tokens, q, kQueries, &options, exact, scratch, scratch_bytes);
   }

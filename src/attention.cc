@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attention_threads.h"
 #include "covattn/covattn.h"
 #include "online_softmax.h"
 #include "partial_state.h"
@@ -27,12 +28,14 @@ covattn_status CheckHeadDim(size_t head_dim) {
                                                             : COVATTN_OK;
 }
 
-// Validates everything but the destination and fills `pb` and `inputs`.
-// check_position is false only for decode on an empty cache, whose single
-// query sits at position 0 of a cache without tokens.
+// Validates everything but the destination and fills `pb`, `inputs` and
+// `pool` (NULL: the calling thread). check_position is false only for decode
+// on an empty cache, whose single query sits at position 0 of a cache
+// without tokens.
 covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
                                const covattn_attention_options* options, bool check_position,
-                               AttentionProblem* pb, InputExtents* inputs) {
+                               AttentionProblem* pb, InputExtents* inputs,
+                               const covattn_thread_pool** pool) {
   if (kv == nullptr || q == nullptr) return COVATTN_ERR_NULL_POINTER;
   if (DtypeSize(kv->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
@@ -40,11 +43,16 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
   if (q->n_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
   float scale = 1.0f / std::sqrt(static_cast<float>(kv->head_dim));
   size_t window = 0, n_sinks = 0;
+  *pool = nullptr;
   if (options != nullptr) {
     if (!std::isfinite(options->scale)) return COVATTN_ERR_INVALID_SCALE;
     if (options->scale != 0.0f) scale = options->scale;
     window = options->window;
     n_sinks = options->n_sinks;
+    *pool = options->threads;
+    if (*pool != nullptr && ((*pool)->parallel_for == nullptr || (*pool)->n_threads == 0)) {
+      return COVATTN_ERR_INVALID_THREAD_POOL;
+    }
   }
   size_t positions_end;
   if (check_position &&
@@ -77,12 +85,26 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
   return COVATTN_OK;
 }
 
-covattn_status CheckScratch(size_t head_dim, const void* scratch, size_t scratch_bytes,
-                            Extent* extent) {
-  if (scratch == nullptr || scratch_bytes < AttentionScratchBytes(head_dim)) {
-    return COVATTN_ERR_SCRATCH_TOO_SMALL;
+// The scratch of a call on the calling thread (pool NULL) or over a pool.
+covattn_status CheckScratch(size_t head_dim, const covattn_thread_pool* pool, const void* scratch,
+                            size_t scratch_bytes, Extent* extent) {
+  size_t required = AttentionScratchBytes(head_dim);
+  if (pool != nullptr && !ThreadedScratchBytes(head_dim, pool->n_threads, &required)) {
+    return COVATTN_ERR_SCRATCH_TOO_SMALL;  // no memory is that large
   }
+  if (scratch == nullptr || scratch_bytes < required) return COVATTN_ERR_SCRATCH_TOO_SMALL;
   return MemoryExtent(scratch, scratch_bytes, extent);
+}
+
+// Runs a validated problem on the calling thread or over the pool.
+covattn_status Run(const AttentionProblem& pb, const AttentionResultSink& sink,
+                   const covattn_thread_pool* pool, void* scratch, AttentionOutcome* outcome) {
+  if (pool == nullptr) {
+    RunAttention(pb, sink, scratch, outcome);
+    return COVATTN_OK;
+  }
+  return RunAttentionThreaded(pb, sink, *pool, scratch, outcome) ? COVATTN_OK
+                                                                 : COVATTN_ERR_INVALID_THREAD_POOL;
 }
 
 covattn_status Finish(const AttentionOutcome& outcome) {
@@ -128,8 +150,9 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
   if (out == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
+  const covattn_thread_pool* pool;
   COVATTN_RETURN_IF_ERROR(
-      ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs));
+      ValidateProblem(kv, q, n_past, options, !empty_cache_decode, &pb, &inputs, &pool));
   Extent out_extent, log_z_extent, scratch_extent;
   COVATTN_RETURN_IF_ERROR(CheckTensor(out->data, sizeof(float), q->n_tokens, out->token_stride,
                                       q->n_heads, out->head_stride, kv->head_dim, &out_extent));
@@ -137,7 +160,8 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
     COVATTN_RETURN_IF_ERROR(CheckTensor(out->log_z, sizeof(float), q->n_tokens, q->n_heads,
                                         q->n_heads, 1, 1, &log_z_extent));
   }
-  COVATTN_RETURN_IF_ERROR(CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent));
+  COVATTN_RETURN_IF_ERROR(
+      CheckScratch(kv->head_dim, pool, scratch, scratch_bytes, &scratch_extent));
   if (inputs.Overlap(out_extent) || inputs.Overlap(log_z_extent) ||
       inputs.Overlap(scratch_extent) || out_extent.Overlaps(log_z_extent) ||
       out_extent.Overlaps(scratch_extent) || log_z_extent.Overlaps(scratch_extent)) {
@@ -151,7 +175,7 @@ covattn_status Prefill(const covattn_kv_cache* kv, const covattn_queries* q, siz
   AttentionResultSink sink{out->data, out->token_stride, out->head_stride, out->log_z,
                            nullptr,   nullptr,           nullptr};
   AttentionOutcome outcome{false, false};
-  RunAttention(pb, sink, scratch, &outcome);
+  COVATTN_RETURN_IF_ERROR(Run(pb, sink, pool, scratch, &outcome));
   return Finish(outcome);
 }
 
@@ -202,6 +226,14 @@ covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes) {
   return COVATTN_OK;
 }
 
+covattn_status covattn_attention_scratch_size_threads(size_t head_dim, size_t n_threads,
+                                                      size_t* bytes) {
+  if (bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckHeadDim(head_dim));
+  if (n_threads == 0) return COVATTN_ERR_INVALID_THREAD_POOL;
+  return ThreadedScratchBytes(head_dim, n_threads, bytes) ? COVATTN_OK : COVATTN_ERR_SIZE_OVERFLOW;
+}
+
 covattn_status covattn_prefill(const covattn_kv_cache* kv, const covattn_queries* q, size_t n_past,
                                const covattn_attention_options* options, const covattn_outputs* out,
                                void* scratch, size_t scratch_bytes) {
@@ -230,14 +262,16 @@ covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn
   if (state == nullptr) return COVATTN_ERR_NULL_POINTER;
   AttentionProblem pb;
   InputExtents inputs;
+  const covattn_thread_pool* pool;
   COVATTN_RETURN_IF_ERROR(
-      ValidateProblem(kv, q, n_past, options, /*check_position=*/true, &pb, &inputs));
+      ValidateProblem(kv, q, n_past, options, /*check_position=*/true, &pb, &inputs, &pool));
   if (token_begin > token_end || token_end > kv->n_tokens) return COVATTN_ERR_INVALID_RANGE;
   size_t n_rows;
   if (MulOverflows(q->n_tokens, q->n_heads, &n_rows)) return COVATTN_ERR_SIZE_OVERFLOW;
   Extent state_extents[3], scratch_extent;
   COVATTN_RETURN_IF_ERROR(CheckPartial(state, n_rows, kv->head_dim, state_extents));
-  COVATTN_RETURN_IF_ERROR(CheckScratch(kv->head_dim, scratch, scratch_bytes, &scratch_extent));
+  COVATTN_RETURN_IF_ERROR(
+      CheckScratch(kv->head_dim, pool, scratch, scratch_bytes, &scratch_extent));
   for (const Extent& e : state_extents) {
     if (inputs.Overlap(e) || e.Overlaps(scratch_extent)) return COVATTN_ERR_ALIASING;
   }
@@ -247,7 +281,7 @@ covattn_status covattn_prefill_partial(const covattn_kv_cache* kv, const covattn
   pb.token_end = token_end;
   AttentionResultSink sink{nullptr, 0, 0, nullptr, state->m, state->l, state->o};
   AttentionOutcome outcome{false, false};
-  RunAttention(pb, sink, scratch, &outcome);
+  COVATTN_RETURN_IF_ERROR(Run(pb, sink, pool, scratch, &outcome));
   return outcome.nonfinite ? COVATTN_ERR_NONFINITE : COVATTN_OK;
 }
 

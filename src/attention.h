@@ -3,6 +3,7 @@
 #ifndef COVATTN_SRC_ATTENTION_H_
 #define COVATTN_SRC_ATTENTION_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -82,15 +83,80 @@ inline float* AlignedAttentionScratch(void* scratch) {
                                   ~uintptr_t{kAttentionScratchAlign - 1});
 }
 
+// The query rows of a call are numbered KV head by KV head: row i is row
+// i % R of KV head i / R, R = n_q_tokens * group; within a KV head t-major,
+// so local row k is query token k / group, query head kv * group + k % group.
+// Tiles are the runs of up to kTileRows rows of one KV head from its first
+// row on; a pass is whole tiles, up to kPassRows rows.
+inline size_t RowsPerKvHead(const AttentionProblem& pb) {
+  return pb.n_q_tokens * (pb.n_q_heads / pb.n_kv_heads);
+}
+
+struct RowCoordinates {
+  size_t q_token, q_head;
+};
+
+inline RowCoordinates RowAt(const AttentionProblem& pb, size_t row) {
+  const size_t group = pb.n_q_heads / pb.n_kv_heads, per_kv_head = RowsPerKvHead(pb);
+  const size_t kv_head = row / per_kv_head, local = row % per_kv_head;
+  return {local / group, kv_head * group + local % group};
+}
+
+// The end of the pass that starts at row `begin` (a tile boundary): whole
+// tiles up to kPassRows rows, at least one, never beyond `end`.
+inline size_t PassEnd(const AttentionProblem& pb, size_t begin, size_t end) {
+  const size_t per_kv_head = RowsPerKvHead(pb);
+  size_t e = begin;
+  while (e < end) {
+    const size_t n = std::min(kTileRows, per_kv_head - e % per_kv_head);
+    if (e > begin && e - begin + n > kPassRows) break;
+    e += n;
+  }
+  return e;
+}
+
+// The tokens rows at positions [pos_first, pos_last] may see, clipped to the
+// problem's range: the sinks [sink_begin, sink_end), then the window
+// [window_begin, window_end) (either may be empty).
+struct VisibleTokens {
+  size_t sink_begin, sink_end, window_begin, window_end;
+};
+
+inline VisibleTokens VisibleTokensOf(const AttentionProblem& pb, size_t pos_first,
+                                     size_t pos_last) {
+  size_t window_begin = 0, sink_end = 0;
+  if (pb.window != 0) {
+    sink_end = std::min(pb.n_sinks, pos_last + 1);
+    window_begin = pos_first + 1 > pb.window ? pos_first + 1 - pb.window : 0;
+    window_begin = std::max(window_begin, sink_end);
+  }
+  VisibleTokens v;
+  v.sink_begin = pb.token_begin;
+  v.sink_end = std::max(v.sink_begin, std::min(sink_end, pb.token_end));
+  v.window_begin = std::max(window_begin, pb.token_begin);
+  v.window_end = std::max(v.window_begin, std::min(pos_last + 1, pb.token_end));
+  return v;
+}
+
+// The rows one kernel run computes (whole tiles), and where partial states
+// go: at row t * n_q_heads + h of the sink, or (run_indexed) at the row's
+// index within the run, for the split states of src/attention_threads.cc.
+struct AttentionRows {
+  size_t begin, end;
+  bool run_indexed;
+};
+
 // The per-dtype kernels (attention_kernels_{f32,f16,bf16}.cc, each compiled
 // for every target) and their entry for the C API, which picks one by
-// problem.dtype (attention_kernels.cc).
-void RunAttentionF32(const AttentionProblem& problem, const AttentionResultSink& sink,
-                     void* scratch, AttentionOutcome* outcome);
-void RunAttentionF16(const AttentionProblem& problem, const AttentionResultSink& sink,
-                     void* scratch, AttentionOutcome* outcome);
-void RunAttentionBF16(const AttentionProblem& problem, const AttentionResultSink& sink,
-                      void* scratch, AttentionOutcome* outcome);
+// problem.dtype (attention_kernels.cc). RunAttention runs every row.
+void RunAttentionF32(const AttentionProblem& problem, const AttentionRows& rows,
+                     const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
+void RunAttentionF16(const AttentionProblem& problem, const AttentionRows& rows,
+                     const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
+void RunAttentionBF16(const AttentionProblem& problem, const AttentionRows& rows,
+                      const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
+void RunAttentionRows(const AttentionProblem& problem, const AttentionRows& rows,
+                      const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
 void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink, void* scratch,
                   AttentionOutcome* outcome);
 

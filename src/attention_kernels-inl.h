@@ -487,16 +487,19 @@ HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool
 }
 
 // Writes the pass's rows to the sink; records masked and non-finite rows.
+// first_row: the pass's first row within the run (for run-indexed states).
 HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
+                         const detail::AttentionRows& rows, size_t first_row,
                          const AttentionResultSink& sink, AttentionOutcome* outcome) {
   const size_t dim = pb.head_dim;
   for (size_t r = 0; r < pass.n_rows; ++r) {
     const float* o = pass.o + r * pass.ld;
     const size_t row = pass.q_token[r] * pb.n_q_heads + pass.q_head[r];
+    const size_t state_row = rows.run_indexed ? first_row + r : row;
     if (sink.out == nullptr) {  // a partial state: the row as it stands
-      sink.m[row] = pass.m[r];
-      sink.l[row] = pass.l[r];
-      std::copy(o, o + dim, sink.o + row * dim);
+      sink.m[state_row] = pass.m[r];
+      sink.l[state_row] = pass.l[r];
+      std::copy(o, o + dim, sink.o + state_row * dim);
       bool finite = !pass.bad_score[r] && std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
       for (size_t i = 0; i < dim; ++i) finite &= std::isfinite(o[i]);
       outcome->nonfinite |= !finite;
@@ -512,42 +515,33 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
   }
 }
 
-// The first row not yet in a pass: row next_row of KV head kv_head.
-struct NextRow {
-  size_t kv_head = 0, next_row = 0;
-};
-
-// Fills the pass with whole tiles from `next` on until kPassRows rows are
-// full, and moves `next` past them. Rows are (query token t, query head h),
-// enumerated KV head by KV head; within a KV head, t-major so a tile's rows
-// share positions as far as possible.
-HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, NextRow& next) {
+// Fills the pass with rows [begin, end) (whole tiles, at most kPassRows
+// rows; numbered as attention.h says, so a tile's rows share positions as far
+// as possible).
+HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, size_t begin, size_t end) {
   const size_t dim = pb.head_dim;
-  const size_t group = pb.n_q_heads / pb.n_kv_heads;
-  const size_t rows_per_kv_head = pb.n_q_tokens * group;
+  const size_t per_kv_head = detail::RowsPerKvHead(pb);
   pass.n_rows = pass.n_tiles = 0;
-  while (next.kv_head < pb.n_kv_heads) {
-    const size_t n = std::min(kTileRows, rows_per_kv_head - next.next_row);
-    if (pass.n_rows + n > kPassRows) break;
-    pass.tiles[pass.n_tiles++] = Pass::TileRows{pass.n_rows, n, next.kv_head};
+  for (size_t row = begin; row < end;) {
+    const size_t kv_head = row / per_kv_head;
+    const size_t n = std::min(kTileRows, per_kv_head - row % per_kv_head);
+    pass.tiles[pass.n_tiles++] = Pass::TileRows{pass.n_rows, n, kv_head};
     for (size_t i = 0; i < n; ++i) {
       const size_t r = pass.n_rows + i;
-      const size_t t = (next.next_row + i) / group;
-      const size_t h = next.kv_head * group + (next.next_row + i) % group;
-      pass.q_token[r] = t;
-      pass.q_head[r] = h;
-      pass.pos[r] = pb.n_past + t;
+      const detail::RowCoordinates at = detail::RowAt(pb, row + i);
+      pass.q_token[r] = at.q_token;
+      pass.q_head[r] = at.q_head;
+      pass.pos[r] = pb.n_past + at.q_token;
       pass.m[r] = kInitialMax;
       pass.l[r] = 0.0f;
       pass.bad_score[r] = false;
-      const float* q = pb.q + t * pb.q_token_stride + h * pb.q_head_stride;
+      const float* q = pb.q + at.q_token * pb.q_token_stride + at.q_head * pb.q_head_stride;
       float* a = pass.a + r * pass.ld;
       for (size_t c = 0; c < dim; ++c) a[c] = pb.scale * q[c];
       std::fill(pass.o + r * pass.ld, pass.o + (r + 1) * pass.ld, 0.0f);
     }
     pass.n_rows += n;
-    next.next_row += n;
-    if (next.next_row == rows_per_kv_head) next.next_row = 0, ++next.kv_head;
+    row += n;
   }
 }
 
@@ -561,23 +555,16 @@ HWY_INLINE void RunPass(D d, const AttentionProblem& pb, Pass& pass) {
     pos_first = std::min(pos_first, pass.pos[r]);
     pos_last = std::max(pos_last, pass.pos[r]);
   }
-  size_t window_begin = 0, sink_end = 0;
-  if (pb.window != 0) {
-    sink_end = std::min(pb.n_sinks, pos_last + 1);
-    window_begin = pos_first + 1 > pb.window ? pos_first + 1 - pb.window : 0;
-    window_begin = std::max(window_begin, sink_end);
-  }
-  const size_t window_end = std::min(pos_last + 1, pb.token_end);
-  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/true, pb.token_begin,
-                       std::min(sink_end, pb.token_end));
-  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/false, std::max(window_begin, pb.token_begin),
-                       window_end);
+  const detail::VisibleTokens v = detail::VisibleTokensOf(pb, pos_first, pos_last);
+  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/true, v.sink_begin, v.sink_end);
+  ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/false, v.window_begin, v.window_end);
 }
 
-// Every pass of one attention call, with vectors of d along the head dimension.
+// The passes of one run over rows, with vectors of d along the head dimension.
 template <class D, typename T>
-HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const AttentionResultSink& sink,
-                            void* scratch, AttentionOutcome* outcome) {
+HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const detail::AttentionRows& rows,
+                            const AttentionResultSink& sink, void* scratch,
+                            AttentionOutcome* outcome) {
   const detail::AttentionScratchLayout layout = detail::AttentionScratchFor(pb.head_dim);
   float* base = detail::AlignedAttentionScratch(scratch);
   Pass pass;
@@ -585,11 +572,12 @@ HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const AttentionResu
   pass.a = base + layout.a;
   pass.o = base + layout.o;
   pass.p = base + layout.p;
-  NextRow next;
-  while (next.kv_head < pb.n_kv_heads) {
-    FillPass(pb, pass, next);
+  for (size_t begin = rows.begin; begin < rows.end;) {
+    const size_t end = detail::PassEnd(pb, begin, rows.end);
+    FillPass(pb, pass, begin, end);
     RunPass<D, T>(d, pb, pass);
-    EmitPass(pb, pass, sink, outcome);
+    EmitPass(pb, pass, rows, begin - rows.begin, sink, outcome);
+    begin = end;
   }
 }
 
@@ -611,21 +599,21 @@ HWY_INLINE size_t HeadVectorChoice(size_t dim, const size_t (&lanes)[3]) {
 // One attention call over K/V of element type T. Where the capped tags equal
 // the full one (4-lane targets), the three calls are one instantiation.
 template <typename T>
-void AttentionTyped(const AttentionProblem& pb, const AttentionResultSink& sink, void* scratch,
-                    AttentionOutcome* outcome) {
+void AttentionTyped(const AttentionProblem& pb, const detail::AttentionRows& rows,
+                    const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome) {
   const hn::ScalableTag<float> d_full;
   const hn::CappedTag<float, 8> d8;
   const hn::CappedTag<float, 4> d4;
   const size_t lanes[3] = {hn::Lanes(d_full), hn::Lanes(d8), hn::Lanes(d4)};
   switch (HeadVectorChoice(pb.head_dim, lanes)) {
     case 0:
-      RunPasses<decltype(d_full), T>(d_full, pb, sink, scratch, outcome);
+      RunPasses<decltype(d_full), T>(d_full, pb, rows, sink, scratch, outcome);
       break;
     case 1:
-      RunPasses<decltype(d8), T>(d8, pb, sink, scratch, outcome);
+      RunPasses<decltype(d8), T>(d8, pb, rows, sink, scratch, outcome);
       break;
     default:
-      RunPasses<decltype(d4), T>(d4, pb, sink, scratch, outcome);
+      RunPasses<decltype(d4), T>(d4, pb, rows, sink, scratch, outcome);
       break;
   }
 }

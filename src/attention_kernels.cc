@@ -6,10 +6,16 @@
 namespace covattn {
 namespace detail {
 
+void RunAttentionRows(const AttentionProblem& problem, const AttentionRows& rows,
+                      const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome) {
+  ForDtype(problem.dtype, RunAttentionF32, RunAttentionF16, RunAttentionBF16)(problem, rows, sink,
+                                                                              scratch, outcome);
+}
+
 void RunAttention(const AttentionProblem& problem, const AttentionResultSink& sink, void* scratch,
                   AttentionOutcome* outcome) {
-  ForDtype(problem.dtype, RunAttentionF32, RunAttentionF16, RunAttentionBF16)(problem, sink,
-                                                                              scratch, outcome);
+  const AttentionRows all{0, problem.n_kv_heads * RowsPerKvHead(problem), false};
+  RunAttentionRows(problem, all, sink, scratch, outcome);
 }
 
 }  // namespace detail

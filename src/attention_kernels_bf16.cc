@@ -11,9 +11,10 @@ HWY_BEFORE_NAMESPACE();
 namespace covattn {
 namespace HWY_NAMESPACE {
 
-void AttentionBF16(const detail::AttentionProblem& pb, const detail::AttentionResultSink& sink,
-                   void* scratch, detail::AttentionOutcome* outcome) {
-  AttentionTyped<hwy::bfloat16_t>(pb, sink, scratch, outcome);
+void AttentionBF16(const detail::AttentionProblem& pb, const detail::AttentionRows& rows,
+                   const detail::AttentionResultSink& sink, void* scratch,
+                   detail::AttentionOutcome* outcome) {
+  AttentionTyped<hwy::bfloat16_t>(pb, rows, sink, scratch, outcome);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -27,9 +28,10 @@ HWY_AFTER_NAMESPACE();
 namespace covattn {
 HWY_EXPORT(AttentionBF16);
 
-void detail::RunAttentionBF16(const AttentionProblem& pb, const AttentionResultSink& sink,
-                              void* scratch, AttentionOutcome* outcome) {
-  COVATTN_DISPATCH(AttentionBF16)(pb, sink, scratch, outcome);
+void detail::RunAttentionBF16(const AttentionProblem& pb, const AttentionRows& rows,
+                              const AttentionResultSink& sink, void* scratch,
+                              AttentionOutcome* outcome) {
+  COVATTN_DISPATCH(AttentionBF16)(pb, rows, sink, scratch, outcome);
 }
 
 }  // namespace covattn

@@ -11,9 +11,10 @@ HWY_BEFORE_NAMESPACE();
 namespace covattn {
 namespace HWY_NAMESPACE {
 
-void AttentionF32(const detail::AttentionProblem& pb, const detail::AttentionResultSink& sink,
-                  void* scratch, detail::AttentionOutcome* outcome) {
-  AttentionTyped<float>(pb, sink, scratch, outcome);
+void AttentionF32(const detail::AttentionProblem& pb, const detail::AttentionRows& rows,
+                  const detail::AttentionResultSink& sink, void* scratch,
+                  detail::AttentionOutcome* outcome) {
+  AttentionTyped<float>(pb, rows, sink, scratch, outcome);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -27,9 +28,10 @@ HWY_AFTER_NAMESPACE();
 namespace covattn {
 HWY_EXPORT(AttentionF32);
 
-void detail::RunAttentionF32(const AttentionProblem& pb, const AttentionResultSink& sink,
-                             void* scratch, AttentionOutcome* outcome) {
-  COVATTN_DISPATCH(AttentionF32)(pb, sink, scratch, outcome);
+void detail::RunAttentionF32(const AttentionProblem& pb, const AttentionRows& rows,
+                             const AttentionResultSink& sink, void* scratch,
+                             AttentionOutcome* outcome) {
+  COVATTN_DISPATCH(AttentionF32)(pb, rows, sink, scratch, outcome);
 }
 
 }  // namespace covattn

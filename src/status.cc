@@ -66,6 +66,8 @@ const char* covattn_status_string(covattn_status status) {
       return "serialized data is inconsistent or not finite";
     case COVATTN_ERR_INVALID_BUDGET:
       return "invalid cache budget";
+    case COVATTN_ERR_INVALID_THREAD_POOL:
+      return "invalid thread pool, or a pool that did not run every task as asked";
   }
   return "unknown status";
 }

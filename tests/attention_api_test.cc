@@ -46,7 +46,7 @@ struct Setup {
   std::vector<uint8_t> scratch;
   covattn_queries queries;
   covattn_outputs outputs;
-  covattn_attention_options options{0.0f, 0, 0};
+  covattn_attention_options options{0.0f, 0, 0, nullptr};
 };
 
 }  // namespace
@@ -323,7 +323,7 @@ TEST_CASE("strides that run backwards are extents that overflow") {
 
 TEST_CASE("huge windows and sink counts mean no limit") {
   Setup a, b;
-  a.options = covattn_attention_options{0.0f, SIZE_MAX, SIZE_MAX};
+  a.options = covattn_attention_options{0.0f, SIZE_MAX, SIZE_MAX, nullptr};
   REQUIRE(a.Decode() == COVATTN_OK);
   REQUIRE(b.Decode() == COVATTN_OK);
   CHECK(a.out == b.out);
@@ -402,7 +402,7 @@ TEST_CASE("every status of the attention API has a case that returns it") {
   };
   const covattn_kv_cache good = s.cache.view();
   covattn_kv_cache kv = good;
-  const covattn_attention_options nan_scale{std::nanf(""), 0, 0};
+  const covattn_attention_options nan_scale{std::nanf(""), 0, 0, nullptr};
   CHECK(decode_with(good, nullptr, s.scratch.size()) == COVATTN_OK);
   kv.n_tokens = 0;
   CHECK(decode_with(kv, nullptr, s.scratch.size()) == COVATTN_FULLY_MASKED);

@@ -129,7 +129,7 @@ TEST_CASE("sliding window and sink tokens") {
     TestCache cache(COVATTN_F32, Layout::kTokenMajor, c.n_tokens, 2, 40);
     cache.FillRandom(rng);
     const std::vector<float> q = RandomQueries(rng, 4 * 40, 2.0);
-    covattn_attention_options options{0.0f, c.window, c.sinks};
+    covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
     ForEachTarget([&] { CheckDecode(cache, q, 4, &options); });
   }
 }
@@ -141,7 +141,7 @@ TEST_CASE("explicit scale, including a negative one") {
   const std::vector<float> q = RandomQueries(rng, 2 * 32, 1.0);
   for (float scale : {0.5f, -0.3f, 1e-3f}) {
     INFO("scale " << scale);
-    covattn_attention_options options{scale, 0, 0};
+    covattn_attention_options options{scale, 0, 0, nullptr};
     ForEachTarget([&] { CheckDecode(cache, q, 2, &options); });
   }
 }
@@ -194,7 +194,7 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
     for (size_t t = 0; t < c.n_new; ++t)
       for (size_t i = 0; i < q_heads * c.dim; ++i)
         q[t * q_token_stride + i] = static_cast<float>(rng.Normal());
-    const covattn_attention_options options{0.0f, c.window, c.sinks};
+    const covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
     const float scale = 1.0f / std::sqrt(float(c.dim));
     ForEachTarget([&] {
       std::vector<uint8_t> scratch = Scratch(c.dim);
@@ -238,7 +238,7 @@ TEST_CASE("split into partial states and merged equals one pass") {
   const float scale = 1.0f / std::sqrt(float(dim));
   for (size_t window : {size_t{0}, size_t{300}}) {
     INFO("window " << window);
-    const covattn_attention_options options{0.0f, window, 2};
+    const covattn_attention_options options{0.0f, window, 2, nullptr};
     ForEachTarget([&] {
       std::vector<uint8_t> scratch = Scratch(dim);
       std::vector<float> m(q_heads), l(q_heads), o(q_heads * dim);
@@ -276,7 +276,7 @@ TEST_CASE("a partial state of a range the query cannot see is empty, and finaliz
   cache.FillRandom(rng);
   const std::vector<float> q = RandomQueries(rng, dim, 1.0);
   const covattn_queries queries{q.data(), 1, 1, dim, dim};
-  const covattn_attention_options options{0.0f, 10, 0};  // sees tokens 90..99
+  const covattn_attention_options options{0.0f, 10, 0, nullptr};  // sees tokens 90..99
   ForEachTarget([&] {
     std::vector<uint8_t> scratch = Scratch(dim);
     float m = 1, l = 1;

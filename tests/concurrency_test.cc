@@ -87,7 +87,7 @@ Results RunCalls(const Inputs& in, size_t variant) {
   std::vector<uint8_t> scratch = Scratch(kDim);
   Results r;
   const float* q_last = in.q.data() + (kNew - 1) * kQHeads * kDim;
-  const covattn_attention_options options{0.0f, variant % 2 ? size_t{100} : size_t{0}, 4};
+  const covattn_attention_options options{0.0f, variant % 2 ? size_t{100} : size_t{0}, 4, nullptr};
   r.decode_f32.resize(kQHeads * kDim);
   r.decode_f16.resize(kQHeads * kDim);
   REQUIRE(covattn_decode(&in.f32.view(), q_last, kQHeads, &options, r.decode_f32.data(),

@@ -195,7 +195,7 @@ TEST_CASE("all-equal keys give the plain mean of the values") {
     std::vector<float> q(4 * dim);
     for (float& x : q) x = static_cast<float>(3.0 * rng.Normal());
     const float scale = 1.0f / std::sqrt(float(dim));
-    const covattn_attention_options window{0.0f, 100, 1};
+    const covattn_attention_options window{0.0f, 100, 1, nullptr};
     const covattn_attention_options* option_sets[] = {&window, nullptr};
     ForEachTarget([&] {
       for (const covattn_attention_options* options : option_sets) {

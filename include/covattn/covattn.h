@@ -67,8 +67,12 @@ typedef enum covattn_status {
   COVATTN_ERR_BAD_MAGIC = -23,          /* serialized data is not a covattn object of this kind */
   COVATTN_ERR_VERSION = -24,            /* serialized data has an unsupported format version */
   COVATTN_ERR_CHECKSUM = -25,           /* serialized payload does not match its checksum */
-  COVATTN_ERR_CORRUPT = -26,       /* serialized fields are inconsistent, absurd or non-finite */
-  COVATTN_ERR_INVALID_BUDGET = -27 /* a cache budget that cannot work (see covattn/cache.h) */
+  COVATTN_ERR_CORRUPT = -26,        /* serialized fields are inconsistent, absurd or non-finite */
+  COVATTN_ERR_INVALID_BUDGET = -27, /* a cache budget that cannot work (see covattn/cache.h) */
+  /* A covattn_thread_pool with no parallel_for or n_threads 0; or, after the
+   * call, a pool that skipped a task or named a thread >= n_threads (outputs
+   * may then have been written and must not be used). */
+  COVATTN_ERR_INVALID_THREAD_POOL = -28
 } covattn_status;
 
 /* A static English description of a status; never NULL. */
@@ -165,19 +169,57 @@ typedef struct covattn_outputs {
   float* log_z;
 } covattn_outputs;
 
+/* The caller's thread pool, for calls that split their work over threads
+ * (covattn never creates threads). parallel_for runs task(task_context,
+ * thread, i) once for every i in [0, n_tasks), on any threads in any order,
+ * and returns when all have finished; `thread` < n_threads names the worker
+ * running the task, and no two tasks run at the same time with the same
+ * `thread` (covattn gives each worker its own scratch). The argument order
+ * of covattn_task is pthreadpool's (pthreadpool_task_1d_with_thread_t), so
+ * pthreadpool_parallelize_1d_with_thread can run it directly. The calling
+ * thread may be one of the workers. */
+typedef void (*covattn_task)(void* task_context, size_t thread, size_t task);
+typedef struct covattn_thread_pool {
+  void (*parallel_for)(void* pool_context, size_t n_tasks, covattn_task task, void* task_context);
+  void* pool_context;
+  size_t n_threads; /* workers, >= 1 */
+} covattn_thread_pool;
+
 /* Masking and scaling, shared by decode and prefill. A query at position p
  * sees token j when j <= p and (window == 0 or p - j < window or
  * j < n_sinks): a sliding window of the last `window` tokens plus the first
- * n_sinks tokens. Zero-initialised options mean: default scale, no window. */
+ * n_sinks tokens. Zero-initialised options mean: default scale, no window,
+ * the calling thread only. */
 typedef struct covattn_attention_options {
   float scale;    /* scores are scale * q.k; 0 selects 1/sqrt(head_dim) */
   size_t window;  /* 0: unlimited */
   size_t n_sinks; /* only meaningful with a window */
+  /* NULL: run on the calling thread. Otherwise decode, prefill and
+   * prefill_partial split their work over the pool's threads: tiles of query
+   * rows (each of one KV head) and, when there are fewer tiles than
+   * 2 * n_threads and not a multiple of n_threads, ranges of the cache (at
+   * least 256 visible tokens each) merged as partial states (MATH.md section
+   * 1). The split depends on the problem and n_threads only and the merge
+   * order is fixed, so results are the same bits however the pool schedules
+   * the tasks; they differ from the 1-thread results by rounding only. The
+   * scratch must then hold covattn_attention_scratch_size_threads bytes. */
+  const covattn_thread_pool* threads;
 } covattn_attention_options;
 
-/* Bytes of scratch memory the attention calls need for this head_dim. Any
- * alignment is accepted. */
+/* Bytes of scratch memory the attention calls need for this head_dim,
+ * without a thread pool. Any alignment is accepted. */
 COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_t* bytes);
+
+/* Bytes of scratch memory the attention calls need with a pool of n_threads
+ * workers (n_threads >= 1, else COVATTN_ERR_INVALID_THREAD_POOL): one
+ * 1-thread scratch per worker plus the partial states of the cache-range
+ * split (at most 4 * n_threads states of up to 8 rows):
+ *   bytes = 64 + n_threads * (4 * (64 * L + 2048) + 16 * R + 2)
+ * with L = head_dim and R = 8 * (head_dim + 2), each rounded up to a multiple
+ * of 16; about n_threads * 57 KiB at head_dim 128. Any alignment is
+ * accepted. */
+COVATTN_API covattn_status covattn_attention_scratch_size_threads(size_t head_dim, size_t n_threads,
+                                                                  size_t* bytes);
 
 /* Decode: one query position per head (the newest token, position
  * kv->n_tokens - 1) against the whole cache. kv->n_tokens is the number of

@@ -44,7 +44,7 @@ float EffectiveScale(float scale, size_t dim) {
 class ExactHead : public HeadMethod {
  public:
   ExactHead(size_t dim, float scale, const float* k, const float* v)
-      : view_{COVATTN_F32, k, v, 0, 1, dim, dim, dim, dim, dim}, options_{scale, 0, 0} {}
+      : view_{COVATTN_F32, k, v, 0, 1, dim, dim, dim, dim, dim}, options_{scale, 0, 0, nullptr} {}
 
   bool Init(std::string* error) {
     size_t bytes = 0;

@@ -55,7 +55,7 @@ class ExactAttention : public LayerAttention {
 
   bool Decode(const float* q, float* out, AttentionDiagnostics* diagnostics,
               std::string* error) override {
-    const covattn_attention_options options{0.0f, 0, 0};
+    const covattn_attention_options options{0.0f, 0, 0, nullptr};
     covattn_status s;
     if (diagnostics == nullptr) {
       s = covattn_decode(&view_, q, n_heads_, &options, out, scratch_.data(), scratch_.size());

@@ -1,0 +1,346 @@
+// Exact attention over a caller's thread pool (covattn_attention_options'
+// threads): against the double reference on every target, f32/f16/bf16,
+// GQA, decode, prefill and partial states, 1..4 threads; the same bits
+// whatever order and threads the pool runs the tasks on; the pool and its
+// scratch validated. Run under ThreadSanitizer by the tsan preset.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "test_util.h"
+#include "thread_pool.h"
+
+using namespace covattn_test;
+
+namespace {
+
+// Runs the tasks one at a time on the calling thread, in order, reversed or
+// shuffled, each under a thread index scrambled from its task index: what
+// any pool may do, made repeatable.
+enum class Order { kInOrder, kReversed, kShuffled };
+
+struct OrderedPool {
+  Order order;
+  size_t n_threads;
+  uint64_t seed;
+  size_t last_n_tasks = 0;
+
+  static void ParallelFor(void* self, size_t n_tasks, covattn_task task, void* context) {
+    OrderedPool& pool = *static_cast<OrderedPool*>(self);
+    pool.last_n_tasks = n_tasks;
+    std::vector<size_t> tasks(n_tasks);
+    std::iota(tasks.begin(), tasks.end(), size_t{0});
+    if (pool.order == Order::kReversed) std::reverse(tasks.begin(), tasks.end());
+    if (pool.order == Order::kShuffled) {
+      std::mt19937_64 rng(pool.seed);
+      std::shuffle(tasks.begin(), tasks.end(), rng);
+    }
+    for (size_t i : tasks) task(context, (i * 2654435761u + pool.seed) % pool.n_threads, i);
+  }
+  covattn_thread_pool Pool() {
+    return covattn_thread_pool{&OrderedPool::ParallelFor, this, n_threads};
+  }
+};
+
+std::vector<uint8_t> ThreadScratch(size_t dim, size_t n_threads) {
+  size_t bytes = 0;
+  REQUIRE(covattn_attention_scratch_size_threads(dim, n_threads, &bytes) == COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
+std::vector<uint8_t> Scratch(size_t dim) {
+  size_t bytes = 0;
+  REQUIRE(covattn_attention_scratch_size(dim, &bytes) == COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
+std::vector<float> RandomQueries(Rng& rng, size_t n, double std_dev) {
+  std::vector<float> q(n);
+  for (float& x : q) x = static_cast<float>(std_dev * rng.Normal());
+  return q;
+}
+
+double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0.0, norm = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    norm += double(want[i]) * want[i];
+  }
+  return std::sqrt(err / norm);
+}
+
+// Calls `run(pool or nullptr, scratch)` on the calling thread, then for
+// 1..4 threads with the in-order, reversed and shuffled pools and the real
+// one; check(result, n_threads) checks each result against the reference,
+// and results of one thread count must be the same bits, and within 1e-6
+// (rel L2) of the calling thread's.
+template <class Run, class Check>
+void ForEachPool(size_t dim, Run&& run, Check&& check) {
+  std::vector<uint8_t> scratch = Scratch(dim);
+  const std::vector<float> alone = run(nullptr, &scratch);
+  check(alone, size_t{0});
+  for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+    INFO(n_threads << " threads");
+    std::vector<uint8_t> thread_scratch = ThreadScratch(dim, n_threads);
+    OrderedPool in_order{Order::kInOrder, n_threads, 1}, reversed{Order::kReversed, n_threads, 2},
+        shuffled{Order::kShuffled, n_threads, 3};
+    ThreadPool real(n_threads);
+    const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
+                                         real.Pool()};
+    const std::vector<float> first = run(&pools[0], &thread_scratch);
+    check(first, n_threads);
+    CHECK(RelL2(first, alone) <= 1e-6);
+    for (size_t p = 1; p < 4; ++p) {
+      INFO("pool " << p);
+      CHECK(run(&pools[p], &thread_scratch) == first);
+    }
+  }
+}
+
+struct DecodeCase {
+  size_t kv_heads, group, dim, n_tokens;
+  uint32_t dtype;
+  size_t window, sinks;
+};
+
+}  // namespace
+
+TEST_CASE("decode over a pool: the reference, and the same bits for every schedule") {
+  // Few KV heads (the cache is cut into ranges: 1, 2 or 3 tiles against 2..4
+  // threads) and many (the heads are shared out), with a window and sinks.
+  const DecodeCase cases[] = {
+      {1, 4, 128, 2000, COVATTN_F32, 0, 0}, {1, 8, 64, 1500, COVATTN_F16, 0, 0},
+      {2, 4, 40, 1100, COVATTN_BF16, 0, 0}, {3, 2, 64, 1300, COVATTN_F16, 700, 3},
+      {8, 4, 32, 600, COVATTN_F32, 0, 0},   {1, 1, 17, 3000, COVATTN_BF16, 2000, 5},
+      {4, 12, 24, 900, COVATTN_F32, 0, 0},
+  };
+  uint64_t seed = 500;
+  for (const DecodeCase& c : cases) {
+    INFO("kv heads " << c.kv_heads << " group " << c.group << " dim " << c.dim << " n_ctx "
+                     << c.n_tokens << " " << DtypeName(c.dtype) << " window " << c.window);
+    Rng rng(seed++);
+    TestCache cache(c.dtype, Layout::kTokenMajor, c.n_tokens, c.kv_heads, c.dim);
+    cache.FillRandom(rng);
+    const size_t q_heads = c.kv_heads * c.group;
+    const std::vector<float> q = RandomQueries(rng, q_heads * c.dim, 1.5);
+    const float scale = 1.0f / std::sqrt(float(c.dim));
+    std::vector<ReferenceRow> refs;
+    for (size_t h = 0; h < q_heads; ++h) {
+      refs.push_back(ReferenceAttention(cache, q.data() + h * c.dim, scale, h / c.group,
+                                        c.n_tokens - 1, c.window, c.sinks));
+    }
+    ForEachTarget([&] {
+      auto run = [&](const covattn_thread_pool* pool, std::vector<uint8_t>* scratch) {
+        const covattn_attention_options options{0.0f, c.window, c.sinks, pool};
+        std::vector<float> out(q_heads * c.dim, -7.0f);
+        REQUIRE(covattn_decode(&cache.view(), q.data(), q_heads, &options, out.data(),
+                               scratch->data(), scratch->size()) == COVATTN_OK);
+        return out;
+      };
+      ForEachPool(c.dim, run, [&](const std::vector<float>& out, size_t) {
+        for (size_t h = 0; h < q_heads; ++h) {
+          INFO("query head " << h);
+          CheckRow(out.data() + h * c.dim, refs[h], c.dim);
+        }
+      });
+    });
+  }
+}
+
+TEST_CASE("prefill over a pool: the reference with log Z, the same bits for every schedule") {
+  struct Case {
+    size_t kv_heads, group, dim, n_past, n_new;
+    uint32_t dtype;
+    size_t window, sinks;
+  } cases[] = {{1, 2, 64, 1800, 3, COVATTN_F32, 1200, 4},  // one tile: cache ranges
+               {2, 4, 48, 0, 70, COVATTN_F16, 0, 0},       // tiles of query positions
+               {1, 1, 128, 20, 150, COVATTN_BF16, 40, 2},
+               {3, 3, 16, 500, 9, COVATTN_F32, 0, 0}};
+  uint64_t seed = 900;
+  for (const Case& c : cases) {
+    INFO("kv heads " << c.kv_heads << " group " << c.group << " dim " << c.dim << " n_past "
+                     << c.n_past << " n_new " << c.n_new << " window " << c.window);
+    Rng rng(seed++);
+    const size_t q_heads = c.kv_heads * c.group, n_tokens = c.n_past + c.n_new;
+    TestCache cache(c.dtype, Layout::kHeadMajor, n_tokens + 2, c.kv_heads, c.dim);
+    cache.FillRandom(rng);
+    const std::vector<float> q = RandomQueries(rng, c.n_new * q_heads * c.dim, 1.0);
+    const float scale = 1.0f / std::sqrt(float(c.dim));
+    ForEachTarget([&] {
+      // Outputs [head][token][dim] then log Z, in one vector.
+      auto run = [&](const covattn_thread_pool* pool, std::vector<uint8_t>* scratch) {
+        const covattn_attention_options options{0.0f, c.window, c.sinks, pool};
+        std::vector<float> out(q_heads * c.n_new * c.dim + c.n_new * q_heads, -7.0f);
+        float* log_z = out.data() + q_heads * c.n_new * c.dim;
+        const covattn_queries queries{q.data(), c.n_new, q_heads, q_heads * c.dim, c.dim};
+        const covattn_outputs outputs{out.data(), c.dim, c.n_new * c.dim, log_z};
+        REQUIRE(covattn_prefill(&cache.view(), &queries, c.n_past, &options, &outputs,
+                                scratch->data(), scratch->size()) == COVATTN_OK);
+        return out;
+      };
+      ForEachPool(c.dim, run, [&](const std::vector<float>& out, size_t) {
+        for (size_t t = 0; t < c.n_new; t += 1 + c.n_new / 7) {
+          for (size_t h = 0; h < q_heads; ++h) {
+            INFO("token " << t << " head " << h);
+            const ReferenceRow ref =
+                ReferenceAttention(cache, q.data() + (t * q_heads + h) * c.dim, scale, h / c.group,
+                                   c.n_past + t, c.window, c.sinks);
+            CheckRow(out.data() + (h * c.n_new + t) * c.dim, ref, c.dim);
+            const float log_z = out[q_heads * c.n_new * c.dim + t * q_heads + h];
+            CHECK(std::fabs(log_z - ref.log_z) <= ref.log_z_bound);
+          }
+        }
+      });
+    });
+  }
+}
+
+TEST_CASE("a partial state over a pool merges with the rest of the cache to the reference") {
+  const size_t dim = 64, n_tokens = 2500, q_heads = 4, split = 900;
+  Rng rng(31);
+  TestCache cache(COVATTN_F16, Layout::kTokenMajor, n_tokens, 1, dim);
+  cache.FillRandom(rng);
+  const std::vector<float> q = RandomQueries(rng, q_heads * dim, 1.0);
+  const covattn_queries queries{q.data(), 1, q_heads, q_heads * dim, dim};
+  const float scale = 1.0f / std::sqrt(float(dim));
+  ForEachTarget([&] {
+    // The pool computes tokens [split, n); the calling thread [0, split).
+    auto run = [&](const covattn_thread_pool* pool, std::vector<uint8_t>* scratch) {
+      const covattn_attention_options options{0.0f, 0, 0, pool};
+      std::vector<float> state(q_heads * (dim + 2)), head(q_heads * (dim + 2));
+      const covattn_partial part{state.data(), state.data() + q_heads, state.data() + 2 * q_heads};
+      const covattn_partial first{head.data(), head.data() + q_heads, head.data() + 2 * q_heads};
+      REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, &options, split,
+                                      n_tokens, &part, scratch->data(),
+                                      scratch->size()) == COVATTN_OK);
+      std::vector<uint8_t> one = Scratch(dim);
+      REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, nullptr, 0, split,
+                                      &first, one.data(), one.size()) == COVATTN_OK);
+      REQUIRE(covattn_partial_merge(q_heads, dim, &first, &part) == COVATTN_OK);
+      std::vector<float> out(q_heads * dim);
+      REQUIRE(covattn_partial_finalize(q_heads, dim, &first, out.data(), nullptr) == COVATTN_OK);
+      out.insert(out.end(), state.begin(), state.end());  // the pool's state, bit for bit
+      return out;
+    };
+    ForEachPool(dim, run, [&](const std::vector<float>& out, size_t) {
+      for (size_t h = 0; h < q_heads; ++h) {
+        const ReferenceRow ref =
+            ReferenceAttention(cache, q.data() + h * dim, scale, 0, n_tokens - 1, 0, 0);
+        CheckRow(out.data() + h * dim, ref, dim);
+      }
+    });
+  });
+}
+
+TEST_CASE("NaN in the cache is reported through a pool, whichever range holds it") {
+  const size_t dim = 32, n_tokens = 2048;
+  Rng rng(41);
+  const std::vector<float> q = RandomQueries(rng, 4 * dim, 1.0);
+  for (size_t poisoned : {size_t{3}, size_t{1500}}) {
+    INFO("NaN key at token " << poisoned);
+    TestCache cache(COVATTN_BF16, Layout::kTokenMajor, n_tokens, 1, dim);
+    cache.FillRandom(rng);
+    cache.SetK(poisoned, 0, 7, std::nan(""));
+    ForEachTarget([&] {
+      for (size_t n_threads : {1, 2, 3}) {
+        ThreadPool real(n_threads);
+        const covattn_thread_pool pool = real.Pool();
+        const covattn_attention_options options{0.0f, 0, 0, &pool};
+        std::vector<uint8_t> scratch = ThreadScratch(dim, n_threads);
+        std::vector<float> out(4 * dim);
+        CHECK(covattn_decode(&cache.view(), q.data(), 4, &options, out.data(), scratch.data(),
+                             scratch.size()) == COVATTN_ERR_NONFINITE);
+      }
+    });
+  }
+}
+
+namespace {
+
+// Pools that break the contract: one skips the last task, one names a
+// thread beyond n_threads.
+void SkippingParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
+  for (size_t i = 0; i + 1 < n_tasks; ++i) task(context, 0, i);
+}
+void BadThreadParallelFor(void* pool, size_t n_tasks, covattn_task task, void* context) {
+  const size_t n_threads = static_cast<const covattn_thread_pool*>(pool)->n_threads;
+  for (size_t i = 0; i < n_tasks; ++i) task(context, i == 0 ? n_threads : 0, i);
+}
+
+}  // namespace
+
+TEST_CASE("the pool and its scratch are validated") {
+  const size_t dim = 64, n_tokens = 1000;
+  Rng rng(51);
+  TestCache cache(COVATTN_F32, Layout::kTokenMajor, n_tokens, 1, dim);
+  cache.FillRandom(rng);
+  const std::vector<float> q = RandomQueries(rng, 4 * dim, 1.0);
+  size_t one = 0, two = 0, bytes = 0;
+  REQUIRE(covattn_attention_scratch_size(dim, &one) == COVATTN_OK);
+  REQUIRE(covattn_attention_scratch_size_threads(dim, 2, &two) == COVATTN_OK);
+  // The formula covattn.h gives: L = 64, R = 8 * 66 = 528.
+  CHECK(two == 64 + 2 * (4 * (64 * 64 + 2048) + 16 * 528 + 2));
+  CHECK(two > 2 * one);
+  CHECK(covattn_attention_scratch_size_threads(dim, 0, &bytes) == COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(covattn_attention_scratch_size_threads(0, 2, &bytes) == COVATTN_ERR_INVALID_HEAD_DIM);
+  CHECK(covattn_attention_scratch_size_threads(dim, 2, nullptr) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_attention_scratch_size_threads(dim, SIZE_MAX / 1000, &bytes) ==
+        COVATTN_ERR_SIZE_OVERFLOW);
+  std::vector<uint8_t> scratch(two);
+  ThreadPool real(2);
+  const covattn_thread_pool good = real.Pool();
+  auto decode = [&](const covattn_thread_pool* pool, size_t scratch_bytes) {
+    const covattn_attention_options options{0.0f, 0, 0, pool};
+    std::vector<float> out(4 * dim, 3.0f);
+    const covattn_status s = covattn_decode(&cache.view(), q.data(), 4, &options, out.data(),
+                                            scratch.data(), scratch_bytes);
+    // A refused call writes nothing (a pool found broken afterwards may have).
+    if (s < 0 && s != COVATTN_ERR_INVALID_THREAD_POOL) {
+      for (float x : out) CHECK(x == 3.0f);
+    }
+    return s;
+  };
+  CHECK(decode(&good, two) == COVATTN_OK);
+  CHECK(decode(&good, two - 1) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(decode(&good, one) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  covattn_thread_pool no_callback = good, no_threads = good, huge = good;
+  no_callback.parallel_for = nullptr;
+  no_threads.n_threads = 0;
+  huge.n_threads = SIZE_MAX / 2;
+  CHECK(decode(&no_callback, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(decode(&no_threads, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(decode(&huge, two) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  ForEachTarget([&] {
+    covattn_thread_pool skipping{SkippingParallelFor, nullptr, 2};
+    CHECK(decode(&skipping, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool bad_thread{BadThreadParallelFor, nullptr, 2};
+    bad_thread.pool_context = &bad_thread;
+    CHECK(decode(&bad_thread, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  });
+  CHECK(std::string(covattn_status_string(COVATTN_ERR_INVALID_THREAD_POOL)) != "unknown status");
+}
+
+TEST_CASE("one KV head is cut into cache ranges for every thread; many heads are shared out") {
+  const size_t dim = 64;
+  Rng rng(61);
+  for (size_t kv_heads : {size_t{1}, size_t{8}}) {
+    TestCache cache(COVATTN_F32, Layout::kTokenMajor, 4096, kv_heads, dim);
+    cache.FillRandom(rng);
+    const std::vector<float> q = RandomQueries(rng, kv_heads * 4 * dim, 1.0);
+    for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+      INFO(kv_heads << " KV heads, " << n_threads << " threads");
+      OrderedPool pool{Order::kInOrder, n_threads, 0};
+      const covattn_thread_pool view = pool.Pool();
+      const covattn_attention_options options{0.0f, 0, 0, &view};
+      std::vector<uint8_t> scratch = ThreadScratch(dim, n_threads);
+      std::vector<float> out(kv_heads * 4 * dim);
+      REQUIRE(covattn_decode(&cache.view(), q.data(), kv_heads * 4, &options, out.data(),
+                             scratch.data(), scratch.size()) == COVATTN_OK);
+      // Enough tasks that every thread has work, and a multiple of n_threads.
+      CHECK(pool.last_n_tasks >= n_threads);
+      CHECK(pool.last_n_tasks % n_threads == 0);
+    }
+  }
+}
