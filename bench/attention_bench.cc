@@ -22,6 +22,7 @@
 #include "bench_util.h"
 #include "covattn/covattn.h"
 #include "machine_limits.h"
+#include "thread_pool.h"
 #ifdef COVATTN_BENCH_WITH_ONEDNN
 #include "onednn_peer.h"
 #endif
@@ -116,6 +117,50 @@ void Decode(benchmark::State& state, const std::string& target, uint32_t dtype, 
   if (shape.streams_from_dram) {
     state.counters["of_read_bw"] = benchmark::Counter(
         bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
+  } else {
+    state.SetLabel("cache-resident");
+  }
+  covattn_restrict_targets(nullptr);
+}
+
+// Decode over a pool of n_threads (tests/thread_pool.h; 0: no pool, the
+// calling thread alone). Layers count against the two-thread read bandwidth
+// measured in the same run (of_read_bw_2t).
+void ThreadedDecode(benchmark::State& state, const std::string& target, uint32_t dtype,
+                    DecodeShape shape, size_t n_threads) {
+  if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
+    state.SkipWithError("target unavailable");
+    return;
+  }
+  Cache& cache = SharedCache(dtype, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
+  const size_t n_q_heads = shape.n_kv_heads * shape.group;
+  const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
+  std::vector<float> out(n_q_heads * shape.dim);
+  covattn_test::ThreadPool pool(std::max<size_t>(n_threads, 1));
+  const covattn_thread_pool view = pool.Pool();
+  const covattn_attention_options options{0.0f, 0, 0, n_threads == 0 ? nullptr : &view};
+  size_t scratch_bytes = 0;
+  if (n_threads == 0) {
+    covattn_attention_scratch_size(shape.dim, &scratch_bytes);
+  } else {
+    covattn_attention_scratch_size_threads(shape.dim, n_threads, &scratch_bytes);
+  }
+  std::vector<uint8_t> scratch(scratch_bytes);
+  for (auto _ : state) {
+    if (covattn_decode(&cache.view, q.data(), n_q_heads, &options, out.data(), scratch.data(),
+                       scratch.size()) != COVATTN_OK) {
+      state.SkipWithError("covattn_decode failed");
+      break;
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = static_cast<double>(cache.Bytes());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  if (shape.streams_from_dram) {
+    state.counters["of_read_bw"] = benchmark::Counter(
+        bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_read_bw_2t"] = benchmark::Counter(
+        bytes / TwoThreadReadBytesPerSecond(), benchmark::Counter::kIsIterationInvariantRate);
   } else {
     state.SetLabel("cache-resident");
   }
@@ -245,6 +290,34 @@ void OneDnnPrefillBench(benchmark::State& state, size_t dim, size_t n) {
 }
 #endif
 
+// Decode on the best target over 1 and 2 threads: a layer streaming from
+// DRAM against the two-thread bandwidth, and one cache-resident KV head
+// (cut into cache ranges) against itself on one thread.
+void RegisterThreaded(const DecodeShape& layer, const DecodeShape& short_head) {
+  RegisterTwoThreadLimitBenchmark();
+  const std::string target = covattn_available_target(0);
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16}) {
+    const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
+    for (size_t n_threads : {0, 2}) {
+      const std::string threads = n_threads == 0 ? "/calling_thread" : "/pool_threads:2";
+      benchmark::RegisterBenchmark(
+          ("decode_threads/layer_kv8_gqa4_d128_ctx32768/" + suffix + threads).c_str(),
+          ThreadedDecode, target, dtype, layer, n_threads)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+    for (size_t n_threads : {0, 1, 2}) {
+      const std::string threads =
+          n_threads == 0 ? "/calling_thread" : "/pool_threads:" + std::to_string(n_threads);
+      benchmark::RegisterBenchmark(
+          ("decode_threads/head_gqa4_d128_ctx4096/" + suffix + threads).c_str(), ThreadedDecode,
+          target, dtype, short_head, n_threads)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+}
+
 void RegisterAll() {
   RegisterLimitBenchmarks();
   // f32 caches: layer 256 MiB (streams from DRAM), one head 32 MiB, short 4 MiB.
@@ -252,6 +325,7 @@ void RegisterAll() {
   const DecodeShape layer_head_major{8, 4, 128, 32768, true, Layout::kHeadMajor};
   const DecodeShape one_head{1, 4, 128, 32768, false, Layout::kTokenMajor};
   const DecodeShape short_head{1, 4, 128, 4096, false, Layout::kTokenMajor};
+  RegisterThreaded(layer, short_head);
   for (size_t i = 0; i < covattn_available_target_count(); ++i) {
     const std::string target = covattn_available_target(i);
     for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {

@@ -58,6 +58,7 @@ HWY_AFTER_NAMESPACE();
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 #include <vector>
 
 #include "machine_limits.h"
@@ -115,6 +116,35 @@ void RegisterLimitBenchmarks() {
     for (auto _ : state) benchmark::DoNotOptimize(limits);
     state.counters["flops"] = limits.fma_flops_per_second;
     state.SetLabel(limits.fma_target);
+  })->Iterations(1);
+}
+
+double TwoThreadReadBytesPerSecond() {
+  static const double bytes_per_second = [] {
+    const size_t n = size_t{1} << 28, half = n / 2;
+    std::vector<float> buffer(n, 1.0f);
+    float sums[2] = {0.0f, 0.0f};
+    double best = 0.0;
+    for (int pass = 0; pass < 5; ++pass) {
+      const auto start = std::chrono::steady_clock::now();
+      std::thread other(
+          [&] { sums[1] += HWY_DYNAMIC_DISPATCH(SumFloats)(buffer.data() + half, half); });
+      sums[0] += HWY_DYNAMIC_DISPATCH(SumFloats)(buffer.data(), half);
+      other.join();
+      // Includes starting the thread (tens of microseconds in ~50 ms).
+      best = std::max(best, n * sizeof(float) / Seconds(start));
+    }
+    benchmark::DoNotOptimize(sums);
+    return best;
+  }();
+  return bytes_per_second;
+}
+
+void RegisterTwoThreadLimitBenchmark() {
+  benchmark::RegisterBenchmark("machine/read_bandwidth_1GiB_2threads", [](benchmark::State& state) {
+    const double bytes_per_second = TwoThreadReadBytesPerSecond();
+    for (auto _ : state) benchmark::DoNotOptimize(bytes_per_second);
+    state.counters["bytes_per_second"] = bytes_per_second;
   })->Iterations(1);
 }
 

@@ -22,6 +22,14 @@ const MachineLimits& Limits();
 // in the output next to the kernels.
 void RegisterLimitBenchmarks();
 
+// Read bandwidth of two threads at once, each summing its own half of a
+// 1 GiB buffer (best of several passes), measured on first use: the limit of
+// kernels run on two threads.
+double TwoThreadReadBytesPerSecond();
+
+// Registers a benchmark that reports it (machine/read_bandwidth_1GiB_2threads).
+void RegisterTwoThreadLimitBenchmark();
+
 }  // namespace covattn_bench
 
 #endif  // COVATTN_BENCH_MACHINE_LIMITS_H_

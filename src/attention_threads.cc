@@ -96,14 +96,16 @@ Plan MakePlan(const AttentionProblem& pb, size_t n_threads) {
   const size_t wanted = std::max(kUnitsPerThread * n_threads, CeilDiv(n_rows, kPassRows));
   plan.n_units = std::min({wanted, plan.n_tiles, kMaxParts});
   plan.n_splits = 1;
-  if (plan.n_tiles < kUnitsPerThread * n_threads && plan.n_tiles % n_threads != 0) {
-    // One tile per unit; each cut into ranges of the cache.
+  if (plan.n_tiles < kUnitsPerThread * n_threads && plan.n_tiles % n_threads != 0 &&
+      plan.n_units == plan.n_tiles) {
+    // One tile per unit (the split states hold kTileRows rows); each cut
+    // into ranges of the cache.
     size_t longest = 0;
     for (size_t u = 0; u < plan.n_units; ++u) {
       longest = std::max(longest, Count(UnitTokens(pb, UnitRows(plan, u))));
     }
-    plan.n_splits = std::min(CeilDiv(kUnitsPerThread * n_threads, plan.n_tiles),
-                             std::max<size_t>(1, longest / kMinSplitTokens));
+    plan.n_splits = std::min({CeilDiv(kUnitsPerThread * n_threads, plan.n_tiles),
+                              std::max<size_t>(1, longest / kMinSplitTokens), kMaxParts});
   }
   return plan;
 }

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "covattn/covattn.hpp"
 #include "test_util.h"
 #include "thread_pool.h"
 
@@ -343,4 +344,22 @@ TEST_CASE("one KV head is cut into cache ranges for every thread; many heads are
       CHECK(pool.last_n_tasks % n_threads == 0);
     }
   }
+}
+
+TEST_CASE("the C++ wrapper sizes its scratch for the options' pool") {
+  const size_t dim = 32;
+  Rng rng(71);
+  TestCache cache(COVATTN_F16, Layout::kTokenMajor, 1024, 1, dim);
+  cache.FillRandom(rng);
+  const std::vector<float> q = RandomQueries(rng, 2 * dim, 1.0);
+  ThreadPool real(2);
+  const covattn_thread_pool pool = real.Pool();
+  const covattn_attention_options options{0.0f, 0, 0, &pool};
+  std::vector<float> got(2 * dim), want(2 * dim);
+  covattn::Attention attention;
+  CHECK(attention.Decode(cache.view(), q.data(), 2, got.data(), &options) == COVATTN_OK);
+  std::vector<uint8_t> scratch = ThreadScratch(dim, 2);
+  REQUIRE(covattn_decode(&cache.view(), q.data(), 2, &options, want.data(), scratch.data(),
+                         scratch.size()) == COVATTN_OK);
+  CHECK(got == want);
 }

@@ -38,27 +38,32 @@ inline covattn_status Check(covattn_status status) {
   return status;
 }
 
-// Exact attention with scratch memory kept between calls.
+// Exact attention with scratch memory kept between calls (sized for the
+// options' thread pool when they name one).
 class Attention {
  public:
   // q and out are [n_q_heads][head_dim].
   covattn_status Decode(const covattn_kv_cache& kv, const float* q, size_t n_q_heads, float* out,
                         const covattn_attention_options* options = nullptr) {
-    Reserve(kv.head_dim);
+    Reserve(kv.head_dim, options);
     return Check(covattn_decode(&kv, q, n_q_heads, options, out, scratch_.data(), scratch_.size()));
   }
 
   covattn_status Prefill(const covattn_kv_cache& kv, const covattn_queries& q, size_t n_past,
                          const covattn_outputs& out,
                          const covattn_attention_options* options = nullptr) {
-    Reserve(kv.head_dim);
+    Reserve(kv.head_dim, options);
     return Check(covattn_prefill(&kv, &q, n_past, options, &out, scratch_.data(), scratch_.size()));
   }
 
  private:
-  void Reserve(size_t head_dim) {
+  void Reserve(size_t head_dim, const covattn_attention_options* options) {
     size_t bytes = 0;
-    Check(covattn_attention_scratch_size(head_dim, &bytes));
+    if (options != nullptr && options->threads != nullptr) {
+      Check(covattn_attention_scratch_size_threads(head_dim, options->threads->n_threads, &bytes));
+    } else {
+      Check(covattn_attention_scratch_size(head_dim, &bytes));
+    }
     if (scratch_.size() < bytes) scratch_.resize(bytes);
   }
   std::vector<unsigned char> scratch_;
