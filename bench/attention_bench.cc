@@ -90,44 +90,11 @@ struct DecodeShape {
   Layout layout;
 };
 
-void Decode(benchmark::State& state, const std::string& target, uint32_t dtype, DecodeShape shape) {
-  if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
-    state.SkipWithError("target unavailable");
-    return;
-  }
-  Cache& cache = SharedCache(dtype, shape.n_tokens, shape.n_kv_heads, shape.dim, shape.layout);
-  const size_t n_q_heads = shape.n_kv_heads * shape.group;
-  const std::vector<float> q = RandomVector(n_q_heads * shape.dim, 7);
-  std::vector<float> out(n_q_heads * shape.dim);
-  size_t scratch_bytes = 0;
-  covattn_attention_scratch_size(shape.dim, &scratch_bytes);
-  std::vector<uint8_t> scratch(scratch_bytes);
-  for (auto _ : state) {
-    if (covattn_decode(&cache.view, q.data(), n_q_heads, nullptr, out.data(), scratch.data(),
-                       scratch.size()) != COVATTN_OK) {
-      state.SkipWithError("covattn_decode failed");
-      break;
-    }
-    benchmark::DoNotOptimize(out.data());
-  }
-  const double bytes = static_cast<double>(cache.Bytes());
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
-  state.counters["tokens_per_second"] = benchmark::Counter(
-      static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
-  if (shape.streams_from_dram) {
-    state.counters["of_read_bw"] = benchmark::Counter(
-        bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
-  } else {
-    state.SetLabel("cache-resident");
-  }
-  covattn_restrict_targets(nullptr);
-}
-
-// Decode over a pool of n_threads (tests/thread_pool.h; 0: no pool, the
-// calling thread alone). Layers count against the two-thread read bandwidth
-// measured in the same run (of_read_bw_2t).
-void ThreadedDecode(benchmark::State& state, const std::string& target, uint32_t dtype,
-                    DecodeShape shape, size_t n_threads) {
+// Decode on the calling thread (n_threads 0) or over a pool of n_threads
+// (tests/thread_pool.h); a layer on a pool also counts against the
+// two-thread read bandwidth measured in the same run (of_read_bw_2t).
+void Decode(benchmark::State& state, const std::string& target, uint32_t dtype, DecodeShape shape,
+            size_t n_threads) {
   if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
     state.SkipWithError("target unavailable");
     return;
@@ -156,13 +123,17 @@ void ThreadedDecode(benchmark::State& state, const std::string& target, uint32_t
   }
   const double bytes = static_cast<double>(cache.Bytes());
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(shape.n_tokens), benchmark::Counter::kIsIterationInvariantRate);
   if (shape.streams_from_dram) {
     state.counters["of_read_bw"] = benchmark::Counter(
         bytes / Limits().read_bytes_per_second, benchmark::Counter::kIsIterationInvariantRate);
-    state.counters["of_read_bw_2t"] = benchmark::Counter(
-        bytes / TwoThreadReadBytesPerSecond(), benchmark::Counter::kIsIterationInvariantRate);
   } else {
     state.SetLabel("cache-resident");
+  }
+  if (shape.streams_from_dram && n_threads >= 2) {
+    state.counters["of_read_bw_2t"] = benchmark::Counter(
+        bytes / TwoThreadReadBytesPerSecond(), benchmark::Counter::kIsIterationInvariantRate);
   }
   covattn_restrict_targets(nullptr);
 }
@@ -301,8 +272,8 @@ void RegisterThreaded(const DecodeShape& layer, const DecodeShape& short_head) {
     for (size_t n_threads : {0, 2}) {
       const std::string threads = n_threads == 0 ? "/calling_thread" : "/pool_threads:2";
       benchmark::RegisterBenchmark(
-          ("decode_threads/layer_kv8_gqa4_d128_ctx32768/" + suffix + threads).c_str(),
-          ThreadedDecode, target, dtype, layer, n_threads)
+          ("decode_threads/layer_kv8_gqa4_d128_ctx32768/" + suffix + threads).c_str(), Decode,
+          target, dtype, layer, n_threads)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }
@@ -310,8 +281,8 @@ void RegisterThreaded(const DecodeShape& layer, const DecodeShape& short_head) {
       const std::string threads =
           n_threads == 0 ? "/calling_thread" : "/pool_threads:" + std::to_string(n_threads);
       benchmark::RegisterBenchmark(
-          ("decode_threads/head_gqa4_d128_ctx4096/" + suffix + threads).c_str(), ThreadedDecode,
-          target, dtype, short_head, n_threads)
+          ("decode_threads/head_gqa4_d128_ctx4096/" + suffix + threads).c_str(), Decode, target,
+          dtype, short_head, n_threads)
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }
@@ -331,20 +302,20 @@ void RegisterAll() {
     for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
       const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
       benchmark::RegisterBenchmark(("decode/layer_kv8_gqa4_d128_ctx32768/" + suffix).c_str(),
-                                   Decode, target, dtype, layer)
+                                   Decode, target, dtype, layer, size_t{0})
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(
           ("decode/layer_kv8_gqa4_d128_ctx32768_headmajor/" + suffix).c_str(), Decode, target,
-          dtype, layer_head_major)
+          dtype, layer_head_major, size_t{0})
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx32768/" + suffix).c_str(), Decode,
-                                   target, dtype, one_head)
+                                   target, dtype, one_head, size_t{0})
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
       benchmark::RegisterBenchmark(("decode/head_gqa4_d128_ctx4096/" + suffix).c_str(), Decode,
-                                   target, dtype, short_head)
+                                   target, dtype, short_head, size_t{0})
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }
@@ -377,10 +348,12 @@ void RegisterAll() {
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       } else {
-        benchmark::RegisterBenchmark(head_name.c_str(), Decode, target, COVATTN_F32, head)
+        benchmark::RegisterBenchmark(head_name.c_str(), Decode, target, COVATTN_F32, head,
+                                     size_t{0})
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark(layer_name.c_str(), Decode, target, COVATTN_F32, small_layer)
+        benchmark::RegisterBenchmark(layer_name.c_str(), Decode, target, COVATTN_F32, small_layer,
+                                     size_t{0})
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       }

@@ -12,23 +12,11 @@ struct Shape {
   size_t dim, n_tokens, kv_heads, group;
 };
 
-std::vector<uint8_t> Scratch(size_t dim) {
-  size_t bytes = 0;
-  REQUIRE(covattn_attention_scratch_size(dim, &bytes) == COVATTN_OK);
-  return std::vector<uint8_t>(bytes);
-}
-
-std::vector<float> RandomQueries(Rng& rng, size_t n, double std_dev) {
-  std::vector<float> q(n);
-  for (float& x : q) x = static_cast<float>(std_dev * rng.Normal());
-  return q;
-}
-
 // Decode through the C API and check every head against the reference.
 void CheckDecode(const TestCache& cache, const std::vector<float>& q, size_t n_q_heads,
                  const covattn_attention_options* options) {
   const size_t dim = cache.dim();
-  std::vector<uint8_t> scratch = Scratch(dim);
+  std::vector<uint8_t> scratch = AttentionScratch(dim);
   std::vector<float> out(n_q_heads * dim, -7.0f);
   const float scale =
       options && options->scale != 0.0f ? options->scale : 1.0f / std::sqrt(float(dim));
@@ -65,7 +53,7 @@ TEST_CASE("decode matches the double reference over head dims, lengths, GQA and 
         Rng rng(seed);
         TestCache cache(dtype, Layout::kTokenMajor, n, kv_heads, dim);
         cache.FillRandom(rng);
-        const std::vector<float> q = RandomQueries(rng, kv_heads * group * dim, 1.5);
+        const std::vector<float> q = NormalFloats(rng, kv_heads * group * dim, 1.5);
         ForEachTarget([&] { CheckDecode(cache, q, kv_heads * group, nullptr); });
       }
     }
@@ -80,7 +68,7 @@ TEST_CASE("decode over long caches (tens of thousands of tokens)") {
     Rng rng(seed++);
     TestCache cache(COVATTN_BF16, Layout::kHeadMajor, s.n_tokens, s.kv_heads, s.dim);
     cache.FillRandom(rng);
-    const std::vector<float> q = RandomQueries(rng, s.kv_heads * s.group * s.dim, 2.0);
+    const std::vector<float> q = NormalFloats(rng, s.kv_heads * s.group * s.dim, 2.0);
     ForEachTarget([&] { CheckDecode(cache, q, s.kv_heads * s.group, nullptr); });
   }
 }
@@ -98,7 +86,7 @@ TEST_CASE("decode with many heads: passes that span heads, tiles that split a gr
       Rng rng(seed++);
       TestCache cache(COVATTN_F32, layout, s.n_tokens, s.kv_heads, s.dim);
       cache.FillRandom(rng);
-      const std::vector<float> q = RandomQueries(rng, s.kv_heads * s.group * s.dim, 1.5);
+      const std::vector<float> q = NormalFloats(rng, s.kv_heads * s.group * s.dim, 1.5);
       ForEachTarget([&] { CheckDecode(cache, q, s.kv_heads * s.group, nullptr); });
     }
   }
@@ -112,7 +100,7 @@ TEST_CASE("every cache layout and custom strides give the same answer") {
       Rng rng(7);
       TestCache cache(dtype, layout, 300, 4, 48);
       cache.FillRandom(rng);
-      const std::vector<float> q = RandomQueries(rng, 8 * 48, 1.0);
+      const std::vector<float> q = NormalFloats(rng, 8 * 48, 1.0);
       ForEachTarget([&] { CheckDecode(cache, q, 8, nullptr); });
     }
   }
@@ -128,7 +116,7 @@ TEST_CASE("sliding window and sink tokens") {
     Rng rng(c.window * 131 + c.sinks);
     TestCache cache(COVATTN_F32, Layout::kTokenMajor, c.n_tokens, 2, 40);
     cache.FillRandom(rng);
-    const std::vector<float> q = RandomQueries(rng, 4 * 40, 2.0);
+    const std::vector<float> q = NormalFloats(rng, 4 * 40, 2.0);
     covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
     ForEachTarget([&] { CheckDecode(cache, q, 4, &options); });
   }
@@ -138,7 +126,7 @@ TEST_CASE("explicit scale, including a negative one") {
   Rng rng(3);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, 150, 1, 32);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, 2 * 32, 1.0);
+  const std::vector<float> q = NormalFloats(rng, 2 * 32, 1.0);
   for (float scale : {0.5f, -0.3f, 1e-3f}) {
     INFO("scale " << scale);
     covattn_attention_options options{scale, 0, 0, nullptr};
@@ -163,7 +151,7 @@ TEST_CASE("extreme logits (scores of +-1e4) neither overflow nor lose the winner
     cache.SetK(321, 0, i, -1e4 * q[i] / (qq * scale));
   }
   ForEachTarget([&] {
-    std::vector<uint8_t> scratch = Scratch(dim);
+    std::vector<uint8_t> scratch = AttentionScratch(dim);
     std::vector<float> out(dim);
     REQUIRE(covattn_decode(&cache.view(), q.data(), 1, nullptr, out.data(), scratch.data(),
                            scratch.size()) == COVATTN_OK);
@@ -197,7 +185,7 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
     const covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
     const float scale = 1.0f / std::sqrt(float(c.dim));
     ForEachTarget([&] {
-      std::vector<uint8_t> scratch = Scratch(c.dim);
+      std::vector<uint8_t> scratch = AttentionScratch(c.dim);
       // Outputs [head][token][dim] to exercise output strides.
       std::vector<float> out(q_heads * c.n_new * c.dim), log_z(c.n_new * q_heads);
       const covattn_queries queries{q.data(), c.n_new, q_heads, q_token_stride, c.dim};
@@ -232,7 +220,7 @@ TEST_CASE("split into partial states and merged equals one pass") {
   Rng rng(5);
   TestCache cache(COVATTN_F16, Layout::kHeadMajor, n_tokens, kv_heads, dim);
   cache.FillRandom(rng, 1.5);
-  const std::vector<float> q = RandomQueries(rng, q_heads * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, q_heads * dim, 1.0);
   const covattn_queries queries{q.data(), 1, q_heads, q_heads * dim, dim};
   const size_t splits[] = {0, 1, 64, 65, 333, 999, 1000};
   const float scale = 1.0f / std::sqrt(float(dim));
@@ -240,7 +228,7 @@ TEST_CASE("split into partial states and merged equals one pass") {
     INFO("window " << window);
     const covattn_attention_options options{0.0f, window, 2, nullptr};
     ForEachTarget([&] {
-      std::vector<uint8_t> scratch = Scratch(dim);
+      std::vector<uint8_t> scratch = AttentionScratch(dim);
       std::vector<float> m(q_heads), l(q_heads), o(q_heads * dim);
       std::vector<float> m2(q_heads), l2(q_heads), o2(q_heads * dim);
       const covattn_partial total{m.data(), l.data(), o.data()};
@@ -274,11 +262,11 @@ TEST_CASE("a partial state of a range the query cannot see is empty, and finaliz
   Rng rng(9);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, 100, 1, dim);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, dim, 1.0);
   const covattn_queries queries{q.data(), 1, 1, dim, dim};
   const covattn_attention_options options{0.0f, 10, 0, nullptr};  // sees tokens 90..99
   ForEachTarget([&] {
-    std::vector<uint8_t> scratch = Scratch(dim);
+    std::vector<uint8_t> scratch = AttentionScratch(dim);
     float m = 1, l = 1;
     std::vector<float> o(dim, 1.0f), out(dim, 5.0f);
     const covattn_partial state{&m, &l, o.data()};
@@ -299,7 +287,7 @@ TEST_CASE("decode on an empty cache gives zeros and reports the masked rows") {
   const size_t dim = 16;
   std::vector<float> q(2 * dim, 1.0f), out(2 * dim, 3.0f);
   covattn_kv_cache cache{COVATTN_F32, nullptr, nullptr, 0, 1, dim, dim, dim, dim, dim};
-  std::vector<uint8_t> scratch = Scratch(dim);
+  std::vector<uint8_t> scratch = AttentionScratch(dim);
   ForEachTarget([&] {
     CHECK(covattn_decode(&cache, q.data(), 2, nullptr, out.data(), scratch.data(),
                          scratch.size()) == COVATTN_FULLY_MASKED);
@@ -309,9 +297,9 @@ TEST_CASE("decode on an empty cache gives zeros and reports the masked rows") {
 
 TEST_CASE("NaN or infinite inputs are reported, never returned as success") {
   const size_t dim = 32, n = 100;
-  std::vector<uint8_t> scratch = Scratch(dim);
+  std::vector<uint8_t> scratch = AttentionScratch(dim);
   Rng rng(21);
-  const std::vector<float> q = RandomQueries(rng, dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, dim, 1.0);
   struct Poison {
     const char* what;
     bool in_key;
@@ -357,14 +345,14 @@ TEST_CASE("f32 decode over 65536 tokens stays within 1e-6 of float64 (rel L2)") 
   Rng rng(2024);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, n_tokens, kv_heads, dim);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, kv_heads * group * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, kv_heads * group * dim, 1.0);
   const float scale = 1.0f / std::sqrt(float(dim));
   std::vector<ReferenceRow> refs;
   for (size_t h = 0; h < group; ++h) {
     refs.push_back(ReferenceAttention(cache, q.data() + h * dim, scale, 0, n_tokens - 1, 0, 0));
   }
   ForEachTarget([&] {
-    std::vector<uint8_t> scratch = Scratch(dim);
+    std::vector<uint8_t> scratch = AttentionScratch(dim);
     std::vector<float> out(group * dim);
     REQUIRE(covattn_decode(&cache.view(), q.data(), group, nullptr, out.data(), scratch.data(),
                            scratch.size()) == COVATTN_OK);

@@ -55,6 +55,20 @@ struct Rng {
   std::uniform_real_distribution<double> uniform{0.0, 1.0};
 };
 
+// n floats drawn from N(0, std_dev^2), e.g. queries.
+inline std::vector<float> NormalFloats(Rng& rng, size_t n, double std_dev) {
+  std::vector<float> x(n);
+  for (float& f : x) f = static_cast<float>(std_dev * rng.Normal());
+  return x;
+}
+
+// Scratch for attention calls on the calling thread.
+inline std::vector<uint8_t> AttentionScratch(size_t dim) {
+  size_t bytes = 0;
+  REQUIRE(covattn_attention_scratch_size(dim, &bytes) == COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
 // ---------------------------------------------------------------------------
 // KV caches in the layouts engines use.
 

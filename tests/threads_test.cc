@@ -51,18 +51,6 @@ std::vector<uint8_t> ThreadScratch(size_t dim, size_t n_threads) {
   return std::vector<uint8_t>(bytes);
 }
 
-std::vector<uint8_t> Scratch(size_t dim) {
-  size_t bytes = 0;
-  REQUIRE(covattn_attention_scratch_size(dim, &bytes) == COVATTN_OK);
-  return std::vector<uint8_t>(bytes);
-}
-
-std::vector<float> RandomQueries(Rng& rng, size_t n, double std_dev) {
-  std::vector<float> q(n);
-  for (float& x : q) x = static_cast<float>(std_dev * rng.Normal());
-  return q;
-}
-
 double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
   double err = 0.0, norm = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -79,7 +67,7 @@ double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
 // (rel L2) of the calling thread's.
 template <class Run, class Check>
 void ForEachPool(size_t dim, Run&& run, Check&& check) {
-  std::vector<uint8_t> scratch = Scratch(dim);
+  std::vector<uint8_t> scratch = AttentionScratch(dim);
   const std::vector<float> alone = run(nullptr, &scratch);
   check(alone, size_t{0});
   for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
@@ -125,7 +113,7 @@ TEST_CASE("decode over a pool: the reference, and the same bits for every schedu
     TestCache cache(c.dtype, Layout::kTokenMajor, c.n_tokens, c.kv_heads, c.dim);
     cache.FillRandom(rng);
     const size_t q_heads = c.kv_heads * c.group;
-    const std::vector<float> q = RandomQueries(rng, q_heads * c.dim, 1.5);
+    const std::vector<float> q = NormalFloats(rng, q_heads * c.dim, 1.5);
     const float scale = 1.0f / std::sqrt(float(c.dim));
     std::vector<ReferenceRow> refs;
     for (size_t h = 0; h < q_heads; ++h) {
@@ -167,7 +155,7 @@ TEST_CASE("prefill over a pool: the reference with log Z, the same bits for ever
     const size_t q_heads = c.kv_heads * c.group, n_tokens = c.n_past + c.n_new;
     TestCache cache(c.dtype, Layout::kHeadMajor, n_tokens + 2, c.kv_heads, c.dim);
     cache.FillRandom(rng);
-    const std::vector<float> q = RandomQueries(rng, c.n_new * q_heads * c.dim, 1.0);
+    const std::vector<float> q = NormalFloats(rng, c.n_new * q_heads * c.dim, 1.0);
     const float scale = 1.0f / std::sqrt(float(c.dim));
     ForEachTarget([&] {
       // Outputs [head][token][dim] then log Z, in one vector.
@@ -203,7 +191,7 @@ TEST_CASE("a partial state over a pool merges with the rest of the cache to the 
   Rng rng(31);
   TestCache cache(COVATTN_F16, Layout::kTokenMajor, n_tokens, 1, dim);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, q_heads * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, q_heads * dim, 1.0);
   const covattn_queries queries{q.data(), 1, q_heads, q_heads * dim, dim};
   const float scale = 1.0f / std::sqrt(float(dim));
   ForEachTarget([&] {
@@ -216,7 +204,7 @@ TEST_CASE("a partial state over a pool merges with the rest of the cache to the 
       REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, &options, split,
                                       n_tokens, &part, scratch->data(),
                                       scratch->size()) == COVATTN_OK);
-      std::vector<uint8_t> one = Scratch(dim);
+      std::vector<uint8_t> one = AttentionScratch(dim);
       REQUIRE(covattn_prefill_partial(&cache.view(), &queries, n_tokens - 1, nullptr, 0, split,
                                       &first, one.data(), one.size()) == COVATTN_OK);
       REQUIRE(covattn_partial_merge(q_heads, dim, &first, &part) == COVATTN_OK);
@@ -238,7 +226,7 @@ TEST_CASE("a partial state over a pool merges with the rest of the cache to the 
 TEST_CASE("NaN in the cache is reported through a pool, whichever range holds it") {
   const size_t dim = 32, n_tokens = 2048;
   Rng rng(41);
-  const std::vector<float> q = RandomQueries(rng, 4 * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, 4 * dim, 1.0);
   for (size_t poisoned : {size_t{3}, size_t{1500}}) {
     INFO("NaN key at token " << poisoned);
     TestCache cache(COVATTN_BF16, Layout::kTokenMajor, n_tokens, 1, dim);
@@ -277,7 +265,7 @@ TEST_CASE("the pool and its scratch are validated") {
   Rng rng(51);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, n_tokens, 1, dim);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, 4 * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, 4 * dim, 1.0);
   size_t one = 0, two = 0, bytes = 0;
   REQUIRE(covattn_attention_scratch_size(dim, &one) == COVATTN_OK);
   REQUIRE(covattn_attention_scratch_size_threads(dim, 2, &two) == COVATTN_OK);
@@ -329,7 +317,7 @@ TEST_CASE("one KV head is cut into cache ranges for every thread; many heads are
   for (size_t kv_heads : {size_t{1}, size_t{8}}) {
     TestCache cache(COVATTN_F32, Layout::kTokenMajor, 4096, kv_heads, dim);
     cache.FillRandom(rng);
-    const std::vector<float> q = RandomQueries(rng, kv_heads * 4 * dim, 1.0);
+    const std::vector<float> q = NormalFloats(rng, kv_heads * 4 * dim, 1.0);
     for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
       INFO(kv_heads << " KV heads, " << n_threads << " threads");
       OrderedPool pool{Order::kInOrder, n_threads, 0};
@@ -351,7 +339,7 @@ TEST_CASE("the C++ wrapper sizes its scratch for the options' pool") {
   Rng rng(71);
   TestCache cache(COVATTN_F16, Layout::kTokenMajor, 1024, 1, dim);
   cache.FillRandom(rng);
-  const std::vector<float> q = RandomQueries(rng, 2 * dim, 1.0);
+  const std::vector<float> q = NormalFloats(rng, 2 * dim, 1.0);
   ThreadPool real(2);
   const covattn_thread_pool pool = real.Pool();
   const covattn_attention_options options{0.0f, 0, 0, &pool};
