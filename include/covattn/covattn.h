@@ -197,11 +197,11 @@ typedef struct covattn_attention_options {
   /* NULL: run on the calling thread. Otherwise decode, prefill and
    * prefill_partial split their work over the pool's threads: tiles of query
    * rows (each of one KV head) and, when there are fewer tiles than
-   * 2 * n_threads and not a multiple of n_threads, ranges of the cache (at
-   * least 256 visible tokens each) merged as partial states (MATH.md section
-   * 1). The split depends on the problem and n_threads only and the merge
-   * order is fixed, so results are the same bits however the pool schedules
-   * the tasks; they differ from the 1-thread results by rounding only. The
+   * 2 * n_threads and not a multiple of n_threads, ranges of the cache (no
+   * more ranges than 1 per 256 visible tokens) merged as partial states
+   * (MATH.md section 1). The call blocks until parallel_for returns. The split depends on the
+   * problem and n_threads only and the merge order is fixed, so results are the same bits however
+   * the pool schedules the tasks; they differ from the 1-thread results by rounding only. The
    * scratch must then hold covattn_attention_scratch_size_threads bytes. */
   const covattn_thread_pool* threads;
 } covattn_attention_options;
