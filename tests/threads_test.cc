@@ -351,3 +351,33 @@ TEST_CASE("the C++ wrapper sizes its scratch for the options' pool") {
                          scratch.size()) == COVATTN_OK);
   CHECK(got == want);
 }
+
+TEST_CASE("calls over a pool write nothing beyond the scratch size they asked for") {
+  const size_t dim = 40;
+  Rng rng(81);
+  TestCache cache(COVATTN_F32, Layout::kTokenMajor, 3000, 3, dim);
+  cache.FillRandom(rng);
+  const std::vector<float> q = NormalFloats(rng, 6 * dim, 1.0);
+  ForEachTarget([&] {
+    for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+      INFO(n_threads << " threads");
+      size_t bytes = 0;
+      REQUIRE(covattn_attention_scratch_size_threads(dim, n_threads, &bytes) == COVATTN_OK);
+      // Guard bytes after the scratch, which starts at every offset from a
+      // 64-byte boundary that matters for its alignment.
+      for (size_t offset : {0, 4, 60}) {
+        std::vector<uint8_t> memory(offset + bytes + 256, 0xAB);
+        OrderedPool pool{Order::kReversed, n_threads, 9};
+        const covattn_thread_pool view = pool.Pool();
+        const covattn_attention_options options{0.0f, 0, 0, &view};
+        std::vector<float> out(6 * dim);
+        REQUIRE(covattn_decode(&cache.view(), q.data(), 6, &options, out.data(),
+                               memory.data() + offset, bytes) == COVATTN_OK);
+        CHECK(std::all_of(memory.begin() + offset + bytes, memory.end(),
+                          [](uint8_t b) { return b == 0xAB; }));
+        CHECK(std::all_of(memory.begin(), memory.begin() + offset,
+                          [](uint8_t b) { return b == 0xAB; }));
+      }
+    }
+  });
+}
