@@ -1,10 +1,11 @@
-// Exact attention over the caller's thread pool. A call's query rows are cut
-// into units of whole tiles (rows of one KV head, attention.h); when there
-// are too few tiles to keep every thread busy, each unit is also cut into
-// ranges of the cache whose partial states are merged afterwards, in order,
-// on the calling thread (MATH.md section 1). The cut depends on the problem
-// and n_threads only, so the results do not depend on how the pool
-// schedules the tasks.
+// Exact attention over the caller's thread pool. When a call has few
+// passes (attention.h: up to kPassRows query rows walking the cache
+// together), each pass is cut into ranges of the cache, so that every thread
+// streams contiguous memory whatever the layout, and the ranges' partial
+// states are merged afterwards, in order, on the calling thread (MATH.md
+// section 1). Otherwise (prefill, or a short cache) the rows are shared out
+// in units of whole tiles. The split depends on the problem and n_threads
+// only, so the results do not depend on how the pool schedules the tasks.
 #include "attention_threads.h"
 
 #include <algorithm>
@@ -28,17 +29,17 @@ constexpr size_t kMinSplitTokens = 256;
 // Caps on units and splits, so that u * (n % units) and s * (n % splits)
 // below fit in 32 bits.
 constexpr size_t kMaxParts = size_t{1} << 16;
-// Split states per thread: the split makes fewer than 2 * n_threads tiles
-// into ceil(2 * n_threads / tiles) ranges each, so fewer than 4 * n_threads.
+// Split states per thread: fewer than 2 * n_threads passes are cut into at
+// most ceil(2 * n_threads / passes) ranges each, so fewer than 4 * n_threads.
 constexpr size_t kSplitStatesPerThread = 4;
 
 static_assert(sizeof(AttentionOutcome) == 2, "the scratch formula in covattn.h counts 2 bytes");
 
 size_t RoundUp16(size_t n) { return (n + 15) & ~size_t{15}; }
 
-// Floats of one split state: m and l of up to kTileRows rows, then their o
+// Floats of one split state: m and l of up to kPassRows rows, then their o
 // ([row][head_dim], as MergePartialRows reads it).
-size_t SplitStateFloats(size_t head_dim) { return RoundUp16(kTileRows * (head_dim + 2)); }
+size_t SplitStateFloats(size_t head_dim) { return RoundUp16(kPassRows * (head_dim + 2)); }
 
 // Where things are in the scratch, in floats from its first 64-byte
 // boundary: each worker's attention scratch, the split states, then one
@@ -62,8 +63,8 @@ size_t Cut(size_t k, size_t n, size_t parts) { return k * (n / parts) + k * (n %
 size_t CeilDiv(size_t a, size_t b) { return a / b + (a % b != 0); }
 
 struct Plan {
-  size_t per_kv_head, tiles_per_kv_head, n_tiles;
-  size_t n_units;   // units of whole tiles, near-equal
+  size_t per_kv_head, tiles_per_kv_head, n_tiles, n_rows;
+  size_t n_units;   // passes (n_splits > 1), or near-equal runs of whole tiles
   size_t n_splits;  // cache ranges per unit
 };
 
@@ -72,15 +73,26 @@ size_t TileBegin(const Plan& plan, size_t w) {
   return w / plan.tiles_per_kv_head * plan.per_kv_head + w % plan.tiles_per_kv_head * kTileRows;
 }
 
-AttentionRows UnitRows(const Plan& plan, size_t unit) {
+// Unit `unit`: pass `unit` when the passes are cut into ranges (fewer than
+// 2 * n_threads of them, so walking to it is short), else a run of tiles.
+AttentionRows UnitRows(const AttentionProblem& pb, const Plan& plan, size_t unit) {
+  if (plan.n_splits > 1) {
+    size_t begin = 0;
+    for (size_t u = 0; u < unit; ++u) begin = PassEnd(pb, begin, plan.n_rows);
+    return AttentionRows{begin, PassEnd(pb, begin, plan.n_rows), false};
+  }
   return AttentionRows{TileBegin(plan, Cut(unit, plan.n_tiles, plan.n_units)),
                        TileBegin(plan, Cut(unit + 1, plan.n_tiles, plan.n_units)), false};
 }
 
-// The tokens the rows of a unit of one tile may see.
-VisibleTokens UnitTokens(const AttentionProblem& pb, const AttentionRows& rows) {
-  return VisibleTokensOf(pb, pb.n_past + RowAt(pb, rows.begin).q_token,
-                         pb.n_past + RowAt(pb, rows.end - 1).q_token);
+// The tokens any row of a pass may see (as the kernel's pass walks them).
+VisibleTokens PassTokens(const AttentionProblem& pb, const AttentionRows& rows) {
+  size_t first = RowAt(pb, rows.begin).q_token, last = first;
+  for (size_t r = rows.begin + 1; r < rows.end; ++r) {
+    first = std::min(first, RowAt(pb, r).q_token);
+    last = std::max(last, RowAt(pb, r).q_token);
+  }
+  return VisibleTokensOf(pb, pb.n_past + first, pb.n_past + last);
 }
 
 size_t Count(const VisibleTokens& v) {
@@ -92,21 +104,25 @@ Plan MakePlan(const AttentionProblem& pb, size_t n_threads) {
   plan.per_kv_head = RowsPerKvHead(pb);
   plan.tiles_per_kv_head = CeilDiv(plan.per_kv_head, kTileRows);
   plan.n_tiles = pb.n_kv_heads * plan.tiles_per_kv_head;
-  const size_t n_rows = pb.n_kv_heads * plan.per_kv_head;
-  const size_t wanted = std::max(kUnitsPerThread * n_threads, CeilDiv(n_rows, kPassRows));
-  plan.n_units = std::min({wanted, plan.n_tiles, kMaxParts});
-  plan.n_splits = 1;
-  if (plan.n_tiles < kUnitsPerThread * n_threads && plan.n_tiles % n_threads != 0 &&
-      plan.n_units == plan.n_tiles) {
-    // One tile per unit (the split states hold kTileRows rows); each cut
-    // into ranges of the cache.
-    size_t longest = 0;
-    for (size_t u = 0; u < plan.n_units; ++u) {
-      longest = std::max(longest, Count(UnitTokens(pb, UnitRows(plan, u))));
-    }
-    plan.n_splits = std::min({CeilDiv(kUnitsPerThread * n_threads, plan.n_tiles),
-                              std::max<size_t>(1, longest / kMinSplitTokens), kMaxParts});
+  plan.n_rows = pb.n_kv_heads * plan.per_kv_head;
+  const size_t wanted = kUnitsPerThread * n_threads;
+  // Count the passes, up to `wanted`, and the tokens the longest one sees.
+  size_t n_passes = 0, longest = 0;
+  for (size_t begin = 0; begin < plan.n_rows && n_passes < wanted; ++n_passes) {
+    const AttentionRows rows{begin, PassEnd(pb, begin, plan.n_rows), false};
+    longest = std::max(longest, Count(PassTokens(pb, rows)));
+    begin = rows.end;
   }
+  if (n_passes < wanted) {
+    plan.n_units = n_passes;
+    plan.n_splits = std::min(
+        {CeilDiv(wanted, n_passes), std::max<size_t>(1, longest / kMinSplitTokens), kMaxParts});
+    if (plan.n_splits > 1) return plan;
+  }
+  // Tiles shared out, at least `wanted` units when there are tiles enough.
+  plan.n_units =
+      std::min({std::max(wanted, CeilDiv(plan.n_rows, kPassRows)), plan.n_tiles, kMaxParts});
+  plan.n_splits = 1;
   return plan;
 }
 
@@ -139,7 +155,7 @@ struct ThreadedCall {
   size_t Tasks() const { return plan.n_units * plan.n_splits; }
   covattn_partial SplitState(size_t task) const {
     float* s = base + layout.states + task * layout.state_floats;
-    return covattn_partial{s, s + kTileRows, s + 2 * kTileRows};
+    return covattn_partial{s, s + kPassRows, s + 2 * kPassRows};
   }
 };
 
@@ -152,12 +168,12 @@ void RunTask(void* context, size_t thread, size_t task) {
   }
   void* scratch = call.base + thread * call.layout.worker_floats;
   AttentionOutcome* outcome = &call.outcomes[thread];
-  AttentionRows rows = UnitRows(call.plan, task / call.plan.n_splits);
+  AttentionRows rows = UnitRows(*call.pb, call.plan, task / call.plan.n_splits);
   if (call.plan.n_splits == 1) {
     RunAttentionRows(*call.pb, rows, *call.sink, scratch, outcome);
   } else {
     AttentionProblem pb = *call.pb;
-    SplitRange(UnitTokens(pb, rows), task % call.plan.n_splits, call.plan.n_splits, &pb.token_begin,
+    SplitRange(PassTokens(pb, rows), task % call.plan.n_splits, call.plan.n_splits, &pb.token_begin,
                &pb.token_end);
     const covattn_partial state = call.SplitState(task);
     rows.run_indexed = true;
@@ -174,7 +190,7 @@ void MergeSplits(const ThreadedCall& call, AttentionOutcome* outcome) {
   const AttentionResultSink& sink = *call.sink;
   const size_t dim = pb.head_dim, splits = call.plan.n_splits;
   for (size_t u = 0; u < call.plan.n_units; ++u) {
-    const AttentionRows rows = UnitRows(call.plan, u);
+    const AttentionRows rows = UnitRows(pb, call.plan, u);
     const size_t n = rows.end - rows.begin;
     const covattn_partial into = call.SplitState(u * splits);
     bool finite = true;

@@ -195,14 +195,18 @@ typedef struct covattn_attention_options {
   size_t window;  /* 0: unlimited */
   size_t n_sinks; /* only meaningful with a window */
   /* NULL: run on the calling thread. Otherwise decode, prefill and
-   * prefill_partial split their work over the pool's threads: tiles of query
-   * rows (each of one KV head) and, when there are fewer tiles than
-   * 2 * n_threads and not a multiple of n_threads, ranges of the cache (no
-   * more ranges than 1 per 256 visible tokens) merged as partial states
-   * (MATH.md section 1). The call blocks until parallel_for returns. The split depends on the
-   * problem and n_threads only and the merge order is fixed, so results are the same bits however
-   * the pool schedules the tasks; they differ from the 1-thread results by rounding only. The
-   * scratch must then hold covattn_attention_scratch_size_threads bytes. */
+   * prefill_partial split their work over the pool's threads. A call with
+   * fewer than 2 * n_threads passes (runs of up to 32 query rows that walk
+   * the cache together: decode, short prefill) cuts each pass into ranges of
+   * the cache (up to ceil(2 * n_threads / passes), at most one per 256
+   * visible tokens), so each thread streams contiguous memory, and merges
+   * their partial states in a fixed order (MATH.md section 1); other calls
+   * share out runs of whole tiles of query rows (each of one KV head). The
+   * split depends on the problem and n_threads only, so results are the
+   * same bits however the pool schedules the tasks; they differ from the
+   * 1-thread results by rounding only. The call blocks until parallel_for
+   * returns. The scratch must hold covattn_attention_scratch_size_threads
+   * bytes. */
   const covattn_thread_pool* threads;
 } covattn_attention_options;
 
@@ -213,10 +217,10 @@ COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_
 /* Bytes of scratch memory the attention calls need with a pool of n_threads
  * workers (n_threads >= 1, else COVATTN_ERR_INVALID_THREAD_POOL): one
  * 1-thread scratch per worker plus the partial states of the cache-range
- * split (at most 4 * n_threads states of up to 8 rows):
+ * split (at most 4 * n_threads states of up to 32 rows):
  *   bytes = 64 + n_threads * (4 * (64 * L + 2048) + 16 * R + 2)
- * with L = head_dim and R = 8 * (head_dim + 2), each rounded up to a multiple
- * of 16; about n_threads * 57 KiB at head_dim 128. Any alignment is
+ * with L = head_dim rounded up to a multiple of 16 and R = 32 * (head_dim +
+ * 2); about n_threads * 105 KiB at head_dim 128. Any alignment is
  * accepted. */
 COVATTN_API covattn_status covattn_attention_scratch_size_threads(size_t head_dim, size_t n_threads,
                                                                   size_t* bytes);
