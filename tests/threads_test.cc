@@ -143,10 +143,11 @@ TEST_CASE("prefill over a pool: the reference with log Z, the same bits for ever
     size_t kv_heads, group, dim, n_past, n_new;
     uint32_t dtype;
     size_t window, sinks;
-  } cases[] = {{1, 2, 64, 1800, 3, COVATTN_F32, 1200, 4},  // one tile: cache ranges
+  } cases[] = {{1, 2, 64, 1800, 3, COVATTN_F32, 1200, 4},  // one pass: cache ranges
                {2, 4, 48, 0, 70, COVATTN_F16, 0, 0},       // tiles of query positions
                {1, 1, 128, 20, 150, COVATTN_BF16, 40, 2},
-               {3, 3, 16, 500, 9, COVATTN_F32, 0, 0}};
+               {3, 3, 16, 500, 9, COVATTN_F32, 0, 0},
+               {2, 2, 32, 1000, 5, COVATTN_F16, 0, 0}};  // one pass of two KV heads: ranges
   uint64_t seed = 900;
   for (const Case& c : cases) {
     INFO("kv heads " << c.kv_heads << " group " << c.group << " dim " << c.dim << " n_past "
