@@ -20,11 +20,11 @@ namespace covattn {
 namespace detail {
 namespace {
 
-// Units per thread when there are tiles enough: a late thread then delays
-// the call by half a thread's share at most, whatever the pool's schedule.
+// Tasks per thread wanted (passes, cache ranges or runs of tiles): a late
+// thread then delays the call by about half a thread's share at most.
 constexpr size_t kUnitsPerThread = 2;
-// A cache range no shorter than this (unless the unit sees fewer tokens),
-// so that the merge and the task stay small next to the range's work.
+// At most one cache range per this many visible tokens, so that the merge
+// and the task stay small next to the range's work.
 constexpr size_t kMinSplitTokens = 256;
 // Caps on units and splits, so that u * (n % units) and s * (n % splits)
 // below fit in 32 bits.
