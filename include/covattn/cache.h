@@ -200,6 +200,57 @@ COVATTN_API covattn_status covattn_cache_info_get(const covattn_cache* cache,
 COVATTN_API covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache* block,
                                                 void* scratch, size_t scratch_bytes);
 
+/* Prefill through the cache: the attention outputs of a block of n =
+ * block->n_tokens new tokens (a prompt, or a chunk of one), then the block
+ * appended. block is as for covattn_cache_append; q holds the queries of the
+ * same n positions (q->n_tokens == n, q->n_heads a multiple of n_kv_heads,
+ * any strides) and out receives their outputs (any strides; out->log_z
+ * optional, [n][q->n_heads]), as covattn_prefill's covattn_queries and
+ * covattn_outputs; scale 0 for 1/sqrt(head_dim).
+ *
+ * Semantics: position t of the block attends to everything the cache holds
+ * before the block, exactly as covattn_cache_decode sees it (exact tokens and
+ * summary), plus the block's own tokens 0 .. t exactly (causal, read from
+ * the block as given, in its dtype), merged exactly in log-sum-exp space
+ * (MATH.md section 4). Then the block is appended: the cache ends exactly as
+ * covattn_cache_append of the same block leaves it. So a prompt into an
+ * empty cache gives covattn_prefill over the prompt (to rounding), and while
+ * the append evicts nothing (tokens held + n <= n_sinks + window) the
+ * outputs are those of appending and decoding one token at a time. Once it
+ * evicts (a block longer than the window's room, as a long prompt is), the
+ * two differ: token by token, position t would see the tokens evicted by the
+ * block's first t tokens (older tokens, and once the block overflows the
+ * window, the block's own) only through the summary or the slots, while
+ * prefill attends to the cache as it was and to the whole causal block
+ * exactly.
+ *
+ * Cost: about an append plus exact attention over the block. Positions run
+ * in tiles (at least 64 query rows, at least 8 rows per KV head): per tile,
+ * one multi-query attention call per stored segment, one causal call over
+ * the block, and the summary's readout per position. The scratch is
+ * covattn_cache_scratch_size's for q->n_heads query heads (it covers
+ * prefill, append, decode and observe; it does not depend on n).
+ *
+ * Statuses: every argument is checked before anything is written or
+ * appended: the cache, NULL pointers, the block's dtype and shape
+ * (COVATTN_ERR_SHAPE_MISMATCH also when q->n_tokens != n), the head counts,
+ * the scale, the strides of block, queries and outputs, the scratch, and
+ * aliasing (outputs and scratch overlapping each other, the queries, the
+ * block or the cache). A block refused by append's rule (NaN, infinity,
+ * |x| > 2^40, f16 overflow) or a query that is not finite gives
+ * COVATTN_ERR_NONFINITE before anything is written. A failed call leaves the
+ * cache untouched. Outputs are written only by a successful call, with one
+ * exception: scores or sums that overflow during the computation (finite
+ * inputs of huge magnitude) give COVATTN_ERR_NONFINITE after some outputs
+ * were written (do not use them); the cache is untouched then too. n = 0
+ * checks the arguments and does nothing. Never COVATTN_FULLY_MASKED: every
+ * position sees at least its own token. */
+COVATTN_API covattn_status covattn_cache_prefill(covattn_cache* cache,
+                                                 const covattn_kv_cache* block,
+                                                 const covattn_queries* q, float scale,
+                                                 const covattn_outputs* out, void* scratch,
+                                                 size_t scratch_bytes);
+
 /* Optional per-query diagnostics of covattn_cache_decode, [n_q_heads] each.
  *
  * summary_share is the share of the softmax mass the summary carries:
