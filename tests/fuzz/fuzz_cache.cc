@@ -190,6 +190,7 @@ void CheckPrefill(ByteReader& in, OwnedCache& c, const covattn_cache_config& con
   const std::vector<uint8_t> before = Serialize(c.cache);
   const covattn_status status =
       covattn_cache_prefill(c.cache, &b.block, &queries, scale, &outputs, scratch.data(), given);
+  if (Verbose()) std::fprintf(stderr, "prefill of %zu tokens: %s\n", n, StatusName(status));
   std::vector<covattn_status> faults;
   if (b.wrong_shape || wrong_positions) faults.push_back(COVATTN_ERR_SHAPE_MISMATCH);
   if (wrong_heads) faults.push_back(COVATTN_ERR_HEAD_MISMATCH);
