@@ -59,6 +59,20 @@ bool QueriesFinite(const covattn_queries& q, size_t d) {
   return true;
 }
 
+// The block's tokens [0, t1) for the positions from t0 on: causal.
+Segment CausalBlock(const covattn_kv_cache& block, size_t t0, size_t t1) {
+  return Segment{block.dtype,
+                 block.k,
+                 block.v,
+                 block.k_token_stride,
+                 block.k_head_stride,
+                 block.v_token_stride,
+                 block.v_head_stride,
+                 /*n_tokens=*/t1,
+                 block.n_heads,
+                 /*first_position=*/t0};
+}
+
 // Positions [t0, t1) of a validated call: the exact part of the stored
 // tokens, the block's tokens 0 .. t causally, the summary, merged into the
 // outputs. False if anything was not finite.
@@ -68,27 +82,19 @@ bool PrefillTile(const covattn_cache* cache, const covattn_kv_cache& block, cons
   const CacheQueries tile{
       all.q + t0 * all.token_stride, t1 - t0, n, all.token_stride, all.head_stride, all.scale};
   bool finite = ExactPart(cache, tile, s);
-  const Segment causal{block.dtype,
-                       block.k,
-                       block.v,
-                       block.k_token_stride,
-                       block.k_head_stride,
-                       block.v_token_stride,
-                       block.v_head_stride,
-                       t1,
-                       block.n_heads,
-                       t0};
-  finite = AddSegment(cache, causal, tile, 0, n, s) && finite;
+  finite = AddSegment(cache, CausalBlock(block, t0, t1), tile, 0, n, s) && finite;
   for (size_t t = 0; t < tile.n_positions && finite; ++t) {
     // The summary's readout takes one position's queries contiguous.
     const float* q = tile.q + t * tile.token_stride;
     if (tile.head_stride != d) {
-      for (size_t h = 0; h < n; ++h)
+      for (size_t h = 0; h < n; ++h) {
         std::copy(q + h * tile.head_stride, q + h * tile.head_stride + d, s.query + h * d);
+      }
       q = s.query;
     }
     bool nonfinite = false;
-    const bool have_summary = SummaryPart(cache, q, n, all.scale, false, s, &nonfinite);
+    const bool have_summary =
+        SummaryPart(cache, q, n, all.scale, /*want_ess=*/false, s, &nonfinite);
     finite = !nonfinite;
     for (size_t h = 0; h < n && finite; ++h) {
       float diagnostics[3];

@@ -48,7 +48,9 @@
  * costs about one score pass over the scored tokens (less than a decode).
  *
  * An engine's step, per layer: append the current token's K and V, decode
- * its queries, then (with retained slots) observe with decode's log Z.
+ * its queries, then (with retained slots) observe with decode's log Z. A
+ * prompt (or a chunk of one) goes through covattn_cache_prefill instead,
+ * which gives its positions' outputs and appends it.
  *
  * Zero means the default: a zero-initialised config with n_kv_heads,
  * head_dim and dtype set is the covariance summary of every token (no exact
@@ -69,10 +71,10 @@
  *
  * Conventions are those of covattn.h. Concurrency: decode and serialize take
  * a const cache and may run at the same time on one cache (each thread with
- * its own scratch); append, observe, reset and load need exclusive access.
- * One scratch buffer serves every cache of a configuration, so an engine
- * keeps one per thread, not one per layer. Results are deterministic on a
- * target, not bit-identical across targets (the kernels' sums round
+ * its own scratch); append, prefill, observe, reset and load need exclusive
+ * access. One scratch buffer serves every cache of a configuration, so an
+ * engine keeps one per thread, not one per layer. Results are deterministic
+ * on a target, not bit-identical across targets (the kernels' sums round
  * differently, and outlier and retention choices may differ on ties). */
 #ifndef COVATTN_CACHE_H_
 #define COVATTN_CACHE_H_
@@ -153,13 +155,17 @@ COVATTN_API const char* covattn_cache_config_error(const covattn_cache_config* c
  * 34112 bytes per head (67 tokens), the compact one 1600 (3 tokens). */
 COVATTN_API covattn_status covattn_cache_size(const covattn_cache_config* config, size_t* bytes);
 
-/* Bytes of scratch that serve append, decode and observe on every cache of
- * this configuration, for up to n_q_heads query heads (a multiple of
+/* Bytes of scratch that serve append, prefill, decode and observe on every
+ * cache of this configuration, for up to n_q_heads query heads (a multiple of
  * n_kv_heads): one buffer per thread, shared by all layers of that
- * configuration (for several configurations, the largest). Each call checks
- * the scratch it is given against what it needs: NULL or too small gives
- * COVATTN_ERR_SCRATCH_TOO_SMALL, scratch overlapping the cache or another
- * argument COVATTN_ERR_ALIASING. Its contents do not matter between calls. */
+ * configuration (for several configurations, the largest). Prefill's part
+ * does not depend on the block's length: two partial states of one tile of
+ * query positions, 8 (head_dim + 2) bytes per query row of the tile (at least
+ * 64 rows, at least 8 per KV head), then the append's workspace in the same
+ * bytes. Each call checks the scratch it is given against what it needs:
+ * NULL or too small gives COVATTN_ERR_SCRATCH_TOO_SMALL, scratch overlapping
+ * the cache or another argument COVATTN_ERR_ALIASING. Its contents do not
+ * matter between calls. */
 COVATTN_API covattn_status covattn_cache_scratch_size(const covattn_cache_config* config,
                                                       size_t n_q_heads, size_t* bytes);
 
@@ -215,8 +221,10 @@ COVATTN_API covattn_status covattn_cache_append(covattn_cache* cache, const cova
  * (MATH.md section 4). Then the block is appended: the cache ends exactly as
  * covattn_cache_append of the same block leaves it. So a prompt into an
  * empty cache gives covattn_prefill over the prompt (to rounding), and while
- * the append evicts nothing (tokens held + n <= n_sinks + window) the
- * outputs are those of appending and decoding one token at a time. Once it
+ * the append evicts nothing (tokens appended so far + n <= n_sinks + window)
+ * the outputs are those of appending and decoding one token at a time (for
+ * a block in the cache's dtype; later decodes see the block's tokens as the
+ * cache stores them). Once it
  * evicts (a block longer than the window's room, as a long prompt is), the
  * two differ: token by token, position t would see the tokens evicted by the
  * block's first t tokens (older tokens, and once the block overflows the
