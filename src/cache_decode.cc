@@ -38,7 +38,7 @@ ReadScratch CarveReadScratch(void* scratch, size_t n_rows, size_t n_q_heads, siz
 }
 
 bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueries& cq,
-                size_t first_head, size_t n_heads, const ReadScratch& s) {
+                size_t first_head, size_t n_heads, const ReadScratch& s, bool* empty) {
   const size_t d = cache->Dim();
   const AttentionProblem pb{seg.dtype,
                             seg.k,
@@ -60,12 +60,17 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
                             0,
                             0,
                             seg.n_tokens};
-  // The part's rows are t * n_heads + h; the exact state's t * n_q_heads + h.
+  // Into an empty exact state, a segment of every head is the state itself.
+  const bool direct = empty != nullptr && *empty && first_head == 0 && n_heads == cq.n_q_heads;
+  if (empty != nullptr) *empty = false;
+  const covattn_partial& into = direct ? s.exact : s.part;
   AttentionOutcome outcome{false, false};
-  RunAttention(pb, AttentionResultSink{nullptr, 0, 0, nullptr, s.part.m, s.part.l, s.part.o},
-               s.attention, &outcome);
+  RunAttention(pb, AttentionResultSink{nullptr, 0, 0, nullptr, into.m, into.l, into.o}, s.attention,
+               &outcome);
   bool finite = !outcome.nonfinite;
-  for (size_t t = 0; t < cq.n_positions && finite; ++t) {
+  // Otherwise merge: the part's rows are t * n_heads + h, the exact state's
+  // t * n_q_heads + h.
+  for (size_t t = 0; t < cq.n_positions && finite && !direct; ++t) {
     const size_t e = t * cq.n_q_heads + first_head, p = t * n_heads;
     finite = MergePartialRows(n_heads, d,
                               covattn_partial{s.exact.m + e, s.exact.l + e, s.exact.o + e * d},
@@ -85,24 +90,26 @@ Segment StoredSegment(const covattn_cache* cache, KvRows<const covattn_cache> ro
 
 }  // namespace
 
-bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s) {
+bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s,
+               bool* empty) {
   const size_t d = cache->Dim(), row = cache->RowElems(), n = cq.n_q_heads;
   const size_t n_rows = cq.n_positions * n;
   std::fill(s.exact.m, s.exact.m + n_rows, kInitialMax);
   std::fill(s.exact.l, s.exact.l + n_rows, 0.0f);
   std::fill(s.exact.o, s.exact.o + n_rows * d, 0.0f);
   bool finite = true;
+  *empty = true;
   // Sinks and window for all heads at once: softmax is indifferent to token
   // order, so the ring needs no unrolling.
   if (cache->SinkCount() != 0) {
     const Segment sinks =
         StoredSegment(cache, Sinks(cache), cache->SinkCount(), cache->Heads(), row, d);
-    finite &= AddSegment(cache, sinks, cq, 0, n, s);
+    finite &= AddSegment(cache, sinks, cq, 0, n, s, empty);
   }
   if (cache->WindowCount() != 0) {
     const Segment window =
         StoredSegment(cache, Window(cache), cache->WindowCount(), cache->Heads(), row, d);
-    finite &= AddSegment(cache, window, cq, 0, n, s);
+    finite &= AddSegment(cache, window, cq, 0, n, s, empty);
   }
   const size_t group = n / cache->Heads();
   for (size_t h = 0; h < cache->Heads(); ++h) {
@@ -110,11 +117,11 @@ bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScr
     const size_t retained = cache->HasRetained() ? *head.retained_count : 0;
     if (retained != 0) {
       finite &= AddSegment(cache, StoredSegment(cache, Retained(cache, h, 0), retained, 1, d, 0),
-                           cq, h * group, group, s);
+                           cq, h * group, group, s, empty);
     }
     if (*head.count != 0) {
       finite &= AddSegment(cache, StoredSegment(cache, Outliers(cache, h, 0), *head.count, 1, d, 0),
-                           cq, h * group, group, s);
+                           cq, h * group, group, s, empty);
     }
   }
   return finite;
@@ -199,7 +206,8 @@ covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, vo
 
 covattn_status Decode(const covattn_cache* cache, const DecodeQuery& dq, const ReadScratch& s) {
   const size_t d = cache->Dim(), n = dq.n_q_heads;
-  bool nonfinite = !ExactPart(cache, CacheQueries{dq.q, 1, n, n * d, d, dq.scale}, s);
+  bool empty;
+  bool nonfinite = !ExactPart(cache, CacheQueries{dq.q, 1, n, n * d, d, dq.scale}, s, &empty);
   const bool have_summary =
       SummaryPart(cache, dq.q, n, dq.scale, dq.diagnostics[1] != nullptr, s, &nonfinite);
   bool masked = false;

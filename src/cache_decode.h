@@ -70,15 +70,18 @@ struct Segment {
 
 // Attention of query heads [first_head, first_head + n_heads) of every
 // position over a segment (of n_heads / group KV heads), merged into the
-// running exact state. False if a score, the segment's result or the merged
-// rows are not finite.
+// running exact state; when *empty (the state holds nothing yet: empty may be
+// null) and the segment serves every head, written as the state instead of
+// merged. Clears *empty. False if a score, the segment's result or the
+// merged rows are not finite.
 bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueries& cq,
-                size_t first_head, size_t n_heads, const ReadScratch& s);
+                size_t first_head, size_t n_heads, const ReadScratch& s, bool* empty);
 
 // The exact part over the stored tokens (sinks, window, each head's
-// retained and outlier slots) into s.exact, rows [0, n_positions * n_q_heads).
-// False if any part was not finite.
-bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s);
+// retained and outlier slots) into s.exact, rows [0, n_positions * n_q_heads);
+// *empty says whether it held none. False if any part was not finite.
+bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s,
+               bool* empty);
 
 // The summary part of one position: the readout and log-normaliser of
 // queries q ([n_q_heads][head_dim], contiguous) into s.readout, s.log_z (and

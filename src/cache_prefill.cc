@@ -81,8 +81,9 @@ bool PrefillTile(const covattn_cache* cache, const covattn_kv_cache& block, cons
   const size_t d = cache->Dim(), n = all.n_q_heads;
   const CacheQueries tile{
       all.q + t0 * all.token_stride, t1 - t0, n, all.token_stride, all.head_stride, all.scale};
-  bool finite = ExactPart(cache, tile, s);
-  finite = AddSegment(cache, CausalBlock(block, t0, t1), tile, 0, n, s) && finite;
+  bool empty;
+  bool finite = ExactPart(cache, tile, s, &empty);
+  finite = AddSegment(cache, CausalBlock(block, t0, t1), tile, 0, n, s, &empty) && finite;
   for (size_t t = 0; t < tile.n_positions && finite; ++t) {
     // The summary's readout takes one position's queries contiguous.
     const float* q = tile.q + t * tile.token_stride;
