@@ -120,11 +120,19 @@ std::vector<unsigned char> CacheScratch(const covattn_cache_config& config) {
   return std::vector<unsigned char>(bytes);
 }
 
+// A new cache, or null (and the benchmark skipped, if there is one).
+CachePtr CreateCache(const covattn_cache_config& config, benchmark::State* state = nullptr) {
+  covattn_cache* c = nullptr;
+  if (covattn_cache_create(&config, &c) == COVATTN_OK) return CachePtr(c);
+  if (state != nullptr) state->SkipWithError("create failed");
+  return nullptr;
+}
+
 CachePtr BuildCache(Method m, const Layer& layer) {
   const covattn_cache_config config = ConfigFor(m, layer.head_dim);
-  covattn_cache* c = nullptr;
-  if (covattn_cache_create(&config, &c) != COVATTN_OK) return nullptr;
-  CachePtr cache(c);
+  CachePtr cache = CreateCache(config);
+  if (cache == nullptr) return nullptr;
+  covattn_cache* c = cache.get();
   const covattn_kv_cache all = ViewOf(layer);
   std::vector<unsigned char> scratch = CacheScratch(config);
   if (covattn_cache_append(c, &all, scratch.data(), scratch.size()) != COVATTN_OK) {
@@ -221,12 +229,9 @@ void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
 void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
   const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
   const covattn_cache_config config = ConfigFor(method, dim);
-  covattn_cache* c = nullptr;
-  if (covattn_cache_create(&config, &c) != COVATTN_OK) {
-    state.SkipWithError("create failed");
-    return;
-  }
-  CachePtr cache(c);
+  CachePtr cache = CreateCache(config, &state);
+  if (cache == nullptr) return;
+  covattn_cache* c = cache.get();
   const covattn_kv_cache all = ViewOf(layer);
   std::vector<unsigned char> scratch = CacheScratch(config);
   for (auto _ : state) {
@@ -251,19 +256,9 @@ void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
 enum class BlockCall { kCachePrefill, kAppend, kExactPrefill, kTokenwise };
 constexpr size_t kBlock = 512;
 
-const char* BlockCallName(BlockCall call) {
-  switch (call) {
-    case BlockCall::kCachePrefill:
-      return "cache_prefill";
-    case BlockCall::kAppend:
-      return "cache_append";
-    case BlockCall::kExactPrefill:
-      return "exact_prefill";
-    case BlockCall::kTokenwise:
-      return "append+decode_per_token";
-  }
-  return "?";
-}
+// Names of the calls, in the order of BlockCall.
+const char* const kBlockCallNames[] = {"cache_prefill", "cache_append", "exact_prefill",
+                                       "append+decode_per_token"};
 
 // Exact tokens per head a read of a cache of `config` holding `context` sees.
 size_t ExactTokens(const covattn_cache_config& c, size_t context) {
@@ -285,12 +280,9 @@ void BlockBench(benchmark::State& state, BlockCall call, Method method, size_t d
   const covattn_queries queries{q.data(), kBlock, kQHeads, kQHeads * d, d};
   const covattn_outputs outputs{out.data(), kQHeads * d, d, nullptr};
   const covattn_cache_config config = ConfigFor(method, dim);
-  covattn_cache* c = nullptr;
-  if (covattn_cache_create(&config, &c) != COVATTN_OK) {
-    state.SkipWithError("create failed");
-    return;
-  }
-  CachePtr cache(c);
+  CachePtr cache = CreateCache(config, &state);
+  if (cache == nullptr) return;
+  covattn_cache* c = cache.get();
   std::vector<unsigned char> scratch = CacheScratch(config);
   size_t attention_bytes = 0;
   covattn_attention_scratch_size(d, &attention_bytes);
@@ -384,9 +376,10 @@ void RegisterAll() {
       for (size_t context : {size_t{0}, size_t{8192}}) {
         for (BlockCall call : {BlockCall::kCachePrefill, BlockCall::kAppend,
                                BlockCall::kExactPrefill, BlockCall::kTokenwise}) {
-          const std::string name = std::string("cache_block/") + BlockCallName(call) + "/" +
-                                   MethodName(m) + "/d" + std::to_string(dim) + "/ctx" +
-                                   std::to_string(context) + "/block512";
+          const std::string name = std::string("cache_block/") +
+                                   kBlockCallNames[static_cast<int>(call)] + "/" + MethodName(m) +
+                                   "/d" + std::to_string(dim) + "/ctx" + std::to_string(context) +
+                                   "/block512";
           benchmark::RegisterBenchmark(name.c_str(), BlockBench, call, m, dim, context)
               ->UseRealTime()
               ->Unit(benchmark::kMillisecond);
