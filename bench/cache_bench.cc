@@ -8,7 +8,9 @@
 //
 // Shapes: 2 KV heads, GQA 4:1 (8 query heads), head_dim 64 and 128, f32,
 // budget 256 exact tokens per head (4 sinks); the sinks + window baseline gets
-// the summary's memory as extra window tokens.
+// the summary's memory as extra window tokens. cache_block/: a 512-token
+// block through covattn_cache_prefill against append alone, covattn_prefill
+// alone and append + decode per token.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -118,11 +120,19 @@ std::vector<unsigned char> CacheScratch(const covattn_cache_config& config) {
   return std::vector<unsigned char>(bytes);
 }
 
+// A new cache, or null (and the benchmark skipped, if there is one).
+CachePtr CreateCache(const covattn_cache_config& config, benchmark::State* state = nullptr) {
+  covattn_cache* c = nullptr;
+  if (covattn_cache_create(&config, &c) == COVATTN_OK) return CachePtr(c);
+  if (state != nullptr) state->SkipWithError("create failed");
+  return nullptr;
+}
+
 CachePtr BuildCache(Method m, const Layer& layer) {
   const covattn_cache_config config = ConfigFor(m, layer.head_dim);
-  covattn_cache* c = nullptr;
-  if (covattn_cache_create(&config, &c) != COVATTN_OK) return nullptr;
-  CachePtr cache(c);
+  CachePtr cache = CreateCache(config);
+  if (cache == nullptr) return nullptr;
+  covattn_cache* c = cache.get();
   const covattn_kv_cache all = ViewOf(layer);
   std::vector<unsigned char> scratch = CacheScratch(config);
   if (covattn_cache_append(c, &all, scratch.data(), scratch.size()) != COVATTN_OK) {
@@ -219,12 +229,9 @@ void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
 void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
   const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
   const covattn_cache_config config = ConfigFor(method, dim);
-  covattn_cache* c = nullptr;
-  if (covattn_cache_create(&config, &c) != COVATTN_OK) {
-    state.SkipWithError("create failed");
-    return;
-  }
-  CachePtr cache(c);
+  CachePtr cache = CreateCache(config, &state);
+  if (cache == nullptr) return;
+  covattn_cache* c = cache.get();
   const covattn_kv_cache all = ViewOf(layer);
   std::vector<unsigned char> scratch = CacheScratch(config);
   for (auto _ : state) {
@@ -236,6 +243,112 @@ void AppendBench(benchmark::State& state, Method method, size_t dim, size_t n) {
   }
   state.counters["tokens_per_second"] =
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// A 512-token block (the prompt, or its next chunk) on a cache holding
+// `context` tokens: covattn_cache_prefill, and what it is measured against:
+// covattn_cache_append of the block alone, covattn_prefill over the block
+// alone (causal, no cache), and appending and decoding it token by token.
+// Each iteration starts from the same cache (restored outside the timing).
+// flops counts 4 head_dim per query row and token attended exactly: the
+// causal block for both prefills, plus the cache's exact tokens for the
+// cache's; per token, the exact tokens held (an upper bound with outliers).
+enum class BlockCall { kCachePrefill, kAppend, kExactPrefill, kTokenwise };
+constexpr size_t kBlock = 512;
+
+// Names of the calls, in the order of BlockCall.
+const char* const kBlockCallNames[] = {"cache_prefill", "cache_append", "exact_prefill",
+                                       "append+decode_per_token"};
+
+// Exact tokens per head a read of a cache of `config` holding `context` sees.
+size_t ExactTokens(const covattn_cache_config& c, size_t context) {
+  return std::min(context, c.n_sinks + c.window + c.n_retained + c.n_outliers);
+}
+
+void BlockBench(benchmark::State& state, BlockCall call, Method method, size_t dim,
+                size_t context) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, context + kBlock);
+  const size_t d = dim, row = kKvHeads * d;
+  covattn_kv_cache all = ViewOf(layer);
+  covattn_kv_cache before = all, block = all;
+  before.n_tokens = context;
+  block.k = layer.k.data() + context * row;
+  block.v = layer.v.data() + context * row;
+  block.n_tokens = kBlock;
+  const std::vector<float> q = RandomVector(kBlock * kQHeads * d, 29);
+  std::vector<float> out(q.size());
+  const covattn_queries queries{q.data(), kBlock, kQHeads, kQHeads * d, d};
+  const covattn_outputs outputs{out.data(), kQHeads * d, d, nullptr};
+  const covattn_cache_config config = ConfigFor(method, dim);
+  CachePtr cache = CreateCache(config, &state);
+  if (cache == nullptr) return;
+  covattn_cache* c = cache.get();
+  std::vector<unsigned char> scratch = CacheScratch(config);
+  size_t attention_bytes = 0;
+  covattn_attention_scratch_size(d, &attention_bytes);
+  if (scratch.size() < attention_bytes) scratch.resize(attention_bytes);
+  size_t file_bytes = 0, written = 0;
+  if ((context != 0 &&
+       covattn_cache_append(c, &before, scratch.data(), scratch.size()) != COVATTN_OK) ||
+      covattn_cache_serialized_size(c, &file_bytes) != COVATTN_OK) {
+    state.SkipWithError("setup failed");
+    return;
+  }
+  std::vector<unsigned char> file(file_bytes);
+  covattn_cache_serialize(c, file.data(), file.size(), &written);
+  for (auto _ : state) {
+    state.PauseTiming();
+    covattn_cache_load(c, file.data(), file.size());
+    state.ResumeTiming();
+    bool ok = true;
+    switch (call) {
+      case BlockCall::kCachePrefill:
+        ok = covattn_cache_prefill(c, &block, &queries, 0.0f, &outputs, scratch.data(),
+                                   scratch.size()) == COVATTN_OK;
+        break;
+      case BlockCall::kAppend:
+        ok = covattn_cache_append(c, &block, scratch.data(), scratch.size()) == COVATTN_OK;
+        break;
+      case BlockCall::kExactPrefill:
+        ok = covattn_prefill(&block, &queries, 0, nullptr, &outputs, scratch.data(),
+                             scratch.size()) == COVATTN_OK;
+        break;
+      case BlockCall::kTokenwise:
+        for (size_t t = 0; t < kBlock && ok; ++t) {
+          covattn_kv_cache token = block;
+          token.k = layer.k.data() + (context + t) * row;
+          token.v = layer.v.data() + (context + t) * row;
+          token.n_tokens = 1;
+          ok = covattn_cache_append(c, &token, scratch.data(), scratch.size()) == COVATTN_OK &&
+               covattn_cache_decode(c, q.data() + t * kQHeads * d, kQHeads, 0.0f,
+                                    out.data() + t * kQHeads * d, nullptr, scratch.data(),
+                                    scratch.size()) == COVATTN_OK;
+        }
+        break;
+    }
+    if (!ok) {
+      state.SkipWithError("call failed");
+      break;
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(kBlock), benchmark::Counter::kIsIterationInvariantRate);
+  if (call == BlockCall::kAppend) return;
+  // Query-token pairs attended exactly: the causal block (and the cache's
+  // exact tokens) for the prefills; per token, the exact tokens held then.
+  double pairs = 0.0;
+  if (call == BlockCall::kTokenwise) {
+    for (size_t t = 0; t < kBlock; ++t) pairs += double(ExactTokens(config, context + t + 1));
+  } else {
+    pairs = 0.5 * kBlock * (kBlock + 1);
+    if (call == BlockCall::kCachePrefill) pairs += double(kBlock * ExactTokens(config, context));
+  }
+  const double flops = 4.0 * d * kQHeads * pairs;
+  state.counters["flops"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["of_fma_peak"] = benchmark::Counter(flops / Limits().fma_flops_per_second,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void RegisterAll() {
@@ -258,6 +371,20 @@ void RegisterAll() {
       benchmark::RegisterBenchmark(name.c_str(), AppendBench, m, dim, size_t{8192})
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
+    }
+    for (Method m : {Method::kHybrid, Method::kOutliers}) {
+      for (size_t context : {size_t{0}, size_t{8192}}) {
+        for (BlockCall call : {BlockCall::kCachePrefill, BlockCall::kAppend,
+                               BlockCall::kExactPrefill, BlockCall::kTokenwise}) {
+          const std::string name = std::string("cache_block/") +
+                                   kBlockCallNames[static_cast<int>(call)] + "/" + MethodName(m) +
+                                   "/d" + std::to_string(dim) + "/ctx" + std::to_string(context) +
+                                   "/block512";
+          benchmark::RegisterBenchmark(name.c_str(), BlockBench, call, m, dim, context)
+              ->UseRealTime()
+              ->Unit(benchmark::kMillisecond);
+        }
+      }
     }
   }
 }

@@ -11,6 +11,7 @@
 
 #include "attention.h"
 #include "cache.h"
+#include "cache_decode.h"
 #include "covariance.h"
 #include "half.h"
 #include "object.h"
@@ -161,20 +162,26 @@ covattn_cache* InitCache(void* memory, size_t bytes, const covattn_cache_config&
   return c;
 }
 
-// Bytes of decode scratch: the attention kernel's, two partial states and
-// the summary's readout, log Z and ESS, then the summary's own work.
-covattn_status DecodeScratchBytes(const covattn_cache_config& c, size_t n_q_heads, size_t* bytes) {
-  size_t floats;
-  if (MulOverflows(n_q_heads, 3 * c.head_dim + 6, &floats) ||
+}  // namespace
+
+// The layout of CarveReadScratch (cache_decode.cc): the attention kernel's
+// scratch and slack to align after it, two partial states of n_rows rows,
+// the summary's readout, log Z and ESS of n_q_heads rows, the query copy,
+// then the summary's own work.
+covattn_status ReadScratchBytes(const covattn_cache_config& c, size_t n_rows, size_t n_q_heads,
+                                bool query_copy, size_t* bytes) {
+  const size_t d = c.head_dim;
+  size_t states, rows, floats;
+  if (MulOverflows(n_rows, 2 * d + 4, &states) ||
+      MulOverflows(n_q_heads, (query_copy ? 2 * d : d) + 2, &rows) ||
+      AddOverflows(states, rows, &floats) ||
       AddOverflows(floats, SummaryReadoutWorkFloats(c, n_q_heads) + 16, &floats) ||
       MulOverflows(floats, sizeof(float), &floats) ||
-      AddOverflows(floats, AttentionScratchBytes(c.head_dim) + 128, bytes)) {
+      AddOverflows(floats, AttentionScratchBytes(d) + 128, bytes)) {
     return COVATTN_ERR_SIZE_OVERFLOW;
   }
   return COVATTN_OK;
 }
-
-}  // namespace
 
 covattn_status CheckScratch(void* scratch, size_t bytes, size_t needed, Extent* extent) {
   if (scratch == nullptr || bytes < needed) return COVATTN_ERR_SCRATCH_TOO_SMALL;
@@ -187,9 +194,18 @@ covattn_status CacheScratchBytes(const covattn_cache_config& c, size_t n_q_heads
   if (n_q_heads % c.n_kv_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
   AppendScratchLayout append;
   COVATTN_RETURN_IF_ERROR(ComputeAppendScratch(c, &append));
-  COVATTN_RETURN_IF_ERROR(DecodeScratchBytes(c, n_q_heads, &needs->decode));
+  COVATTN_RETURN_IF_ERROR(
+      ReadScratchBytes(c, n_q_heads, n_q_heads, /*query_copy=*/false, &needs->decode));
   COVATTN_RETURN_IF_ERROR(ObserveScratchBytes(c, n_q_heads, &needs->observe));
   if (AddOverflows(append.total, 64, &needs->append)) return COVATTN_ERR_SIZE_OVERFLOW;
+  // Prefill reads a tile, then appends: one scratch serves both in turn.
+  size_t tile_rows;
+  if (MulOverflows(PrefillPositions(n_q_heads, c.n_kv_heads), n_q_heads, &tile_rows)) {
+    return COVATTN_ERR_SIZE_OVERFLOW;
+  }
+  COVATTN_RETURN_IF_ERROR(
+      ReadScratchBytes(c, tile_rows, n_q_heads, /*query_copy=*/true, &needs->prefill));
+  needs->prefill = std::max(needs->prefill, needs->append);
   return COVATTN_OK;
 }
 
@@ -234,7 +250,7 @@ covattn_status covattn_cache_scratch_size(const covattn_cache_config* config, si
   NormalizeConfig(*config, &c);
   ScratchNeeds needs;
   COVATTN_RETURN_IF_ERROR(CacheScratchBytes(c, n_q_heads, &needs));
-  *bytes = std::max({needs.append, needs.decode, needs.observe});
+  *bytes = std::max({needs.append, needs.decode, needs.observe, needs.prefill});
   return COVATTN_OK;
 }
 

@@ -140,7 +140,7 @@ inline Extent CacheExtent(const covattn_cache* cache) {
 // What each call needs of the caller's scratch, for n_q_heads queries
 // (cache.cc; the observe part from cache_observe.cc).
 struct ScratchNeeds {
-  size_t append, decode, observe;
+  size_t append, decode, observe, prefill;
 };
 covattn_status CacheScratchBytes(const covattn_cache_config& c, size_t n_q_heads,
                                  ScratchNeeds* needs);
@@ -222,6 +222,19 @@ HeadRegions<Cache> Head(Cache* c, size_t h) {
           scored ? c->template At<uint64_t>(c->layout.retained_stamp) + h * retained : nullptr,
           scored ? c->template At<float>(c->layout.window_score) + h * c->config.window : nullptr};
 }
+
+// The append's checks of a block (cache_append.cc), in the order of its
+// statuses, shared with prefill: present, of the cache's shape, valid K and
+// V tensors (their extents) that do not overlap the cache; a token count that
+// keeps the cache's count far from overflow; values the cache accepts
+// (finite, |x| <= 2^40, f16-representable for an f16 cache).
+covattn_status CheckAppendBlock(const covattn_cache* cache, const covattn_kv_cache* block,
+                                Extent* k, Extent* v);
+covattn_status CheckAppendCount(const covattn_cache* cache, const covattn_kv_cache& block);
+bool AppendBlockInRange(const covattn_cache* cache, const covattn_kv_cache& block);
+// Appends a block that passed every check; scratch holds append_scratch.total
+// + 64 bytes.
+void AppendTokens(covattn_cache* cache, const covattn_kv_cache& block, void* scratch);
 
 // Stores n f32 values as the cache's dtype (cache.cc).
 void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst);

@@ -175,6 +175,38 @@ void AppendBatch(covattn_cache* cache, const Block& block, size_t b0, size_t b1,
 }
 
 }  // namespace
+
+covattn_status CheckAppendBlock(const covattn_cache* cache, const covattn_kv_cache* block,
+                                Extent* k, Extent* v) {
+  COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, cache->Heads(), cache->Dim(), CacheExtent(cache)));
+  CheckKvTensors(*block, k, v);  // valid: CheckKvBlock passed
+  return COVATTN_OK;
+}
+
+covattn_status CheckAppendCount(const covattn_cache* cache, const covattn_kv_cache& block) {
+  return block.n_tokens > UINT64_MAX / 2 - cache->n_tokens ? COVATTN_ERR_SIZE_OVERFLOW : COVATTN_OK;
+}
+
+bool AppendBlockInRange(const covattn_cache* cache, const covattn_kv_cache& block) {
+  return CovBlockInRange(CovBlockOf(block), cache->Heads(), cache->Dim(),
+                         cache->config.dtype == COVATTN_F16);
+}
+
+void AppendTokens(covattn_cache* cache, const covattn_kv_cache& block, void* scratch) {
+  const Block tokens{block, DtypeSize(block.dtype)};
+  const AppendScratch work_area{AlignedScratch(scratch)};
+  float* tmp = work_area.At<float>(cache->append_scratch.mahalanobis);
+  size_t b = 0;
+  for (; b < block.n_tokens && cache->n_tokens < cache->config.n_sinks; ++b, ++cache->n_tokens) {
+    const size_t offset = static_cast<size_t>(cache->n_tokens) * cache->RowElems() * cache->elem;
+    StoreToken(cache, tokens, b, Sinks(cache).k + offset, Sinks(cache).v + offset, tmp);
+  }
+  // Batches bound the work area; with no window every token is evicted at once.
+  for (; b < block.n_tokens; b += kAppendBatch) {
+    AppendBatch(cache, tokens, b, std::min(block.n_tokens, b + kAppendBatch), work_area);
+  }
+}
+
 }  // namespace detail
 }  // namespace covattn
 
@@ -185,34 +217,19 @@ extern "C" {
 covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache* block,
                                     void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckCache(cache));
-  COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, cache->Heads(), cache->Dim(), CacheExtent(cache)));
   Extent work, k, v;
+  COVATTN_RETURN_IF_ERROR(CheckAppendBlock(cache, block, &k, &v));
   COVATTN_RETURN_IF_ERROR(
       CheckScratch(scratch, scratch_bytes, cache->append_scratch.total + 64, &work));
-  CheckKvTensors(*block, &k, &v);  // valid: CheckKvBlock passed
   if (work.Overlaps(CacheExtent(cache)) || work.Overlaps(k) || work.Overlaps(v)) {
     return COVATTN_ERR_ALIASING;
   }
-  if (block->n_tokens > UINT64_MAX / 2 - cache->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;
+  COVATTN_RETURN_IF_ERROR(CheckAppendCount(cache, *block));
   if (block->n_tokens == 0) return COVATTN_OK;
   // Refuse bad values before anything changes (the summary would refuse them
   // too, but only after the window had moved).
-  if (!CovBlockInRange(CovBlockOf(*block), cache->Heads(), cache->Dim(),
-                       cache->config.dtype == COVATTN_F16)) {
-    return COVATTN_ERR_NONFINITE;
-  }
-  const Block tokens{*block, DtypeSize(block->dtype)};
-  const AppendScratch work_area{AlignedScratch(scratch)};
-  float* tmp = work_area.At<float>(cache->append_scratch.mahalanobis);
-  size_t b = 0;
-  for (; b < block->n_tokens && cache->n_tokens < cache->config.n_sinks; ++b, ++cache->n_tokens) {
-    const size_t offset = static_cast<size_t>(cache->n_tokens) * cache->RowElems() * cache->elem;
-    StoreToken(cache, tokens, b, Sinks(cache).k + offset, Sinks(cache).v + offset, tmp);
-  }
-  // Batches bound the work area; with no window every token is evicted at once.
-  for (; b < block->n_tokens; b += kAppendBatch) {
-    AppendBatch(cache, tokens, b, std::min(block->n_tokens, b + kAppendBatch), work_area);
-  }
+  if (!AppendBlockInRange(cache, *block)) return COVATTN_ERR_NONFINITE;
+  AppendTokens(cache, *block, scratch);
   return COVATTN_OK;
 }
 

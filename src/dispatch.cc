@@ -15,7 +15,10 @@ namespace {
 
 // Targets compiled into this library that the CPU supports, best first (in
 // Highway a lower bit is a better target).
-int64_t AvailableTargets() { return hwy::SupportedTargets() & HWY_TARGETS; }
+// The static target (the build's baseline) runs wherever the binary runs.
+// Highway 1.0.3 never reports NEON on 32-bit ARM, where it is the baseline
+// (toolchains/armv7-linux-gnueabihf.cmake), so it is added here.
+int64_t AvailableTargets() { return (hwy::SupportedTargets() | HWY_STATIC_TARGET) & HWY_TARGETS; }
 
 int64_t BestOf(int64_t targets) { return targets & -targets; }
 

@@ -26,7 +26,22 @@ template <class D>
 HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
   return hn::LoadU(d, p);
 }
-#if !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) && \
+#if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+// The fallback targets hold vectors as arrays and emulate each operation
+// lane by lane, so a lane loop over the scalar conversion is as fast, and it
+// keeps the f16 kernels small: the vector form below, inlined into every
+// tile, made this one target take minutes to compile under the sanitizers.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  HWY_ALIGN float lanes[hn::MaxLanes(d)];
+  for (size_t i = 0; i < hn::Lanes(d); ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, p + i, sizeof(bits));
+    lanes[i] = F32FromF16Bits(bits);
+  }
+  return hn::Load(d, lanes);
+}
+#elif !(HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) && \
     !(HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128)
 // Only x86 from AVX2 on (F16C) and 64-bit Arm convert f16 -> f32 in hardware.
 // Elsewhere Highway 1.0.3 emulates it and turns infinities and NaN into large

@@ -86,10 +86,17 @@ inline std::string ShapeText(const std::vector<size_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
+// A header dict with the shape as text: shapes beyond a 32-bit size_t must be
+// writable too, to test that readers refuse them.
+inline std::string DictWithShape(const std::string& descr, const std::string& shape,
+                                 bool fortran = false) {
+  return "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+         ", 'shape': " + shape + ", }";
+}
+
 inline std::string Dict(const std::string& descr, const std::vector<size_t>& shape,
                         bool fortran = false) {
-  return "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-         ", 'shape': " + ShapeText(shape) + ", }";
+  return DictWithShape(descr, ShapeText(shape), fortran);
 }
 
 inline std::string F32Data(const std::vector<float>& values) {

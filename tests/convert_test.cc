@@ -18,18 +18,6 @@ using namespace covattn_test;
 
 namespace {
 
-uint32_t BitsOf(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof(b));
-  return b;
-}
-
-float FromBits(uint32_t b) {
-  float f;
-  std::memcpy(&f, &b, sizeof(f));
-  return f;
-}
-
 // The f32 values that decide rounding: every 16-bit value of the format, the
 // midpoints between neighbours and the floats just beside them, the overflow
 // threshold, f32 subnormals, infinities, NaNs of both signs with payloads in
@@ -52,12 +40,12 @@ std::vector<float> Probes(bool f16) {
     x.push_back(v), x.push_back(-v);
   }
   for (uint32_t nan : {0x7FC00000u, 0x7F800001u, 0x7FFFFFFFu, 0x7F80FFFFu, 0x7FA00000u}) {
-    x.push_back(FromBits(nan)), x.push_back(FromBits(nan | 0x80000000u));
+    x.push_back(FloatFromBits(nan)), x.push_back(FloatFromBits(nan | 0x80000000u));
   }
   uint64_t state = 0x9E3779B97F4A7C15ull;
   for (int i = 0; i < 200000; ++i) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
-    x.push_back(FromBits(static_cast<uint32_t>(state >> 32)));
+    x.push_back(FloatFromBits(static_cast<uint32_t>(state >> 32)));
   }
   return x;
 }
@@ -80,8 +68,9 @@ TEST_CASE("f32 to f16 and bf16: round to nearest even, overflow to infinity, NaN
       for (size_t i = 0; i < x.size(); ++i) {
         if (got[i] != ExpectedBits(f16, x[i]) && wrong++ == 0) first = i;
       }
-      INFO("first wrong: f32 bits 0x" << std::hex << BitsOf(x[first]) << " got 0x" << got[first]
-                                      << " expected 0x" << ExpectedBits(f16, x[first]));
+      INFO("first wrong: f32 bits 0x" << std::hex << BitsOfFloat(x[first]) << " got 0x"
+                                      << got[first] << " expected 0x"
+                                      << ExpectedBits(f16, x[first]));
       CHECK(wrong == 0);
     });
   }
@@ -113,7 +102,7 @@ TEST_CASE("f16 and bf16 to f32 is exact for every bit pattern, at every length")
         std::vector<float> out(n + 1, -3.0f);
         REQUIRE(covattn_convert(out.data(), COVATTN_F32, bits.data() + 15361, dtype, n) ==
                 COVATTN_OK);
-        for (size_t i = 0; i < n; ++i) CHECK(BitsOf(out[i]) == BitsOf(got[15361 + i]));
+        for (size_t i = 0; i < n; ++i) CHECK(BitsOfFloat(out[i]) == BitsOfFloat(got[15361 + i]));
         CHECK(out[n] == -3.0f);
         std::vector<uint16_t> back(n + 1, 0xDEAD);
         REQUIRE(covattn_convert(back.data(), dtype, out.data(), COVATTN_F32, n) == COVATTN_OK);

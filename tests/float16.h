@@ -15,6 +15,18 @@
 
 namespace covattn_test {
 
+// The bits of an f32 and back.
+inline uint32_t BitsOfFloat(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+inline float FloatFromBits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 inline double DoubleFromF16(uint16_t h) {
   const int exponent = (h >> 10) & 0x1F;
   const double mantissa = h & 0x3FF;
@@ -48,19 +60,13 @@ inline uint16_t F16FromDouble(double x) {
   return static_cast<uint16_t>(sign | ((ulp_exponent + 24) * 1024 + static_cast<int>(units)));
 }
 
-inline double DoubleFromBF16(uint16_t b) {
-  const uint32_t bits = uint32_t{b} << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+inline double DoubleFromBF16(uint16_t b) { return FloatFromBits(uint32_t{b} << 16); }
 
 // Nearest bfloat16, ties to even. A NaN stays a NaN of the same sign (quiet):
 // rounding its bits could carry into the exponent (a NaN whose payload lies
 // in the low half becomes infinity) or past the sign.
 inline uint16_t BF16FromFloat(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
+  uint32_t bits = BitsOfFloat(f);
   if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x0040);
   bits += 0x7FFF + ((bits >> 16) & 1);
   return static_cast<uint16_t>(bits >> 16);

@@ -217,7 +217,9 @@ TEST_CASE("every compiled target has a name and can be restricted to where suppo
     CHECK(name != "unknown");
     for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     CHECK(names.insert(name).second);
-    const bool supported = (hwy::SupportedTargets() & bit) != 0;
+    // The static target counts as supported (src/dispatch.cc: Highway 1.0.3
+    // does not report NEON on 32-bit ARM, where it is the baseline).
+    const bool supported = ((hwy::SupportedTargets() | HWY_STATIC_TARGET) & bit) != 0;
     CHECK(covattn_restrict_targets(name.c_str()) ==
           (supported ? COVATTN_OK : COVATTN_ERR_TARGET_UNAVAILABLE));
     if (supported) CHECK(covattn::detail::TargetName(bit) == std::string(covattn_target_name()));

@@ -159,6 +159,14 @@ TEST_CASE("subnormal keys, values and queries") {
   ForEachTarget([&] {
     std::vector<float> out;
     REQUIRE(Decode(cache, q, &out) == COVATTN_OK);
+#if defined(__arm__)
+    // 32-bit ARM's NEON unit always flushes f32 subnormals to zero (ARMv7
+    // Advanced SIMD has no other mode): there the output is exactly zero.
+    if (std::string(covattn_target_name()) == "NEON") {
+      for (size_t i = 0; i < dim; ++i) CHECK(out[i] == 0.0f);
+      return;
+    }
+#endif
     for (size_t i = 0; i < dim; ++i) {
       INFO("dim " << i);
       CHECK(out[i] > 0.0f);

@@ -48,7 +48,9 @@
  * costs about one score pass over the scored tokens (less than a decode).
  *
  * An engine's step, per layer: append the current token's K and V, decode
- * its queries, then (with retained slots) observe with decode's log Z.
+ * its queries, then (with retained slots) observe with decode's log Z. A
+ * prompt (or a chunk of one) goes through covattn_cache_prefill instead,
+ * which gives its positions' outputs and appends it.
  *
  * Zero means the default: a zero-initialised config with n_kv_heads,
  * head_dim and dtype set is the covariance summary of every token (no exact
@@ -69,10 +71,10 @@
  *
  * Conventions are those of covattn.h. Concurrency: decode and serialize take
  * a const cache and may run at the same time on one cache (each thread with
- * its own scratch); append, observe, reset and load need exclusive access.
- * One scratch buffer serves every cache of a configuration, so an engine
- * keeps one per thread, not one per layer. Results are deterministic on a
- * target, not bit-identical across targets (the kernels' sums round
+ * its own scratch); append, prefill, observe, reset and load need exclusive
+ * access. One scratch buffer serves every cache of a configuration, so an
+ * engine keeps one per thread, not one per layer. Results are deterministic
+ * on a target, not bit-identical across targets (the kernels' sums round
  * differently, and outlier and retention choices may differ on ties). */
 #ifndef COVATTN_CACHE_H_
 #define COVATTN_CACHE_H_
@@ -153,13 +155,17 @@ COVATTN_API const char* covattn_cache_config_error(const covattn_cache_config* c
  * 34112 bytes per head (67 tokens), the compact one 1600 (3 tokens). */
 COVATTN_API covattn_status covattn_cache_size(const covattn_cache_config* config, size_t* bytes);
 
-/* Bytes of scratch that serve append, decode and observe on every cache of
- * this configuration, for up to n_q_heads query heads (a multiple of
+/* Bytes of scratch that serve append, prefill, decode and observe on every
+ * cache of this configuration, for up to n_q_heads query heads (a multiple of
  * n_kv_heads): one buffer per thread, shared by all layers of that
- * configuration (for several configurations, the largest). Each call checks
- * the scratch it is given against what it needs: NULL or too small gives
- * COVATTN_ERR_SCRATCH_TOO_SMALL, scratch overlapping the cache or another
- * argument COVATTN_ERR_ALIASING. Its contents do not matter between calls. */
+ * configuration (for several configurations, the largest). Prefill's part
+ * does not depend on the block's length: two partial states of one tile of
+ * query positions, 8 (head_dim + 2) bytes per query row of the tile (at least
+ * 64 rows, at least 8 per KV head), then the append's workspace in the same
+ * bytes. Each call checks the scratch it is given against what it needs:
+ * NULL or too small gives COVATTN_ERR_SCRATCH_TOO_SMALL, scratch overlapping
+ * the cache or another argument COVATTN_ERR_ALIASING. Its contents do not
+ * matter between calls. */
 COVATTN_API covattn_status covattn_cache_scratch_size(const covattn_cache_config* config,
                                                       size_t n_q_heads, size_t* bytes);
 
@@ -199,6 +205,59 @@ COVATTN_API covattn_status covattn_cache_info_get(const covattn_cache* cache,
  * COVATTN_ERR_NONFINITE before anything changes. */
 COVATTN_API covattn_status covattn_cache_append(covattn_cache* cache, const covattn_kv_cache* block,
                                                 void* scratch, size_t scratch_bytes);
+
+/* Prefill through the cache: the attention outputs of a block of n =
+ * block->n_tokens new tokens (a prompt, or a chunk of one), then the block
+ * appended. block is as for covattn_cache_append; q holds the queries of the
+ * same n positions (q->n_tokens == n, q->n_heads a multiple of n_kv_heads,
+ * any strides) and out receives their outputs (any strides; out->log_z
+ * optional, [n][q->n_heads]), as covattn_prefill's covattn_queries and
+ * covattn_outputs; scale 0 for 1/sqrt(head_dim).
+ *
+ * Semantics: position t of the block attends to everything the cache holds
+ * before the block, exactly as covattn_cache_decode sees it (exact tokens and
+ * summary), plus the block's own tokens 0 .. t exactly (causal, read from
+ * the block as given, in its dtype), merged exactly in log-sum-exp space
+ * (MATH.md section 4). Then the block is appended: the cache ends exactly as
+ * covattn_cache_append of the same block leaves it. So a prompt into an
+ * empty cache gives covattn_prefill over the prompt (to rounding), and while
+ * the append evicts nothing (tokens appended so far + n <= n_sinks + window)
+ * the outputs are those of appending and decoding one token at a time (for
+ * a block in the cache's dtype; later decodes see the block's tokens as the
+ * cache stores them). Once it
+ * evicts (a block longer than the window's room, as a long prompt is), the
+ * two differ: token by token, position t would see the tokens evicted by the
+ * block's first t tokens (older tokens, and once the block overflows the
+ * window, the block's own) only through the summary or the slots, while
+ * prefill attends to the cache as it was and to the whole causal block
+ * exactly.
+ *
+ * Cost: about an append plus exact attention over the block. Positions run
+ * in tiles (at least 64 query rows, at least 8 rows per KV head): per tile,
+ * one multi-query attention call per stored segment, one causal call over
+ * the block, and the summary's readout per position. The scratch is
+ * covattn_cache_scratch_size's for q->n_heads query heads (it covers
+ * prefill, append, decode and observe; it does not depend on n).
+ *
+ * Statuses: every argument is checked before anything is written or
+ * appended: the cache, NULL pointers, the block's dtype and shape
+ * (COVATTN_ERR_SHAPE_MISMATCH also when q->n_tokens != n), the head counts,
+ * the scale, the strides of block, queries and outputs, the scratch, and
+ * aliasing (outputs and scratch overlapping each other, the queries, the
+ * block or the cache). A block refused by append's rule (NaN, infinity,
+ * |x| > 2^40, f16 overflow) or a query that is not finite gives
+ * COVATTN_ERR_NONFINITE before anything is written. A failed call leaves the
+ * cache untouched. Outputs are written only by a successful call, with one
+ * exception: scores or sums that overflow during the computation (finite
+ * inputs of huge magnitude) give COVATTN_ERR_NONFINITE after some outputs
+ * were written (do not use them); the cache is untouched then too. n = 0
+ * checks the arguments and does nothing. Never COVATTN_FULLY_MASKED: every
+ * position sees at least its own token. */
+COVATTN_API covattn_status covattn_cache_prefill(covattn_cache* cache,
+                                                 const covattn_kv_cache* block,
+                                                 const covattn_queries* q, float scale,
+                                                 const covattn_outputs* out, void* scratch,
+                                                 size_t scratch_bytes);
 
 /* Optional per-query diagnostics of covattn_cache_decode, [n_q_heads] each.
  *

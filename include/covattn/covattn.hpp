@@ -163,6 +163,14 @@ class Cache {
         covattn_cache_decode(get(), q, n_q_heads, scale, out, diagnostics, work, scratch.size()));
   }
 
+  // The block's outputs against the cache before it and the block causally,
+  // then the block appended (covattn_cache_prefill).
+  void Prefill(const covattn_kv_cache& block, const covattn_queries& q, float scale,
+               const covattn_outputs& out, Scratch& scratch) {
+    void* work = scratch.Reserve(ScratchBytes(q.n_heads));
+    Check(covattn_cache_prefill(get(), &block, &q, scale, &out, work, scratch.size()));
+  }
+
   // log_z as decode reported it (diagnostics.log_z).
   void Observe(const float* q, size_t n_q_heads, float scale, const float* log_z,
                Scratch& scratch) {

@@ -6,12 +6,14 @@
 //  1: serialize a valid cache, damage the bytes (truncate, flip bits,
 //     overwrite), then load them into a cache of the same configuration;
 //  2: a sequence of calls (append hostile blocks in any dtype and layout,
-//     decode with hostile queries, scales and scratch, reset) on caches in
-//     exactly sized caller memory.
+//     decode with hostile queries, scales and scratch, prefill hostile blocks
+//     with hostile strided queries, reset) on caches in exactly sized caller
+//     memory.
 // Checked: statuses are ones the header allows; a failed call leaves the
 // cache exactly as it was (compared through its serialization); a loaded
 // cache serializes back to the same bytes; an undamaged file loads; decode
-// outputs of a successful call are finite, and the diagnostics are in range.
+// outputs of a successful call are finite, and the diagnostics are in range;
+// a successful prefill leaves the cache as append of its block would.
 #include <algorithm>
 #include <vector>
 
@@ -84,10 +86,16 @@ std::vector<uint8_t> Scratch(const covattn_cache_config& config, size_t n_q) {
   return std::vector<uint8_t>(bytes);
 }
 
-// Appends `n_tokens` tokens built from the input: values of one magnitude in
-// the given dtype, sometimes a planted special, sometimes a wrong shape.
-covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config& config,
-                      size_t n_tokens) {
+// A block of `n_tokens` tokens built from the input: values of one magnitude
+// in the given dtype, sometimes a planted special, sometimes a wrong shape.
+struct HostileBlock {
+  std::vector<uint8_t> k, v;
+  covattn_kv_cache block;
+  bool wrong_shape = false, planted = false;
+};
+
+void BuildBlock(ByteReader& in, const covattn_cache_config& config, size_t n_tokens,
+                HostileBlock* out) {
   const uint32_t dtype = in.U8() % 3;  // f32, f16, bf16
   const size_t heads = config.n_kv_heads, dim = config.head_dim;
   const size_t elem = ElemSize(dtype);
@@ -96,40 +104,128 @@ covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config&
   const uint8_t shape = in.U8();
   const size_t block_heads = shape >= 0xF8 ? heads + 1 : heads;
   const size_t block_dim = shape >= 0xF0 && shape < 0xF8 ? dim + 1 : dim;
-  std::vector<uint8_t> k(std::max<size_t>(1, n_tokens * block_heads * block_dim * elem));
-  std::vector<uint8_t> v(k.size());
+  out->wrong_shape = block_heads != heads || block_dim != dim;
+  out->k.assign(std::max<size_t>(1, n_tokens * block_heads * block_dim * elem), 0);
+  out->v.assign(out->k.size(), 0);
   Prng rng{in.U64()};
   // Magnitudes up to 2^40: large enough to matter, small enough that f16
   // overflows are the planted kind (f16 saturates to infinity at 65504).
   const double magnitude = std::ldexp(1.0, static_cast<int>(in.U8() % 56) - 40);
   const size_t n_elems = n_tokens * block_heads * block_dim;
   for (size_t i = 0; i < n_elems; ++i) {
-    StoreElement(k.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
-    StoreElement(v.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
+    StoreElement(out->k.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
+    StoreElement(out->v.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
   }
-  if (n_elems > 0 && in.U8() >= 0xF0) {
-    StoreElement(in.U8() % 2 ? k.data() : v.data(), dtype, in.U32() % n_elems,
+  out->planted = n_elems > 0 && in.U8() >= 0xF0;
+  if (out->planted) {
+    StoreElement(in.U8() % 2 ? out->k.data() : out->v.data(), dtype, in.U32() % n_elems,
                  ByteReader::Special(in.U8()));
   }
-  covattn_kv_cache block{dtype, k.data(), v.data(), n_tokens, block_heads, block_dim, 0, 0, 0, 0};
+  covattn_kv_cache& block = out->block;
+  block = covattn_kv_cache{
+      dtype, out->k.data(), out->v.data(), n_tokens, block_heads, block_dim, 0, 0, 0, 0};
   block.k_token_stride = block.v_token_stride = head_major ? block_dim : block_heads * block_dim;
   block.k_head_stride = block.v_head_stride = head_major ? n_tokens * block_dim : block_dim;
   if (head_major && n_tokens == 0) block.k_head_stride = block.v_head_stride = block_dim;
+}
+
+// Appends a hostile block; checks the contract.
+covattn_status Append(ByteReader& in, OwnedCache& c, const covattn_cache_config& config,
+                      size_t n_tokens) {
+  HostileBlock b;
+  BuildBlock(in, config, n_tokens, &b);
   const std::vector<uint8_t> before = Serialize(c.cache);
   std::vector<uint8_t> scratch = Scratch(config, config.n_kv_heads);
   const covattn_status status =
-      covattn_cache_append(c.cache, &block, scratch.data(), scratch.size());
+      covattn_cache_append(c.cache, &b.block, scratch.data(), scratch.size());
   if (status != COVATTN_OK) {
     FUZZ_CHECK(OneOf(status, {COVATTN_ERR_SHAPE_MISMATCH, COVATTN_ERR_NONFINITE,
                               COVATTN_ERR_INVALID_STRIDE}),
                "append returned %d (%s)", status, StatusName(status));
-    FUZZ_CHECK(status != COVATTN_ERR_SHAPE_MISMATCH || block_heads != heads || block_dim != dim,
+    FUZZ_CHECK(status != COVATTN_ERR_SHAPE_MISMATCH || b.wrong_shape,
                "a block of the right shape refused as a shape mismatch");
     FUZZ_CHECK(Serialize(c.cache) == before, "a refused append changed the cache");
   } else {
-    FUZZ_CHECK(block_heads == heads && block_dim == dim, "a block of the wrong shape appended");
+    FUZZ_CHECK(!b.wrong_shape, "a block of the wrong shape appended");
   }
   return status;
+}
+
+// Prefills a hostile block with hostile queries (strided), scale, outputs
+// and scratch. A failure leaves the cache as it was, and writes no output
+// unless the computation itself overflowed; a success leaves the cache as
+// append of the block would, with finite outputs.
+void CheckPrefill(ByteReader& in, OwnedCache& c, const covattn_cache_config& config) {
+  HostileBlock b;
+  BuildBlock(in, config, in.U8() % 70, &b);
+  const size_t n = b.block.n_tokens, dim = config.head_dim;
+  const size_t group = 1 + in.U8() % 4;
+  const bool wrong_heads = in.U8() >= 0xF8 && config.n_kv_heads > 1;  // not a multiple
+  const size_t n_q = config.n_kv_heads * group + (wrong_heads ? 1 : 0);
+  const bool wrong_positions = n > 0 && in.U8() >= 0xF8;
+  const size_t n_positions = wrong_positions ? n - 1 : n;
+  const size_t pad = in.U8() % 3;  // head stride dim + pad
+  const size_t head_stride = dim + pad, token_stride = n_q * head_stride;
+  std::vector<float> q(std::max<size_t>(1, n_positions * token_stride));
+  for (float& x : q) x = in.U8() >= 0xFC ? in.Float() : (static_cast<int8_t>(in.U8()) / 64.0f);
+  bool bad_query = false;
+  for (size_t t = 0; t < n_positions; ++t)
+    for (size_t h = 0; h < n_q; ++h)
+      for (size_t i = 0; i < dim; ++i)
+        bad_query |= !std::isfinite(q[t * token_stride + h * head_stride + i]);
+  const float scale = in.U8() >= 0xF0 ? in.Float() : 0.0f;
+  std::vector<float> out(std::max<size_t>(1, n * n_q * dim), 7.0f),
+      log_z(std::max<size_t>(1, n * n_q), 7.0f);
+  const bool with_log_z = in.U8() % 2;
+  size_t scratch_bytes = 64;
+  if (!wrong_heads) {
+    FUZZ_CHECK(covattn_cache_scratch_size(&config, n_q, &scratch_bytes) == COVATTN_OK,
+               "scratch size");
+  }
+  const bool short_scratch = in.U8() >= 0xF0;
+  const size_t given = short_scratch ? scratch_bytes / 2 : scratch_bytes;
+  Block scratch(std::max<size_t>(given, 1));
+  const covattn_queries queries{q.data(), n_positions, n_q, token_stride, head_stride};
+  const covattn_outputs outputs{out.data(), n_q * dim, dim, with_log_z ? log_z.data() : nullptr};
+  const std::vector<uint8_t> before = Serialize(c.cache);
+  const covattn_status status =
+      covattn_cache_prefill(c.cache, &b.block, &queries, scale, &outputs, scratch.data(), given);
+  if (Verbose()) std::fprintf(stderr, "prefill of %zu tokens: %s\n", n, StatusName(status));
+  std::vector<covattn_status> faults;
+  if (b.wrong_shape || wrong_positions) faults.push_back(COVATTN_ERR_SHAPE_MISMATCH);
+  if (wrong_heads) faults.push_back(COVATTN_ERR_HEAD_MISMATCH);
+  if (short_scratch) faults.push_back(COVATTN_ERR_SCRATCH_TOO_SMALL);
+  if (!std::isfinite(scale)) faults.push_back(COVATTN_ERR_INVALID_SCALE);
+  const bool bad_values = b.planted || bad_query;
+  if (status == COVATTN_OK) {
+    FUZZ_CHECK(faults.empty(), "prefill with %zu planted faults succeeded", faults.size());
+    for (float x : out) FUZZ_CHECK(std::isfinite(x) && (n > 0 || x == 7.0f), "output %g", x);
+    // The cache ends as append of the block leaves it.
+    OwnedCache appended;
+    FUZZ_CHECK(appended.Create(config), "create");
+    FUZZ_CHECK(covattn_cache_load(appended.cache, before.data(), before.size()) == COVATTN_OK,
+               "load");
+    std::vector<uint8_t> append_scratch = Scratch(config, config.n_kv_heads);
+    FUZZ_CHECK(covattn_cache_append(appended.cache, &b.block, append_scratch.data(),
+                                    append_scratch.size()) == COVATTN_OK,
+               "append of a block prefill took");
+    FUZZ_CHECK(Serialize(appended.cache) == Serialize(c.cache), "prefill did not append the block");
+    return;
+  }
+  FUZZ_CHECK(Serialize(c.cache) == before, "a refused prefill changed the cache");
+  if (!faults.empty()) {
+    FUZZ_CHECK(std::find(faults.begin(), faults.end(), status) != faults.end(),
+               "prefill with %zu planted faults returned %d (%s)", faults.size(), status,
+               StatusName(status));
+  } else {
+    FUZZ_CHECK(status == COVATTN_ERR_NONFINITE, "prefill of a valid call returned %d (%s)", status,
+               StatusName(status));
+  }
+  // Refused before anything was written, unless the computation overflowed.
+  if (status != COVATTN_ERR_NONFINITE || bad_values) {
+    for (float x : out) FUZZ_CHECK(x == 7.0f, "a refused prefill wrote");
+    for (float x : log_z) FUZZ_CHECK(x == 7.0f, "a refused prefill wrote log Z");
+  }
 }
 
 // Folds a decode into the retention scores, sometimes with a planted NaN
@@ -271,13 +367,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // Mode 2: a sequence of calls; every failure leaves the cache as it was.
   for (int step = 0; step < 8 && in.remaining() > 0; ++step) {
-    switch (in.U8() % 4) {
+    switch (in.U8() % 5) {
       case 0:
       case 1:
         Append(in, a, config, in.U8() % 80);
         break;
       case 2:
         CheckDecode(in, a, config);
+        break;
+      case 4:
+        CheckPrefill(in, a, config);
         break;
       default: {
         FUZZ_CHECK(covattn_cache_reset(a.cache) == COVATTN_OK, "reset");

@@ -234,6 +234,29 @@ def main():
           u8(3) + u8(1) + append(5, dtype=2) + decode)
     write('fuzz_cache', 'readout_only', cache(2, sinks=0, window=0, outliers=0) + decode)
 
+    # The same target with format 2's config fields after flags' place: n_retained,
+    # retention, retention_decay, summary, rope (even head_dim), the drop byte, then the
+    # first append; mode 2 then runs steps (0 append, 2 decode, 4 prefill). A prefill
+    # step: Append's block bytes (tokens first), group - 1, wrong-heads and
+    # wrong-positions bytes, head-stride padding, per query element a byte (below 0xFC:
+    # then int8 / 64 from the next byte; 0xFC and above: a Float follows), scale, log Z,
+    # short scratch.
+    def cache2(heads=2, dim=16, dtype=1, sinks=2, window=6, outliers=2, retained=2,
+               summary=0, rope=1, tokens=30):
+        return u8(0) + u8(2) + u8(heads - 1) + u8(dim - 1) + u8(dtype) + u8(sinks) + \
+            u8(window) + u8(outliers) + u8(0) + u8(retained) + u8(0) + u8(0) + u8(summary) + \
+            u8(rope) + u8(0) + append(tokens)
+
+    def prefill(tokens, heads=2, dim=16, group=4, pad=1, nan_at=None):
+        out = u8(4) + append(tokens, seed=tokens) + u8(group - 1) + u8(0) + u8(0) + u8(pad)
+        n_q = heads * group
+        elems = tokens * n_q * (dim + pad)
+        for i in range(elems):
+            out += u8(0xFC) + float_special('nan') if i == nan_at else u8(0) + u8((i * 37) % 200)
+        return out + u8(0) + u8(1) + u8(0)
+    write('fuzz_cache', 'prefill', cache2() + prefill(12) +
+          u8(0) + append(40, dtype=2, head_major=1) + prefill(9, pad=0) + prefill(3, nan_at=40))
+
     # fuzz_checkpoint mode 1: head_dim / 2 - 1, KV heads - 1, group - 1, hidden - 1,
     # layers - 1, vocab - 1, seq_len - 1, shared (odd) or separate, a header field to
     # overwrite (below 112: field x % 7, then its int32 value), magnitude (2^(x-20)),

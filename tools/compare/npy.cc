@@ -121,8 +121,9 @@ class HeaderParser {
       v = v * 10 + digit;
     }
     if (p_ != end_ && *p_ == 'L') ++p_;  // Python 2 long literals
-    if (v > SIZE_MAX) return false;
-    *x = static_cast<size_t>(v);
+    // Beyond SIZE_MAX (a 32-bit size_t) a value saturates: a shape holding it
+    // is then refused as too large, which it is, rather than as unreadable.
+    *x = v > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(v);
     return true;
   }
   bool ParseWord(const char* word) {

@@ -37,8 +37,10 @@ struct NpyReadOptions {
   // is not attention activations unless the user says so).
   bool uint16_as_bf16 = false;
   // Refuse arrays with more elements than this (a guard against absurd
-  // headers before allocating).
-  uint64_t max_elements = uint64_t{1} << 34;
+  // headers before allocating): 2^34, or what a 32-bit address space can
+  // hold as f32.
+  uint64_t max_elements =
+      SIZE_MAX / sizeof(float) < (uint64_t{1} << 34) ? SIZE_MAX / sizeof(float) : uint64_t{1} << 34;
 };
 
 struct NpyArray {

@@ -342,7 +342,8 @@ const std::vector<OptionGroup>& OptionTable() {
            {"group", "N", "query heads per KV head (GQA) [4]", SizeIn(&Options::group, 1, 64)},
            {"queries", "N", "queries per KV head for the error statistics [16]",
             SizeIn(&Options::queries, 1, 4096)},
-           {"seed", "N", "workload seed [1]", SizeIn(&Options::seed, 0, size_t{1} << 40)},
+           {"seed", "N", "workload seed [1]",
+            SizeIn(&Options::seed, 0, size_t(std::min<uint64_t>(uint64_t{1} << 40, SIZE_MAX)))},
        }},
       {"Real activations (.npy, see docs/compare.md)",
        {
