@@ -335,12 +335,28 @@ TEST_CASE("a decode of one KV head or of a layer gives every thread work") {
   }
 }
 
+namespace {
+
+// A random token-major cache and queries of N(0, 1) entries.
+struct RandomDecode {
+  RandomDecode(uint32_t dtype, size_t n_tokens, size_t kv_heads, size_t q_heads, size_t dim,
+               uint64_t seed)
+      : rng(seed), cache(dtype, Layout::kTokenMajor, n_tokens, kv_heads, dim) {
+    cache.FillRandom(rng);
+    q = NormalFloats(rng, q_heads * dim, 1.0);
+  }
+  Rng rng;
+  TestCache cache;
+  std::vector<float> q;
+};
+
+}  // namespace
+
 TEST_CASE("the C++ wrapper sizes its scratch for the options' pool") {
   const size_t dim = 32;
-  Rng rng(71);
-  TestCache cache(COVATTN_F16, Layout::kTokenMajor, 1024, 1, dim);
-  cache.FillRandom(rng);
-  const std::vector<float> q = NormalFloats(rng, 2 * dim, 1.0);
+  const RandomDecode problem(COVATTN_F16, 1024, 1, 2, dim, 71);
+  const TestCache& cache = problem.cache;
+  const std::vector<float>& q = problem.q;
   ThreadPool real(2);
   const covattn_thread_pool pool = real.Pool();
   const covattn_attention_options options{0.0f, 0, 0, &pool};
@@ -355,10 +371,9 @@ TEST_CASE("the C++ wrapper sizes its scratch for the options' pool") {
 
 TEST_CASE("calls over a pool write nothing beyond the scratch size they asked for") {
   const size_t dim = 40;
-  Rng rng(81);
-  TestCache cache(COVATTN_F32, Layout::kTokenMajor, 3000, 3, dim);
-  cache.FillRandom(rng);
-  const std::vector<float> q = NormalFloats(rng, 6 * dim, 1.0);
+  const RandomDecode problem(COVATTN_F32, 3000, 3, 6, dim, 81);
+  const TestCache& cache = problem.cache;
+  const std::vector<float>& q = problem.q;
   ForEachTarget([&] {
     for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
       INFO(n_threads << " threads");
