@@ -31,13 +31,13 @@
 #include "covattn/covattn.h"
 
 enum {
-  kLayers = 4,
+  kLayers = 2,
   kKvHeads = 2,
   kGroup = 4, /* query heads per KV head */
   kDim = 64,
   kModel = 128,  /* width of the toy residual stream */
   kPrompt = 160, /* longer than the cache's 100 exact slots */
-  kSteps = 400,
+  kSteps = 240,
   kThreads = 2
 };
 enum { kQHeads = kKvHeads * kGroup, kTokens = kPrompt + kSteps };
