@@ -52,12 +52,17 @@ struct AttentionOutcome {
   bool nonfinite;     // some result is NaN or infinite
 };
 
+// Chunks whose weighted values a pass sums apart before adding them to the
+// running output (MATH.md section 1, "rounding over long contexts").
+constexpr size_t kChunksPerBlock = 16;
+
 // The scratch memory of one call, in floats from its first 64-byte
-// boundary: per row of a pass the scaled query a and the un-normalised output
-// o (ld floats each), then the row's scores p (kChunkTokens floats).
+// boundary: per row of a pass the scaled query a, the un-normalised output o
+// and the current block's part of it, o_block (ld floats each), then the
+// row's scores p (kChunkTokens floats).
 struct AttentionScratchLayout {
-  size_t ld;               // floats per row of a and o: head_dim rounded up to 16
-  size_t a, o, p, floats;  // where a, o and p start, and the floats in all
+  size_t ld;                        // floats per row of a, o and o_block: head_dim rounded up to 16
+  size_t a, o, o_block, p, floats;  // where each starts, and the floats in all
 };
 
 constexpr size_t kAttentionScratchAlign = 64;
@@ -67,7 +72,8 @@ inline AttentionScratchLayout AttentionScratchFor(size_t head_dim) {
   layout.ld = (head_dim + 15) & ~size_t{15};
   layout.a = 0;
   layout.o = layout.a + kPassRows * layout.ld;
-  layout.p = layout.o + kPassRows * layout.ld;
+  layout.o_block = layout.o + kPassRows * layout.ld;
+  layout.p = layout.o_block + kPassRows * layout.ld;
   layout.floats = layout.p + kPassRows * kChunkTokens;
   return layout;
 }

@@ -31,6 +31,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 using detail::AttentionOutcome;
 using detail::AttentionProblem;
 using detail::AttentionResultSink;
+using detail::kChunksPerBlock;
 using detail::kChunkTokens;
 using detail::kInitialMax;
 using detail::kPassRows;
@@ -219,8 +220,7 @@ HWY_INLINE void AddTo(D d, V x, float* HWY_RESTRICT o) {
 
 // o_r += sum_j p[r][j] * v_j for kRows rows. Each pass keeps two vectors of
 // every row's chunk sum in registers while streaming the chunk's values, then
-// adds them to o: summing each chunk apart keeps the f32 rounding of long
-// contexts growing with the number of chunks, not of tokens.
+// adds them to o (a block's part of the output, MATH.md section 1).
 template <size_t kRows, class D, typename T>
 HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
                                  const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
@@ -357,11 +357,13 @@ HWY_INLINE float ExpShiftedSum(D d, float* HWY_RESTRICT x, size_t n, float shift
 // in cache (for a decode step, all heads of a layer in one pass: the cache is
 // streamed in memory order once). Per-row arrays live in scratch.
 struct Pass {
-  float* a;  // [kPassRows][ld] scaled queries
-  float* o;  // [kPassRows][ld] un-normalised outputs
-  float* p;  // [kPassRows][kChunkTokens] scores, then softmax weights
+  float* a;        // [kPassRows][ld] scaled queries
+  float* o;        // [kPassRows][ld] un-normalised outputs of the blocks done
+  float* o_block;  // [kPassRows][ld] the current block's part of them
+  float* p;        // [kPassRows][kChunkTokens] scores, then softmax weights
+  size_t chunks_in_block;
   float m[kPassRows];
-  float l[kPassRows];
+  double l[kPassRows];  // a scalar per chunk: double costs nothing
   // A score of the row was NaN or infinite: from non-finite input, or from
   // an overflow (every score -inf would otherwise look like a masked row).
   bool bad_score[kPassRows];
@@ -423,7 +425,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       continue;
     }
     float& m = pass.m[r0 + r];
-    float& l = pass.l[r0 + r];
+    double& l = pass.l[r0 + r];
     bool finite;
     const float chunk_max = MaxOf(d_tokens, pr + (b - ja), e - b, &finite);
     pass.bad_score[r0 + r] |= !finite;
@@ -431,7 +433,8 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       const float correction = std::exp(m - chunk_max);
       l *= correction;
       float* o = pass.o + (r0 + r) * pass.ld;
-      for (size_t i = 0; i < dim; ++i) o[i] *= correction;
+      float* o_block = pass.o_block + (r0 + r) * pass.ld;
+      for (size_t i = 0; i < dim; ++i) o[i] *= correction, o_block[i] *= correction;
       m = chunk_max;
     }
     l += ExpShiftedSum(d_tokens, pr + (b - ja), e - b, m);
@@ -439,7 +442,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
   AccumulateRows<kRows>(d, p, kChunkTokens, v_head + ja * pb.v_token_stride, pb.v_token_stride,
-                        jb - ja, dim, pass.o + r0 * pass.ld, pass.ld, prefetch);
+                        jb - ja, dim, pass.o_block + r0 * pass.ld, pass.ld, prefetch);
 }
 
 // Every tile of the pass against chunk [c0, c1).
@@ -473,6 +476,16 @@ HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool
   }
 }
 
+// Adds the current block's part of each row's output to the output.
+HWY_INLINE void FinishBlock(const AttentionProblem& pb, Pass& pass) {
+  for (size_t r = 0; r < pass.n_rows; ++r) {
+    float* HWY_RESTRICT o = pass.o + r * pass.ld;
+    float* HWY_RESTRICT o_block = pass.o_block + r * pass.ld;
+    for (size_t i = 0; i < pb.head_dim; ++i) o[i] += o_block[i], o_block[i] = 0.0f;
+  }
+  pass.chunks_in_block = 0;
+}
+
 // Runs the chunks of [begin, end) in order, prefetching each next one.
 template <class D, typename T>
 HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
@@ -483,6 +496,7 @@ HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool
     const size_t c1 = std::min(end, c0 + kChunkTokens);
     prefetch.Reset(pb, c1, std::min(end - c1, kChunkTokens), h0, h1);
     ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, prefetch);
+    if (++pass.chunks_in_block == kChunksPerBlock) FinishBlock(pb, pass);
   }
 }
 
@@ -498,9 +512,10 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
     const size_t state_row = rows.run_indexed ? first_row + r : row;
     if (sink.out == nullptr) {  // a partial state: the row as it stands
       sink.m[state_row] = pass.m[r];
-      sink.l[state_row] = pass.l[r];
+      sink.l[state_row] = static_cast<float>(pass.l[r]);
       std::copy(o, o + dim, sink.o + state_row * dim);
-      bool finite = !pass.bad_score[r] && std::isfinite(pass.m[r]) && std::isfinite(pass.l[r]);
+      bool finite =
+          !pass.bad_score[r] && std::isfinite(pass.m[r]) && std::isfinite(sink.l[state_row]);
       for (size_t i = 0; i < dim; ++i) finite &= std::isfinite(o[i]);
       outcome->nonfinite |= !finite;
       continue;
@@ -508,8 +523,8 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
     float* out =
         sink.out + pass.q_token[r] * sink.out_token_stride + pass.q_head[r] * sink.out_head_stride;
     float* log_z = sink.log_z != nullptr ? sink.log_z + row : nullptr;
-    const detail::RowOutcome result =
-        detail::FinalizeRow(pass.m[r], pass.l[r], o, dim, !pass.bad_score[r], out, log_z);
+    const detail::RowOutcome result = detail::FinalizeRow(pass.m[r], static_cast<float>(pass.l[r]),
+                                                          o, dim, !pass.bad_score[r], out, log_z);
     outcome->fully_masked |= result == detail::RowOutcome::kMasked;
     outcome->nonfinite |= result == detail::RowOutcome::kNonfinite;
   }
@@ -521,7 +536,7 @@ HWY_INLINE void EmitPass(const AttentionProblem& pb, const Pass& pass,
 HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, size_t begin, size_t end) {
   const size_t dim = pb.head_dim;
   const size_t per_kv_head = detail::RowsPerKvHead(pb);
-  pass.n_rows = pass.n_tiles = 0;
+  pass.n_rows = pass.n_tiles = pass.chunks_in_block = 0;
   for (size_t row = begin; row < end;) {
     const size_t kv_head = row / per_kv_head;
     const size_t n = std::min(kTileRows, per_kv_head - row % per_kv_head);
@@ -539,6 +554,7 @@ HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, size_t begin, s
       float* a = pass.a + r * pass.ld;
       for (size_t c = 0; c < dim; ++c) a[c] = pb.scale * q[c];
       std::fill(pass.o + r * pass.ld, pass.o + (r + 1) * pass.ld, 0.0f);
+      std::fill(pass.o_block + r * pass.ld, pass.o_block + (r + 1) * pass.ld, 0.0f);
     }
     pass.n_rows += n;
     row += n;
@@ -558,6 +574,7 @@ HWY_INLINE void RunPass(D d, const AttentionProblem& pb, Pass& pass) {
   const detail::VisibleTokens v = detail::VisibleTokensOf(pb, pos_first, pos_last);
   ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/true, v.sink_begin, v.sink_end);
   ProcessSegment<D, T>(d, pb, pass, /*sink_segment=*/false, v.window_begin, v.window_end);
+  FinishBlock(pb, pass);
 }
 
 // The passes of one run over rows, with vectors of d along the head dimension.
@@ -571,6 +588,7 @@ HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const detail::Atten
   pass.ld = layout.ld;
   pass.a = base + layout.a;
   pass.o = base + layout.o;
+  pass.o_block = base + layout.o_block;
   pass.p = base + layout.p;
   for (size_t begin = rows.begin; begin < rows.end;) {
     const size_t end = detail::PassEnd(pb, begin, rows.end);

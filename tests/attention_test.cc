@@ -336,11 +336,11 @@ TEST_CASE("NaN or infinite inputs are reported, never returned as success") {
   });
 }
 
-// f32 rounding over long contexts: each chunk's weighted values are summed
-// apart and then added to the running output, so the error grows with the
-// number of chunks rather than of tokens. oneDNN's blocked sgemm gets about
-// 2e-7 on this kind of data (docs/results.md).
-TEST_CASE("f32 decode over 65536 tokens stays within 1e-6 of float64 (rel L2)") {
+// f32 rounding over long contexts: the output is summed in chunks, blocks of
+// chunks and blocks (MATH.md section 1), so no f32 sum has more than 64 terms
+// here. oneDNN's blocked sgemm gets about 2e-7 on this kind of data
+// (docs/results.md); one-by-one chunk sums gave 6.5-7.1e-7.
+TEST_CASE("f32 decode over 65536 tokens stays within 5e-7 of float64 (rel L2)") {
   const size_t dim = 64, n_tokens = 65536, kv_heads = 1, group = 4;
   Rng rng(2024);
   TestCache cache(COVATTN_F32, Layout::kTokenMajor, n_tokens, kv_heads, dim);
@@ -365,6 +365,6 @@ TEST_CASE("f32 decode over 65536 tokens stays within 1e-6 of float64 (rel L2)") 
     }
     const double rel_l2 = std::sqrt(err / norm);
     MESSAGE("rel L2 " << rel_l2);
-    CHECK(rel_l2 <= 1e-6);
+    CHECK(rel_l2 <= 5e-7);
   });
 }
