@@ -41,8 +41,8 @@ covattn_kv_cache MakeView(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, si
                           Layout layout) {
   const size_t token_stride = layout == Layout::kTokenMajor ? n_kv_heads * dim : dim;
   const size_t head_stride = layout == Layout::kTokenMajor ? dim : n_tokens * dim;
-  return covattn_kv_cache{dtype, nullptr,      nullptr,     n_tokens,     n_kv_heads,
-                          dim,   token_stride, head_stride, token_stride, head_stride};
+  return covattn_kv_cache{dtype,        nullptr,     nullptr,      n_tokens,    n_kv_heads, dim,
+                          token_stride, head_stride, token_stride, head_stride, nullptr};
 }
 
 // A cache of random values, generated once per shape and kept for the whole

@@ -110,7 +110,8 @@ const Layer& SharedLayer(Workload workload, size_t dim, size_t n) {
 covattn_kv_cache ViewOf(const Layer& layer) {
   const size_t d = layer.head_dim, h = layer.n_kv_heads;
   return covattn_kv_cache{
-      COVATTN_F32, layer.k.data(), layer.v.data(), layer.n_tokens, h, d, h * d, d, h * d, d};
+      COVATTN_F32, layer.k.data(), layer.v.data(), layer.n_tokens, h, d, h * d, d, h * d,
+      d,           nullptr};
 }
 
 // Scratch for every call on a cache of this configuration.

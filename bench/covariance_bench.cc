@@ -84,8 +84,8 @@ void Update(benchmark::State& state, const std::string& target, size_t dim, size
   // Tokens [token][k | v]: K and V interleaved per token, as a fused QKV
   // projection leaves them.
   const std::vector<float> kv = RandomVector(block * 2 * dim, 3);
-  const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + dim, block, 1, dim,
-                                2 * dim,     dim,       2 * dim,         dim};
+  const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + dim, block, 1,      dim,
+                                2 * dim,     dim,       2 * dim,         dim,   nullptr};
   StatePtr s = NewState(1, dim);
   std::vector<unsigned char> scratch = UpdateScratch(dim);
   for (auto _ : state) {
@@ -139,8 +139,8 @@ std::vector<StatePtr>& States() {
   static std::vector<StatePtr> states;
   if (states.empty()) {
     const std::vector<float> kv = RandomVector(512 * 2 * kDim, 5);
-    const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + kDim, 512, 1, kDim,
-                                  2 * kDim,    kDim,      2 * kDim,         kDim};
+    const covattn_kv_cache tokens{COVATTN_F32, kv.data(), kv.data() + kDim, 512,  1,      kDim,
+                                  2 * kDim,    kDim,      2 * kDim,         kDim, nullptr};
     std::vector<unsigned char> scratch = UpdateScratch(kDim);
     for (size_t i = 0; i < kColdStates; ++i) {
       states.push_back(NewState(1, kDim));
@@ -191,8 +191,8 @@ void Decode(benchmark::State& state, const std::string& target, size_t n_ctx) {
     kv.resize(n_ctx * 2 * kDim);
     for (uint16_t& x : kv) x = Bits16(RandomFloat(rng), COVATTN_F16);
   }
-  const covattn_kv_cache cache{COVATTN_F16, kv.data(), kv.data() + kDim, n_ctx, 1, kDim,
-                               2 * kDim,    kDim,      2 * kDim,         kDim};
+  const covattn_kv_cache cache{COVATTN_F16, kv.data(), kv.data() + kDim, n_ctx, 1,      kDim,
+                               2 * kDim,    kDim,      2 * kDim,         kDim,  nullptr};
   const std::vector<float> q = RandomVector(kGroup * kDim, 7);
   std::vector<float> out(kGroup * kDim);
   size_t scratch_bytes = 0;

@@ -58,7 +58,8 @@ int main(void) {
 
   /* [token][head][dim] layout, strides in elements. */
   const covattn_kv_cache cache = {
-      COVATTN_F16, k, v, kTokens, kKvHeads, kDim, kKvHeads * kDim, kDim, kKvHeads * kDim, kDim};
+      COVATTN_F16,     k,    v,   kTokens, kKvHeads, kDim, kKvHeads * kDim, kDim,
+      kKvHeads * kDim, kDim, NULL};
   const covattn_status status =
       covattn_decode(&cache, q, kQHeads, NULL, out, scratch, scratch_bytes);
   if (status != COVATTN_OK) {

@@ -102,7 +102,8 @@ static void* run_task(void* arg) {
                                   kKvHeads * kDim,
                                   kDim,
                                   kKvHeads * kDim,
-                                  kDim};
+                                  kDim,
+                                  NULL};
   const float* q = t->q + (size_t)h * kGroup * kDim;
   float* out = t->out + (size_t)h * kGroup * kDim;
   if (t->n > 1) { /* the prompt: its outputs, then the block appended */
@@ -229,9 +230,9 @@ int main(void) {
         return 1;
       }
       /* Check the new positions against exact attention over every token. */
-      const covattn_kv_cache full = {COVATTN_F32,     L->k_all, L->v_all,        first + n,
-                                     kKvHeads,        kDim,     kKvHeads * kDim, kDim,
-                                     kKvHeads * kDim, kDim};
+      const covattn_kv_cache full = {
+          COVATTN_F32,     L->k_all, L->v_all,        first + n, kKvHeads, kDim,
+          kKvHeads * kDim, kDim,     kKvHeads * kDim, kDim,      NULL};
       const covattn_queries queries = {q + first * kQHeads * kDim, n, kQHeads, kQHeads * kDim,
                                        kDim};
       const covattn_outputs outputs = {exact, kQHeads * kDim, kDim, NULL};

@@ -63,7 +63,8 @@ int main(void) {
   }
 
   /* One KV head; keys and values are the same [token][dim] array. */
-  const covattn_kv_cache tokens = {COVATTN_F32, z, z, kTokens, 1, kDim, kDim, kDim, kDim, kDim};
+  const covattn_kv_cache tokens = {COVATTN_F32, z,    z,    kTokens, 1,   kDim,
+                                   kDim,        kDim, kDim, kDim,    NULL};
   covattn_cov_state* state = NULL;
   covattn_status status = covattn_cov_state_create(1, kDim, 1.0f, &state);
   if (status == COVATTN_OK)

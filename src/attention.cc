@@ -19,8 +19,11 @@ namespace {
 
 // Extents of everything a call reads, to check outputs against.
 struct InputExtents {
-  Extent k, v, q;
-  bool Overlap(const Extent& e) const { return e.Overlaps(k) || e.Overlaps(v) || e.Overlaps(q); }
+  Extent k, v, k_scale, v_scale, q;
+  bool Overlap(const Extent& e) const {
+    return e.Overlaps(k) || e.Overlaps(v) || e.Overlaps(k_scale) || e.Overlaps(v_scale) ||
+           e.Overlaps(q);
+  }
 };
 
 covattn_status CheckHeadDim(size_t head_dim) {
@@ -37,7 +40,7 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
                                AttentionProblem* pb, InputExtents* inputs,
                                const covattn_thread_pool** pool) {
   if (kv == nullptr || q == nullptr) return COVATTN_ERR_NULL_POINTER;
-  if (DtypeSize(kv->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  if (KvElementSize(kv->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (CheckHeadDim(kv->head_dim) != COVATTN_OK) return COVATTN_ERR_INVALID_HEAD_DIM;
   if (kv->n_heads == 0 || q->n_heads == 0) return COVATTN_ERR_INVALID_HEAD_COUNT;
   if (q->n_heads % kv->n_heads != 0) return COVATTN_ERR_HEAD_MISMATCH;
@@ -60,6 +63,7 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
     return COVATTN_ERR_INVALID_POSITION;
   }
   COVATTN_RETURN_IF_ERROR(CheckKvTensors(*kv, &inputs->k, &inputs->v));
+  COVATTN_RETURN_IF_ERROR(CheckInt8Scales(*kv, &inputs->k_scale, &inputs->v_scale));
   COVATTN_RETURN_IF_ERROR(CheckTensor(q->data, sizeof(float), q->n_tokens, q->token_stride,
                                       q->n_heads, q->head_stride, kv->head_dim, &inputs->q));
   *pb = AttentionProblem{kv->dtype,
@@ -81,7 +85,8 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
                          window,
                          n_sinks,
                          0,
-                         kv->n_tokens};
+                         kv->n_tokens,
+                         kv->dtype == COVATTN_INT8 ? kv->int8_scales : nullptr};
   return COVATTN_OK;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "covattn/covattn.h"
 #include "online_softmax.h"
 
 namespace covattn {
@@ -33,7 +34,8 @@ struct AttentionProblem {
 
   float scale;
   size_t window, n_sinks;
-  size_t token_begin, token_end;  // cache range considered
+  size_t token_begin, token_end;           // cache range considered
+  const covattn_int8_scales* int8_scales;  // COVATTN_INT8 only, else nullptr
 };
 
 // Where results go: normalised outputs (out != nullptr), or a partial state.
@@ -152,7 +154,7 @@ struct AttentionRows {
   bool run_indexed;
 };
 
-// The per-dtype kernels (attention_kernels_{f32,f16,bf16}.cc, each compiled
+// The per-dtype kernels (attention_kernels_{f32,f16,bf16,int8}.cc, each compiled
 // for every target) and their entry for the C API, which picks one by
 // problem.dtype (attention_kernels.cc). RunAttention runs every row.
 void RunAttentionF32(const AttentionProblem& problem, const AttentionRows& rows,
@@ -160,6 +162,8 @@ void RunAttentionF32(const AttentionProblem& problem, const AttentionRows& rows,
 void RunAttentionF16(const AttentionProblem& problem, const AttentionRows& rows,
                      const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
 void RunAttentionBF16(const AttentionProblem& problem, const AttentionRows& rows,
+                      const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
+void RunAttentionInt8(const AttentionProblem& problem, const AttentionRows& rows,
                       const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);
 void RunAttentionRows(const AttentionProblem& problem, const AttentionRows& rows,
                       const AttentionResultSink& sink, void* scratch, AttentionOutcome* outcome);

@@ -1,6 +1,6 @@
 // Exact streaming softmax attention (MATH.md section 1), the per-target
 // bodies: compiled once per Highway target and element type by the thin
-// attention_kernels_{f32,f16,bf16}.cc, so the three element types build in
+// attention_kernels_{f32,f16,bf16,int8}.cc, so the element types build in
 // parallel. Queries are processed in tiles of up to kTileRows rows (query
 // positions x query heads sharing one KV head), keys and values in chunks of
 // kChunkTokens tokens, so every K/V element loaded serves all rows of a tile
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "attention.h"
 #include "load-inl.h"
@@ -395,11 +396,32 @@ HWY_INLINE Interval RowInterval(const AttentionProblem& pb, const Pass& pass, si
   return iv;
 }
 
-// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1).
+// The scales of an int8 chunk's tokens, [j - c0] (MATH.md section 7): the
+// kernels score and sum the raw int8 vectors, then scale each token's score
+// by its K scale and its softmax weight by its V scale, a few multiplies per
+// token and row instead of one per element.
+struct ChunkScales {
+  float k[kChunkTokens], v[kChunkTokens];
+};
+
+// x[j] *= scale[j] for j in [0, n).
+HWY_INLINE void MultiplyByScales(float* HWY_RESTRICT x, const float* HWY_RESTRICT scale, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t j = 0;
+  for (; j + N <= n; j += N) {
+    hn::StoreU(hn::Mul(hn::LoadU(d, x + j), hn::LoadU(d, scale + j)), d, x + j);
+  }
+  for (; j < n; ++j) x[j] *= scale[j];
+}
+
+// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1). scales:
+// the chunk's int8 scales (nullptr for the float dtypes).
 template <size_t kRows, class D, typename T>
 HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
-                                const T* k_head, const T* v_head, bool sink_segment, size_t c0,
-                                size_t c1, PrefetchCursor<T>& prefetch) {
+                                const T* k_head, const T* v_head, const ChunkScales* scales,
+                                bool sink_segment, size_t c0, size_t c1,
+                                PrefetchCursor<T>& prefetch) {
   Interval iv[kRows];
   size_t ja = c1, jb = c0;  // union of the rows' intervals
   for (size_t r = 0; r < kRows; ++r) {
@@ -424,6 +446,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       std::fill(pr, pr + (jb - ja), 0.0f);
       continue;
     }
+    if (scales != nullptr) MultiplyByScales(pr + (b - ja), scales->k + (b - c0), e - b);
     float& m = pass.m[r0 + r];
     double& l = pass.l[r0 + r];
     bool finite;
@@ -438,6 +461,7 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
       m = chunk_max;
     }
     l += ExpShiftedSum(d_tokens, pr + (b - ja), e - b, m);
+    if (scales != nullptr) MultiplyByScales(pr + (b - ja), scales->v + (b - c0), e - b);
     std::fill(pr, pr + (b - ja), 0.0f);
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
@@ -451,24 +475,36 @@ HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool
                                size_t c0, size_t c1, PrefetchCursor<T>& prefetch) {
   const T* k_all = static_cast<const T*>(pb.k);
   const T* v_all = static_cast<const T*>(pb.v);
+  ChunkScales chunk_scales;
+  const ChunkScales* scales = nullptr;
   for (size_t t = 0; t < pass.n_tiles; ++t) {
     const Pass::TileRows& tile = pass.tiles[t];
     const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
     const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
+    if constexpr (std::is_same_v<T, int8_t>) {
+      if (t == 0 || tile.kv_head != pass.tiles[t - 1].kv_head) {
+        const covattn_int8_scales& s = *pb.int8_scales;
+        for (size_t j = c0; j < c1; ++j) {
+          chunk_scales.k[j - c0] = s.k_scale[j * s.k_token_stride + tile.kv_head * s.k_head_stride];
+          chunk_scales.v[j - c0] = s.v_scale[j * s.v_token_stride + tile.kv_head * s.v_head_stride];
+        }
+      }
+      scales = &chunk_scales;
+    }
     size_t r = tile.first_row;
     const size_t end = tile.first_row + tile.n_rows;
     for (; r + 4 <= end; r += 4) {
-      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, prefetch);
     }
     switch (end - r) {
       case 3:
-        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, prefetch);
         break;
       case 2:
-        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, prefetch);
         break;
       case 1:
-        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, sink_segment, c0, c1, prefetch);
+        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, prefetch);
         break;
       default:
         break;

@@ -1,6 +1,6 @@
-// Exact attention over f16 K/V for every target: the body is
-// attention_kernels-inl.h; each element type has its own file so that the
-// three compile in parallel.
+// Exact attention over f16 K/V for every target: the body
+// is attention_kernels-inl.h; each element type has its own file so that
+// they compile in parallel.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "attention_kernels_f16.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep

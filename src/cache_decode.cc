@@ -59,7 +59,8 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
                             0,
                             0,
                             0,
-                            seg.n_tokens};
+                            seg.n_tokens,
+                            nullptr};  // the cache stores float dtypes only
   // Into an empty exact state, a segment of every head is the state itself.
   const bool direct = empty != nullptr && *empty && first_head == 0 && n_heads == cq.n_q_heads;
   if (empty != nullptr) *empty = false;

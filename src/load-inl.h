@@ -1,4 +1,5 @@
-// Per-target helpers that read K/V elements of any supported type as f32.
+// Per-target helpers that read K/V elements of any supported type as f32
+// (int8 ones without their scale: the kernels apply it).
 // Included by kernel files after hwy/foreach_target.h; the toggled include
 // guard is Highway's pattern for code compiled once per target.
 #if defined(COVATTN_SRC_LOAD_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -76,6 +77,11 @@ template <class D>
 HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
   return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::bfloat16_t, D>(), p));
 }
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const int8_t* HWY_RESTRICT p) {
+  const hn::RebindToSigned<D> di;
+  return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(hn::Rebind<int8_t, D>(), p)));
+}
 
 // One element as f32.
 HWY_INLINE float ElementAsF32(const float* p) { return *p; }
@@ -89,6 +95,7 @@ HWY_INLINE float ElementAsF32(const hwy::bfloat16_t* p) {
   std::memcpy(&bits, p, sizeof(bits));
   return F32FromBF16Bits(bits);
 }
+HWY_INLINE float ElementAsF32(const int8_t* p) { return static_cast<float>(*p); }
 
 // Calls body(T*) with the K/V pointer cast to its element type.
 template <class Body>

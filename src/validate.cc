@@ -17,6 +17,8 @@ size_t DtypeSize(uint32_t dtype) {
   }
 }
 
+size_t KvElementSize(uint32_t dtype) { return dtype == COVATTN_INT8 ? 1 : DtypeSize(dtype); }
+
 covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, size_t outer_stride,
                            size_t n_inner, size_t inner_stride, size_t dim, Extent* extent) {
   *extent = Extent{};
@@ -57,11 +59,22 @@ covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent) {
 }
 
 covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v) {
-  const size_t elem = DtypeSize(kv.dtype);
+  const size_t elem = KvElementSize(kv.dtype);
   COVATTN_RETURN_IF_ERROR(CheckTensor(kv.k, elem, kv.n_tokens, kv.k_token_stride, kv.n_heads,
                                       kv.k_head_stride, kv.head_dim, k));
   return CheckTensor(kv.v, elem, kv.n_tokens, kv.v_token_stride, kv.n_heads, kv.v_head_stride,
                      kv.head_dim, v);
+}
+
+covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Extent* v_scale) {
+  *k_scale = *v_scale = Extent{};
+  if (kv.dtype != COVATTN_INT8 || kv.n_tokens == 0 || kv.n_heads == 0) return COVATTN_OK;
+  const covattn_int8_scales* s = kv.int8_scales;
+  if (s == nullptr) return COVATTN_ERR_NULL_POINTER;
+  COVATTN_RETURN_IF_ERROR(CheckTensor(s->k_scale, sizeof(float), kv.n_tokens, s->k_token_stride,
+                                      kv.n_heads, s->k_head_stride, 1, k_scale));
+  return CheckTensor(s->v_scale, sizeof(float), kv.n_tokens, s->v_token_stride, kv.n_heads,
+                     s->v_head_stride, 1, v_scale);
 }
 
 covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,

@@ -20,8 +20,14 @@
 namespace covattn {
 namespace detail {
 
-// Bytes of one element, 0 for a value that is not a covattn_dtype.
+// Bytes of one element of a float dtype (f32, f16, bf16); 0 for any other
+// value, COVATTN_INT8 included: the objects that store or absorb tokens (the
+// covariance state, the bounded cache) and covattn_convert take these only.
 size_t DtypeSize(uint32_t dtype);
+
+// Bytes of one element of a dtype exact attention reads (the float ones and
+// COVATTN_INT8); 0 for a value that is not a covattn_dtype.
+size_t KvElementSize(uint32_t dtype);
 
 // Byte range [begin, end) a buffer may touch; empty when begin == end.
 struct Extent {
@@ -46,6 +52,11 @@ covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent);
 
 // The K and V tensors of a block of tokens whose dtype is supported.
 covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v);
+
+// The scales of an INT8 cache (kv.int8_scales, present when there is a
+// (token, head) vector): one float per vector of each of K and V, no two
+// sharing a float. Empty extents for the other dtypes.
+covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Extent* v_scale);
 
 // A block of tokens for an object of n_heads KV heads of head_dim that
 // occupies `object` (a covariance state, a bounded cache) to absorb: present,

@@ -86,8 +86,10 @@ TEST_CASE("null pointers") {
 
 TEST_CASE("element type, head dim and head counts") {
   Setup s;
-  s.kv.dtype = 3;
+  s.kv.dtype = 4;  // the first value after COVATTN_INT8
   CHECK(s.Decode() == COVATTN_ERR_UNSUPPORTED_DTYPE);
+  s.kv.dtype = COVATTN_INT8;  // an f32 cache's bytes, but no scales
+  CHECK(s.Decode() == COVATTN_ERR_NULL_POINTER);
   s.kv.dtype = 0xFFFFFFFFu;
   CHECK(s.Prefill() == COVATTN_ERR_UNSUPPORTED_DTYPE);
   s.kv = s.cache.view();

@@ -41,7 +41,7 @@ TEST_CASE("decode matches the double reference over head dims, lengths, GQA and 
   const size_t dims[] = {1, 3, 4, 8, 12, 17, 24, 40, 64, 80, 128, 256, 512};
   const size_t lengths[] = {1, 5, 64, 65, 200};
   const size_t groups[] = {1, 2, 4, 8};
-  const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16};
+  const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8};
   uint64_t seed = 1;
   for (size_t dim : dims) {
     for (uint32_t dtype : dtypes) {
@@ -95,7 +95,7 @@ TEST_CASE("decode with many heads: passes that span heads, tiles that split a gr
 TEST_CASE("every cache layout and custom strides give the same answer") {
   const Layout layouts[] = {Layout::kTokenMajor, Layout::kHeadMajor, Layout::kPadded};
   for (Layout layout : layouts) {
-    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16}) {
+    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_INT8}) {
       INFO(LayoutName(layout) << " " << DtypeName(dtype));
       Rng rng(7);
       TestCache cache(dtype, layout, 300, 4, 48);
@@ -112,13 +112,16 @@ TEST_CASE("sliding window and sink tokens") {
   } cases[] = {{1, 0, 100},   {16, 0, 100},  {16, 4, 100},  {64, 64, 300},
                {100, 3, 100}, {500, 2, 100}, {7, 200, 150}, {65, 1, 1000}};
   for (const Case& c : cases) {
-    INFO("window " << c.window << " sinks " << c.sinks << " n_ctx " << c.n_tokens);
-    Rng rng(c.window * 131 + c.sinks);
-    TestCache cache(COVATTN_F32, Layout::kTokenMajor, c.n_tokens, 2, 40);
-    cache.FillRandom(rng);
-    const std::vector<float> q = NormalFloats(rng, 4 * 40, 2.0);
-    covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
-    ForEachTarget([&] { CheckDecode(cache, q, 4, &options); });
+    for (uint32_t dtype : {COVATTN_F32, COVATTN_INT8}) {
+      INFO("window " << c.window << " sinks " << c.sinks << " n_ctx " << c.n_tokens << " "
+                     << DtypeName(dtype));
+      Rng rng(c.window * 131 + c.sinks);
+      TestCache cache(dtype, Layout::kTokenMajor, c.n_tokens, 2, 40);
+      cache.FillRandom(rng);
+      const std::vector<float> q = NormalFloats(rng, 4 * 40, 2.0);
+      covattn_attention_options options{0.0f, c.window, c.sinks, nullptr};
+      ForEachTarget([&] { CheckDecode(cache, q, 4, &options); });
+    }
   }
 }
 
@@ -168,7 +171,8 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
   } cases[] = {{64, 0, 37, 2, 4, 0, 0, COVATTN_F32},     {17, 50, 100, 1, 1, 0, 0, COVATTN_F16},
                {128, 10, 70, 1, 8, 24, 4, COVATTN_BF16}, {80, 0, 130, 2, 2, 33, 0, COVATTN_F32},
                {3, 200, 9, 3, 3, 5, 2, COVATTN_F32},     {8, 30, 40, 2, 4, 0, 0, COVATTN_F16},
-               {12, 0, 70, 1, 4, 0, 0, COVATTN_F32},     {24, 5, 33, 2, 2, 16, 1, COVATTN_BF16}};
+               {12, 0, 70, 1, 4, 0, 0, COVATTN_F32},     {24, 5, 33, 2, 2, 16, 1, COVATTN_BF16},
+               {96, 20, 50, 2, 4, 0, 0, COVATTN_INT8},   {40, 0, 90, 1, 2, 30, 3, COVATTN_INT8}};
   for (const Case& c : cases) {
     INFO("dim " << c.dim << " n_past " << c.n_past << " n_new " << c.n_new << " group " << c.group
                 << " window " << c.window << " sinks " << c.sinks);
@@ -217,15 +221,18 @@ TEST_CASE("prefill equals repeated decode and the reference, with log Z") {
 
 TEST_CASE("split into partial states and merged equals one pass") {
   const size_t dim = 96, n_tokens = 1000, kv_heads = 2, group = 2, q_heads = 4;
-  Rng rng(5);
-  TestCache cache(COVATTN_F16, Layout::kHeadMajor, n_tokens, kv_heads, dim);
-  cache.FillRandom(rng, 1.5);
-  const std::vector<float> q = NormalFloats(rng, q_heads * dim, 1.0);
-  const covattn_queries queries{q.data(), 1, q_heads, q_heads * dim, dim};
   const size_t splits[] = {0, 1, 64, 65, 333, 999, 1000};
   const float scale = 1.0f / std::sqrt(float(dim));
-  for (size_t window : {size_t{0}, size_t{300}}) {
-    INFO("window " << window);
+  for (const auto& [dtype, window] : {std::pair<uint32_t, size_t>{COVATTN_F16, 0},
+                                      {COVATTN_F16, 300},
+                                      {COVATTN_INT8, 0},
+                                      {COVATTN_INT8, 300}}) {
+    INFO(DtypeName(dtype) << " window " << window);
+    Rng rng(5);
+    TestCache cache(dtype, Layout::kHeadMajor, n_tokens, kv_heads, dim);
+    cache.FillRandom(rng, 1.5);
+    const std::vector<float> q = NormalFloats(rng, q_heads * dim, 1.0);
+    const covattn_queries queries{q.data(), 1, q_heads, q_heads * dim, dim};
     const covattn_attention_options options{0.0f, window, 2, nullptr};
     ForEachTarget([&] {
       std::vector<uint8_t> scratch = AttentionScratch(dim);
@@ -286,7 +293,7 @@ TEST_CASE("a partial state of a range the query cannot see is empty, and finaliz
 TEST_CASE("decode on an empty cache gives zeros and reports the masked rows") {
   const size_t dim = 16;
   std::vector<float> q(2 * dim, 1.0f), out(2 * dim, 3.0f);
-  covattn_kv_cache cache{COVATTN_F32, nullptr, nullptr, 0, 1, dim, dim, dim, dim, dim};
+  covattn_kv_cache cache{COVATTN_F32, nullptr, nullptr, 0, 1, dim, dim, dim, dim, dim, nullptr};
   std::vector<uint8_t> scratch = AttentionScratch(dim);
   ForEachTarget([&] {
     CHECK(covattn_decode(&cache, q.data(), 2, nullptr, out.data(), scratch.data(),

@@ -535,7 +535,8 @@ TEST_CASE("files written before the cache was split into units still load, byte 
                                      row,
                                      f.config.head_dim,
                                      row,
-                                     f.config.head_dim};
+                                     f.config.head_dim,
+                                     nullptr};
         REQUIRE(AppendStatus(rebuilt.get(), &block) == COVATTN_OK);
       }
       // The file's summary and outlier scores come from AVX3's kernels; other

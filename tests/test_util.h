@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,7 +58,24 @@ void ForEachTarget(Body&& body) {
 }
 
 inline const char* DtypeName(uint32_t dtype) {
-  return dtype == COVATTN_F32 ? "f32" : dtype == COVATTN_F16 ? "f16" : "bf16";
+  return dtype == COVATTN_F32    ? "f32"
+         : dtype == COVATTN_F16  ? "f16"
+         : dtype == COVATTN_INT8 ? "int8"
+                                 : "bf16";
+}
+
+// The int8 quantisation covattn_quantize_int8 documents, written apart from
+// the library: scale = max |x| / 127, q = round-half-even(x * 127 / max |x|).
+inline float QuantizeInt8Reference(const float* x, size_t dim, int8_t* q) {
+  double max_abs = 0.0;
+  for (size_t i = 0; i < dim; ++i) max_abs = std::max(max_abs, std::fabs(double(x[i])));
+  for (size_t i = 0; i < dim; ++i) {
+    const double y = max_abs == 0.0 ? 0.0 : double(x[i]) * (127.0 / max_abs);
+    double r = std::floor(y);
+    if (y - r > 0.5 || (y - r == 0.5 && std::fmod(r, 2.0) != 0.0)) r += 1.0;
+    q[i] = static_cast<int8_t>(r);
+  }
+  return static_cast<float>(max_abs / 127.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -103,6 +121,9 @@ inline const char* LayoutName(Layout layout) {
 
 // Owns K and V storage of one dtype and layout, plus the exact values stored
 // (after rounding to the dtype) in [token][head][dim] order for references.
+// An INT8 cache also owns the scales (laid out [token][head], or [head][token]
+// for kHeadMajor) and re-quantises a whole vector whenever one of its
+// elements is set, so its exact values are the dequantised ones.
 class TestCache {
  public:
   TestCache(uint32_t dtype, Layout layout, size_t n_tokens, size_t n_heads, size_t dim)
@@ -120,28 +141,59 @@ class TestCache {
         elems = n_tokens * token_stride;
         break;
     }
-    const size_t elem_size = dtype == COVATTN_F32 ? 4 : 2;
+    const size_t elem_size = dtype == COVATTN_F32 ? 4 : dtype == COVATTN_INT8 ? 1 : 2;
     k_storage_.assign(std::max<size_t>(elems, 1) * elem_size, 0xFF);  // NaN/garbage in gaps
     v_storage_.assign(std::max<size_t>(elems, 1) * elem_size, 0xFF);
     k_.assign(n_tokens * n_heads * dim, 0.0);
     v_.assign(n_tokens * n_heads * dim, 0.0);
-    view_ =
-        covattn_kv_cache{dtype, k_storage_.data(), v_storage_.data(), n_tokens,     n_heads,
-                         dim,   token_stride,      head_stride,       token_stride, head_stride};
+    view_ = covattn_kv_cache{
+        dtype,        k_storage_.data(), v_storage_.data(), n_tokens,    n_heads, dim,
+        token_stride, head_stride,       token_stride,      head_stride, nullptr};
+    if (dtype == COVATTN_INT8) {
+      const bool head_major = layout == Layout::kHeadMajor;
+      k_input_.assign(n_tokens * n_heads * dim, 0.0f);
+      v_input_.assign(n_tokens * n_heads * dim, 0.0f);
+      k_scale_.assign(std::max<size_t>(n_tokens * n_heads, 1), 0.0f);
+      v_scale_.assign(std::max<size_t>(n_tokens * n_heads, 1), 0.0f);
+      const size_t scale_token_stride = head_major ? 1 : n_heads;
+      const size_t scale_head_stride = head_major ? n_tokens : 1;
+      scales_ = std::make_unique<covattn_int8_scales>(
+          covattn_int8_scales{k_scale_.data(), v_scale_.data(), scale_token_stride,
+                              scale_head_stride, scale_token_stride, scale_head_stride});
+      view_.int8_scales = scales_.get();
+      std::fill(k_storage_.begin(), k_storage_.end(), 0);
+      std::fill(v_storage_.begin(), v_storage_.end(), 0);
+    }
   }
 
   // Stores x (rounded to the dtype) at (t, h, i) of K or V.
-  void SetK(size_t t, size_t h, size_t i, double x) { Set(k_storage_, k_, t, h, i, x); }
-  void SetV(size_t t, size_t h, size_t i, double x) { Set(v_storage_, v_, t, h, i, x); }
+  void SetK(size_t t, size_t h, size_t i, double x) {
+    if (dtype_ == COVATTN_INT8) return SetInt8(k_input_, k_storage_, k_scale_, k_, t, h, i, x);
+    Set(k_storage_, k_, t, h, i, x);
+  }
+  void SetV(size_t t, size_t h, size_t i, double x) {
+    if (dtype_ == COVATTN_INT8) return SetInt8(v_input_, v_storage_, v_scale_, v_, t, h, i, x);
+    Set(v_storage_, v_, t, h, i, x);
+  }
+  // INT8: the scales of K or V at (t, h), writable (to test bad values).
+  float& KScale(size_t t, size_t h) { return k_scale_[ScaleIndex(t, h)]; }
+  float& VScale(size_t t, size_t h) { return v_scale_[ScaleIndex(t, h)]; }
 
   // Fills K with N(k_mean, k_std) and V with N(0, 1) entries.
   void FillRandom(Rng& rng, double k_std = 1.0, double k_mean = 0.0) {
+    quantize_later_ = true;  // an INT8 vector is quantised once, when complete
     for (size_t t = 0; t < n_tokens_; ++t)
-      for (size_t h = 0; h < n_heads_; ++h)
+      for (size_t h = 0; h < n_heads_; ++h) {
         for (size_t i = 0; i < dim_; ++i) {
           SetK(t, h, i, k_mean + k_std * rng.Normal());
           SetV(t, h, i, rng.Normal());
         }
+        if (dtype_ == COVATTN_INT8) {
+          Quantize(k_input_, k_storage_, k_scale_, k_, t, h);
+          Quantize(v_input_, v_storage_, v_scale_, v_, t, h);
+        }
+      }
+    quantize_later_ = false;
   }
 
   double K(size_t t, size_t h, size_t i) const { return k_[(t * n_heads_ + h) * dim_ + i]; }
@@ -169,11 +221,39 @@ class TestCache {
     exact[(t * n_heads_ + h) * dim_ + i] = stored;
   }
 
+  size_t ScaleIndex(size_t t, size_t h) const {
+    return t * scales_->k_token_stride + h * scales_->k_head_stride;
+  }
+  void SetInt8(std::vector<float>& input, std::vector<uint8_t>& storage, std::vector<float>& scales,
+               std::vector<double>& exact, size_t t, size_t h, size_t i, double x) {
+    input[(t * n_heads_ + h) * dim_ + i] = static_cast<float>(x);
+    if (!quantize_later_) Quantize(input, storage, scales, exact, t, h);
+  }
+  void Quantize(const std::vector<float>& input, std::vector<uint8_t>& storage,
+                std::vector<float>& scales, std::vector<double>& exact, size_t t, size_t h) {
+    const size_t at = (t * n_heads_ + h) * dim_;
+    std::vector<int8_t> q(dim_);
+    const float scale = QuantizeInt8Reference(input.data() + at, dim_, q.data());
+    scales[ScaleIndex(t, h)] = scale;
+    const size_t index = t * view_.k_token_stride + h * view_.k_head_stride;
+    std::memcpy(storage.data() + index, q.data(), dim_);
+    for (size_t i = 0; i < dim_; ++i) exact[at + i] = double(scale) * q[i];
+  }
+
   uint32_t dtype_;
   size_t n_tokens_, n_heads_, dim_;
   std::vector<uint8_t> k_storage_, v_storage_;
   std::vector<double> k_, v_;
   covattn_kv_cache view_;
+  // INT8 only: the values set, before quantisation, and the scales.
+  std::vector<float> k_input_, v_input_, k_scale_, v_scale_;
+  // On the heap, like the vectors' data, so the view survives a move (and
+  // the cache cannot be copied, which would leave it pointing at the source).
+  std::unique_ptr<covattn_int8_scales> scales_;
+  bool quantize_later_ = false;
+
+ public:
+  uint32_t dtype() const { return dtype_; }
 };
 
 // ---------------------------------------------------------------------------
@@ -234,13 +314,15 @@ inline ReferenceRow ReferenceAttention(const TestCache& cache, const float* q, f
     row.log_z = -std::numeric_limits<double>::infinity();
     return row;
   }
+  const size_t int8 = cache.dtype() == COVATTN_INT8 ? 1 : 0;
   const double m = *std::max_element(s.begin(), s.end());
   std::vector<double> w(tokens.size()), eps(tokens.size());
   double norm = 0.0;
   for (size_t n = 0; n < tokens.size(); ++n) {
     w[n] = std::exp(s[n] - m);
     norm += w[n];
-    eps[n] = (dim + 2) * kU * abs_dot[n] + kU * std::fabs(s[n] - m) + 4 * kU;
+    // INT8: the K scale multiplies the rounded dot product (one more u).
+    eps[n] = (dim + 2 + int8) * kU * abs_dot[n] + kU * std::fabs(s[n] - m) + 4 * kU;
   }
   double eps_z = 0.0;
   for (size_t n = 0; n < tokens.size(); ++n) {
@@ -263,7 +345,9 @@ inline ReferenceRow ReferenceAttention(const TestCache& cache, const float* q, f
       spread += w[n] * eps[n] * std::fabs(cache.V(tokens[n], kv_head, i) - out);
     }
     row.out[i] = out;
-    row.bound[i] = spread + 2 * 4 * kU * sqrt_n * abs_mean + 2 * kU * std::fabs(out) + 1e-30;
+    // INT8: each weight is rounded once more by its V scale.
+    row.bound[i] =
+        spread + (2 * 4 * sqrt_n + int8) * kU * abs_mean + 2 * kU * std::fabs(out) + 1e-30;
   }
   return row;
 }

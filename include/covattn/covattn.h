@@ -36,7 +36,7 @@ typedef enum covattn_status {
   COVATTN_FULLY_MASKED = 1,
 
   COVATTN_ERR_NULL_POINTER = -1,       /* a required pointer is NULL */
-  COVATTN_ERR_UNSUPPORTED_DTYPE = -2,  /* element type is not a covattn_dtype */
+  COVATTN_ERR_UNSUPPORTED_DTYPE = -2,  /* element type is not a covattn_dtype the call takes */
   COVATTN_ERR_INVALID_HEAD_DIM = -3,   /* head_dim is 0 or above COVATTN_MAX_HEAD_DIM */
   COVATTN_ERR_INVALID_HEAD_COUNT = -4, /* a head count is 0 */
   COVATTN_ERR_HEAD_MISMATCH = -5,      /* n_q_heads is not a multiple of n_kv_heads */
@@ -123,11 +123,32 @@ COVATTN_API const char* covattn_unknown_env_targets(void);
 
 typedef enum covattn_dtype {
   COVATTN_F32 = 0,
-  COVATTN_F16 = 1, /* IEEE binary16, passed as uint16_t bits */
-  COVATTN_BF16 = 2 /* bfloat16, passed as uint16_t bits */
+  COVATTN_F16 = 1,  /* IEEE binary16, passed as uint16_t bits */
+  COVATTN_BF16 = 2, /* bfloat16, passed as uint16_t bits */
+  /* int8_t with one f32 scale per (token, head) vector: element i of the
+   * vector stands for scale * q[i] (covattn_int8_scales; MATH.md section 7).
+   * Exact attention only (decode, prefill, partial states): the covariance
+   * state, the bounded cache and covattn_convert refuse it with
+   * COVATTN_ERR_UNSUPPORTED_DTYPE. */
+  COVATTN_INT8 = 3
 } covattn_dtype;
 
 #define COVATTN_MAX_HEAD_DIM 512
+
+/* The scales of an int8 cache: the (token t, head h) vector of K stands for
+ * k_scale[t * k_token_stride + h * k_head_stride] times its int8 elements,
+ * and likewise for V (strides in floats; no two (token, head) scales of one
+ * tensor may share a float). covattn_quantize_int8 writes them. Any finite
+ * value is accepted; a NaN or infinite scale of a visible token makes the
+ * call fail with COVATTN_ERR_NONFINITE like any other non-finite input. */
+typedef struct covattn_int8_scales {
+  const float* k_scale;
+  const float* v_scale;
+  size_t k_token_stride;
+  size_t k_head_stride;
+  size_t v_token_stride;
+  size_t v_head_stride;
+} covattn_int8_scales;
 
 /* A KV cache of one layer. Element (token t, head h, dim i) of K is at
  * k[t * k_token_stride + h * k_head_stride + i] (strides in elements), so both
@@ -145,6 +166,9 @@ typedef struct covattn_kv_cache {
   size_t k_head_stride;
   size_t v_token_stride;
   size_t v_head_stride;
+  /* COVATTN_INT8 only (required there when n_tokens > 0; ignored for the
+   * other dtypes, so zero-initialised or NULL is right for them). */
+  const covattn_int8_scales* int8_scales;
 } covattn_kv_cache;
 
 /* Queries, f32: element (position t, head h, dim i) at
@@ -300,6 +324,22 @@ COVATTN_API covattn_status covattn_partial_finalize(size_t n_rows, size_t head_d
  * (COVATTN_ERR_MISALIGNED); n = 0 is a no-op that accepts NULL. */
 COVATTN_API covattn_status covattn_convert(void* dst, uint32_t dst_dtype, const void* src,
                                            uint32_t src_dtype, size_t n);
+
+/* Quantises n_vectors vectors of dim f32 values (vector r at src + r *
+ * src_stride) to int8 with one scale each, as an engine stores a token's K or
+ * V rows in an int8 cache: scale = max_i |x_i| / 127 (0 for an all-zero
+ * vector), q_i = x_i * (127 / max_i |x_i|) rounded to nearest even, so |q_i|
+ * <= 127 and the vector's largest element is exact up to its scale's
+ * rounding (MATH.md section 7). Vector r goes to dst + r * dst_stride and its
+ * scale to scales[r * scale_stride] (strides in elements). Identical bits on
+ * every target. NaN or infinity in src gives COVATTN_ERR_NONFINITE and writes
+ * nothing; outputs overlapping src, each other, or vectors overlapping
+ * within one tensor give COVATTN_ERR_ALIASING / COVATTN_ERR_INVALID_STRIDE;
+ * dim 0 or above COVATTN_MAX_HEAD_DIM is COVATTN_ERR_INVALID_HEAD_DIM;
+ * n_vectors = 0 is a no-op that accepts NULL. */
+COVATTN_API covattn_status covattn_quantize_int8(const float* src, size_t n_vectors, size_t dim,
+                                                 size_t src_stride, int8_t* dst, size_t dst_stride,
+                                                 float* scales, size_t scale_stride);
 
 #ifdef __cplusplus
 } /* extern "C" */

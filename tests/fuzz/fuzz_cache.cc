@@ -123,7 +123,7 @@ void BuildBlock(ByteReader& in, const covattn_cache_config& config, size_t n_tok
   }
   covattn_kv_cache& block = out->block;
   block = covattn_kv_cache{
-      dtype, out->k.data(), out->v.data(), n_tokens, block_heads, block_dim, 0, 0, 0, 0};
+      dtype, out->k.data(), out->v.data(), n_tokens, block_heads, block_dim, 0, 0, 0, 0, nullptr};
   block.k_token_stride = block.v_token_stride = head_major ? block_dim : block_heads * block_dim;
   block.k_head_stride = block.v_head_stride = head_major ? n_tokens * block_dim : block_dim;
   if (head_major && n_tokens == 0) block.k_head_stride = block.v_head_stride = block_dim;

@@ -94,8 +94,8 @@ covattn_status Feed(ByteReader& in, OwnedState& s, size_t n_heads, size_t head_d
   for (float& x : v) x = static_cast<float>(magnitude * (2 * rng.Uniform() - 1));
   if (!k.empty() && in.U8() >= 0xF0) k[in.U32() % k.size()] = ByteReader::Special(in.U8());
   const covattn_kv_cache block{
-      COVATTN_F32, k.data(),           v.data(), n_tokens,           n_heads,
-      head_dim,    n_heads * head_dim, head_dim, n_heads * head_dim, head_dim};
+      COVATTN_F32,        k.data(), v.data(),           n_tokens, n_heads, head_dim,
+      n_heads * head_dim, head_dim, n_heads * head_dim, head_dim, nullptr};
   const std::vector<uint8_t> before = Serialize(s.state);
   std::vector<uint8_t> scratch = Scratch(head_dim);
   const covattn_status status =

@@ -44,7 +44,8 @@ float EffectiveScale(float scale, size_t dim) {
 class ExactHead : public HeadMethod {
  public:
   ExactHead(size_t dim, float scale, const float* k, const float* v)
-      : view_{COVATTN_F32, k, v, 0, 1, dim, dim, dim, dim, dim}, options_{scale, 0, 0, nullptr} {}
+      : view_{COVATTN_F32, k, v, 0, 1, dim, dim, dim, dim, dim, nullptr},
+        options_{scale, 0, 0, nullptr} {}
 
   bool Init(std::string* error) {
     size_t bytes = 0;
@@ -198,7 +199,8 @@ class BoundedHead : public HeadMethod {
                                  dim,
                                  dim,
                                  dim,
-                                 dim};
+                                 dim,
+                                 nullptr};
     const auto start = std::chrono::steady_clock::now();
     const covattn_status s = cache_.Append(block);
     append_seconds_ +=

@@ -18,8 +18,8 @@ class ExactAttention : public LayerAttention {
  public:
   ExactAttention(const ModelConfig& c, size_t max_tokens)
       : n_heads_(c.n_heads), head_dim_(c.head_dim()), kv_dim_(c.kv_dim()), max_tokens_(max_tokens) {
-    view_ = covattn_kv_cache{COVATTN_F32, nullptr, nullptr,   0,       c.n_kv_heads,
-                             head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
+    view_ = covattn_kv_cache{COVATTN_F32, nullptr,   nullptr, 0,         c.n_kv_heads, head_dim_,
+                             kv_dim_,     head_dim_, kv_dim_, head_dim_, nullptr};
   }
 
   bool Init(std::string* error) {
@@ -92,7 +92,8 @@ class CacheAttention : public LayerAttention {
 
   bool Append(const float* k, const float* v, std::string* error) override {
     const covattn_kv_cache block{COVATTN_F32, k,       v,         1,       config_.n_kv_heads,
-                                 head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_};
+                                 head_dim_,   kv_dim_, head_dim_, kv_dim_, head_dim_,
+                                 nullptr};
     const covattn_status s = cache_.Append(block);
     if (s != COVATTN_OK) {
       *error = CacheStatusText("covattn_cache_append", s);

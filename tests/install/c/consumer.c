@@ -13,7 +13,7 @@ int main(void) {
   const float v[kTokens * kDim] = {0, 0, 0, 0, 1, 1, 1, 1};
   const float q[kDim] = {1, 0, 0, 0};
   float out[kDim];
-  const covattn_kv_cache kv = {COVATTN_F32, k, v, kTokens, 1, kDim, kDim, kDim, kDim, kDim};
+  const covattn_kv_cache kv = {COVATTN_F32, k, v, kTokens, 1, kDim, kDim, kDim, kDim, kDim, NULL};
   size_t scratch_bytes = 0;
   if (covattn_attention_scratch_size(kDim, &scratch_bytes) != COVATTN_OK) return 1;
   void* scratch = malloc(scratch_bytes);
