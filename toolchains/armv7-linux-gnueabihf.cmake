@@ -6,22 +6,9 @@
 # baseline here, and __fp16 needs the IEEE format. The fallback target is
 # compiled beside it and tested by restricting dispatch to it, as on every
 # target. Tests run under qemu-user (QEMU_CPU=cortex-a15).
-set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR armv7l)
-set(CMAKE_C_COMPILER arm-linux-gnueabihf-gcc)
-set(CMAKE_CXX_COMPILER arm-linux-gnueabihf-g++)
 set(CMAKE_LIBRARY_ARCHITECTURE arm-linux-gnueabihf)
+set(COVATTN_QEMU qemu-arm)
 set(CMAKE_C_FLAGS_INIT "-mfpu=neon-vfpv4 -mfp16-format=ieee")
 set(CMAKE_CXX_FLAGS_INIT "-mfpu=neon-vfpv4 -mfp16-format=ieee")
-
-# As for aarch64: search /usr for armhf libraries and packages, never for
-# programs.
-set(CMAKE_FIND_ROOT_PATH /usr/arm-linux-gnueabihf /usr)
-set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
-set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
-set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
-set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
-
-# -L /: the loader and libc of Debian's armhf multiarch packages, the same
-# libc as the other armhf libraries (see the aarch64 toolchain file).
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-arm -L /)
+include(${CMAKE_CURRENT_LIST_DIR}/debian-cross.cmake)
