@@ -56,6 +56,21 @@ struct Cache {
     for (size_t i = 0; i < n; ++i) f32_k[i] = RandomFloat(rng), f32_v[i] = RandomFloat(rng);
     if (dtype == COVATTN_F32) {
       view.k = f32_k.data(), view.v = f32_v.data();
+    } else if (dtype == COVATTN_INT8) {  // as an engine stores it: one scale per vector
+      k8.resize(n), v8.resize(n);
+      const size_t vectors = n_tokens * n_kv_heads;
+      k_scale.resize(vectors), v_scale.resize(vectors);
+      // Vector r of the storage (either layout) has its scale at r.
+      scales = covattn_int8_scales{k_scale.data(),
+                                   v_scale.data(),
+                                   view.k_token_stride / dim,
+                                   view.k_head_stride / dim,
+                                   view.v_token_stride / dim,
+                                   view.v_head_stride / dim};
+      covattn_quantize_int8(f32_k.data(), vectors, dim, dim, k8.data(), dim, k_scale.data(), 1);
+      covattn_quantize_int8(f32_v.data(), vectors, dim, dim, v8.data(), dim, v_scale.data(), 1);
+      std::vector<float>().swap(f32_k), std::vector<float>().swap(f32_v);
+      view.k = k8.data(), view.v = v8.data(), view.int8_scales = &scales;
     } else {
       k16.resize(n), v16.resize(n);
       for (size_t i = 0; i < n; ++i)
@@ -64,12 +79,19 @@ struct Cache {
       view.k = k16.data(), view.v = v16.data();
     }
   }
+  // Bytes a decode reads: K and V, and an int8 cache's scales.
   size_t Bytes() const {
-    return 2 * view.n_tokens * view.n_heads * view.head_dim * (view.dtype == COVATTN_F32 ? 4 : 2);
+    const size_t vectors = 2 * view.n_tokens * view.n_heads;
+    if (view.dtype == COVATTN_INT8) return vectors * (view.head_dim + sizeof(float));
+    return vectors * view.head_dim * (view.dtype == COVATTN_F32 ? 4 : 2);
   }
+  Cache(const Cache&) = delete;  // the view points into the object
   covattn_kv_cache view;
   std::vector<float> f32_k, f32_v;
   std::vector<uint16_t> k16, v16;
+  std::vector<int8_t> k8, v8;
+  std::vector<float> k_scale, v_scale;
+  covattn_int8_scales scales{};
 };
 
 Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t dim,
@@ -81,7 +103,10 @@ Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t di
 }
 
 const char* DtypeName(uint32_t dtype) {
-  return dtype == COVATTN_F32 ? "f32" : dtype == COVATTN_F16 ? "f16" : "bf16";
+  return dtype == COVATTN_F32    ? "f32"
+         : dtype == COVATTN_F16  ? "f16"
+         : dtype == COVATTN_INT8 ? "int8"
+                                 : "bf16";
 }
 
 struct DecodeShape {
@@ -267,7 +292,7 @@ void OneDnnPrefillBench(benchmark::State& state, size_t dim, size_t n) {
 void RegisterThreaded(const DecodeShape& layer, const DecodeShape& short_head) {
   RegisterTwoThreadLimitBenchmark();
   const std::string target = covattn_available_target(0);
-  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16}) {
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_INT8}) {
     const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
     for (size_t n_threads : {0, 2}) {
       const std::string threads = n_threads == 0 ? "/calling_thread" : "/pool_threads:2";
@@ -299,7 +324,7 @@ void RegisterAll() {
   RegisterThreaded(layer, short_head);
   for (size_t i = 0; i < covattn_available_target_count(); ++i) {
     const std::string target = covattn_available_target(i);
-    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
+    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8}) {
       const std::string suffix = std::string(DtypeName(dtype)) + "/" + target;
       benchmark::RegisterBenchmark(("decode/layer_kv8_gqa4_d128_ctx32768/" + suffix).c_str(),
                                    Decode, target, dtype, layer, size_t{0})
