@@ -2,7 +2,8 @@
 // section 7). Scalar on purpose: an engine quantises one token's rows per
 // decode step, a few hundred values against the millions the kernels read,
 // and plain double arithmetic gives the same bits on every target and under
-// any floating-point rounding mode the caller has set.
+// any floating-point rounding mode the caller has set (CMakeLists.txt
+// compiles this file without fused multiply-adds).
 #include <cmath>
 #include <cstdint>
 

@@ -43,6 +43,11 @@ struct Call {
   bool kv_null = false, q_null = false, options_null = false, out_null = false, state_null = false;
 
   TensorBuffer k, v, qb, ob, log_z, m, l, o;
+  // COVATTN_INT8: the scales (f32, one per (token, head)), and whether the
+  // cache's int8_scales pointer is NULL.
+  covattn_int8_scales scales{};
+  TensorBuffer ks, vs;
+  bool scales_null = false;
   bool fused_kv = false;  // V lives in K's block
   Block scratch_block;
   bool scratch_backed = false;
@@ -152,9 +157,10 @@ void PlaceFused(ByteReader& in, Call* c) {
 void MaybeAlias(ByteReader& in, Call* c) {
   const uint8_t mode = in.U8();
   if (mode < 0xD0) return;
-  TensorBuffer* hosts[] = {&c->k, &c->v, &c->qb, &c->ob, &c->log_z, &c->m, &c->l, &c->o};
+  TensorBuffer* hosts[] = {&c->k, &c->v, &c->qb, &c->ob, &c->log_z,
+                           &c->m, &c->l, &c->o,  &c->ks, &c->vs};
   TensorBuffer* guests[] = {&c->ob, &c->log_z, &c->m, &c->l, &c->o};
-  TensorBuffer* host = hosts[in.U8() % 8];
+  TensorBuffer* host = hosts[in.U8() % 10];
   const size_t offset = in.U8() % 64;
   if (mode < 0xF0) {
     TensorBuffer* guest = guests[in.U8() % 5];
@@ -173,7 +179,7 @@ void MaybeAlias(ByteReader& in, Call* c) {
 void Build(ByteReader& in, Call* c) {
   covattn_kv_cache& kv = c->kv;
   const uint8_t dtype_byte = in.U8();
-  kv.dtype = dtype_byte < 0xF0 ? dtype_byte % 3 : in.U32();
+  kv.dtype = dtype_byte < 0xF0 ? dtype_byte % 4 : in.U32();
   kv.n_tokens = in.Size(2048);
   kv.n_heads = in.Size(8);
   kv.head_dim = in.Size(520);
@@ -234,6 +240,28 @@ void Build(ByteReader& in, Call* c) {
   c->k.t = Shape(elem, kv.n_tokens, kv.k_token_stride, kv.n_heads, kv.k_head_stride, kv.head_dim);
   c->v.t = Shape(elem, kv.n_tokens, kv.v_token_stride, kv.n_heads, kv.v_head_stride, kv.head_dim);
   c->qb.t = Shape(4, c->q.n_tokens, c->q.token_stride, c->q.n_heads, c->q.head_stride, kv.head_dim);
+  const bool int8 = kv.dtype == COVATTN_INT8;
+  if (int8) {
+    covattn_int8_scales& s = c->scales;
+    const uint8_t scale_layout = in.U8();
+    c->scales_null = scale_layout >= 0xF8;
+    switch (scale_layout % 3) {
+      case 0:  // [token][head]
+        s.k_token_stride = s.v_token_stride = kv.n_heads, s.k_head_stride = s.v_head_stride = 1;
+        break;
+      case 1:  // [head][token]
+        s.k_token_stride = s.v_token_stride = 1;
+        s.k_head_stride = s.v_head_stride = kv.n_tokens;
+        break;
+      default:
+        s.k_token_stride = in.Size(64), s.k_head_stride = in.Size(64);
+        s.v_token_stride = in.Size(64), s.v_head_stride = in.Size(64);
+        break;
+    }
+    c->ks.t = Shape(4, kv.n_tokens, s.k_token_stride, kv.n_heads, s.k_head_stride, 1);
+    c->vs.t = Shape(4, kv.n_tokens, s.v_token_stride, kv.n_heads, s.v_head_stride, 1);
+  }
+  c->ks.used = c->vs.used = int8 && !c->scales_null;
   if (kEntry != kPartial) {
     c->ob.t =
         Shape(4, c->q.n_tokens, c->out.token_stride, c->q.n_heads, c->out.head_stride, kv.head_dim);
@@ -261,6 +289,10 @@ void Build(ByteReader& in, Call* c) {
   } else {
     PlaceFrom(in, &c->k);
     PlaceFrom(in, &c->v);
+  }
+  if (int8) {
+    PlaceFrom(in, &c->ks);
+    PlaceFrom(in, &c->vs);
   }
   PlaceFrom(in, &c->qb);
   if (kEntry != kPartial) PlaceFrom(in, &c->ob);
@@ -311,10 +343,17 @@ void Build(ByteReader& in, Call* c) {
   FillValues(in, &c->k, kv.dtype);
   FillValues(in, &c->v, kv.dtype);
   FillValues(in, &c->qb, COVATTN_F32);
+  if (int8) {
+    FillValues(in, &c->ks, COVATTN_F32);
+    FillValues(in, &c->vs, COVATTN_F32);
+  }
 
   // The library's view.
   kv.k = c->k.t.base;
   kv.v = c->v.t.base;
+  c->scales.k_scale = static_cast<const float*>(c->ks.t.base);
+  c->scales.v_scale = static_cast<const float*>(c->vs.t.base);
+  kv.int8_scales = int8 && !c->scales_null ? &c->scales : nullptr;
   c->q.data = static_cast<const float*>(c->qb.t.base);
   c->out.data = static_cast<float*>(const_cast<void*>(c->ob.t.base));
   c->out.log_z = static_cast<float*>(const_cast<void*>(c->log_z.t.base));
@@ -355,6 +394,15 @@ StatusSet ExpectedErrors(const Call& c) {
     tensors_ok &= TensorErrors(c.k.t, &e);
     tensors_ok &= TensorErrors(c.v.t, &e);
   }
+  // An int8 cache with a (token, head) vector needs its scales.
+  const bool needs_scales = kv.dtype == COVATTN_INT8 && kv.n_tokens > 0 && kv.n_heads > 0;
+  if (needs_scales && c.scales_null) {
+    e.Add(COVATTN_ERR_NULL_POINTER);
+    tensors_ok = false;
+  } else if (needs_scales) {
+    tensors_ok &= TensorErrors(c.ks.t, &e);
+    tensors_ok &= TensorErrors(c.vs.t, &e);
+  }
   tensors_ok &= TensorErrors(c.qb.t, &e);
   if (kEntry != kPartial) tensors_ok &= TensorErrors(c.ob.t, &e);
   if (c.log_z.t.base != nullptr) tensors_ok &= TensorErrors(c.log_z.t, &e);
@@ -393,7 +441,9 @@ StatusSet ExpectedErrors(const Call& c) {
 
   // Outputs may overlap neither inputs, nor each other, nor the scratch.
   if (dtype_ok && tensors_ok && state_ok && scratch_ok) {
-    const Range inputs[] = {RangeOf(c.k.t), RangeOf(c.v.t), RangeOf(c.qb.t)};
+    const bool int8 = kv.dtype == COVATTN_INT8 && !c.scales_null;
+    const Range inputs[] = {RangeOf(c.k.t), RangeOf(c.v.t), RangeOf(c.qb.t),
+                            int8 ? RangeOf(c.ks.t) : Range{}, int8 ? RangeOf(c.vs.t) : Range{}};
     const Range log_z = c.log_z.t.base ? RangeOf(c.log_z.t) : Range{};
     const Range scratch = RangeOfBytes(c.scratch, c.scratch_bytes);
     std::vector<Range> outputs;
@@ -456,11 +506,18 @@ RowReference Reference(const Call& c, size_t t, size_t h) {
   for (size_t j = begin; j < end && j <= pos; ++j) {
     if (!Visible(c, pos, j)) continue;
     ++r.n_visible;
-    double dot = 0.0, abs_dot = 0.0;
+    double dot = 0.0, abs_dot = 0.0, k_scale = 1.0, v_scale = 1.0;
+    if (kv.dtype == COVATTN_INT8) {  // the vector stands for its scale times its elements
+      const covattn_int8_scales& s = c.scales;
+      k_scale = s.k_scale[j * s.k_token_stride + kv_head * s.k_head_stride];
+      v_scale = s.v_scale[j * s.v_token_stride + kv_head * s.v_head_stride];
+    }
     for (size_t i = 0; i < dim; ++i) {
       const double kji =
+          k_scale *
           LoadElement(kv.k, kv.dtype, j * kv.k_token_stride + kv_head * kv.k_head_stride + i);
       const double vji =
+          v_scale *
           LoadElement(kv.v, kv.dtype, j * kv.v_token_stride + kv_head * kv.v_head_stride + i);
       r.bad_input |= !std::isfinite(kji) || !std::isfinite(vji);
       dot += a[i] * kji;
@@ -606,6 +663,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // touching anything.
   if (expected.empty()) {
     bool backed = c.k.Usable() && c.v.Usable() && c.qb.Usable() && c.scratch_backed;
+    if (c.ks.used) backed &= c.ks.Usable() && c.vs.Usable();
     for (TensorBuffer* b : Outputs(c)) backed &= b->Usable() || b->t.base == nullptr;
     if (!backed || Work(c) > kMaxWork) {
       c.scratch = nullptr;
@@ -614,7 +672,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
 
-  TensorBuffer* inputs[] = {&c.k, &c.v, &c.qb};
+  TensorBuffer* inputs[] = {&c.k, &c.v, &c.qb, &c.ks, &c.vs};
   for (TensorBuffer* b : inputs) b->Snapshot();
   for (TensorBuffer* b : Outputs(c)) b->Snapshot();
   for (TensorBuffer* b : inputs) b->PoisonGaps();

@@ -185,7 +185,10 @@ struct Prng {
 // Element types, written here independently of the library.
 
 inline size_t ElemSize(uint32_t dtype) {
-  return dtype == COVATTN_F32 ? 4 : (dtype == COVATTN_F16 || dtype == COVATTN_BF16) ? 2 : 0;
+  return dtype == COVATTN_F32                              ? 4
+         : (dtype == COVATTN_F16 || dtype == COVATTN_BF16) ? 2
+         : dtype == COVATTN_INT8                           ? 1
+                                                           : 0;
 }
 
 // Element `index` of a tensor of `dtype` at `base`.
@@ -196,6 +199,7 @@ inline double LoadElement(const void* base, uint32_t dtype, size_t index) {
     std::memcpy(&f, p, sizeof(f));
     return f;
   }
+  if (dtype == COVATTN_INT8) return static_cast<int8_t>(*p);  // without its scale
   uint16_t bits;
   std::memcpy(&bits, p, sizeof(bits));
   return dtype == COVATTN_F16 ? covattn_test::DoubleFromF16(bits)
@@ -208,6 +212,11 @@ inline void StoreElement(void* base, uint32_t dtype, size_t index, float value) 
     std::memcpy(p, &value, sizeof(value));
     return;
   }
+  if (dtype == COVATTN_INT8) {  // saturated; NaN as 0 (int8 has no special values)
+    const float clamped = std::isnan(value) ? 0.0f : std::fmin(127.0f, std::fmax(-128.0f, value));
+    *p = static_cast<uint8_t>(static_cast<int8_t>(std::nearbyint(clamped)));
+    return;
+  }
   const uint16_t bits = dtype == COVATTN_F16 ? covattn_test::F16FromDouble(value)
                                              : covattn_test::BF16FromFloat(value);
   std::memcpy(p, &bits, sizeof(bits));
@@ -217,6 +226,8 @@ inline void StoreBits(void* base, uint32_t dtype, size_t index, uint32_t bits) {
   uint8_t* p = static_cast<uint8_t*>(base) + index * ElemSize(dtype);
   if (dtype == COVATTN_F32) {
     std::memcpy(p, &bits, 4);
+  } else if (dtype == COVATTN_INT8) {
+    *p = static_cast<uint8_t>(bits);
   } else {
     const uint16_t b = static_cast<uint16_t>(bits);
     std::memcpy(p, &b, 2);

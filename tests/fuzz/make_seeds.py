@@ -46,7 +46,7 @@ def exact(misalign=0):
 NULL = u8(13) + u8(0)
 
 # FillValues magnitude classes (index into kMagnitudes) and kinds.
-MAG = {'1': 0, '1e-2': 1, '1e4': 3, '1e19': 5, '1e30': 6, '3e38': 7, '1e-38': 9,
+MAG = {'1': 0, '1e-2': 1, '1e2': 2, '1e4': 3, '1e19': 5, '1e30': 6, '3e38': 7, '1e-38': 9,
        '1e-41': 10, 'zero': 11, 'f16max': 12, 'f16sub': 13}
 UNIFORM, EQUAL, SIGNS, INTS = 0, 1, 2, 3
 SPECIAL = {'nan': 2, 'inf': 4, '-inf': 5, 'max': 6, '1e30': 8, '-1e30': 9, 'denorm': 13,
@@ -87,8 +87,13 @@ def float_small(x16):
 def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, layout=0,
               group=1, q_tokens=1, q_layout=0, past_auto=True, n_past=0, opts=u8(0),
               out_layout=0, log_z=True, range_all=True, begin=0, end=0, k_place=None,
-              scratch_mode=0, scratch_offset=0, k=None, v=None, q=None, nulls=0):
-    """One call of fuzz_attention.cc; entry 0 decode, 1 prefill, 2 partial."""
+              scratch_mode=0, scratch_offset=0, k=None, v=None, q=None, nulls=0,
+              scale_layout=0, k_scale=None, v_scale=None):
+    """One call of fuzz_attention.cc; entry 0 decode, 1 prefill, 2 partial.
+
+    dtype 3 (int8) adds the scales: their layout (0 [token][head], 1
+    [head][token], 0xF8 a NULL int8_scales), placement and values."""
+    int8 = dtype == 3
     tokens = n_tokens if isinstance(n_tokens, bytes) else size(n_tokens)
     b = u8(target) + u8(dtype) + tokens + size(kv_heads) + size(head_dim)
     b += u8(layout)
@@ -112,12 +117,16 @@ def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, lay
             b += u8(0x80) + u32(begin) + u32(end)
         else:  # raw values, so that the range can be reversed
             b += u8(0xE0) + size(begin) + size(end)
+    if int8:
+        b += u8(scale_layout)
     if entry == 1:
         b += u8(1 if log_z else 0)
     if layout == 3:
         b += u8(0) + u8(0)  # fused K/V: exact, aligned
     else:
         b += (k_place or exact()) + exact()
+    if int8:
+        b += exact() * 2  # K and V scales
     b += exact()  # q
     if entry != 2:
         b += exact()  # out
@@ -127,6 +136,8 @@ def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, lay
         b += exact() * 3
     b += u8(scratch_mode) + u8(scratch_offset) + u8(0)  # scratch, no aliasing
     b += (k or values()) + (v or values(seed=2)) + (q or values(seed=3))
+    if int8:
+        b += (k_scale or values('1e-2', seed=4)) + (v_scale or values('1e-2', seed=5))
     return b
 
 
@@ -176,6 +187,13 @@ def main():
             'scratch_offset': attention(entry, scratch_offset=13),
             'nan_scale': attention(entry, opts=options(float_special('nan'))),
             'huge_tokens': attention(entry, n_tokens=edge(SIZE_MAX_EDGE)),
+            'int8_gqa': attention(entry, dtype=3, group=4, head_dim=64, layout=1,
+                                  k=values('1e2'), v=values('1e2', seed=2)),
+            'int8_head_major_scales': attention(entry, dtype=3, head_dim=20, scale_layout=1,
+                                                k=values('1e2', INTS), v=values('1e2', SIGNS)),
+            'int8_nan_scale': attention(entry, dtype=3, k=values('1e2'),
+                                        v_scale=values('1e-2', seed=5, planted=((3, 'nan'),))),
+            'int8_no_scales': attention(entry, dtype=3, scale_layout=0xF8),
         }
         if entry != 0:
             seeds['prefill_chunk'] = attention(entry, n_tokens=150, q_tokens=70, kv_heads=1,
