@@ -100,10 +100,11 @@ TEST_CASE("decode over a pool: the reference, and the same bits for every schedu
   // Few KV heads (the cache is cut into ranges: 1, 2 or 3 tiles against 2..4
   // threads) and many (the heads are shared out), with a window and sinks.
   const DecodeCase cases[] = {
-      {1, 4, 128, 2000, COVATTN_F32, 0, 0}, {1, 8, 64, 1500, COVATTN_F16, 0, 0},
-      {2, 4, 40, 1100, COVATTN_BF16, 0, 0}, {3, 2, 64, 1300, COVATTN_F16, 700, 3},
-      {8, 4, 32, 600, COVATTN_F32, 0, 0},   {1, 1, 17, 3000, COVATTN_BF16, 2000, 5},
-      {4, 12, 24, 900, COVATTN_F32, 0, 0},
+      {1, 4, 128, 2000, COVATTN_F32, 0, 0},   {1, 8, 64, 1500, COVATTN_F16, 0, 0},
+      {2, 4, 40, 1100, COVATTN_BF16, 0, 0},   {3, 2, 64, 1300, COVATTN_F16, 700, 3},
+      {8, 4, 32, 600, COVATTN_F32, 0, 0},     {1, 1, 17, 3000, COVATTN_BF16, 2000, 5},
+      {4, 12, 24, 900, COVATTN_F32, 0, 0},    {2, 4, 96, 1700, COVATTN_INT8, 0, 0},
+      {1, 4, 64, 2100, COVATTN_INT8, 900, 2},
   };
   uint64_t seed = 500;
   for (const DecodeCase& c : cases) {
