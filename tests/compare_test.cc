@@ -34,7 +34,7 @@ const std::vector<std::string> kTiny = {
     "2",          "--queries", "3",           "--budget", "32",         "--sinks", "2",
     "--outliers", "6",         "--samples",   "2",        "--min-time", "0.01",    "--quiet"};
 
-size_t MethodCount() { return HaveOneDnn() ? 6 : 5; }  // without the --model-only ones
+size_t MethodCount() { return HaveOneDnn() ? 7 : 6; }  // without the --model-only ones
 
 }  // namespace
 

@@ -20,6 +20,8 @@ namespace covattn_compare {
 
 size_t TokenBytes(size_t dim) { return 2 * dim * sizeof(float); }
 
+size_t Int8TokenBytes(size_t dim) { return 2 * (dim + sizeof(float)); }
+
 size_t SummaryBytes(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim * dim; }
 
 size_t WhiteningBytes(size_t dim, size_t outlier_slots) {
@@ -40,12 +42,15 @@ float EffectiveScale(float scale, size_t dim) {
   return scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim));
 }
 
-// Exact attention through covattn_decode over the first n tokens.
+// Exact attention through covattn_decode over the first n tokens, of the f32
+// values or (int8) of them quantised token by token as an engine would.
 class ExactHead : public HeadMethod {
  public:
-  ExactHead(size_t dim, float scale, const float* k, const float* v)
-      : view_{COVATTN_F32, k, v, 0, 1, dim, dim, dim, dim, dim, nullptr},
-        options_{scale, 0, 0, nullptr} {}
+  ExactHead(size_t dim, float scale, const float* k, const float* v, uint32_t dtype)
+      : view_{dtype, k, v, 0, 1, dim, dim, dim, dim, dim, nullptr},
+        options_{scale, 0, 0, nullptr},
+        k_f32_(k),
+        v_f32_(v) {}
 
   bool Init(std::string* error) {
     size_t bytes = 0;
@@ -58,7 +63,25 @@ class ExactHead : public HeadMethod {
     return true;
   }
 
-  bool Advance(size_t n, std::string*) override {
+  bool Advance(size_t n, std::string* error) override {
+    if (view_.dtype == COVATTN_INT8 && n > quantized_) {
+      const size_t dim = view_.head_dim;
+      k8_.resize(n * dim), v8_.resize(n * dim), k_scale_.resize(n), v_scale_.resize(n);
+      const size_t m = n - quantized_, at = quantized_ * dim;
+      covattn_status s = covattn_quantize_int8(k_f32_ + at, m, dim, dim, k8_.data() + at, dim,
+                                               k_scale_.data() + quantized_, 1);
+      if (s == COVATTN_OK) {
+        s = covattn_quantize_int8(v_f32_ + at, m, dim, dim, v8_.data() + at, dim,
+                                  v_scale_.data() + quantized_, 1);
+      }
+      if (s != COVATTN_OK) {
+        *error = StatusText("covattn_quantize_int8", s);
+        return false;
+      }
+      quantized_ = n;
+      scales_ = covattn_int8_scales{k_scale_.data(), v_scale_.data(), 1, 1, 1, 1};
+      view_.k = k8_.data(), view_.v = v8_.data(), view_.int8_scales = &scales_;
+    }
     view_.n_tokens = n;
     return true;
   }
@@ -87,12 +110,22 @@ class ExactHead : public HeadMethod {
     }
   }
 
-  size_t AllocatedBytes() const override { return view_.n_tokens * TokenBytes(view_.head_dim); }
+  size_t AllocatedBytes() const override {
+    return view_.dtype == COVATTN_INT8 ? view_.n_tokens * Int8TokenBytes(view_.head_dim)
+                                       : view_.n_tokens * TokenBytes(view_.head_dim);
+  }
 
  private:
   covattn_kv_cache view_;
   covattn_attention_options options_;
   std::vector<unsigned char> scratch_;
+  // int8: the f32 rows, and the first `quantized_` of them quantised.
+  const float* k_f32_;
+  const float* v_f32_;
+  size_t quantized_ = 0;
+  std::vector<int8_t> k8_, v8_;
+  std::vector<float> k_scale_, v_scale_;
+  covattn_int8_scales scales_{};
 };
 
 #ifdef COVATTN_COMPARE_WITH_ONEDNN
@@ -306,6 +339,7 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
   const size_t budget = options.budget, sinks = options.sinks;
   switch (method) {
     case Method::kExact:
+    case Method::kExactInt8:
     case Method::kOneDnn:
       break;
     case Method::kReadout:
@@ -350,6 +384,7 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
 }
 
 size_t StateBytes(const MethodPlan& plan, size_t context) {
+  if (plan.method == Method::kExactInt8) return context * Int8TokenBytes(plan.dim);
   return IsExact(plan.method) ? context * TokenBytes(plan.dim) : plan.bounded_bytes;
 }
 
@@ -357,9 +392,11 @@ std::unique_ptr<HeadMethod> HeadMethod::Create(const MethodPlan& plan, float sca
                                                const float* v, size_t max_queries,
                                                std::string* error) {
   switch (plan.method) {
-    case Method::kExact: {
+    case Method::kExact:
+    case Method::kExactInt8: {
+      const uint32_t dtype = plan.method == Method::kExactInt8 ? COVATTN_INT8 : COVATTN_F32;
       std::unique_ptr<ExactHead> head(
-          new ExactHead(plan.dim, EffectiveScale(scale, plan.dim), k, v));
+          new ExactHead(plan.dim, EffectiveScale(scale, plan.dim), k, v, dtype));
       if (!head->Init(error)) return nullptr;
       return head;
     }

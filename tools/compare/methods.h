@@ -28,6 +28,8 @@
 namespace covattn_compare {
 
 size_t TokenBytes(size_t dim);
+// An int8 token: K and V of dim bytes with one f32 scale each.
+size_t Int8TokenBytes(size_t dim);
 size_t SummaryBytes(size_t dim);
 size_t WhiteningBytes(size_t dim, size_t outlier_slots);
 

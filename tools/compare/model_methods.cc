@@ -59,8 +59,9 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
   MethodSpec p;
   p.key = MethodKey(method);
   p.budget = budget;
-  if (method == Method::kExact) {
+  if (method == Method::kExact || method == Method::kExactInt8) {
     p.exact = true;
+    p.exact_dtype = method == Method::kExactInt8 ? COVATTN_INT8 : COVATTN_F32;
     p.budget = 0;
     p.name = MethodName(method);
     *spec = p;
@@ -86,6 +87,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
   const size_t max_window = budget + hybrid_bytes / covattn_model::TokenBytes(d) + 1;
   switch (method) {
     case Method::kExact:  // planned above
+    case Method::kExactInt8:
     case Method::kHybrid:
       p.cache = hybrid;
       break;

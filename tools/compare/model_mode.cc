@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "methods.h"
 #include "model/evaluate.h"
 #include "model/tokens.h"
 #include "model_methods.h"
@@ -51,9 +52,12 @@ bool PlanAll(const Options& options, size_t d, std::vector<MethodSpec>* specs,
   if (std::find(methods.begin(), methods.end(), Method::kExact) != methods.end()) {
     if (!add(Method::kExact, 0)) return false;
   }
+  if (std::find(methods.begin(), methods.end(), Method::kExactInt8) != methods.end()) {
+    if (!add(Method::kExactInt8, 0)) return false;  // no budget either
+  }
   for (size_t budget : options.budgets) {
     for (Method method : methods) {
-      if (method != Method::kExact && !add(method, budget)) return false;
+      if (!IsExact(method) && !add(method, budget)) return false;
     }
   }
   if (specs->empty()) {
@@ -193,6 +197,8 @@ bool RunModel(const Options& options, Progress& progress, ModelResult* result, s
   for (ModelRow& row : r.rows) {
     if (row.method == Method::kExact) {
       row.persistent_bytes = r.n_tokens * covattn_model::TokenBytes(ck.config.head_dim());
+    } else if (row.method == Method::kExactInt8) {
+      row.persistent_bytes = r.n_tokens * Int8TokenBytes(ck.config.head_dim());
     }
   }
   Windows windows;

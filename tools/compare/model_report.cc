@@ -16,7 +16,7 @@ std::string LayerName(size_t layer, const char* what) {
 Record Fields(const ModelRow& row, const ModelResult& r, const RunInfo& info,
               const Options& options) {
   const double none = std::nan("");
-  const bool bounded = row.method != Method::kExact;
+  const bool bounded = !IsExact(row.method);
   Record f = {
       Text("model", r.path),
       Text("tokens", r.tokens),

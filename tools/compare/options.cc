@@ -16,6 +16,8 @@ const char* MethodName(Method method) {
   switch (method) {
     case Method::kExact:
       return "exact (covattn)";
+    case Method::kExactInt8:
+      return "exact, int8 KV (covattn)";
     case Method::kOneDnn:
       return "exact (oneDNN)";
     case Method::kReadout:
@@ -38,6 +40,8 @@ const char* MethodKey(Method method) {
   switch (method) {
     case Method::kExact:
       return "exact";
+    case Method::kExactInt8:
+      return "exact-int8";
     case Method::kOneDnn:
       return "onednn";
     case Method::kReadout:
@@ -56,7 +60,9 @@ const char* MethodKey(Method method) {
   return "?";
 }
 
-bool IsExact(Method method) { return method == Method::kExact || method == Method::kOneDnn; }
+bool IsExact(Method method) {
+  return method == Method::kExact || method == Method::kExactInt8 || method == Method::kOneDnn;
+}
 
 bool NeedsQueryStream(Method method) {
   return method == Method::kHeavyHitters || method == Method::kEmaRing;
@@ -384,7 +390,9 @@ const std::vector<OptionGroup>& OptionTable() {
        }},
       {"Methods",
        {
-           {"methods", "LIST", "exact, onednn, readout, window, hybrid, outliers, all [all]",
+           {"methods", "LIST",
+            "exact, exact-int8, onednn, readout, window, hybrid, outliers,\nh2o, ema-ring, all "
+            "[all]",
             ApplyMethods},
            {"budget", "LIST",
             "exact tokens per KV head of the bounded methods;\n"

@@ -16,6 +16,7 @@ namespace covattn_compare {
 // The methods compared, in table order.
 enum class Method {
   kExact,           // exact attention, covattn_decode
+  kExactInt8,       // exact attention over an int8 cache (covattn_quantize_int8)
   kOneDnn,          // exact attention, oneDNN matmul -> softmax -> matmul
   kReadout,         // the covariance readout alone (summary of every token)
   kSinkWindow,      // sinks + recent window, evicted tokens dropped
@@ -25,9 +26,9 @@ enum class Method {
   kEmaRing,         // sinks + window + EMA-retained tokens + compact (ring) summary
 };
 
-constexpr Method kAllMethods[] = {Method::kExact,        Method::kOneDnn, Method::kReadout,
-                                  Method::kSinkWindow,   Method::kHybrid, Method::kHybridOutliers,
-                                  Method::kHeavyHitters, Method::kEmaRing};
+constexpr Method kAllMethods[] = {Method::kExact,          Method::kExactInt8,    Method::kOneDnn,
+                                  Method::kReadout,        Method::kSinkWindow,   Method::kHybrid,
+                                  Method::kHybridOutliers, Method::kHeavyHitters, Method::kEmaRing};
 
 // Long name for tables and legends, and the short key of --methods and CSV.
 const char* MethodName(Method method);

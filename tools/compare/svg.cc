@@ -26,6 +26,8 @@ Style MethodStyle(Method m) {
   switch (m) {
     case Method::kExact:
       return {"#222222", ""};
+    case Method::kExactInt8:
+      return {"#555555", "2,3"};
     case Method::kOneDnn:
       return {"#8c8c8c", "6,4"};
     case Method::kReadout:

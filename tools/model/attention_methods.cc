@@ -16,10 +16,10 @@ std::string StatusText(const char* call, covattn_status status) {
 
 class ExactAttention : public LayerAttention {
  public:
-  ExactAttention(const ModelConfig& c, size_t max_tokens)
+  ExactAttention(const ModelConfig& c, size_t max_tokens, uint32_t dtype)
       : n_heads_(c.n_heads), head_dim_(c.head_dim()), kv_dim_(c.kv_dim()), max_tokens_(max_tokens) {
-    view_ = covattn_kv_cache{COVATTN_F32, nullptr,   nullptr, 0,         c.n_kv_heads, head_dim_,
-                             kv_dim_,     head_dim_, kv_dim_, head_dim_, nullptr};
+    view_ = covattn_kv_cache{dtype,   nullptr,   nullptr, 0,         c.n_kv_heads, head_dim_,
+                             kv_dim_, head_dim_, kv_dim_, head_dim_, nullptr};
   }
 
   bool Init(std::string* error) {
@@ -29,16 +29,26 @@ class ExactAttention : public LayerAttention {
       *error = StatusText("covattn_attention_scratch_size", s);
       return false;
     }
+    const bool int8 = view_.dtype == COVATTN_INT8;
+    const size_t kv_heads = view_.n_heads;
     try {
-      k_.resize(max_tokens_ * kv_dim_);
-      v_.resize(max_tokens_ * kv_dim_);
+      if (int8) {
+        k8_.resize(max_tokens_ * kv_dim_), v8_.resize(max_tokens_ * kv_dim_);
+        k_scale_.resize(max_tokens_ * kv_heads), v_scale_.resize(max_tokens_ * kv_heads);
+      } else {
+        k_.resize(max_tokens_ * kv_dim_), v_.resize(max_tokens_ * kv_dim_);
+      }
       scratch_.resize(bytes);
     } catch (const std::bad_alloc&) {
       *error = "not enough memory for a KV buffer of " + std::to_string(max_tokens_) + " tokens";
       return false;
     }
-    view_.k = k_.data();
-    view_.v = v_.data();
+    if (int8) {
+      scales_ = covattn_int8_scales{k_scale_.data(), v_scale_.data(), kv_heads, 1, kv_heads, 1};
+      view_.k = k8_.data(), view_.v = v8_.data(), view_.int8_scales = &scales_;
+    } else {
+      view_.k = k_.data(), view_.v = v_.data();
+    }
     return true;
   }
 
@@ -47,8 +57,23 @@ class ExactAttention : public LayerAttention {
       *error = "the exact KV buffer is full (" + std::to_string(max_tokens_) + " tokens)";
       return false;
     }
-    std::copy_n(k, kv_dim_, k_.data() + view_.n_tokens * kv_dim_);
-    std::copy_n(v, kv_dim_, v_.data() + view_.n_tokens * kv_dim_);
+    const size_t t = view_.n_tokens, kv_heads = view_.n_heads;
+    if (view_.dtype == COVATTN_INT8) {  // one scale per KV head's vector
+      covattn_status s =
+          covattn_quantize_int8(k, kv_heads, head_dim_, head_dim_, k8_.data() + t * kv_dim_,
+                                head_dim_, k_scale_.data() + t * kv_heads, 1);
+      if (s == COVATTN_OK) {
+        s = covattn_quantize_int8(v, kv_heads, head_dim_, head_dim_, v8_.data() + t * kv_dim_,
+                                  head_dim_, v_scale_.data() + t * kv_heads, 1);
+      }
+      if (s != COVATTN_OK) {
+        *error = StatusText("covattn_quantize_int8", s);
+        return false;
+      }
+    } else {
+      std::copy_n(k, kv_dim_, k_.data() + t * kv_dim_);
+      std::copy_n(v, kv_dim_, v_.data() + t * kv_dim_);
+    }
     ++view_.n_tokens;
     return true;
   }
@@ -75,7 +100,10 @@ class ExactAttention : public LayerAttention {
 
  private:
   size_t n_heads_, head_dim_, kv_dim_, max_tokens_;
-  std::vector<float> k_, v_;
+  std::vector<float> k_, v_;              // f32
+  std::vector<int8_t> k8_, v8_;           // int8: [token][kv_head][dim]
+  std::vector<float> k_scale_, v_scale_;  // int8: [token][kv_head]
+  covattn_int8_scales scales_{};
   std::vector<unsigned char> scratch_;
   covattn_kv_cache view_;
 };
@@ -142,7 +170,7 @@ std::unique_ptr<LayerAttention> CreateLayerAttention(const MethodSpec& spec,
                                                      const ModelConfig& config, size_t max_tokens,
                                                      std::string* error) {
   if (spec.exact) {
-    std::unique_ptr<ExactAttention> exact(new ExactAttention(config, max_tokens));
+    std::unique_ptr<ExactAttention> exact(new ExactAttention(config, max_tokens, spec.exact_dtype));
     if (!exact->Init(error)) return nullptr;
     return exact;
   }

@@ -1,6 +1,7 @@
 // The attention methods a model runs with, one object per layer:
 //  - exact: covattn_decode over every token of the sequence (a KV buffer per
-//    layer, [token][kv_head][head_dim], f32);
+//    layer, [token][kv_head][head_dim], f32, or int8 with one scale per
+//    vector, quantised by covattn_quantize_int8 as each token arrives);
 //  - bounded cache: one covattn_cache per layer (include/covattn/cache.h),
 //    each new token appended, then the layer's queries decoded.
 // A method is described by a MethodSpec; a new cache configuration is a new
@@ -22,6 +23,7 @@ struct MethodSpec {
   std::string key;   // short name for files, e.g. "hybrid"
   std::string name;  // for tables, e.g. "hybrid, budget 64"
   bool exact = false;
+  uint32_t exact_dtype = COVATTN_F32;  // exact: COVATTN_INT8 quantises each token's rows
   // Bounded methods: the cache of one layer. n_kv_heads and head_dim are
   // taken from the model; everything else (sinks, window, outliers, dtype,
   // forgetting, flags) from here.
