@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -407,13 +408,14 @@ namespace {
 // A bounded cache holding n_tokens random tokens (appended in irregular
 // blocks, so that slots and summary are in use), and queries for it.
 struct FilledCache {
-  FilledCache(const covattn_cache_config& config, size_t n_tokens, size_t group, uint64_t seed)
+  FilledCache(const covattn_cache_config& config, size_t n_tokens, size_t group, uint64_t seed,
+              double q_std_dev = 1.5)
       : cache(MakeCache(config)), n_q_heads(config.n_kv_heads * group), dim(config.head_dim) {
     Rng rng(seed);
     TestCache data(COVATTN_F32, Layout::kTokenMajor, n_tokens, config.n_kv_heads, dim);
     data.FillRandom(rng);
     if (n_tokens != 0) AppendAll(cache.get(), data, seed);
-    q = RandomQueries(rng, n_q_heads * dim, 1.5);
+    q = RandomQueries(rng, n_q_heads * dim, q_std_dev);
   }
   CachePtr cache;
   size_t n_q_heads, dim;
@@ -448,12 +450,17 @@ Decoded CacheDecode(const FilledCache& c, const covattn_thread_pool* pool,
   return r;
 }
 
+// Bit for bit, NaN included.
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
 void CheckSameBits(const Decoded& got, const Decoded& want) {
   CHECK(got.status == want.status);
-  CHECK(got.out == want.out);
-  CHECK(got.share == want.share);
-  CHECK(got.ess == want.ess);
-  CHECK(got.log_z == want.log_z);
+  CHECK(SameBits(got.out, want.out));
+  CHECK(SameBits(got.share, want.share));
+  CHECK(SameBits(got.ess, want.ess));
+  CHECK(SameBits(got.log_z, want.log_z));
 }
 
 }  // namespace
@@ -465,6 +472,8 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
     const char* name;
     covattn_cache_config config;
     size_t group, n_tokens;
+    double q_std_dev;
+    covattn_status status;  // on one thread, and so over every pool
   };
   auto config = [](size_t heads, size_t dim, uint32_t dtype, size_t sinks, size_t window,
                    size_t outliers, size_t retained, uint32_t summary, uint32_t rope) {
@@ -473,25 +482,30 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
     return c;
   };
   const Case cases[] = {
-      {"covariance, outliers", config(5, 64, COVATTN_F32, 4, 60, 16, 0, 0, 0), 2, 700},
+      {"covariance, outliers", config(5, 64, COVATTN_F32, 4, 60, 16, 0, 0, 0), 2, 700, 1.5,
+       COVATTN_OK},
       {"compact, retained, half-split RoPE",
        config(3, 32, COVATTN_F16, 2, 40, 0, 8, COVATTN_SUMMARY_COMPACT, COVATTN_ROPE_HALF_SPLIT), 3,
-       500},
+       500, 1.5, COVATTN_OK},
       {"no summary, one KV head",
-       config(1, 48, COVATTN_BF16, 0, 100, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 300},
+       config(1, 48, COVATTN_BF16, 0, 100, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 300, 1.5, COVATTN_OK},
       {"covariance, interleaved RoPE, retained and outliers, MHA",
-       config(8, 16, COVATTN_F32, 0, 16, 4, 6, 0, COVATTN_ROPE_INTERLEAVED), 1, 400},
-      {"summary only", config(4, 24, COVATTN_F32, 0, 0, 0, 0, 0, 0), 2, 200},
-      {"empty", config(2, 32, COVATTN_F16, 2, 8, 0, 0, 0, 0), 2, 0},
+       config(8, 16, COVATTN_F32, 0, 16, 4, 6, 0, COVATTN_ROPE_INTERLEAVED), 1, 400, 1.5,
+       COVATTN_OK},
+      {"summary only", config(4, 24, COVATTN_F32, 0, 0, 0, 0, 0, 0), 2, 200, 1.5, COVATTN_OK},
+      {"empty", config(2, 32, COVATTN_F16, 2, 8, 0, 0, 0, 0), 2, 0, 1.5, COVATTN_FULLY_MASKED},
+      // Scores that overflow: the nonfinite status from whichever task.
+      {"overflowing scores", config(3, 16, COVATTN_F32, 1, 20, 0, 0, 0, 0), 2, 100, 1e30,
+       COVATTN_ERR_NONFINITE},
   };
   uint64_t seed = 1200;
   for (const Case& c : cases) {
     INFO(std::string(c.name));
-    const FilledCache filled(c.config, c.n_tokens, c.group, seed++);
+    const FilledCache filled(c.config, c.n_tokens, c.group, seed++, c.q_std_dev);
     ForEachTarget([&] {
       std::vector<uint8_t> one = Scratch(filled.cache.get(), filled.n_q_heads);
       const Decoded alone = CacheDecode(filled, nullptr, &one);
-      CHECK(alone.status == (c.n_tokens == 0 ? COVATTN_FULLY_MASKED : COVATTN_OK));
+      CHECK(alone.status == c.status);
       const Decoded alone_bare = CacheDecode(filled, nullptr, &one, /*with_diagnostics=*/false);
       for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
         INFO(n_threads << " threads");
@@ -506,7 +520,7 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
           CheckSameBits(CacheDecode(filled, &pools[p], &scratch), alone);
           const Decoded bare = CacheDecode(filled, &pools[p], &scratch, false);
           CHECK(bare.status == alone_bare.status);
-          CHECK(bare.out == alone_bare.out);
+          CHECK(SameBits(bare.out, alone_bare.out));
         }
         // One task per KV head up to two per thread, each a run of heads.
         CHECK(in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
@@ -624,4 +638,25 @@ TEST_CASE("cache decode over a pool writes nothing beyond the scratch size it as
       }
     }
   });
+}
+
+TEST_CASE("the C++ wrapper's cache decode sizes its scratch for the pool") {
+  const size_t dim = 32, q_heads = 4;
+  Rng rng(1500);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 120, 2, dim);
+  data.FillRandom(rng);
+  const std::vector<float> q = RandomQueries(rng, q_heads * dim, 1.0);
+  covattn::Cache cache(Config(2, dim, 1, 16, 2));
+  covattn::Scratch scratch;
+  cache.Append(data.view(), scratch);
+  ThreadPool real(2);
+  const covattn_thread_pool pool = real.Pool();
+  std::vector<float> got(q_heads * dim), want(q_heads * dim);
+  CHECK(cache.Decode(q.data(), q_heads, 0.0f, want.data(), nullptr, scratch) == COVATTN_OK);
+  CHECK(cache.Decode(q.data(), q_heads, 0.0f, got.data(), nullptr, scratch, &pool) == COVATTN_OK);
+  CHECK(SameBits(got, want));
+  covattn_thread_pool no_threads = pool;
+  no_threads.n_threads = 0;
+  CHECK_THROWS_AS(cache.Decode(q.data(), q_heads, 0.0f, got.data(), nullptr, scratch, &no_threads),
+                  covattn::Error);
 }
