@@ -4,7 +4,8 @@
 // merged into one partial state; the summary's readout with its
 // log-normaliser (summary.h); and the two merged row by row in log-sum-exp
 // space. The entry point validates everything once; the parts run the
-// kernels directly.
+// kernels directly. Over a pool, each task reads a run of whole KV heads with
+// the same code, into staged outputs the caller gets once every task ran.
 
 #include "cache_decode.h"
 
@@ -266,8 +267,8 @@ struct DecodeOutcome {
 // bits do not depend on the split.
 DecodeOutcome DecodeHeads(const covattn_cache* cache, const DecodeQuery& dq, KvHeadRange heads,
                           const ReadScratch& s, float* out, float* const diagnostics[3]) {
-  const size_t d = cache->Dim(), n = heads.count * (dq.n_q_heads / cache->Heads());
-  const float* q = dq.q + (dq.n_q_heads / cache->Heads()) * heads.first * d;
+  const size_t d = cache->Dim(), group = dq.n_q_heads / cache->Heads(), n = heads.count * group;
+  const float* q = dq.q + heads.first * group * d;
   bool empty;
   DecodeOutcome outcome{
       false, !ExactPart(cache, heads, CacheQueries{q, 1, n, n * d, d, dq.scale}, s, &empty)};
@@ -290,8 +291,9 @@ covattn_status StatusOf(const DecodeOutcome& outcome) {
   return outcome.masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
 }
 
-// A decode over a pool: task k reads KV heads [Cut(k), Cut(k + 1)) of
-// n_tasks near-equal runs, on the scratch of the worker running it.
+// A decode over a pool: task k reads KV heads [FirstHead(k), FirstHead(k +
+// 1)), one of n_tasks near-equal runs, on the scratch of the worker running
+// it. The split depends on n_kv_heads and n_threads only.
 struct ThreadedDecode {
   const covattn_cache* cache;
   const DecodeQuery* dq;

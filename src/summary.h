@@ -34,9 +34,9 @@ void SummaryFold(covattn_cache* cache, size_t h, const float* k, const float* v,
 
 // The summary's part of a decode: for each query of KV heads [first_kv_head,
 // first_kv_head + n_kv_heads), the readout r_S (out), log Z_S and the
-// effective sample size (ess may be null). A head that has
-// folded nothing gives log Z_S = -inf, ESS 0 and zeros. False if a result is
-// not finite. work holds SummaryReadoutWorkFloats() floats.
+// effective sample size (ess may be null). A head that has folded nothing
+// gives log Z_S = -inf, ESS 0 and zeros. False if a result is not finite.
+// work holds SummaryReadoutWorkFloats() floats.
 struct SummaryQueries {
   const float* q;  // [n_q_heads][head_dim]
   size_t n_q_heads;
