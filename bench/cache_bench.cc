@@ -10,7 +10,9 @@
 // budget 256 exact tokens per head (4 sinks); the sinks + window baseline gets
 // the summary's memory as extra window tokens. cache_block/: a 512-token
 // block through covattn_cache_prefill against append alone, covattn_prefill
-// alone and append + decode per token.
+// alone and append + decode per token. cache_decode_threads/: decode on the
+// calling thread against a pool of 1 and 2 threads (tests/thread_pool.h; one
+// task per KV head here).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include "bench_util.h"
 #include "covattn/cache.h"
 #include "machine_limits.h"
+#include "thread_pool.h"
 #include "workloads.h"
 
 namespace covattn_bench {
@@ -142,10 +145,12 @@ CachePtr BuildCache(Method m, const Layer& layer) {
   return cache;
 }
 
-// Decodes the layer's queries with a method; returns false on failure.
+// Decodes the layer's queries with a method, the cache's on the calling
+// thread (pool null) or over the pool; Run() returns false on failure.
 class Decoder {
  public:
-  Decoder(Method method, const Layer& layer) : method_(method), layer_(layer) {
+  Decoder(Method method, const Layer& layer, const covattn_thread_pool* pool = nullptr)
+      : method_(method), layer_(layer), pool_(pool) {
     const size_t d = layer.head_dim;
     out_.resize(kQHeads * d);
     if (method == Method::kExact) {
@@ -154,8 +159,15 @@ class Decoder {
       scratch_.resize(bytes);
       view_ = ViewOf(layer);
     } else {
+      const covattn_cache_config config = ConfigFor(method, d);
       cache_ = BuildCache(method, layer);
-      scratch_ = CacheScratch(ConfigFor(method, d));
+      size_t bytes = 0;
+      if (pool == nullptr) {
+        covattn_cache_scratch_size(&config, kQHeads, &bytes);
+      } else {
+        covattn_cache_scratch_size_threads(&config, kQHeads, pool->n_threads, &bytes);
+      }
+      scratch_.resize(bytes);
     }
   }
   bool ok() const { return method_ == Method::kExact || cache_ != nullptr; }
@@ -164,8 +176,9 @@ class Decoder {
       return covattn_decode(&view_, layer_.q.data(), kQHeads, nullptr, out_.data(), scratch_.data(),
                             scratch_.size()) == COVATTN_OK;
     }
-    return covattn_cache_decode(cache_.get(), layer_.q.data(), kQHeads, 0.0f, out_.data(), nullptr,
-                                scratch_.data(), scratch_.size()) == COVATTN_OK;
+    return covattn_cache_decode_threads(cache_.get(), layer_.q.data(), kQHeads, 0.0f, pool_,
+                                        out_.data(), nullptr, scratch_.data(),
+                                        scratch_.size()) == COVATTN_OK;
   }
   const std::vector<float>& out() const { return out_; }
   size_t MemoryBytes() const {
@@ -178,6 +191,7 @@ class Decoder {
  private:
   Method method_;
   const Layer& layer_;
+  const covattn_thread_pool* pool_;
   covattn_kv_cache view_{};
   CachePtr cache_;
   std::vector<float> out_;
@@ -202,12 +216,11 @@ double RelativeError(Method method, Workload workload, size_t dim, size_t n) {
   return errors[errors.size() / 2];
 }
 
-void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
-  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
-  Decoder decoder(method, layer);
+// Times the decoder; false (the benchmark skipped) if it failed.
+bool TimeDecodes(benchmark::State& state, Decoder& decoder) {
   if (!decoder.ok()) {
     state.SkipWithError("cache setup failed");
-    return;
+    return false;
   }
   for (auto _ : state) {
     if (!decoder.Run()) {
@@ -216,6 +229,13 @@ void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
     }
     benchmark::DoNotOptimize(decoder.out().data());
   }
+  return !state.error_occurred();
+}
+
+void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
+  Decoder decoder(method, layer);
+  if (!TimeDecodes(state, decoder)) return;
   state.counters["memory_bytes"] = static_cast<double>(decoder.MemoryBytes());
   state.counters["tokens_per_second"] =
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
@@ -224,6 +244,16 @@ void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
     state.counters["err_drift"] = RelativeError(method, Workload::kDrift, dim, n);
     state.counters["err_student_t"] = RelativeError(method, Workload::kStudentT, dim, n);
   }
+}
+
+// Decode on the calling thread (n_threads 0) or over a pool of n_threads.
+void DecodeThreadsBench(benchmark::State& state, Method method, size_t dim, size_t n,
+                        size_t n_threads) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
+  covattn_test::ThreadPool pool(std::max<size_t>(n_threads, 1));
+  const covattn_thread_pool view = pool.Pool();
+  Decoder decoder(method, layer, n_threads == 0 ? nullptr : &view);
+  TimeDecodes(state, decoder);
 }
 
 // Appending a prompt: tokens per second for a whole-prompt append.
@@ -362,6 +392,18 @@ void RegisterAll() {
         const std::string name = std::string("cache_decode/") + MethodName(m) + "/d" +
                                  std::to_string(dim) + "/ctx" + std::to_string(n);
         benchmark::RegisterBenchmark(name.c_str(), DecodeBench, m, dim, n)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
+    }
+    for (Method m : {Method::kHybrid, Method::kOutliers}) {
+      for (size_t n_threads : {0, 1, 2}) {
+        const std::string threads =
+            n_threads == 0 ? "/calling_thread" : "/pool_threads:" + std::to_string(n_threads);
+        const std::string name = std::string("cache_decode_threads/") + MethodName(m) + "/d" +
+                                 std::to_string(dim) + "/ctx8192" + threads;
+        benchmark::RegisterBenchmark(name.c_str(), DecodeThreadsBench, m, dim, size_t{8192},
+                                     n_threads)
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       }

@@ -209,6 +209,13 @@ covattn_status CacheScratchBytes(const covattn_cache_config& c, size_t n_q_heads
   return COVATTN_OK;
 }
 
+covattn_status CacheScratchTotal(const covattn_cache_config& c, size_t n_q_heads, size_t* bytes) {
+  ScratchNeeds needs;
+  COVATTN_RETURN_IF_ERROR(CacheScratchBytes(c, n_q_heads, &needs));
+  *bytes = std::max({needs.append, needs.decode, needs.observe, needs.prefill});
+  return COVATTN_OK;
+}
+
 void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst) {
   switch (dtype) {
     case COVATTN_F32:
@@ -248,10 +255,7 @@ covattn_status covattn_cache_scratch_size(const covattn_cache_config* config, si
   COVATTN_RETURN_IF_ERROR(CacheBytes(*config, &persistent));  // every rule of the config
   covattn_cache_config c;
   NormalizeConfig(*config, &c);
-  ScratchNeeds needs;
-  COVATTN_RETURN_IF_ERROR(CacheScratchBytes(c, n_q_heads, &needs));
-  *bytes = std::max({needs.append, needs.decode, needs.observe, needs.prefill});
-  return COVATTN_OK;
+  return CacheScratchTotal(c, n_q_heads, bytes);
 }
 
 covattn_status covattn_cache_init(void* memory, size_t bytes, const covattn_cache_config* config,

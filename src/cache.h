@@ -145,6 +145,8 @@ struct ScratchNeeds {
 covattn_status CacheScratchBytes(const covattn_cache_config& c, size_t n_q_heads,
                                  ScratchNeeds* needs);
 covattn_status ObserveScratchBytes(const covattn_cache_config& c, size_t n_q_heads, size_t* bytes);
+// The largest of them: covattn_cache_scratch_size's bytes (c normalized).
+covattn_status CacheScratchTotal(const covattn_cache_config& c, size_t n_q_heads, size_t* bytes);
 
 // The caller's scratch: COVATTN_ERR_SCRATCH_TOO_SMALL when null or short of
 // `needed`, else its extent.

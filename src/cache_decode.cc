@@ -4,11 +4,13 @@
 // merged into one partial state; the summary's readout with its
 // log-normaliser (summary.h); and the two merged row by row in log-sum-exp
 // space. The entry point validates everything once; the parts run the
-// kernels directly.
+// kernels directly. Over a pool, each task reads a run of whole KV heads with
+// the same code, into staged outputs the caller gets once every task ran.
 
 #include "cache_decode.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -89,10 +91,17 @@ Segment StoredSegment(const covattn_cache* cache, KvRows<const covattn_cache> ro
                  token_stride,        head_stride, n_tokens, n_kv_heads,   n_tokens - 1};
 }
 
+// Token-major rows (sinks, window) from KV head `first` on.
+KvRows<const covattn_cache> FromHead(const covattn_cache* cache, KvRows<const covattn_cache> rows,
+                                     size_t first) {
+  const size_t offset = first * cache->Dim() * cache->elem;
+  return KvRows<const covattn_cache>{rows.k + offset, rows.v + offset};
+}
+
 }  // namespace
 
-bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s,
-               bool* empty) {
+bool ExactPart(const covattn_cache* cache, KvHeadRange heads, const CacheQueries& cq,
+               const ReadScratch& s, bool* empty) {
   const size_t d = cache->Dim(), row = cache->RowElems(), n = cq.n_q_heads;
   const size_t n_rows = cq.n_positions * n;
   std::fill(s.exact.m, s.exact.m + n_rows, kInitialMax);
@@ -100,41 +109,42 @@ bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScr
   std::fill(s.exact.o, s.exact.o + n_rows * d, 0.0f);
   bool finite = true;
   *empty = true;
-  // Sinks and window for all heads at once: softmax is indifferent to token
-  // order, so the ring needs no unrolling.
+  // Sinks and window for all the range's heads at once: softmax is
+  // indifferent to token order, so the ring needs no unrolling.
   if (cache->SinkCount() != 0) {
-    const Segment sinks =
-        StoredSegment(cache, Sinks(cache), cache->SinkCount(), cache->Heads(), row, d);
+    const Segment sinks = StoredSegment(cache, FromHead(cache, Sinks(cache), heads.first),
+                                        cache->SinkCount(), heads.count, row, d);
     finite &= AddSegment(cache, sinks, cq, 0, n, s, empty);
   }
   if (cache->WindowCount() != 0) {
-    const Segment window =
-        StoredSegment(cache, Window(cache), cache->WindowCount(), cache->Heads(), row, d);
+    const Segment window = StoredSegment(cache, FromHead(cache, Window(cache), heads.first),
+                                         cache->WindowCount(), heads.count, row, d);
     finite &= AddSegment(cache, window, cq, 0, n, s, empty);
   }
-  const size_t group = n / cache->Heads();
-  for (size_t h = 0; h < cache->Heads(); ++h) {
+  const size_t group = n / heads.count;
+  for (size_t i = 0; i < heads.count; ++i) {
+    const size_t h = heads.first + i;
     const HeadRegions<const covattn_cache> head = Head(cache, h);
     const size_t retained = cache->HasRetained() ? *head.retained_count : 0;
     if (retained != 0) {
       finite &= AddSegment(cache, StoredSegment(cache, Retained(cache, h, 0), retained, 1, d, 0),
-                           cq, h * group, group, s, empty);
+                           cq, i * group, group, s, empty);
     }
     if (*head.count != 0) {
       finite &= AddSegment(cache, StoredSegment(cache, Outliers(cache, h, 0), *head.count, 1, d, 0),
-                           cq, h * group, group, s, empty);
+                           cq, i * group, group, s, empty);
     }
   }
   return finite;
 }
 
-bool SummaryPart(const covattn_cache* cache, const float* q, size_t n_q_heads, float scale,
-                 bool want_ess, const ReadScratch& s, bool* nonfinite) {
+bool SummaryPart(const covattn_cache* cache, KvHeadRange heads, const float* q, size_t n_q_heads,
+                 float scale, bool want_ess, const ReadScratch& s, bool* nonfinite) {
   if (!cache->Summarizes() || cache->n_summarized == 0) return false;
-  if (SummaryReadout(
-          cache,
-          SummaryQueries{q, n_q_heads, scale, s.readout, s.log_z, want_ess ? s.ess : nullptr},
-          s.summary_work)) {
+  if (SummaryReadout(cache,
+                     SummaryQueries{q, n_q_heads, scale, s.readout, s.log_z,
+                                    want_ess ? s.ess : nullptr, heads.first, heads.count},
+                     s.summary_work)) {
     return true;
   }
   *nonfinite = true;
@@ -178,10 +188,45 @@ struct DecodeQuery {
   float* diagnostics[3];  // summary_share, summary_ess, log_z; each may be null
 };
 
-// Everything covattn_cache_decode checks after the cache and the pointers,
-// in the order of its statuses.
-covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, void* scratch,
-                           size_t scratch_bytes) {
+// Tasks per worker of a decode over a pool (each a run of whole KV heads):
+// a late worker then delays the call by about half a worker's share.
+constexpr size_t kTasksPerThread = 2;
+
+// n rounded up to a multiple of 64; false on overflow.
+bool RoundUp64(size_t n, size_t* out) {
+  if (AddOverflows(n, 63, out)) return false;
+  *out &= ~size_t{63};
+  return true;
+}
+
+// The scratch of a decode over a pool, from its first 64-byte boundary: the
+// staged outputs and diagnostics ([n_q_heads][head_dim] floats, then three
+// [n_q_heads] arrays), which reach the caller only once the pool has run
+// every task, then one covattn_cache_scratch_size scratch per worker.
+struct ThreadedLayout {
+  size_t stage_bytes, worker_bytes, total;
+};
+
+// The layout for workers of `one_thread` bytes (the formula in cache.h);
+// false if it does not fit in a size_t.
+bool ThreadedLayoutFor(size_t one_thread, size_t n_q_heads, size_t head_dim, size_t n_threads,
+                       ThreadedLayout* layout) {
+  size_t stage_floats, workers;
+  return !MulOverflows(n_q_heads, head_dim + 3, &stage_floats) &&
+         !MulOverflows(stage_floats, sizeof(float), &layout->stage_bytes) &&
+         RoundUp64(layout->stage_bytes, &layout->stage_bytes) &&
+         RoundUp64(one_thread, &layout->worker_bytes) &&
+         !MulOverflows(layout->worker_bytes, n_threads, &workers) &&
+         !AddOverflows(layout->stage_bytes, workers, &layout->total) &&
+         !AddOverflows(layout->total, 64, &layout->total);
+}
+
+// Everything covattn_cache_decode_threads checks after the cache, the
+// pointers and the pool's fields, in the order of its statuses; with a pool,
+// also the layout of its scratch.
+covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq,
+                           const covattn_thread_pool* pool, void* scratch, size_t scratch_bytes,
+                           ThreadedLayout* layout) {
   ScratchNeeds needs;
   COVATTN_RETURN_IF_ERROR(CacheScratchBytes(cache->config, dq.n_q_heads, &needs));
   if (!std::isfinite(dq.scale)) return COVATTN_ERR_INVALID_SCALE;
@@ -194,7 +239,15 @@ covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, vo
     COVATTN_RETURN_IF_ERROR(
         CheckTensor(dq.diagnostics[i], sizeof(float), n, 1, 1, 0, 1, &outputs[1 + i]));
   }
-  COVATTN_RETURN_IF_ERROR(CheckScratch(scratch, scratch_bytes, needs.decode, &outputs[4]));
+  size_t needed = needs.decode;
+  if (pool != nullptr) {
+    COVATTN_RETURN_IF_ERROR(CacheScratchTotal(cache->config, n, &needed));
+    if (!ThreadedLayoutFor(needed, n, d, pool->n_threads, layout)) {
+      return COVATTN_ERR_SCRATCH_TOO_SMALL;  // no memory is that large
+    }
+    needed = layout->total;
+  }
+  COVATTN_RETURN_IF_ERROR(CheckScratch(scratch, scratch_bytes, needed, &outputs[4]));
   const Extent cache_extent = CacheExtent(cache);
   for (int i = 0; i < 5; ++i) {
     if (outputs[i].Overlaps(q) || outputs[i].Overlaps(cache_extent)) return COVATTN_ERR_ALIASING;
@@ -205,24 +258,107 @@ covattn_status CheckDecode(const covattn_cache* cache, const DecodeQuery& dq, vo
   return COVATTN_OK;
 }
 
-covattn_status Decode(const covattn_cache* cache, const DecodeQuery& dq, const ReadScratch& s) {
-  const size_t d = cache->Dim(), n = dq.n_q_heads;
+struct DecodeOutcome {
+  bool masked, nonfinite;
+};
+
+// Decodes the query heads of KV heads `heads` with a one-thread scratch s:
+// out and diagnostics receive those heads' rows from their row 0. The same
+// code serves one thread (all heads) and each task of a pool, so a row's
+// bits do not depend on the split.
+DecodeOutcome DecodeHeads(const covattn_cache* cache, const DecodeQuery& dq, KvHeadRange heads,
+                          const ReadScratch& s, float* out, float* const diagnostics[3]) {
+  const size_t d = cache->Dim(), group = dq.n_q_heads / cache->Heads(), n = heads.count * group;
+  const float* q = dq.q + heads.first * group * d;
   bool empty;
-  bool nonfinite = !ExactPart(cache, CacheQueries{dq.q, 1, n, n * d, d, dq.scale}, s, &empty);
+  DecodeOutcome outcome{
+      false, !ExactPart(cache, heads, CacheQueries{q, 1, n, n * d, d, dq.scale}, s, &empty)};
   const bool have_summary =
-      SummaryPart(cache, dq.q, n, dq.scale, dq.diagnostics[1] != nullptr, s, &nonfinite);
-  bool masked = false;
+      SummaryPart(cache, heads, q, n, dq.scale, diagnostics[1] != nullptr, s, &outcome.nonfinite);
   for (size_t r = 0; r < n; ++r) {
-    float diagnostics[3];
-    const RowOutcome row = MergeRow(s, r, r, have_summary, d, dq.out + r * d, diagnostics);
-    masked |= row == RowOutcome::kMasked;
-    nonfinite |= row == RowOutcome::kNonfinite;
+    float row[3];
+    const RowOutcome result = MergeRow(s, r, r, have_summary, d, out + r * d, row);
+    outcome.masked |= result == RowOutcome::kMasked;
+    outcome.nonfinite |= result == RowOutcome::kNonfinite;
     for (int i = 0; i < 3; ++i) {
-      if (dq.diagnostics[i] != nullptr) dq.diagnostics[i][r] = diagnostics[i];
+      if (diagnostics[i] != nullptr) diagnostics[i][r] = row[i];
     }
   }
-  if (nonfinite) return COVATTN_ERR_NONFINITE;
-  return masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
+  return outcome;
+}
+
+covattn_status StatusOf(const DecodeOutcome& outcome) {
+  if (outcome.nonfinite) return COVATTN_ERR_NONFINITE;
+  return outcome.masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
+}
+
+// A decode over a pool: task k reads KV heads [FirstHead(k), FirstHead(k +
+// 1)), one of n_tasks near-equal runs, on the scratch of the worker running
+// it. The split depends on n_kv_heads and n_threads only.
+struct ThreadedDecode {
+  const covattn_cache* cache;
+  const DecodeQuery* dq;
+  size_t n_threads, n_tasks;
+  unsigned char* workers;
+  size_t worker_bytes;
+  float* out;             // staged, [n_q_heads][head_dim]
+  float* diagnostics[3];  // staged, [n_q_heads] each, null where the caller wants none
+  std::atomic<size_t> tasks_run{0};
+  std::atomic<bool> bad_task{false}, masked{false}, nonfinite{false};
+
+  size_t FirstHead(size_t task) const { return task * cache->Heads() / n_tasks; }
+};
+
+void RunDecodeTask(void* context, size_t thread, size_t task) {
+  ThreadedDecode& call = *static_cast<ThreadedDecode*>(context);
+  if (thread >= call.n_threads || task >= call.n_tasks) {
+    call.bad_task.store(true);
+    return;
+  }
+  const covattn_cache* cache = call.cache;
+  const size_t d = cache->Dim(), n = call.dq->n_q_heads, group = n / cache->Heads();
+  const KvHeadRange heads{call.FirstHead(task), call.FirstHead(task + 1) - call.FirstHead(task)};
+  const size_t row = heads.first * group;
+  float* diagnostics[3];
+  for (int i = 0; i < 3; ++i) {
+    diagnostics[i] = call.diagnostics[i] != nullptr ? call.diagnostics[i] + row : nullptr;
+  }
+  const DecodeOutcome outcome = DecodeHeads(
+      cache, *call.dq, heads,
+      CarveReadScratch(call.workers + thread * call.worker_bytes, n, n, d, /*query_copy=*/false),
+      call.out + row * d, diagnostics);
+  if (outcome.masked) call.masked.store(true);
+  if (outcome.nonfinite) call.nonfinite.store(true);
+  call.tasks_run.fetch_add(1);
+}
+
+covattn_status DecodeThreaded(const covattn_cache* cache, const DecodeQuery& dq,
+                              const covattn_thread_pool& pool, const ThreadedLayout& layout,
+                              void* scratch) {
+  const size_t d = cache->Dim(), n = dq.n_q_heads;
+  ThreadedDecode call;
+  call.cache = cache;
+  call.dq = &dq;
+  call.n_threads = pool.n_threads;
+  call.n_tasks = std::min(cache->Heads(), kTasksPerThread * pool.n_threads);
+  float* stage = reinterpret_cast<float*>(AlignedScratch(scratch));
+  call.workers = reinterpret_cast<unsigned char*>(stage) + layout.stage_bytes;
+  call.worker_bytes = layout.worker_bytes;
+  call.out = stage;
+  for (int i = 0; i < 3; ++i) {
+    call.diagnostics[i] = dq.diagnostics[i] != nullptr ? stage + n * d + i * n : nullptr;
+  }
+  pool.parallel_for(pool.pool_context, call.n_tasks, RunDecodeTask, &call);
+  if (call.bad_task.load() || call.tasks_run.load() != call.n_tasks) {
+    return COVATTN_ERR_INVALID_THREAD_POOL;  // nothing reached the caller
+  }
+  std::copy(call.out, call.out + n * d, dq.out);
+  for (int i = 0; i < 3; ++i) {
+    if (dq.diagnostics[i] != nullptr) {
+      std::copy(call.diagnostics[i], call.diagnostics[i] + n, dq.diagnostics[i]);
+    }
+  }
+  return StatusOf(DecodeOutcome{call.masked.load(), call.nonfinite.load()});
 }
 
 }  // namespace
@@ -233,12 +369,31 @@ using namespace covattn::detail;  // NOLINT(build/namespaces): C entry points on
 
 extern "C" {
 
-covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, size_t n_q_heads,
-                                    float scale, float* out,
-                                    const covattn_cache_diagnostics* diagnostics, void* scratch,
-                                    size_t scratch_bytes) {
+covattn_status covattn_cache_scratch_size_threads(const covattn_cache_config* config,
+                                                  size_t n_q_heads, size_t n_threads,
+                                                  size_t* bytes) {
+  if (config == nullptr || bytes == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (n_threads == 0) return COVATTN_ERR_INVALID_THREAD_POOL;
+  size_t one_thread;
+  COVATTN_RETURN_IF_ERROR(covattn_cache_scratch_size(config, n_q_heads, &one_thread));
+  ThreadedLayout layout;
+  if (!ThreadedLayoutFor(one_thread, n_q_heads, config->head_dim, n_threads, &layout)) {
+    return COVATTN_ERR_SIZE_OVERFLOW;
+  }
+  *bytes = layout.total;
+  return COVATTN_OK;
+}
+
+covattn_status covattn_cache_decode_threads(const covattn_cache* cache, const float* q,
+                                            size_t n_q_heads, float scale,
+                                            const covattn_thread_pool* threads, float* out,
+                                            const covattn_cache_diagnostics* diagnostics,
+                                            void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckCache(cache));
   if (q == nullptr || out == nullptr) return COVATTN_ERR_NULL_POINTER;
+  if (threads != nullptr && (threads->parallel_for == nullptr || threads->n_threads == 0)) {
+    return COVATTN_ERR_INVALID_THREAD_POOL;
+  }
   DecodeQuery dq{q,
                  n_q_heads,
                  scale,
@@ -246,11 +401,22 @@ covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, 
                  {diagnostics ? diagnostics->summary_share : nullptr,
                   diagnostics ? diagnostics->summary_ess : nullptr,
                   diagnostics ? diagnostics->log_z : nullptr}};
-  COVATTN_RETURN_IF_ERROR(CheckDecode(cache, dq, scratch, scratch_bytes));
+  ThreadedLayout layout{0, 0, 0};  // set by CheckDecode when there is a pool
+  COVATTN_RETURN_IF_ERROR(CheckDecode(cache, dq, threads, scratch, scratch_bytes, &layout));
   if (dq.scale == 0.0f) dq.scale = 1.0f / std::sqrt(static_cast<float>(cache->Dim()));
-  return Decode(
-      cache, dq,
-      CarveReadScratch(scratch, n_q_heads, n_q_heads, cache->Dim(), /*query_copy=*/false));
+  if (threads != nullptr) return DecodeThreaded(cache, dq, *threads, layout, scratch);
+  return StatusOf(DecodeHeads(
+      cache, dq, KvHeadRange{0, cache->Heads()},
+      CarveReadScratch(scratch, n_q_heads, n_q_heads, cache->Dim(), /*query_copy=*/false), out,
+      dq.diagnostics));
+}
+
+covattn_status covattn_cache_decode(const covattn_cache* cache, const float* q, size_t n_q_heads,
+                                    float scale, float* out,
+                                    const covattn_cache_diagnostics* diagnostics, void* scratch,
+                                    size_t scratch_bytes) {
+  return covattn_cache_decode_threads(cache, q, n_q_heads, scale, nullptr, out, diagnostics,
+                                      scratch, scratch_bytes);
 }
 
 }  // extern "C"

@@ -25,6 +25,13 @@ struct CacheQueries {
   float scale;  // already defaulted
 };
 
+// KV heads [first, first + count) of a read, with all their query heads:
+// decode over a pool reads each range on its own (the exact part and the
+// summary are independent per KV head).
+struct KvHeadRange {
+  size_t first, count;
+};
+
 // Query rows per prefill tile (about): enough for full passes of the
 // attention kernel (kPassRows) with rows to spare.
 constexpr size_t kPrefillRows = 64;
@@ -77,18 +84,21 @@ struct Segment {
 bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueries& cq,
                 size_t first_head, size_t n_heads, const ReadScratch& s, bool* empty);
 
-// The exact part over the stored tokens (sinks, window, each head's
-// retained and outlier slots) into s.exact, rows [0, n_positions * n_q_heads);
-// *empty says whether it held none. False if any part was not finite.
-bool ExactPart(const covattn_cache* cache, const CacheQueries& cq, const ReadScratch& s,
-               bool* empty);
+// The exact part over the stored tokens of KV heads `heads` (sinks, window,
+// each head's retained and outlier slots) into s.exact, rows [0, n_positions
+// * n_q_heads); cq holds those heads' queries only (n_q_heads a multiple of
+// heads.count). *empty says whether it held none. False if any part was not
+// finite.
+bool ExactPart(const covattn_cache* cache, KvHeadRange heads, const CacheQueries& cq,
+               const ReadScratch& s, bool* empty);
 
-// The summary part of one position: the readout and log-normaliser of
-// queries q ([n_q_heads][head_dim], contiguous) into s.readout, s.log_z (and
-// s.ess when want_ess). False when there is none: no summary, nothing folded
-// yet, or a readout that is not finite (*nonfinite is then set).
-bool SummaryPart(const covattn_cache* cache, const float* q, size_t n_q_heads, float scale,
-                 bool want_ess, const ReadScratch& s, bool* nonfinite);
+// The summary part of one position for KV heads `heads`: the readout and
+// log-normaliser of their queries q ([n_q_heads][head_dim], contiguous) into
+// s.readout, s.log_z (and s.ess when want_ess). False when there is none: no
+// summary, nothing folded yet, or a readout that is not finite (*nonfinite is
+// then set).
+bool SummaryPart(const covattn_cache* cache, KvHeadRange heads, const float* q, size_t n_q_heads,
+                 float scale, bool want_ess, const ReadScratch& s, bool* nonfinite);
 
 // Merges exact row `exact_row` with the summary's row `summary_row` (MATH.md
 // section 4) into out (head_dim) and diagnostics: summary_share,

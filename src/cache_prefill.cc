@@ -79,10 +79,11 @@ Segment CausalBlock(const covattn_kv_cache& block, size_t t0, size_t t1) {
 bool PrefillTile(const covattn_cache* cache, const covattn_kv_cache& block, const CacheQueries& all,
                  size_t t0, size_t t1, const covattn_outputs& out, const ReadScratch& s) {
   const size_t d = cache->Dim(), n = all.n_q_heads;
+  const KvHeadRange all_heads{0, cache->Heads()};
   const CacheQueries tile{
       all.q + t0 * all.token_stride, t1 - t0, n, all.token_stride, all.head_stride, all.scale};
   bool empty;
-  bool finite = ExactPart(cache, tile, s, &empty);
+  bool finite = ExactPart(cache, all_heads, tile, s, &empty);
   finite = AddSegment(cache, CausalBlock(block, t0, t1), tile, 0, n, s, &empty) && finite;
   for (size_t t = 0; t < tile.n_positions && finite; ++t) {
     // The summary's readout takes one position's queries contiguous.
@@ -95,7 +96,7 @@ bool PrefillTile(const covattn_cache* cache, const covattn_kv_cache& block, cons
     }
     bool nonfinite = false;
     const bool have_summary =
-        SummaryPart(cache, q, n, all.scale, /*want_ess=*/false, s, &nonfinite);
+        SummaryPart(cache, all_heads, q, n, all.scale, /*want_ess=*/false, s, &nonfinite);
     finite = !nonfinite;
     for (size_t h = 0; h < n && finite; ++h) {
       float diagnostics[3];

@@ -414,10 +414,9 @@ covattn_status covattn_cov_readout(const covattn_cov_state* state, const float* 
     }
   }
   if (state->n_tokens == 0) return COVATTN_ERR_EMPTY_STATE;
-  const CovReadoutProblem problem{
-      q,       n_q_heads, scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim)),
-      out,     log_z,     ess,
-      nullptr, nullptr};
+  const float scale_used = scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(dim));
+  const CovReadoutProblem problem{q,   n_q_heads, scale_used, out, log_z,
+                                  ess, nullptr,   nullptr,    0,   state->n_heads};
   return CovReadout(state, problem) ? COVATTN_OK : COVATTN_ERR_NONFINITE;
 }
 

@@ -415,7 +415,7 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
   const size_t dim = state->head_dim;
-  const size_t group = pb.n_q_heads / state->n_heads;
+  const size_t group = pb.n_q_heads / pb.n_heads;
   const bool stats = pb.log_z != nullptr || pb.ess != nullptr || pb.sigma2 != nullptr;
   // Scaled queries of one head tile, zero beyond dim, and those of the value
   // part when they differ (no scratch: on the stack, at most 2 kReadHeads x
@@ -425,9 +425,9 @@ bool Readout(const covattn_cov_state* state, const CovReadoutProblem& pb) {
   HWY_ALIGN float a_value_tile[kReadHeads * kLda];
   const float* a_value = pb.value_q != nullptr ? a_value_tile : a;
   bool finite = true;
-  for (size_t kv = 0; kv < state->n_heads; ++kv) {
-    const float* m = state->Moments(kv);
-    const double* doubles = state->Doubles(kv);
+  for (size_t kv = 0; kv < pb.n_heads; ++kv) {
+    const float* m = state->Moments(pb.first_head + kv);
+    const double* doubles = state->Doubles(pb.first_head + kv);
     const double weight = doubles[0];
     const double* mean = doubles + 1;
     if (weight == 0.0) {

@@ -33,6 +33,9 @@ struct CovReadoutProblem {
   // nullptr; and a^T C_kk a per query, or nullptr.
   const float* value_q;
   double* sigma2;
+  // The KV heads read, the state's [first_head, first_head + n_heads); the
+  // queries are theirs (n_q_heads a multiple of n_heads).
+  size_t first_head, n_heads;
 };
 
 // True when every element of the block is finite and at most

@@ -32,10 +32,11 @@ void SummaryReset(covattn_cache* cache);
 void SummaryFold(covattn_cache* cache, size_t h, const float* k, const float* v, size_t n,
                  void* work);
 
-// The summary's part of a decode: for each query, the readout r_S (out),
-// log Z_S and the effective sample size (ess may be null). A head that has
-// folded nothing gives log Z_S = -inf, ESS 0 and zeros. False if a result is
-// not finite. work holds SummaryReadoutWorkFloats() floats.
+// The summary's part of a decode: for each query of KV heads [first_kv_head,
+// first_kv_head + n_kv_heads), the readout r_S (out), log Z_S and the
+// effective sample size (ess may be null). A head that has folded nothing
+// gives log Z_S = -inf, ESS 0 and zeros. False if a result is not finite.
+// work holds SummaryReadoutWorkFloats() floats.
 struct SummaryQueries {
   const float* q;  // [n_q_heads][head_dim]
   size_t n_q_heads;
@@ -43,6 +44,7 @@ struct SummaryQueries {
   float* out;   // [n_q_heads][head_dim]
   float* log_z;
   float* ess;
+  size_t first_kv_head, n_kv_heads;  // the queries' heads
 };
 bool SummaryReadout(const covattn_cache* cache, const SummaryQueries& queries, float* work);
 

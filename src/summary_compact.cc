@@ -91,12 +91,12 @@ void CompactFold(covattn_cache* cache, size_t h, const float* k, const float* v,
 
 bool CompactReadout(const covattn_cache* cache, const SummaryQueries& q) {
   const covattn_cache_config& c = cache->config;
-  const size_t d = c.head_dim, group = q.n_q_heads / c.n_kv_heads;
+  const size_t d = c.head_dim, group = q.n_q_heads / q.n_kv_heads;
   constexpr size_t kLda = COVATTN_MAX_HEAD_DIM;
   float a[kLda];
   bool finite = true;
   for (size_t r = 0; r < q.n_q_heads; ++r) {
-    const double* head = CompactHead(cache, r / group);
+    const double* head = CompactHead(cache, q.first_kv_head + r / group);
     const double w = head[0];
     float* out = q.out + r * d;
     if (w == 0.0) {

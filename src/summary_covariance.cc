@@ -92,10 +92,10 @@ bool CovarianceReadout(const covattn_cache* cache, const SummaryQueries& q, floa
   const covattn_cov_state* s = State(cache);
   const uint32_t rope = cache->config.rope;
   if (rope == COVATTN_ROPE_NONE) {
-    return CovReadout(
-        s, CovReadoutProblem{q.q, q.n_q_heads, q.scale, q.out, q.log_z, q.ess, nullptr, nullptr});
+    return CovReadout(s, CovReadoutProblem{q.q, q.n_q_heads, q.scale, q.out, q.log_z, q.ess,
+                                           nullptr, nullptr, q.first_kv_head, q.n_kv_heads});
   }
-  const size_t d = s->head_dim, n = q.n_q_heads, group = n / s->n_heads;
+  const size_t d = s->head_dim, n = q.n_q_heads, group = n / q.n_kv_heads;
   float* value_q = work;
   auto* doubles =
       reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(work + n * d) + 7) & ~uintptr_t{7});
@@ -103,14 +103,14 @@ bool CovarianceReadout(const covattn_cache* cache, const SummaryQueries& q, floa
   double* at_a = doubles + n;
   double* at_2a = doubles + 2 * n;
   for (size_t r = 0; r < n; ++r) {
-    const RingCorrection c =
-        RingQuery(s, rope, r / group, q.q + r * d, q.scale, q.ess != nullptr, value_q + r * d);
+    const RingCorrection c = RingQuery(s, rope, q.first_kv_head + r / group, q.q + r * d, q.scale,
+                                       q.ess != nullptr, value_q + r * d);
     at_a[r] = c.at_a, at_2a[r] = c.at_2a;
   }
-  bool finite =
-      CovReadout(s, CovReadoutProblem{q.q, n, q.scale, q.out, nullptr, nullptr, value_q, sigma2});
+  bool finite = CovReadout(s, CovReadoutProblem{q.q, n, q.scale, q.out, nullptr, nullptr, value_q,
+                                                sigma2, q.first_kv_head, q.n_kv_heads});
   for (size_t r = 0; r < n; ++r) {
-    const double* head = s->Doubles(r / group);
+    const double* head = s->Doubles(q.first_kv_head + r / group);
     const double w = head[0];
     if (w == 0.0) {  // nothing folded: no mass
       q.log_z[r] = -std::numeric_limits<float>::infinity();

@@ -2,13 +2,18 @@
 // threads): against the double reference on every target, f32/f16/bf16,
 // GQA, decode, prefill and partial states, 1..4 threads; the same bits
 // whatever order and threads the pool runs the tasks on; the pool and its
-// scratch validated. Run under ThreadSanitizer by the tsan preset.
+// scratch validated. The bounded cache's decode over a pool
+// (covattn_cache_decode_threads): the one-thread bits, diagnostics included,
+// for every schedule; its pool and scratch validated. Run under
+// ThreadSanitizer by the tsan preset.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 
+#include "cache_test_util.h"
 #include "covattn/covattn.hpp"
 #include "test_util.h"
 #include "thread_pool.h"
@@ -397,4 +402,262 @@ TEST_CASE("calls over a pool write nothing beyond the scratch size they asked fo
       }
     }
   });
+}
+
+namespace {
+
+// A bounded cache holding n_tokens random tokens (appended in irregular
+// blocks, so that slots and summary are in use), and queries for it.
+struct FilledCache {
+  FilledCache(const covattn_cache_config& config, size_t n_tokens, size_t group, uint64_t seed,
+              double q_std_dev = 1.5)
+      : cache(MakeCache(config)), n_q_heads(config.n_kv_heads * group), dim(config.head_dim) {
+    Rng rng(seed);
+    TestCache data(COVATTN_F32, Layout::kTokenMajor, n_tokens, config.n_kv_heads, dim);
+    data.FillRandom(rng);
+    if (n_tokens != 0) AppendAll(cache.get(), data, seed);
+    q = RandomQueries(rng, n_q_heads * dim, q_std_dev);
+  }
+  CachePtr cache;
+  size_t n_q_heads, dim;
+  std::vector<float> q;
+};
+
+std::vector<uint8_t> CacheThreadScratch(const FilledCache& c, size_t n_threads) {
+  covattn_cache_info info;
+  REQUIRE(covattn_cache_info_get(c.cache.get(), &info) == COVATTN_OK);
+  size_t bytes = 0;
+  REQUIRE(covattn_cache_scratch_size_threads(&info.config, c.n_q_heads, n_threads, &bytes) ==
+          COVATTN_OK);
+  return std::vector<uint8_t>(bytes);
+}
+
+// Decodes with every diagnostic (with_diagnostics) or none, on the calling
+// thread (pool null: covattn_cache_decode) or over the pool.
+Decoded CacheDecode(const FilledCache& c, const covattn_thread_pool* pool,
+                    std::vector<uint8_t>* scratch, bool with_diagnostics = true) {
+  Decoded r;
+  r.out.assign(c.n_q_heads * c.dim, -1.0f);
+  r.share.assign(c.n_q_heads, -1.0f), r.ess.assign(c.n_q_heads, -1.0f);
+  r.log_z.assign(c.n_q_heads, -1.0f);
+  const covattn_cache_diagnostics diagnostics{r.share.data(), r.ess.data(), r.log_z.data()};
+  const covattn_cache_diagnostics* diag = with_diagnostics ? &diagnostics : nullptr;
+  r.status =
+      pool == nullptr
+          ? covattn_cache_decode(c.cache.get(), c.q.data(), c.n_q_heads, 0.0f, r.out.data(), diag,
+                                 scratch->data(), scratch->size())
+          : covattn_cache_decode_threads(c.cache.get(), c.q.data(), c.n_q_heads, 0.0f, pool,
+                                         r.out.data(), diag, scratch->data(), scratch->size());
+  return r;
+}
+
+// Bit for bit, NaN included.
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void CheckSameBits(const Decoded& got, const Decoded& want) {
+  CHECK(got.status == want.status);
+  CHECK(SameBits(got.out, want.out));
+  CHECK(SameBits(got.share, want.share));
+  CHECK(SameBits(got.ess, want.ess));
+  CHECK(SameBits(got.log_z, want.log_z));
+}
+
+}  // namespace
+
+TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, every schedule") {
+  // Summaries of every kind, with and without RoPE; sinks, window, retained
+  // and outlier slots; GQA; more KV heads than tasks, and fewer than threads.
+  struct Case {
+    const char* name;
+    covattn_cache_config config;
+    size_t group, n_tokens;
+    double q_std_dev;
+    covattn_status status;  // on one thread, and so over every pool
+  };
+  auto config = [](size_t heads, size_t dim, uint32_t dtype, size_t sinks, size_t window,
+                   size_t outliers, size_t retained, uint32_t summary, uint32_t rope) {
+    covattn_cache_config c = Config(heads, dim, sinks, window, outliers, dtype);
+    c.n_retained = retained, c.summary = summary, c.rope = rope;
+    return c;
+  };
+  const Case cases[] = {
+      {"covariance, outliers", config(5, 64, COVATTN_F32, 4, 60, 16, 0, 0, 0), 2, 700, 1.5,
+       COVATTN_OK},
+      {"compact, retained, half-split RoPE",
+       config(3, 32, COVATTN_F16, 2, 40, 0, 8, COVATTN_SUMMARY_COMPACT, COVATTN_ROPE_HALF_SPLIT), 3,
+       500, 1.5, COVATTN_OK},
+      {"no summary, one KV head",
+       config(1, 48, COVATTN_BF16, 0, 100, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 300, 1.5, COVATTN_OK},
+      {"covariance, interleaved RoPE, retained and outliers, MHA",
+       config(8, 16, COVATTN_F32, 0, 16, 4, 6, 0, COVATTN_ROPE_INTERLEAVED), 1, 400, 1.5,
+       COVATTN_OK},
+      {"summary only", config(4, 24, COVATTN_F32, 0, 0, 0, 0, 0, 0), 2, 200, 1.5, COVATTN_OK},
+      {"empty", config(2, 32, COVATTN_F16, 2, 8, 0, 0, 0, 0), 2, 0, 1.5, COVATTN_FULLY_MASKED},
+      // Scores that overflow: the nonfinite status from whichever task.
+      {"overflowing scores", config(3, 16, COVATTN_F32, 1, 20, 0, 0, 0, 0), 2, 100, 1e30,
+       COVATTN_ERR_NONFINITE},
+  };
+  uint64_t seed = 1200;
+  for (const Case& c : cases) {
+    INFO(std::string(c.name));
+    const FilledCache filled(c.config, c.n_tokens, c.group, seed++, c.q_std_dev);
+    ForEachTarget([&] {
+      std::vector<uint8_t> one = Scratch(filled.cache.get(), filled.n_q_heads);
+      const Decoded alone = CacheDecode(filled, nullptr, &one);
+      CHECK(alone.status == c.status);
+      const Decoded alone_bare = CacheDecode(filled, nullptr, &one, /*with_diagnostics=*/false);
+      for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+        INFO(n_threads << " threads");
+        std::vector<uint8_t> scratch = CacheThreadScratch(filled, n_threads);
+        OrderedPool in_order{Order::kInOrder, n_threads, 1},
+            reversed{Order::kReversed, n_threads, 2}, shuffled{Order::kShuffled, n_threads, 3};
+        ThreadPool real(n_threads);
+        const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
+                                             real.Pool()};
+        for (size_t p = 0; p < 4; ++p) {
+          INFO("pool " << p);
+          CheckSameBits(CacheDecode(filled, &pools[p], &scratch), alone);
+          const Decoded bare = CacheDecode(filled, &pools[p], &scratch, false);
+          CHECK(bare.status == alone_bare.status);
+          CHECK(SameBits(bare.out, alone_bare.out));
+        }
+        // One task per KV head up to two per thread, each a run of heads.
+        CHECK(in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
+      }
+    });
+  }
+}
+
+namespace {
+
+// Runs every task twice: a contract breach the call must notice.
+void TwiceParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
+  for (size_t i = 0; i < n_tasks; ++i) task(context, 0, i), task(context, 0, i);
+}
+
+}  // namespace
+
+TEST_CASE("cache decode over a pool: the pool and the scratch are validated, nothing written") {
+  const covattn_cache_config config = Config(4, 32, 2, 30, 8);
+  const FilledCache filled(config, 300, 2, 1300);
+  const size_t n = filled.n_q_heads, dim = filled.dim;
+  size_t one = 0, two = 0, bytes = 0;
+  REQUIRE(covattn_cache_scratch_size(&config, n, &one) == COVATTN_OK);
+  REQUIRE(covattn_cache_scratch_size_threads(&config, n, 2, &two) == COVATTN_OK);
+  auto round_up = [](size_t x) { return (x + 63) / 64 * 64; };
+  CHECK(two == 64 + round_up(4 * n * (dim + 3)) + 2 * round_up(one));  // the formula in cache.h
+  CHECK(covattn_cache_scratch_size_threads(&config, n, 0, &bytes) ==
+        COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(covattn_cache_scratch_size_threads(nullptr, n, 2, &bytes) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cache_scratch_size_threads(&config, n, 2, nullptr) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cache_scratch_size_threads(&config, 6, 2, &bytes) == COVATTN_ERR_HEAD_MISMATCH);
+  CHECK(covattn_cache_scratch_size_threads(&config, n, SIZE_MAX / 1000, &bytes) ==
+        COVATTN_ERR_SIZE_OVERFLOW);
+  covattn_cache_config bad = config;
+  bad.forgetting = 2.0f;
+  CHECK(covattn_cache_scratch_size_threads(&bad, n, 2, &bytes) == COVATTN_ERR_INVALID_FORGETTING);
+
+  const std::vector<uint8_t> file = Serialize(filled.cache.get());
+  std::vector<uint8_t> scratch(two);
+  ThreadPool real(2);
+  const covattn_thread_pool good = real.Pool();
+  // out and diagnostics start at 3; a failed call must leave them so.
+  auto decode = [&](const covattn_thread_pool* pool, void* scratch_data, size_t scratch_bytes) {
+    std::vector<float> out(n * dim, 3.0f), share(n, 3.0f), ess(n, 3.0f), log_z(n, 3.0f);
+    const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
+    const covattn_status s =
+        covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, pool, out.data(),
+                                     &diagnostics, scratch_data, scratch_bytes);
+    if (s < 0) {
+      for (const std::vector<float>* v : {&out, &share, &ess, &log_z}) {
+        CHECK(std::all_of(v->begin(), v->end(), [](float x) { return x == 3.0f; }));
+      }
+    }
+    CHECK(Serialize(filled.cache.get()) == file);  // decode never changes the cache
+    return s;
+  };
+  CHECK(decode(&good, scratch.data(), two) == COVATTN_OK);
+  CHECK(decode(&good, scratch.data(), two - 1) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(decode(&good, scratch.data(), one) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(decode(&good, nullptr, two) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  CHECK(decode(nullptr, scratch.data(), one) == COVATTN_OK);  // one thread: its own size
+  covattn_thread_pool no_callback = good, no_threads = good, huge = good;
+  no_callback.parallel_for = nullptr;
+  no_threads.n_threads = 0;
+  huge.n_threads = SIZE_MAX / 2;
+  CHECK(decode(&no_callback, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(decode(&no_threads, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  CHECK(decode(&huge, scratch.data(), two) == COVATTN_ERR_SCRATCH_TOO_SMALL);
+  // Argument errors come before the pool's scratch: the same statuses as
+  // covattn_cache_decode.
+  CHECK(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), 6, 0.0f, &good,
+                                     std::vector<float>(6 * dim).data(), nullptr, scratch.data(),
+                                     two) == COVATTN_ERR_HEAD_MISMATCH);
+  CHECK(covattn_cache_decode_threads(nullptr, filled.q.data(), n, 0.0f, &good,
+                                     std::vector<float>(n * dim).data(), nullptr, scratch.data(),
+                                     two) == COVATTN_ERR_NULL_POINTER);
+  CHECK(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, &good,
+                                     reinterpret_cast<float*>(scratch.data()), nullptr,
+                                     scratch.data(), two) == COVATTN_ERR_ALIASING);
+  ForEachTarget([&] {
+    // Four KV heads on two threads: four tasks, so each breach is visible.
+    covattn_thread_pool skipping{SkippingParallelFor, nullptr, 2};
+    CHECK(decode(&skipping, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool bad_thread{BadThreadParallelFor, nullptr, 2};
+    bad_thread.pool_context = &bad_thread;
+    CHECK(decode(&bad_thread, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool twice{TwiceParallelFor, nullptr, 2};
+    CHECK(decode(&twice, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+  });
+}
+
+TEST_CASE("cache decode over a pool writes nothing beyond the scratch size it asked for") {
+  covattn_cache_config config = Config(3, 40, 1, 20, 4);
+  config.rope = COVATTN_ROPE_HALF_SPLIT;  // the readout's work area in use
+  const FilledCache filled(config, 250, 2, 1400);
+  ForEachTarget([&] {
+    for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+      INFO(n_threads << " threads");
+      size_t bytes = 0;
+      REQUIRE(covattn_cache_scratch_size_threads(&config, filled.n_q_heads, n_threads, &bytes) ==
+              COVATTN_OK);
+      for (size_t offset : {0, 4, 60}) {
+        std::vector<uint8_t> memory(offset + bytes + 256, 0xAB);
+        OrderedPool pool{Order::kShuffled, n_threads, 7};
+        const covattn_thread_pool view = pool.Pool();
+        std::vector<float> out(filled.n_q_heads * filled.dim), log_z(filled.n_q_heads);
+        const covattn_cache_diagnostics diagnostics{nullptr, nullptr, log_z.data()};
+        REQUIRE(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), filled.n_q_heads,
+                                             0.0f, &view, out.data(), &diagnostics,
+                                             memory.data() + offset, bytes) == COVATTN_OK);
+        CHECK(std::all_of(memory.begin() + offset + bytes, memory.end(),
+                          [](uint8_t b) { return b == 0xAB; }));
+        CHECK(std::all_of(memory.begin(), memory.begin() + offset,
+                          [](uint8_t b) { return b == 0xAB; }));
+      }
+    }
+  });
+}
+
+TEST_CASE("the C++ wrapper's cache decode sizes its scratch for the pool") {
+  const size_t dim = 32, q_heads = 4;
+  Rng rng(1500);
+  TestCache data(COVATTN_F32, Layout::kTokenMajor, 120, 2, dim);
+  data.FillRandom(rng);
+  const std::vector<float> q = RandomQueries(rng, q_heads * dim, 1.0);
+  covattn::Cache cache(Config(2, dim, 1, 16, 2));
+  covattn::Scratch scratch;
+  cache.Append(data.view(), scratch);
+  ThreadPool real(2);
+  const covattn_thread_pool pool = real.Pool();
+  std::vector<float> got(q_heads * dim), want(q_heads * dim);
+  CHECK(cache.Decode(q.data(), q_heads, 0.0f, want.data(), nullptr, scratch) == COVATTN_OK);
+  CHECK(cache.Decode(q.data(), q_heads, 0.0f, got.data(), nullptr, scratch, &pool) == COVATTN_OK);
+  CHECK(SameBits(got, want));
+  covattn_thread_pool no_threads = pool;
+  no_threads.n_threads = 0;
+  CHECK_THROWS_AS(cache.Decode(q.data(), q_heads, 0.0f, got.data(), nullptr, scratch, &no_threads),
+                  covattn::Error);
 }

@@ -286,6 +286,39 @@ COVATTN_API covattn_status covattn_cache_decode(const covattn_cache* cache, cons
                                                 const covattn_cache_diagnostics* diagnostics,
                                                 void* scratch, size_t scratch_bytes);
 
+/* covattn_cache_decode over the caller's thread pool (covattn.h's
+ * covattn_thread_pool); threads NULL is covattn_cache_decode itself, with its
+ * scratch. The work is split by KV head: task k of n_tasks = min(n_kv_heads,
+ * 2 n_threads) reads KV heads [k H / n_tasks, (k + 1) H / n_tasks) (H =
+ * n_kv_heads) with all their query heads (exact part, summary readout and
+ * merge), on the scratch of the worker running it. A query head's result is
+ * computed by the same code whatever the split, so results are the same bits
+ * as covattn_cache_decode's, however the pool schedules the tasks; with
+ * fewer KV heads than threads, some threads have nothing to do. Outputs and
+ * diagnostics are staged in the scratch and written once every task has run.
+ * The scratch must hold covattn_cache_scratch_size_threads bytes (enough for
+ * every other call on the cache too). Statuses as for covattn_cache_decode,
+ * plus COVATTN_ERR_INVALID_THREAD_POOL for a pool with no parallel_for or
+ * n_threads 0 (checked with the other arguments), or one found after
+ * parallel_for returns to have skipped a task, run one twice or named a
+ * thread >= n_threads; out and diagnostics are untouched then too. */
+COVATTN_API covattn_status covattn_cache_decode_threads(
+    const covattn_cache* cache, const float* q, size_t n_q_heads, float scale,
+    const covattn_thread_pool* threads, float* out, const covattn_cache_diagnostics* diagnostics,
+    void* scratch, size_t scratch_bytes);
+
+/* Bytes of scratch for covattn_cache_decode_threads over n_threads workers
+ * (n_threads >= 1, else COVATTN_ERR_INVALID_THREAD_POOL), for up to
+ * n_q_heads query heads; other statuses as covattn_cache_scratch_size. With
+ * S = covattn_cache_scratch_size's bytes for the same config and n_q_heads,
+ * and R(x) = x rounded up to a multiple of 64:
+ *   bytes = 64 + R(4 n_q_heads (head_dim + 3)) + n_threads R(S)
+ * (the staged outputs and diagnostics, then one S per worker). Any
+ * alignment is accepted. */
+COVATTN_API covattn_status covattn_cache_scratch_size_threads(const covattn_cache_config* config,
+                                                              size_t n_q_heads, size_t n_threads,
+                                                              size_t* bytes);
+
 /* Folds the weights the exact tokens drew from one decode into their
  * retention scores (see above). q, n_q_heads and scale as given to
  * covattn_cache_decode, log_z [n_q_heads] as it reported (diagnostics.log_z),

@@ -155,12 +155,20 @@ class Cache {
   }
   void Reset() { Check(covattn_cache_reset(get())); }
 
-  // q and out [n_q_heads][head_dim]; scale 0 for 1/sqrt(head_dim).
+  // q and out [n_q_heads][head_dim]; scale 0 for 1/sqrt(head_dim). Over
+  // `threads` when given (covattn_cache_decode_threads), the scratch grown
+  // for its workers.
   covattn_status Decode(const float* q, size_t n_q_heads, float scale, float* out,
-                        const covattn_cache_diagnostics* diagnostics, Scratch& scratch) const {
-    void* work = scratch.Reserve(ScratchBytes(n_q_heads));
-    return Check(
-        covattn_cache_decode(get(), q, n_q_heads, scale, out, diagnostics, work, scratch.size()));
+                        const covattn_cache_diagnostics* diagnostics, Scratch& scratch,
+                        const covattn_thread_pool* threads = nullptr) const {
+    size_t bytes = ScratchBytes(n_q_heads);
+    if (threads != nullptr) {
+      const covattn_cache_config config = Info().config;
+      Check(covattn_cache_scratch_size_threads(&config, n_q_heads, threads->n_threads, &bytes));
+    }
+    void* work = scratch.Reserve(bytes);
+    return Check(covattn_cache_decode_threads(get(), q, n_q_heads, scale, threads, out, diagnostics,
+                                              work, scratch.size()));
   }
 
   // The block's outputs against the cache before it and the block causally,
