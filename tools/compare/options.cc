@@ -17,7 +17,7 @@ const char* MethodName(Method method) {
     case Method::kExact:
       return "exact (covattn)";
     case Method::kExactInt8:
-      return "exact, int8 KV (covattn)";
+      return "exact int8 (covattn)";
     case Method::kOneDnn:
       return "exact (oneDNN)";
     case Method::kReadout:
