@@ -50,7 +50,8 @@ inline CovBlock CovBlockOf(const covattn_kv_cache& kv) {
                   kv.k_token_stride,
                   kv.k_head_stride,
                   kv.v_token_stride,
-                  kv.v_head_stride};
+                  kv.v_head_stride,
+                  kv.dtype == COVATTN_INT8 ? kv.int8_scales : nullptr};
 }
 
 }  // namespace detail

@@ -1,6 +1,6 @@
 // The covariance state's block update (MATH.md section 3), the per-target
 // bodies that depend on the element type of K/V: compiled once per target and
-// element type by the thin covariance_kernels_{f32,f16,bf16}.cc, so the three
+// element type by the thin covariance_kernels_{f32,f16,bf16,int8}.cc, so they
 // build in parallel. The element-type independent rest (the GEMM, merge,
 // readout) is covariance_kernels.cc; see there for the design.
 #if defined(COVATTN_SRC_COVARIANCE_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -108,14 +108,45 @@ HWY_INLINE void MergeMeans(size_t width, size_t padded, double wa, double wb, Me
   *weight = w;
 }
 
-// One vector's worth of K or V as f32, the tail element by element (never
-// reading past the vector's end).
+// The int8 scales of one head of a block (MATH.md section 7): the token at
+// t stands for k_scale[t * k_stride] (K) and v_scale[t * v_stride] (V)
+// times its elements. All ones for the float types, which never read them.
+struct HeadScales {
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+  size_t k_stride = 0, v_stride = 0;
+  float K(size_t t) const { return k_scale[t * k_stride]; }
+  float V(size_t t) const { return v_scale[t * v_stride]; }
+  HeadScales From(size_t t0) const {
+    return k_scale == nullptr
+               ? *this
+               : HeadScales{k_scale + t0 * k_stride, v_scale + t0 * v_stride, k_stride, v_stride};
+  }
+};
+
+// x, times scale for int8 elements (the float types are used as they are).
+template <typename T, class D, class V>
+HWY_INLINE V Scaled(D d, V x, float scale) {
+  if constexpr (std::is_same_v<T, int8_t>) return hn::Mul(x, hn::Set(d, scale));
+  (void)d, (void)scale;
+  return x;
+}
+template <typename T>
+HWY_INLINE float Scaled(float x, float scale) {
+  if constexpr (std::is_same_v<T, int8_t>) return x * scale;
+  (void)scale;
+  return x;
+}
+
+// One vector's worth of K or V as f32 (int8: times its scale), the tail
+// element by element (never reading past the vector's end).
 template <class D, typename T>
-HWY_INLINE void LoadRow(D d, const T* HWY_RESTRICT src, size_t dim, float* HWY_RESTRICT dst) {
+HWY_INLINE void LoadRow(D d, const T* HWY_RESTRICT src, size_t dim, float scale,
+                        float* HWY_RESTRICT dst) {
   const size_t N = hn::Lanes(d);
   size_t i = 0;
-  for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
-  for (; i < dim; ++i) dst[i] = ElementAsF32(src + i);
+  for (; i + N <= dim; i += N) hn::StoreU(Scaled<T>(d, LoadAsF32(d, src + i), scale), d, dst + i);
+  for (; i < dim; ++i) dst[i] = Scaled<T>(ElementAsF32(src + i), scale);
 }
 
 // The workspace of a block update (covariance_state.h, WorkspaceBytes).
@@ -147,16 +178,19 @@ void MirrorSkipped(float* HWY_RESTRICT m, size_t dim);
 // Lanes [c, c + N) of the row [k | v | 0] of one token, as f32: straight
 // from K or V when the vector lies wholly in one of them (always, when N
 // divides d), element by element where it straddles their border or the end.
+// int8: each part times its scale.
 template <class D, typename T>
 HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RESTRICT v, size_t dim,
-                                  size_t c) {
+                                  size_t c, float k_scale, float v_scale) {
   const size_t N = hn::Lanes(d);
-  if (c + N <= dim) return LoadAsF32(d, k + c);
-  if (c >= dim && c + N <= 2 * dim) return LoadAsF32(d, v + (c - dim));
+  if (c + N <= dim) return Scaled<T>(d, LoadAsF32(d, k + c), k_scale);
+  if (c >= dim && c + N <= 2 * dim) return Scaled<T>(d, LoadAsF32(d, v + (c - dim)), v_scale);
   HWY_ALIGN float buf[kMaxLanesF32];
   for (size_t i = 0; i < N; ++i) {
     const size_t col = c + i;
-    buf[i] = col < dim ? ElementAsF32(k + col) : col < 2 * dim ? ElementAsF32(v + col - dim) : 0.0f;
+    buf[i] = col < dim       ? Scaled<T>(ElementAsF32(k + col), k_scale)
+             : col < 2 * dim ? Scaled<T>(ElementAsF32(v + col - dim), v_scale)
+                             : 0.0f;
   }
   return hn::Load(d, buf);
 }
@@ -173,8 +207,8 @@ HWY_INLINE hn::Vec<D> LoadColumns(D d, const T* HWY_RESTRICT k, const T* HWY_RES
 // total weight.
 template <class D, typename T>
 HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k_stride,
-                              const T* HWY_RESTRICT v, size_t v_stride, size_t b, double lambda,
-                              const Workspace& ws) {
+                              const T* HWY_RESTRICT v, size_t v_stride, const HeadScales& scales,
+                              size_t b, double lambda, const Workspace& ws) {
   const size_t N = hn::Lanes(d), P = kGemmVecs * N;
   const size_t padded = detail::RoundUp(2 * dim, N);
   // w_t = lambda^(b - 1 - t): the newest token of the sub-block weighs 1.
@@ -189,10 +223,14 @@ HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k
   for (size_t c = 0; c < padded; c += N) {
     const size_t p0 = c - c % P, stride = HWY_MIN(P, padded - p0);
     float* HWY_RESTRICT p = ws.pack + p0 * b + c % P;
-    const auto shift = LoadColumns(d, k, v, dim, c);
+    const bool int8 = std::is_same_v<T, int8_t>;
+    const auto shift =
+        LoadColumns(d, k, v, dim, c, int8 ? scales.K(0) : 1.0f, int8 ? scales.V(0) : 1.0f);
     auto sum = hn::Zero(d);
     for (size_t t = 0; t < b; ++t) {
-      const auto y = hn::Sub(LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c), shift);
+      const auto x = LoadColumns(d, k + t * k_stride, v + t * v_stride, dim, c,
+                                 int8 ? scales.K(t) : 1.0f, int8 ? scales.V(t) : 1.0f);
+      const auto y = hn::Sub(x, shift);
       hn::StoreU(y, d, p + t * stride);
       sum = hn::MulAdd(hn::Set(d, ws.weights[t]), y, sum);
     }
@@ -218,11 +256,12 @@ HWY_INLINE double PackCentred(D d, size_t dim, const T* HWY_RESTRICT k, size_t k
 template <class D, typename T>
 HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
                                 const T* HWY_RESTRICT k, size_t k_stride, const T* HWY_RESTRICT v,
-                                size_t v_stride, size_t b, const Workspace& ws) {
+                                size_t v_stride, const HeadScales& scales, size_t b,
+                                const Workspace& ws) {
   const size_t dim = shape.dim, width = 2 * dim;
   const size_t padded = detail::RoundUp(width, hn::Lanes(d));
   const double lambda = shape.forgetting;
-  const double total = PackCentred(d, dim, k, k_stride, v, v_stride, b, lambda, ws);
+  const double total = PackCentred(d, dim, k, k_stride, v, v_stride, scales, b, lambda, ws);
   const double decay = lambda == 1.0 ? 1.0 : std::pow(lambda, static_cast<double>(b));
   MergeMeans(
       width, padded, *head.weight * decay, total,
@@ -237,11 +276,12 @@ HWY_INLINE void UpdateHeadBlock(D d, const CovShape& shape, const CovHead& head,
 template <class D, typename T>
 HWY_INLINE void UpdateHeadToken(D d, const CovShape& shape, const CovHead& head,
                                 const T* HWY_RESTRICT k, const T* HWY_RESTRICT v,
-                                const Workspace& ws) {
+                                const HeadScales& scales, const Workspace& ws) {
   const size_t dim = shape.dim, width = 2 * dim;
   const size_t padded = detail::RoundUp(width, hn::Lanes(d));
-  LoadRow(d, k, dim, ws.token);
-  LoadRow(d, v, dim, ws.token + dim);
+  const bool int8 = std::is_same_v<T, int8_t>;
+  LoadRow(d, k, dim, int8 ? scales.K(0) : 1.0f, ws.token);
+  LoadRow(d, v, dim, int8 ? scales.V(0) : 1.0f, ws.token + dim);
   const double lambda = shape.forgetting;
   MergeMeans(
       width, padded, *head.weight * lambda, 1.0, [&](size_t c) { return double{ws.token[c]}; },
@@ -263,6 +303,11 @@ void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_h
     const T* k = static_cast<const T*>(block.k) + h * block.k_head_stride;
     const T* v = static_cast<const T*>(block.v) + h * block.v_head_stride;
     const CovHead head = state->Head(first_head + h);
+    HeadScales scales;
+    if (const covattn_int8_scales* s = block.int8_scales) {
+      scales = HeadScales{s->k_scale + h * s->k_head_stride, s->v_scale + h * s->v_head_stride,
+                          s->k_token_stride, s->v_token_stride};
+    }
     // Sub-blocks of near-equal size, in token order (n = 1 alone takes the
     // rank-1 path: a sub-block of one token only arises then).
     for (size_t s = 0, t0 = 0; s < n_sub; ++s) {
@@ -270,9 +315,10 @@ void UpdateTyped(covattn_cov_state* state, const CovBlock& block, size_t first_h
       const T* ks = k + t0 * block.k_token_stride;
       const T* vs = v + t0 * block.v_token_stride;
       if (b == 1) {
-        UpdateHeadToken(d, shape, head, ks, vs, ws);
+        UpdateHeadToken(d, shape, head, ks, vs, scales.From(t0), ws);
       } else {
-        UpdateHeadBlock(d, shape, head, ks, block.k_token_stride, vs, block.v_token_stride, b, ws);
+        UpdateHeadBlock(d, shape, head, ks, block.k_token_stride, vs, block.v_token_stride,
+                        scales.From(t0), b, ws);
       }
       t0 += b;
     }

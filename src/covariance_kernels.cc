@@ -245,6 +245,19 @@ bool BitsWithin(const CovBlock& block, size_t n_heads, size_t dim, TU abs_mask, 
   return smax <= limit;
 }
 
+// Every scale of an int8 block finite and at most `limit` in magnitude.
+bool ScalesWithin(const CovBlock& block, size_t n_heads, double limit) {
+  const covattn_int8_scales& s = *block.int8_scales;
+  for (size_t t = 0; t < block.n_tokens; ++t) {
+    for (size_t h = 0; h < n_heads; ++h) {
+      const float k = s.k_scale[t * s.k_token_stride + h * s.k_head_stride];
+      const float v = s.v_scale[t * s.v_token_stride + h * s.v_head_stride];
+      if (!(std::fabs(k) <= limit && std::fabs(v) <= limit)) return false;  // NaN too
+    }
+  }
+  return true;
+}
+
 bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_storage) {
   // With f16 storage the limit is what rounds to a finite f16: below 65520.
   switch (block.dtype) {
@@ -253,6 +266,8 @@ bool BlockInRange(const CovBlock& block, size_t n_heads, size_t dim, bool f16_st
                                   f16_storage ? 0x477FEFFFu : 0x53800000u);
     case COVATTN_F16:  // every finite value is far below 2^40
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, 0x7BFF);
+    case COVATTN_INT8:  // |q| <= 128: the scales decide (never f16 storage: no cache takes int8)
+      return ScalesWithin(block, n_heads, 0x1p40 / 128);
     default:  // COVATTN_BF16: 2^40 is 0x5380; 65280 (0x477F) is the last below 65520
       return BitsWithin<uint16_t>(block, n_heads, dim, 0x7FFF, f16_storage ? 0x477F : 0x5380);
   }
@@ -518,6 +533,10 @@ void CovUpdate(covattn_cov_state* state, const CovBlock& block, float* work) {
 
 void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                     size_t n_heads, float* work) {
+  if (block.dtype == COVATTN_INT8) {
+    CovUpdateHeadsInt8(state, block, first_head, n_heads, work);
+    return;
+  }
   ForDtype(block.dtype, CovUpdateHeadsF32, CovUpdateHeadsF16, CovUpdateHeadsBF16)(
       state, block, first_head, n_heads, work);
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "covariance_state.h"
+#include "covattn/covattn.h"
 
 namespace covattn {
 namespace detail {
@@ -19,6 +20,7 @@ struct CovBlock {
   const void* v;
   size_t n_tokens;
   size_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;
+  const covattn_int8_scales* int8_scales;  // COVATTN_INT8 only, else nullptr
 };
 
 struct CovReadoutProblem {
@@ -55,12 +57,14 @@ void CovUpdateHeads(covattn_cov_state* state, const CovBlock& block, size_t firs
                     size_t n_heads, float* work);
 
 // CovUpdateHeads for one element type of the block (covariance_kernels_
-// {f32,f16,bf16}.cc, each compiled for every target).
+// {f32,f16,bf16,int8}.cc, each compiled for every target).
 void CovUpdateHeadsF32(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                        size_t n_heads, float* work);
 void CovUpdateHeadsF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                        size_t n_heads, float* work);
 void CovUpdateHeadsBF16(covattn_cov_state* state, const CovBlock& block, size_t first_head,
+                        size_t n_heads, float* work);
+void CovUpdateHeadsInt8(covattn_cov_state* state, const CovBlock& block, size_t first_head,
                         size_t n_heads, float* work);
 
 // into <- into followed by other (same shape and forgetting; may be the same

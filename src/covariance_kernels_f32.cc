@@ -1,6 +1,6 @@
 // The covariance state's block update for f32 K/V, for every target: the
 // body is covariance_kernels-inl.h; each element type has its own file so
-// that the three compile in parallel.
+// that they compile in parallel.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "covariance_kernels_f32.cc"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep

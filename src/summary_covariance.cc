@@ -82,7 +82,8 @@ void CovarianceFold(covattn_cache* cache, size_t h, const float* k, const float*
                     void* work) {
   const size_t d = cache->Dim();
   covattn_cov_state* s = State(cache);
-  CovUpdateHeads(s, CovBlock{COVATTN_F32, k, v, n, d, 0, d, 0}, h, 1, static_cast<float*>(work));
+  CovUpdateHeads(s, CovBlock{COVATTN_F32, k, v, n, d, 0, d, 0, nullptr}, h, 1,
+                 static_cast<float*>(work));
   // The state counts the tokens of its busiest head, which bounds every
   // head's weight.
   s->n_tokens = std::max(s->n_tokens, Head(cache, h).refresh->folded);

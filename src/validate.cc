@@ -78,15 +78,20 @@ covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Exte
 }
 
 covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
-                            const Extent& object) {
+                            const Extent& object, bool int8_ok) {
   if (block == nullptr) return COVATTN_ERR_NULL_POINTER;
-  if (DtypeSize(block->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
+  const bool int8 = int8_ok && block->dtype == COVATTN_INT8;
+  if (!int8 && DtypeSize(block->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (block->n_heads != n_heads || block->head_dim != head_dim) {
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
-  Extent k, v;
+  Extent k, v, k_scale, v_scale;
   COVATTN_RETURN_IF_ERROR(CheckKvTensors(*block, &k, &v));
-  return k.Overlaps(object) || v.Overlaps(object) ? COVATTN_ERR_ALIASING : COVATTN_OK;
+  COVATTN_RETURN_IF_ERROR(CheckInt8Scales(*block, &k_scale, &v_scale));
+  return k.Overlaps(object) || v.Overlaps(object) || k_scale.Overlaps(object) ||
+                 v_scale.Overlaps(object)
+             ? COVATTN_ERR_ALIASING
+             : COVATTN_OK;
 }
 
 }  // namespace detail

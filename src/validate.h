@@ -60,10 +60,10 @@ covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Exte
 
 // A block of tokens for an object of n_heads KV heads of head_dim that
 // occupies `object` (a covariance state, a bounded cache) to absorb: present,
-// of a supported dtype, of the object's shape, with valid K and V tensors
-// that do not overlap the object.
+// of a float dtype (or, with int8_ok, COVATTN_INT8 with valid scales), of the
+// object's shape, with valid K and V tensors that do not overlap the object.
 covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
-                            const Extent& object);
+                            const Extent& object, bool int8_ok = false);
 
 // a * b and a + b into *out; true when the result overflowed (and *out is not it).
 inline bool MulOverflows(size_t a, size_t b, size_t* out) {

@@ -192,8 +192,10 @@ TEST_CASE("update: every bad input has its status and leaves the state unchanged
   CHECK(covattn_cov_state_update(s.get(), &good, s.memory(), w.size()) == COVATTN_ERR_ALIASING);
   CHECK(s.Unchanged(before));
   covattn_kv_cache b = good;
-  b.dtype = 3;
+  b.dtype = 4;  // the first value after COVATTN_INT8
   expect(b, COVATTN_ERR_UNSUPPORTED_DTYPE);
+  b.dtype = COVATTN_INT8;  // an f32 block's bytes, but no scales
+  expect(b, COVATTN_ERR_NULL_POINTER);
   b = good, b.n_heads = 1;
   expect(b, COVATTN_ERR_SHAPE_MISMATCH);
   b = good, b.head_dim = kDim + 1;

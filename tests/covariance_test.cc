@@ -50,7 +50,7 @@ void FillCorrelated(TestCache& c, Rng& rng, double k_mean, double v_mean) {
 TEST_CASE("random streams in every dtype and layout match the two-pass reference") {
   const size_t dims[] = {1, 3, 16, 17, 64, 80, 128};
   const Layout layouts[] = {Layout::kTokenMajor, Layout::kHeadMajor, Layout::kPadded};
-  const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16};
+  const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8};
   uint64_t seed = 1;
   for (size_t dim : dims) {
     for (uint32_t dtype : dtypes) {

@@ -4,6 +4,7 @@
 #ifndef COVATTN_TESTS_COV_TEST_UTIL_H_
 #define COVATTN_TESTS_COV_TEST_UTIL_H_
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,13 +25,22 @@ inline StatePtr MakeState(size_t n_heads, size_t dim, float forgetting = 1.0f) {
   return StatePtr(s);
 }
 
-// Tokens [t0, t0 + n) of a cache view, as a block.
+// Tokens [t0, t0 + n) of a cache view, as a block. An int8 view's scales
+// move too: the sliced scales live until the end of the test program.
 inline covattn_kv_cache Slice(const covattn_kv_cache& view, size_t t0, size_t n) {
-  const size_t elem = view.dtype == COVATTN_F32 ? 4 : 2;
+  const size_t elem = view.dtype == COVATTN_F32 ? 4 : view.dtype == COVATTN_INT8 ? 1 : 2;
   covattn_kv_cache s = view;
   s.k = static_cast<const uint8_t*>(view.k) + t0 * view.k_token_stride * elem;
   s.v = static_cast<const uint8_t*>(view.v) + t0 * view.v_token_stride * elem;
   s.n_tokens = n;
+  if (view.dtype == COVATTN_INT8 && view.int8_scales != nullptr) {
+    static std::deque<covattn_int8_scales> slices;  // a deque never moves its elements
+    covattn_int8_scales scales = *view.int8_scales;
+    scales.k_scale += t0 * scales.k_token_stride;
+    scales.v_scale += t0 * scales.v_token_stride;
+    slices.push_back(scales);
+    s.int8_scales = &slices.back();
+  }
   return s;
 }
 

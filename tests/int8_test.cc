@@ -1,8 +1,9 @@
 // int8 KV caches (MATH.md section 7): the quantiser against its definition,
-// the statuses of int8 calls, non-finite scales, the refusal of int8 where
-// it is not supported, and the error of int8 attention against f32. The
-// kernels' results against the double reference on the dequantised values
-// are checked with the other dtypes in attention_test.cc and threads_test.cc.
+// the statuses of int8 calls, non-finite scales, the covariance state's
+// update of int8 blocks, the refusal of int8 where it is not supported, and
+// the error of int8 attention against f32. The kernels' results against the
+// double references on the dequantised values are checked with the other
+// dtypes in attention_test.cc, covariance_test.cc and threads_test.cc.
 #include <doctest/doctest.h>
 
 #include "covattn/cache.h"
@@ -172,20 +173,69 @@ TEST_CASE("a NaN or infinite scale of a visible token fails the call; of a hidde
   }
 }
 
+TEST_CASE("the covariance state absorbs int8 blocks, and checks their scales") {
+  const size_t dim = 24, n = 300, heads = 2;
+  Rng rng(84);
+  TestCache int8(COVATTN_INT8, Layout::kHeadMajor, n, heads, dim);
+  int8.FillRandom(rng, 2.0, 0.5);
+  TestCache f32(COVATTN_F32, Layout::kTokenMajor, n, heads, dim);  // the dequantised values
+  for (size_t t = 0; t < n; ++t)
+    for (size_t h = 0; h < heads; ++h)
+      for (size_t i = 0; i < dim; ++i)
+        f32.SetK(t, h, i, int8.K(t, h, i)), f32.SetV(t, h, i, int8.V(t, h, i));
+  size_t bytes = 0;
+  REQUIRE(covattn_cov_state_scratch_size(dim, &bytes) == COVATTN_OK);
+  std::vector<uint8_t> work(bytes);
+  auto exported = [&](covattn_cov_state* s, size_t h) {
+    std::vector<float> mean_k(dim), mean_v(dim), c_kk(dim * dim), c_vk(dim * dim);
+    double weight = 0.0;
+    REQUIRE(covattn_cov_state_export(s, h, &weight, mean_k.data(), mean_v.data(), c_kk.data(),
+                                     c_vk.data()) == COVATTN_OK);
+    std::vector<float> all = mean_k;
+    all.insert(all.end(), mean_v.begin(), mean_v.end());
+    all.insert(all.end(), c_kk.begin(), c_kk.end());
+    all.insert(all.end(), c_vk.begin(), c_vk.end());
+    return all;
+  };
+  ForEachTarget([&] {
+    covattn_cov_state *a = nullptr, *b = nullptr;
+    REQUIRE(covattn_cov_state_create(heads, dim, 1.0f, &a) == COVATTN_OK);
+    REQUIRE(covattn_cov_state_create(heads, dim, 1.0f, &b) == COVATTN_OK);
+    CHECK(covattn_cov_state_update(a, &int8.view(), work.data(), work.size()) == COVATTN_OK);
+    CHECK(covattn_cov_state_update(b, &f32.view(), work.data(), work.size()) == COVATTN_OK);
+    for (size_t h = 0; h < heads; ++h) {
+      const std::vector<float> x = exported(a, h), y = exported(b, h);
+      double err = 0.0, norm = 0.0;
+      for (size_t i = 0; i < x.size(); ++i)
+        err += (x[i] - y[i]) * (x[i] - y[i]), norm += y[i] * y[i];
+      CHECK(std::sqrt(err / norm) < 1e-5);  // the same values, rounded once more (s * q in f32)
+    }
+    // Bad scales are refused before anything changes.
+    const std::vector<float> before = exported(a, 0);
+    covattn_kv_cache kv = int8.view();
+    covattn_int8_scales s = *kv.int8_scales;
+    kv.int8_scales = &s;
+    std::vector<float> bad_scales(n * heads);
+    std::copy(s.k_scale, s.k_scale + n * heads, bad_scales.begin());
+    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), 0x1p34f}) {
+      bad_scales[7] = bad;
+      s.k_scale = bad_scales.data();
+      CHECK(covattn_cov_state_update(a, &kv, work.data(), work.size()) == COVATTN_ERR_NONFINITE);
+    }
+    kv.int8_scales = nullptr;
+    CHECK(covattn_cov_state_update(a, &kv, work.data(), work.size()) == COVATTN_ERR_NULL_POINTER);
+    CHECK(exported(a, 0) == before);
+    covattn_cov_state_destroy(a);
+    covattn_cov_state_destroy(b);
+  });
+}
+
 TEST_CASE("int8 is refused where it is not supported") {
   const size_t dim = 8;
   TestCache cache(COVATTN_INT8, Layout::kTokenMajor, 4, 1, dim);
   Rng rng(84);
   cache.FillRandom(rng);
-  covattn_cov_state* state = nullptr;
-  REQUIRE(covattn_cov_state_create(1, dim, 1.0f, &state) == COVATTN_OK);
   size_t bytes = 0;
-  REQUIRE(covattn_cov_state_scratch_size(dim, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> work(bytes);
-  CHECK(covattn_cov_state_update(state, &cache.view(), work.data(), work.size()) ==
-        COVATTN_ERR_UNSUPPORTED_DTYPE);
-  covattn_cov_state_destroy(state);
-
   covattn_cache_config config{};
   config.n_kv_heads = 1;
   config.head_dim = dim;

@@ -70,12 +70,14 @@ COVATTN_API covattn_status covattn_cov_state_info(const covattn_cov_state* state
                                                   covattn_cov_info* info);
 
 /* Absorbs block->n_tokens tokens of K and V (any dtype and strides, as for
- * attention; n_heads and head_dim must match the state, else
+ * attention, COVATTN_INT8 with its scales too: each vector is its scale
+ * times its elements; n_heads and head_dim must match the state, else
  * COVATTN_ERR_SHAPE_MISMATCH) into every head, in token order. Blocks are
  * centred on their own mean, their co-moments formed by a SIMD GEMM-style
  * kernel and merged in (Chan et al.); a single token takes a rank-1 path.
  * A block containing NaN, infinity or a value of magnitude above 2^40 (whose
- * square could overflow the f32 co-moments) is refused with
+ * square could overflow the f32 co-moments; for int8, a scale that is not
+ * finite or above 2^33) is refused with
  * COVATTN_ERR_NONFINITE and the state is unchanged. K and V may be the same
  * memory; neither may overlap the state's. scratch holds at least
  * covattn_cov_state_scratch_size(head_dim) bytes (else, or when NULL,

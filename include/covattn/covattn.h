@@ -127,9 +127,9 @@ typedef enum covattn_dtype {
   COVATTN_BF16 = 2, /* bfloat16, passed as uint16_t bits */
   /* int8_t with one f32 scale per (token, head) vector: element i of the
    * vector stands for scale * q[i] (covattn_int8_scales; MATH.md section 7).
-   * Exact attention only (decode, prefill, partial states): the covariance
-   * state, the bounded cache and covattn_convert refuse it with
-   * COVATTN_ERR_UNSUPPORTED_DTYPE. */
+   * Exact attention (decode, prefill, partial states) and the covariance
+   * state's update read it; the bounded cache and covattn_convert refuse it
+   * with COVATTN_ERR_UNSUPPORTED_DTYPE. */
   COVATTN_INT8 = 3
 } covattn_dtype;
 
