@@ -223,10 +223,14 @@ TEST_CASE("split into partial states and merged equals one pass") {
   const size_t dim = 96, n_tokens = 1000, kv_heads = 2, group = 2, q_heads = 4;
   const size_t splits[] = {0, 1, 64, 65, 333, 999, 1000};
   const float scale = 1.0f / std::sqrt(float(dim));
-  for (const auto& [dtype, window] : {std::pair<uint32_t, size_t>{COVATTN_F16, 0},
-                                      {COVATTN_F16, 300},
-                                      {COVATTN_INT8, 0},
-                                      {COVATTN_INT8, 300}}) {
+  struct Case {
+    uint32_t dtype;
+    size_t window;
+  };
+  for (const Case c : {Case{COVATTN_F16, 0}, Case{COVATTN_F16, 300}, Case{COVATTN_INT8, 0},
+                       Case{COVATTN_INT8, 300}}) {
+    const uint32_t dtype = c.dtype;  // plain variables: lambdas below capture them
+    const size_t window = c.window;
     INFO(DtypeName(dtype) << " window " << window);
     Rng rng(5);
     TestCache cache(dtype, Layout::kHeadMajor, n_tokens, kv_heads, dim);
