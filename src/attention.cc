@@ -19,11 +19,9 @@ namespace {
 
 // Extents of everything a call reads, to check outputs against.
 struct InputExtents {
-  Extent k, v, k_scale, v_scale, q;
-  bool Overlap(const Extent& e) const {
-    return e.Overlaps(k) || e.Overlaps(v) || e.Overlaps(k_scale) || e.Overlaps(v_scale) ||
-           e.Overlaps(q);
-  }
+  KvExtents kv;
+  Extent q;
+  bool Overlap(const Extent& e) const { return kv.Overlaps(e) || e.Overlaps(q); }
 };
 
 covattn_status CheckHeadDim(size_t head_dim) {
@@ -62,8 +60,7 @@ covattn_status ValidateProblem(const covattn_kv_cache* kv, const covattn_queries
       (AddOverflows(n_past, q->n_tokens, &positions_end) || positions_end > kv->n_tokens)) {
     return COVATTN_ERR_INVALID_POSITION;
   }
-  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*kv, &inputs->k, &inputs->v));
-  COVATTN_RETURN_IF_ERROR(CheckInt8Scales(*kv, &inputs->k_scale, &inputs->v_scale));
+  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*kv, &inputs->kv));
   COVATTN_RETURN_IF_ERROR(CheckTensor(q->data, sizeof(float), q->n_tokens, q->token_stride,
                                       q->n_heads, q->head_stride, kv->head_dim, &inputs->q));
   *pb = AttentionProblem{kv->dtype,

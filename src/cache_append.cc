@@ -178,8 +178,10 @@ void AppendBatch(covattn_cache* cache, const Block& block, size_t b0, size_t b1,
 
 covattn_status CheckAppendBlock(const covattn_cache* cache, const covattn_kv_cache* block,
                                 Extent* k, Extent* v) {
-  COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, cache->Heads(), cache->Dim(), CacheExtent(cache)));
-  CheckKvTensors(*block, k, v);  // valid: CheckKvBlock passed
+  KvExtents extents;
+  COVATTN_RETURN_IF_ERROR(
+      CheckKvBlock(block, cache->Heads(), cache->Dim(), CacheExtent(cache), &extents));
+  *k = extents.k, *v = extents.v;
   return COVATTN_OK;
 }
 

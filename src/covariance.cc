@@ -357,14 +357,12 @@ covattn_status covattn_cov_state_scratch_size(size_t head_dim, size_t* bytes) {
 covattn_status covattn_cov_state_update(covattn_cov_state* state, const covattn_kv_cache* block,
                                         void* scratch, size_t scratch_bytes) {
   COVATTN_RETURN_IF_ERROR(CheckState(state));
+  KvExtents block_extents;
   COVATTN_RETURN_IF_ERROR(CheckKvBlock(block, state->n_heads, state->head_dim, StateExtent(state),
-                                       /*int8_ok=*/true));
-  Extent work, k, v, k_scale, v_scale;
+                                       &block_extents, /*int8_ok=*/true));
+  Extent work;
   COVATTN_RETURN_IF_ERROR(CheckWork(scratch, scratch_bytes, state->head_dim, &work));
-  CheckKvTensors(*block, &k, &v);               // valid: CheckKvBlock passed
-  CheckInt8Scales(*block, &k_scale, &v_scale);  // likewise
-  if (work.Overlaps(StateExtent(state)) || work.Overlaps(k) || work.Overlaps(v) ||
-      work.Overlaps(k_scale) || work.Overlaps(v_scale)) {
+  if (work.Overlaps(StateExtent(state)) || block_extents.Overlaps(work)) {
     return COVATTN_ERR_ALIASING;
   }
   if (block->n_tokens > UINT64_MAX - state->n_tokens) return COVATTN_ERR_SIZE_OVERFLOW;

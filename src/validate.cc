@@ -58,40 +58,32 @@ covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent) {
   return COVATTN_OK;
 }
 
-covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v) {
+covattn_status CheckKvTensors(const covattn_kv_cache& kv, KvExtents* e) {
+  *e = KvExtents{};
   const size_t elem = KvElementSize(kv.dtype);
   COVATTN_RETURN_IF_ERROR(CheckTensor(kv.k, elem, kv.n_tokens, kv.k_token_stride, kv.n_heads,
-                                      kv.k_head_stride, kv.head_dim, k));
-  return CheckTensor(kv.v, elem, kv.n_tokens, kv.v_token_stride, kv.n_heads, kv.v_head_stride,
-                     kv.head_dim, v);
-}
-
-covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Extent* v_scale) {
-  *k_scale = *v_scale = Extent{};
+                                      kv.k_head_stride, kv.head_dim, &e->k));
+  COVATTN_RETURN_IF_ERROR(CheckTensor(kv.v, elem, kv.n_tokens, kv.v_token_stride, kv.n_heads,
+                                      kv.v_head_stride, kv.head_dim, &e->v));
   if (kv.dtype != COVATTN_INT8 || kv.n_tokens == 0 || kv.n_heads == 0) return COVATTN_OK;
   const covattn_int8_scales* s = kv.int8_scales;
   if (s == nullptr) return COVATTN_ERR_NULL_POINTER;
   COVATTN_RETURN_IF_ERROR(CheckTensor(s->k_scale, sizeof(float), kv.n_tokens, s->k_token_stride,
-                                      kv.n_heads, s->k_head_stride, 1, k_scale));
+                                      kv.n_heads, s->k_head_stride, 1, &e->k_scale));
   return CheckTensor(s->v_scale, sizeof(float), kv.n_tokens, s->v_token_stride, kv.n_heads,
-                     s->v_head_stride, 1, v_scale);
+                     s->v_head_stride, 1, &e->v_scale);
 }
 
 covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
-                            const Extent& object, bool int8_ok) {
+                            const Extent& object, KvExtents* extents, bool int8_ok) {
   if (block == nullptr) return COVATTN_ERR_NULL_POINTER;
   const bool int8 = int8_ok && block->dtype == COVATTN_INT8;
   if (!int8 && DtypeSize(block->dtype) == 0) return COVATTN_ERR_UNSUPPORTED_DTYPE;
   if (block->n_heads != n_heads || block->head_dim != head_dim) {
     return COVATTN_ERR_SHAPE_MISMATCH;
   }
-  Extent k, v, k_scale, v_scale;
-  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*block, &k, &v));
-  COVATTN_RETURN_IF_ERROR(CheckInt8Scales(*block, &k_scale, &v_scale));
-  return k.Overlaps(object) || v.Overlaps(object) || k_scale.Overlaps(object) ||
-                 v_scale.Overlaps(object)
-             ? COVATTN_ERR_ALIASING
-             : COVATTN_OK;
+  COVATTN_RETURN_IF_ERROR(CheckKvTensors(*block, extents));
+  return extents->Overlaps(object) ? COVATTN_ERR_ALIASING : COVATTN_OK;
 }
 
 }  // namespace detail

@@ -50,20 +50,26 @@ covattn_status CheckTensor(const void* base, size_t elem_size, size_t n_outer, s
 // address space.
 covattn_status MemoryExtent(const void* p, size_t bytes, Extent* extent);
 
-// The K and V tensors of a block of tokens whose dtype is supported.
-covattn_status CheckKvTensors(const covattn_kv_cache& kv, Extent* k, Extent* v);
+// The byte ranges of a KV cache's tensors: K, V and an INT8 cache's scales
+// (empty for the other dtypes).
+struct KvExtents {
+  Extent k, v, k_scale, v_scale;
+  bool Overlaps(const Extent& e) const {
+    return e.Overlaps(k) || e.Overlaps(v) || e.Overlaps(k_scale) || e.Overlaps(v_scale);
+  }
+};
 
-// The scales of an INT8 cache (kv.int8_scales, present when there is a
-// (token, head) vector): one float per vector of each of K and V, no two
-// sharing a float. Empty extents for the other dtypes.
-covattn_status CheckInt8Scales(const covattn_kv_cache& kv, Extent* k_scale, Extent* v_scale);
+// The tensors of a KV cache whose dtype is supported: K and V, and for
+// INT8 the scales (kv.int8_scales, present when there is a (token, head)
+// vector: one float per vector of each of K and V, no two sharing a float).
+covattn_status CheckKvTensors(const covattn_kv_cache& kv, KvExtents* extents);
 
 // A block of tokens for an object of n_heads KV heads of head_dim that
 // occupies `object` (a covariance state, a bounded cache) to absorb: present,
 // of a float dtype (or, with int8_ok, COVATTN_INT8 with valid scales), of the
 // object's shape, with valid K and V tensors that do not overlap the object.
 covattn_status CheckKvBlock(const covattn_kv_cache* block, size_t n_heads, size_t head_dim,
-                            const Extent& object, bool int8_ok = false);
+                            const Extent& object, KvExtents* extents, bool int8_ok = false);
 
 // a * b and a + b into *out; true when the result overflowed (and *out is not it).
 inline bool MulOverflows(size_t a, size_t b, size_t* out) {
