@@ -14,6 +14,7 @@
 
 #include "online_softmax.h"
 #include "partial_state.h"
+#include "pool_tasks.h"
 #include "validate.h"
 
 namespace covattn {
@@ -29,6 +30,10 @@ constexpr size_t kMinSplitTokens = 256;
 // Caps on units and splits, so that u * (n % units) and s * (n % splits)
 // below fit in 32 bits.
 constexpr size_t kMaxParts = size_t{1} << 16;
+// Tiles are shared out in at most kMaxParts units; passes (fewer than
+// 2 * PlannedThreads) are cut into fewer than 4 * PlannedThreads ranges.
+static_assert(kMaxParts <= kMaxPoolTasks && 4 * kMaxPlannedThreads <= kMaxPoolTasks,
+              "a call's tasks must fit the pool ledger");
 // Split states per thread: fewer than 2 * n_threads passes are cut into at
 // most ceil(2 * n_threads / passes) ranges each, so fewer than 4 * n_threads.
 constexpr size_t kSplitStatesPerThread = 4;
@@ -145,12 +150,10 @@ struct ThreadedCall {
   const AttentionProblem* pb;
   const AttentionResultSink* sink;
   Plan plan;
-  size_t n_threads;
   ThreadedLayout layout;
   float* base;
   AttentionOutcome* outcomes;  // one per worker
-  std::atomic<size_t> tasks_run{0};
-  std::atomic<bool> bad_task{false};
+  PoolTasks* tasks;
 
   size_t Tasks() const { return plan.n_units * plan.n_splits; }
   covattn_partial SplitState(size_t task) const {
@@ -162,10 +165,7 @@ struct ThreadedCall {
 // Task `task` is split task % n_splits of unit task / n_splits.
 void RunTask(void* context, size_t thread, size_t task) {
   ThreadedCall& call = *static_cast<ThreadedCall*>(context);
-  if (thread >= call.n_threads || task >= call.Tasks()) {
-    call.bad_task.store(true);
-    return;
-  }
+  if (!call.tasks->Start(thread, task)) return;
   void* scratch = call.base + thread * call.layout.worker_floats;
   AttentionOutcome* outcome = &call.outcomes[thread];
   AttentionRows rows = UnitRows(*call.pb, call.plan, task / call.plan.n_splits);
@@ -181,7 +181,6 @@ void RunTask(void* context, size_t thread, size_t task) {
                      AttentionResultSink{nullptr, 0, 0, nullptr, state.m, state.l, state.o},
                      scratch, outcome);
   }
-  call.tasks_run.fetch_add(1);
 }
 
 // Merges each unit's split states in order and writes the rows to the sink.
@@ -239,15 +238,16 @@ bool RunAttentionThreaded(const AttentionProblem& problem, const AttentionResult
   ThreadedCall call;
   call.pb = &problem;
   call.sink = &sink;
-  call.n_threads = pool.n_threads;
-  call.plan = MakePlan(problem, pool.n_threads);
+  call.plan = MakePlan(problem, PlannedThreads(pool.n_threads));
   call.layout = LayoutFor(problem.head_dim, pool.n_threads);
   call.base = AlignedAttentionScratch(scratch);
   call.outcomes = reinterpret_cast<AttentionOutcome*>(call.base + call.layout.outcomes);
   for (size_t t = 0; t < pool.n_threads; ++t)
     new (&call.outcomes[t]) AttentionOutcome{false, false};
+  PoolTasks tasks(call.Tasks(), pool.n_threads);
+  call.tasks = &tasks;
   pool.parallel_for(pool.pool_context, call.Tasks(), RunTask, &call);
-  if (call.bad_task.load() || call.tasks_run.load() != call.Tasks()) return false;
+  if (!tasks.AllRanOnce()) return false;
   for (size_t t = 0; t < pool.n_threads; ++t) {
     outcome->fully_masked |= call.outcomes[t].fully_masked;
     outcome->nonfinite |= call.outcomes[t].nonfinite;

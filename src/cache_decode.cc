@@ -16,6 +16,7 @@
 
 #include "online_softmax.h"
 #include "partial_state.h"
+#include "pool_tasks.h"
 #include "summary.h"
 
 namespace covattn {
@@ -191,6 +192,8 @@ struct DecodeQuery {
 // Tasks per worker of a decode over a pool (each a run of whole KV heads):
 // a late worker then delays the call by about half a worker's share.
 constexpr size_t kTasksPerThread = 2;
+static_assert(kTasksPerThread * kMaxPlannedThreads <= kMaxPoolTasks,
+              "a call's tasks must fit the pool ledger");
 
 // n rounded up to a multiple of 64; false on overflow.
 bool RoundUp64(size_t n, size_t* out) {
@@ -298,23 +301,20 @@ covattn_status StatusOf(const DecodeOutcome& outcome) {
 struct ThreadedDecode {
   const covattn_cache* cache;
   const DecodeQuery* dq;
-  size_t n_threads, n_tasks;
+  size_t n_tasks;
   unsigned char* workers;
   size_t worker_bytes;
   float* out;             // staged, [n_q_heads][head_dim]
   float* diagnostics[3];  // staged, [n_q_heads] each, null where the caller wants none
-  std::atomic<size_t> tasks_run{0};
-  std::atomic<bool> bad_task{false}, masked{false}, nonfinite{false};
+  PoolTasks* tasks;
+  std::atomic<bool> masked{false}, nonfinite{false};
 
   size_t FirstHead(size_t task) const { return task * cache->Heads() / n_tasks; }
 };
 
 void RunDecodeTask(void* context, size_t thread, size_t task) {
   ThreadedDecode& call = *static_cast<ThreadedDecode*>(context);
-  if (thread >= call.n_threads || task >= call.n_tasks) {
-    call.bad_task.store(true);
-    return;
-  }
+  if (!call.tasks->Start(thread, task)) return;
   const covattn_cache* cache = call.cache;
   const size_t d = cache->Dim(), n = call.dq->n_q_heads, group = n / cache->Heads();
   const KvHeadRange heads{call.FirstHead(task), call.FirstHead(task + 1) - call.FirstHead(task)};
@@ -329,7 +329,6 @@ void RunDecodeTask(void* context, size_t thread, size_t task) {
       call.out + row * d, diagnostics);
   if (outcome.masked) call.masked.store(true);
   if (outcome.nonfinite) call.nonfinite.store(true);
-  call.tasks_run.fetch_add(1);
 }
 
 covattn_status DecodeThreaded(const covattn_cache* cache, const DecodeQuery& dq,
@@ -339,8 +338,7 @@ covattn_status DecodeThreaded(const covattn_cache* cache, const DecodeQuery& dq,
   ThreadedDecode call;
   call.cache = cache;
   call.dq = &dq;
-  call.n_threads = pool.n_threads;
-  call.n_tasks = std::min(cache->Heads(), kTasksPerThread * pool.n_threads);
+  call.n_tasks = std::min(cache->Heads(), kTasksPerThread * PlannedThreads(pool.n_threads));
   float* stage = reinterpret_cast<float*>(AlignedScratch(scratch));
   call.workers = reinterpret_cast<unsigned char*>(stage) + layout.stage_bytes;
   call.worker_bytes = layout.worker_bytes;
@@ -348,8 +346,10 @@ covattn_status DecodeThreaded(const covattn_cache* cache, const DecodeQuery& dq,
   for (int i = 0; i < 3; ++i) {
     call.diagnostics[i] = dq.diagnostics[i] != nullptr ? stage + n * d + i * n : nullptr;
   }
+  PoolTasks tasks(call.n_tasks, pool.n_threads);
+  call.tasks = &tasks;
   pool.parallel_for(pool.pool_context, call.n_tasks, RunDecodeTask, &call);
-  if (call.bad_task.load() || call.tasks_run.load() != call.n_tasks) {
+  if (!tasks.AllRanOnce()) {
     return COVATTN_ERR_INVALID_THREAD_POOL;  // nothing reached the caller
   }
   std::copy(call.out, call.out + n * d, dq.out);

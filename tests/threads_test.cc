@@ -256,9 +256,17 @@ TEST_CASE("NaN in the cache is reported through a pool, whichever range holds it
 namespace {
 
 // Pools that break the contract: one skips the last task, one names a
-// thread beyond n_threads.
+// thread beyond n_threads, one runs every task twice, and one skips the last
+// task but runs the one before it twice (the count of runs is right).
 void SkippingParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
   for (size_t i = 0; i + 1 < n_tasks; ++i) task(context, 0, i);
+}
+void TwiceParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
+  for (size_t i = 0; i < n_tasks; ++i) task(context, 0, i), task(context, 0, i);
+}
+void RepeatingParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
+  for (size_t i = 0; i + 1 < n_tasks; ++i) task(context, 0, i);
+  if (n_tasks >= 2) task(context, 0, n_tasks - 2);
 }
 void BadThreadParallelFor(void* pool, size_t n_tasks, covattn_task task, void* context) {
   const size_t n_threads = static_cast<const covattn_thread_pool*>(pool)->n_threads;
@@ -309,11 +317,16 @@ TEST_CASE("the pool and its scratch are validated") {
   CHECK(decode(&no_threads, two) == COVATTN_ERR_INVALID_THREAD_POOL);
   CHECK(decode(&huge, two) == COVATTN_ERR_SCRATCH_TOO_SMALL);
   ForEachTarget([&] {
+    // 1000 tokens on two threads: three cache ranges, so each breach is visible.
     covattn_thread_pool skipping{SkippingParallelFor, nullptr, 2};
     CHECK(decode(&skipping, two) == COVATTN_ERR_INVALID_THREAD_POOL);
     covattn_thread_pool bad_thread{BadThreadParallelFor, nullptr, 2};
     bad_thread.pool_context = &bad_thread;
     CHECK(decode(&bad_thread, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool twice{TwiceParallelFor, nullptr, 2};
+    CHECK(decode(&twice, two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool repeating{RepeatingParallelFor, nullptr, 2};
+    CHECK(decode(&repeating, two) == COVATTN_ERR_INVALID_THREAD_POOL);
   });
   CHECK(std::string(covattn_status_string(COVATTN_ERR_INVALID_THREAD_POOL)) != "unknown status");
 }
@@ -339,6 +352,28 @@ TEST_CASE("a decode of one KV head or of a layer gives every thread work") {
       CHECK(pool.last_n_tasks % n_threads == 0);
     }
   }
+}
+
+TEST_CASE("a pool of more than 1024 threads is split as one of 1024") {
+  const size_t dim = 8;
+  Rng rng(67);
+  TestCache cache(COVATTN_F32, Layout::kTokenMajor, 4096, 2, dim);
+  cache.FillRandom(rng);
+  const std::vector<float> q = NormalFloats(rng, 8 * dim, 1.0);
+  std::vector<float> want(8 * dim), got(8 * dim);
+  size_t want_tasks = 0;
+  for (size_t n_threads : {size_t{1024}, size_t{1500}}) {
+    OrderedPool pool{Order::kShuffled, n_threads, 5};
+    const covattn_thread_pool view = pool.Pool();
+    const covattn_attention_options options{0.0f, 0, 0, &view};
+    std::vector<uint8_t> scratch = ThreadScratch(dim, n_threads);
+    std::vector<float>& out = n_threads == 1024 ? want : got;
+    REQUIRE(covattn_decode(&cache.view(), q.data(), 8, &options, out.data(), scratch.data(),
+                           scratch.size()) == COVATTN_OK);
+    if (n_threads == 1024) want_tasks = pool.last_n_tasks;
+    CHECK(pool.last_n_tasks == want_tasks);
+  }
+  CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
 }
 
 namespace {
@@ -530,14 +565,7 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
   }
 }
 
-namespace {
-
-// Runs every task twice: a contract breach the call must notice.
-void TwiceParallelFor(void*, size_t n_tasks, covattn_task task, void* context) {
-  for (size_t i = 0; i < n_tasks; ++i) task(context, 0, i), task(context, 0, i);
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("cache decode over a pool: the pool and the scratch are validated, nothing written") {
   const covattn_cache_config config = Config(4, 32, 2, 30, 8);
@@ -610,6 +638,8 @@ TEST_CASE("cache decode over a pool: the pool and the scratch are validated, not
     CHECK(decode(&bad_thread, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
     covattn_thread_pool twice{TwiceParallelFor, nullptr, 2};
     CHECK(decode(&twice, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
+    covattn_thread_pool repeating{RepeatingParallelFor, nullptr, 2};
+    CHECK(decode(&repeating, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
   });
 }
 

@@ -289,7 +289,7 @@ COVATTN_API covattn_status covattn_cache_decode(const covattn_cache* cache, cons
 /* covattn_cache_decode over the caller's thread pool (covattn.h's
  * covattn_thread_pool); threads NULL is covattn_cache_decode itself, with its
  * scratch. The work is split by KV head: task k of n_tasks = min(n_kv_heads,
- * 2 n_threads) reads KV heads [k H / n_tasks, (k + 1) H / n_tasks) (H =
+ * 2 min(n_threads, 1024)) reads KV heads [k H / n_tasks, (k + 1) H / n_tasks) (H =
  * n_kv_heads) with all their query heads (exact part, summary readout and
  * merge), on the scratch of the worker running it. A query head's result is
  * computed by the same code whatever the split, so results are the same bits

@@ -70,8 +70,9 @@ typedef enum covattn_status {
   COVATTN_ERR_CORRUPT = -26,        /* serialized fields are inconsistent, absurd or non-finite */
   COVATTN_ERR_INVALID_BUDGET = -27, /* a cache budget that cannot work (see covattn/cache.h) */
   /* A covattn_thread_pool with no parallel_for or n_threads 0; or, after the
-   * call, a pool that skipped a task or named a thread >= n_threads (outputs
-   * may then have been written and must not be used). */
+   * call, a pool that skipped a task, ran one twice (its second run is
+   * refused) or named a thread >= n_threads (outputs may then have been
+   * written and must not be used). */
   COVATTN_ERR_INVALID_THREAD_POOL = -28
 } covattn_status;
 
@@ -226,7 +227,8 @@ typedef struct covattn_attention_options {
    * visible tokens), so each thread streams contiguous memory, and merges
    * their partial states in a fixed order (MATH.md section 1); other calls
    * share out runs of whole tiles of query rows (each of one KV head). The
-   * split depends on the problem and n_threads only, so results are the
+   * split depends on the problem and n_threads only (a pool of more than
+   * 1024 threads is split as if it had 1024), so results are the
    * same bits however the pool schedules the tasks; they differ from the
    * 1-thread results by rounding only. The call blocks until parallel_for
    * returns. The scratch must hold covattn_attention_scratch_size_threads
