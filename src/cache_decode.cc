@@ -63,7 +63,7 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
                             0,
                             0,
                             seg.n_tokens,
-                            nullptr};  // the cache stores float dtypes only
+                            seg.dtype == COVATTN_INT8 ? &seg.int8_scales : nullptr};
   // Into an empty exact state, a segment of every head is the state itself.
   const bool direct = empty != nullptr && *empty && first_head == 0 && n_heads == cq.n_q_heads;
   if (empty != nullptr) *empty = false;
@@ -85,17 +85,29 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
 
 namespace {
 
-// Stored tokens of the cache (the cache's dtype, seen by every query).
+// Stored tokens of the cache (the cache's dtype, seen by every query),
+// strides in elements. An int8 vector's scale follows its elements
+// (StoredVectorBytes), so the scales are floats at the same strides / 4.
 Segment StoredSegment(const covattn_cache* cache, KvRows<const covattn_cache> rows, size_t n_tokens,
                       size_t n_kv_heads, size_t token_stride, size_t head_stride) {
-  return Segment{cache->config.dtype, rows.k,      rows.v,   token_stride, head_stride,
-                 token_stride,        head_stride, n_tokens, n_kv_heads,   n_tokens - 1};
+  Segment seg{cache->config.dtype, rows.k,   rows.v,     token_stride, head_stride, token_stride,
+              head_stride,         n_tokens, n_kv_heads, n_tokens - 1, {}};
+  if (seg.dtype == COVATTN_INT8) {
+    const size_t at = Int8ScaleOffset(cache->Dim()), f = sizeof(float);
+    seg.int8_scales = covattn_int8_scales{reinterpret_cast<const float*>(rows.k + at),
+                                          reinterpret_cast<const float*>(rows.v + at),
+                                          token_stride / f,
+                                          head_stride / f,
+                                          token_stride / f,
+                                          head_stride / f};
+  }
+  return seg;
 }
 
 // Token-major rows (sinks, window) from KV head `first` on.
 KvRows<const covattn_cache> FromHead(const covattn_cache* cache, KvRows<const covattn_cache> rows,
                                      size_t first) {
-  const size_t offset = first * cache->Dim() * cache->elem;
+  const size_t offset = first * cache->vec_bytes;
   return KvRows<const covattn_cache>{rows.k + offset, rows.v + offset};
 }
 
@@ -103,7 +115,8 @@ KvRows<const covattn_cache> FromHead(const covattn_cache* cache, KvRows<const co
 
 bool ExactPart(const covattn_cache* cache, KvHeadRange heads, const CacheQueries& cq,
                const ReadScratch& s, bool* empty) {
-  const size_t d = cache->Dim(), row = cache->RowElems(), n = cq.n_q_heads;
+  const size_t d = cache->Dim(), row = cache->RowStride(), vec = cache->VecStride();
+  const size_t n = cq.n_q_heads;
   const size_t n_rows = cq.n_positions * n;
   std::fill(s.exact.m, s.exact.m + n_rows, kInitialMax);
   std::fill(s.exact.l, s.exact.l + n_rows, 0.0f);
@@ -114,12 +127,12 @@ bool ExactPart(const covattn_cache* cache, KvHeadRange heads, const CacheQueries
   // indifferent to token order, so the ring needs no unrolling.
   if (cache->SinkCount() != 0) {
     const Segment sinks = StoredSegment(cache, FromHead(cache, Sinks(cache), heads.first),
-                                        cache->SinkCount(), heads.count, row, d);
+                                        cache->SinkCount(), heads.count, row, vec);
     finite &= AddSegment(cache, sinks, cq, 0, n, s, empty);
   }
   if (cache->WindowCount() != 0) {
     const Segment window = StoredSegment(cache, FromHead(cache, Window(cache), heads.first),
-                                         cache->WindowCount(), heads.count, row, d);
+                                         cache->WindowCount(), heads.count, row, vec);
     finite &= AddSegment(cache, window, cq, 0, n, s, empty);
   }
   const size_t group = n / heads.count;
@@ -128,12 +141,13 @@ bool ExactPart(const covattn_cache* cache, KvHeadRange heads, const CacheQueries
     const HeadRegions<const covattn_cache> head = Head(cache, h);
     const size_t retained = cache->HasRetained() ? *head.retained_count : 0;
     if (retained != 0) {
-      finite &= AddSegment(cache, StoredSegment(cache, Retained(cache, h, 0), retained, 1, d, 0),
+      finite &= AddSegment(cache, StoredSegment(cache, Retained(cache, h, 0), retained, 1, vec, 0),
                            cq, i * group, group, s, empty);
     }
     if (*head.count != 0) {
-      finite &= AddSegment(cache, StoredSegment(cache, Outliers(cache, h, 0), *head.count, 1, d, 0),
-                           cq, i * group, group, s, empty);
+      finite &=
+          AddSegment(cache, StoredSegment(cache, Outliers(cache, h, 0), *head.count, 1, vec, 0), cq,
+                     i * group, group, s, empty);
     }
   }
   return finite;
