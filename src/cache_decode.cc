@@ -5,7 +5,9 @@
 // log-normaliser (summary.h); and the two merged row by row in log-sum-exp
 // space. The entry point validates everything once; the parts run the
 // kernels directly. Over a pool, each task reads a run of whole KV heads with
-// the same code, into staged outputs the caller gets once every task ran.
+// the same code, into staged outputs the caller gets once every task ran; or,
+// when the heads are too few to keep the workers busy, a range of one head's
+// exact tokens, merged on the calling thread afterwards (split-KV).
 
 #include "cache_decode.h"
 
@@ -319,8 +321,8 @@ struct DecodeOutcome {
 
 // Decodes the query heads of KV heads `heads` with a one-thread scratch s:
 // out and diagnostics receive those heads' rows from their row 0. The same
-// code serves one thread (all heads) and each task of a pool, so a row's
-// bits do not depend on the split.
+// code serves one thread (all heads) and each task of a pool split by whole
+// heads, so a row's bits do not depend on that split.
 DecodeOutcome DecodeHeads(const covattn_cache* cache, const DecodeQuery& dq, KvHeadRange heads,
                           const ReadScratch& s, float* out, float* const diagnostics[3]) {
   const size_t d = cache->Dim(), group = dq.n_q_heads / cache->Heads(), n = heads.count * group;
@@ -527,7 +529,7 @@ covattn_status DecodeThreaded(const covattn_cache* cache, const DecodeQuery& dq,
   ThreadedDecode call;
   call.cache = cache;
   call.dq = &dq;
-  size_t most_tokens = 0;
+  size_t most_tokens = 0;  // counted only when the heads are few enough to split
   for (size_t h = 0; h < heads && heads < kTasksPerThread * planned; ++h) {
     most_tokens = std::max(most_tokens, TokenCount(ExactSegments(cache, h)));
   }
