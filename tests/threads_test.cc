@@ -3,9 +3,11 @@
 // GQA, decode, prefill and partial states, 1..4 threads; the same bits
 // whatever order and threads the pool runs the tasks on; the pool and its
 // scratch validated. The bounded cache's decode over a pool
-// (covattn_cache_decode_threads): the one-thread bits, diagnostics included,
-// for every schedule; its pool and scratch validated. Run under
-// ThreadSanitizer by the tsan preset.
+// (covattn_cache_decode_threads): split by whole KV heads, the one-thread
+// bits, diagnostics included, for every schedule; split by range (fewer heads
+// than threads), the same bits for every schedule, within rounding of one
+// thread and of the double reference; its pool and scratch validated. Run
+// under ThreadSanitizer by the tsan preset.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -565,7 +567,8 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
           CHECK(bare.status == alone_bare.status);
           CHECK(SameBits(bare.out, alone_bare.out));
         }
-        // One task per KV head up to two per thread, each a run of heads.
+        // One task per KV head up to two per thread, each a run of heads
+        // (too few exact tokens to split by range).
         CHECK(in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
       }
     });
