@@ -291,7 +291,7 @@ COVATTN_API covattn_status covattn_cache_decode(const covattn_cache* cache, cons
  * scratch. With H = n_kv_heads, P = min(n_threads, 1024) and W = 2 P tasks
  * wanted, the work is split one of two ways, by the cache's counts and
  * n_threads only, never by how the pool schedules the tasks:
- *  - by KV head, when P = 1, H >= W, or the heads hold few exact tokens: task
+ *  - by KV head, when P = 1, H >= W, or N below is 1 (E < 512): task
  *    k of n_tasks = min(H, W) reads KV heads [k H / n_tasks, (k + 1) H /
  *    n_tasks) with all their query heads (exact part, summary readout and
  *    merge). A query head's result is computed by the same code whatever the
@@ -299,15 +299,15 @@ COVATTN_API covattn_status covattn_cache_decode(const covattn_cache* cache, cons
  *  - by KV range otherwise (split-KV): with E the exact tokens (sinks,
  *    window, retained and outlier slots) of the fullest head, each head's
  *    exact tokens are cut into N = min(ceil(W / H), floor(E / 256)) near-equal
- *    ranges (N > 1; at 64-token boundaries), one task each, into partial
- *    states; one more task per KV head reads its summary, if the cache has
- *    folded any. The calling thread then merges each head's ranges in range
- *    order, then the summary (MATH.md section 4). The results are the same
- *    bits for every schedule and every pool of the same n_threads, and differ
- *    from covattn_cache_decode's by float rounding only: the exact part's sums
- *    are grouped by range, each range rescaled to its own running max, as in
- *    exact attention's split-KV (covattn.h). The summary's readout, and so
- *    summary_ess, is the same bits.
+ *    ranges (at 64-token boundaries), one task each, into partial states;
+ *    one more task per KV head reads its summary, if the cache has folded
+ *    any (n_tasks = H N, or H N + H). The calling thread then merges each
+ *    head's ranges in range order, then the summary (MATH.md section 4). The
+ *    results are the same bits for every schedule and every pool of the same
+ *    n_threads, and differ from covattn_cache_decode's by float rounding
+ *    only: the exact part's sums are grouped by range, each range rescaled to
+ *    its own running max, as in exact attention's split-KV (covattn.h). The
+ *    summary's readout, and so summary_ess, is the same bits.
  * Each task runs on the scratch of the worker running it. Outputs and
  * diagnostics reach the caller only once every task has run. The scratch
  * must hold covattn_cache_scratch_size_threads bytes (enough for every other
