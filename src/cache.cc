@@ -15,6 +15,7 @@
 #include "covariance.h"
 #include "half.h"
 #include "object.h"
+#include "quantize.h"
 #include "retention.h"
 #include "summary.h"
 #include "validate.h"
@@ -47,25 +48,26 @@ struct Regions {
 
 // The persistent regions (the formula of covattn_cache_size).
 covattn_status ComputeLayout(const covattn_cache_config& c, CacheLayout* layout) {
-  const size_t elem = DtypeSize(c.dtype);
+  const size_t vec = StoredVectorBytes(c.dtype, c.head_dim);
   const size_t d = c.head_dim, h = c.n_kv_heads;
   size_t row;  // elements of one token of all heads
   if (MulOverflows(h, d, &row)) return COVATTN_ERR_SIZE_OVERFLOW;
   const size_t retained = c.n_retained, outliers = c.n_outliers;
   CacheLayout l{};
   Regions r;
-  r.Add(&l.sink_k, c.n_sinks, row, elem);
-  r.Add(&l.sink_v, c.n_sinks, row, elem);
-  r.Add(&l.window_k, c.window, row, elem);
-  r.Add(&l.window_v, c.window, row, elem);
-  r.Add(&l.retained_k, retained, row, elem);
-  r.Add(&l.retained_v, retained, row, elem);
+  // The exact regions hold (token, head) vectors of vec bytes.
+  r.Add(&l.sink_k, c.n_sinks, h, vec);
+  r.Add(&l.sink_v, c.n_sinks, h, vec);
+  r.Add(&l.window_k, c.window, h, vec);
+  r.Add(&l.window_v, c.window, h, vec);
+  r.Add(&l.retained_k, retained, h, vec);
+  r.Add(&l.retained_v, retained, h, vec);
   r.Add(&l.retained_score, retained, h, sizeof(float));
   r.Add(&l.retained_stamp, retained, h, sizeof(uint64_t));
   r.Add(&l.retained_count, retained != 0 ? h : 0, sizeof(uint32_t));
   r.Add(&l.window_score, retained != 0 ? c.window : 0, h, sizeof(float));
-  r.Add(&l.outlier_k, outliers, row, elem);
-  r.Add(&l.outlier_v, outliers, row, elem);
+  r.Add(&l.outlier_k, outliers, h, vec);
+  r.Add(&l.outlier_v, outliers, h, vec);
   r.Add(&l.outlier_score, outliers, h, sizeof(float));
   r.Add(&l.outlier_count, h, sizeof(uint32_t));
   const bool whiten = outliers != 0;
@@ -154,7 +156,8 @@ covattn_cache* InitCache(void* memory, size_t bytes, const covattn_cache_config&
   c->config = config;
   ComputeLayout(c->config, &c->layout);
   ComputeAppendScratch(c->config, &c->append_scratch);
-  c->elem = DtypeSize(config.dtype);
+  c->elem = KvElementSize(config.dtype);
+  c->vec_bytes = StoredVectorBytes(config.dtype, config.head_dim);
   // The summary region starts on a 64-byte boundary, where the summary's
   // units find it.
   if (c->Summarizes()) SummaryInit(c);
@@ -216,8 +219,9 @@ covattn_status CacheScratchTotal(const covattn_cache_config& c, size_t n_q_heads
   return COVATTN_OK;
 }
 
-void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst) {
-  switch (dtype) {
+void StoreRow(const covattn_cache* cache, const float* src, unsigned char* dst) {
+  const size_t n = cache->Dim();
+  switch (cache->config.dtype) {
     case COVATTN_F32:
       std::memcpy(dst, src, n * sizeof(float));
       break;
@@ -233,7 +237,20 @@ void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst) {
         std::memcpy(dst + 2 * i, &bits, 2);
       }
       break;
+    case COVATTN_INT8: {
+      float scale;
+      QuantizeInt8Vector(src, n, reinterpret_cast<int8_t*>(dst), &scale);
+      const size_t at = Int8ScaleOffset(n);
+      std::memset(dst + n, 0, at - n);  // the padding, so files are the same bits
+      std::memcpy(dst + at, &scale, sizeof(scale));
+      break;
+    }
   }
+}
+
+void StoredRowsToF32(const covattn_cache* cache, const unsigned char* src, size_t stride, size_t n,
+                     float* dst, size_t ld) {
+  CacheRowsToF32(cache->config.dtype, src, stride, n, cache->Dim(), dst, ld);
 }
 
 }  // namespace detail

@@ -68,6 +68,15 @@ struct RefreshState {
   uint64_t folded_at_refresh;  // 0: no whitening yet
 };
 
+// Bytes of one stored (token, head) vector of a cache's dtype: head_dim
+// elements; for int8 they are padded to 4 bytes and followed by their f32
+// scale (Int8ScaleOffset, cache_kernels.h), so a stored int8 region is an int8 KV cache whose
+// scales sit inside it (StoredSegment in cache_decode.cc) and moves with its rows.
+inline size_t StoredVectorBytes(uint32_t dtype, size_t head_dim) {
+  return dtype == COVATTN_INT8 ? Int8ScaleOffset(head_dim) + sizeof(float)
+                               : head_dim * DtypeSize(dtype);
+}
+
 // Sinks and window tokens held after n_tokens appends.
 inline size_t SinkCount(const covattn_cache_config& c, uint64_t n_tokens) {
   return static_cast<size_t>(std::min<uint64_t>(n_tokens, c.n_sinks));
@@ -93,7 +102,8 @@ struct covattn_cache {
   covattn_cache_config config;         // normalized
   covattn::detail::CacheLayout layout;
   covattn::detail::AppendScratchLayout append_scratch;
-  size_t elem;  // bytes of one stored element
+  size_t elem;       // bytes of one stored element (int8: 1)
+  size_t vec_bytes;  // bytes of one stored (token, head) vector (StoredVectorBytes)
   uint64_t n_tokens, n_summarized, n_dropped;
 
   // The regions start this far into the (64-byte aligned) object.
@@ -111,7 +121,11 @@ struct covattn_cache {
 
   size_t Dim() const { return config.head_dim; }
   size_t Heads() const { return config.n_kv_heads; }
-  size_t RowElems() const { return config.n_kv_heads * config.head_dim; }
+  // A token of every head (the sinks' and the window's rows), in bytes; and
+  // the strides between stored vectors in elements, as the kernels take them.
+  size_t RowBytes() const { return config.n_kv_heads * vec_bytes; }
+  size_t RowStride() const { return RowBytes() / elem; }
+  size_t VecStride() const { return vec_bytes / elem; }
   bool Summarizes() const { return config.summary != COVATTN_SUMMARY_NONE; }
   bool HasOutliers() const { return config.n_outliers != 0; }
   bool HasRetained() const { return config.n_retained != 0; }
@@ -120,7 +134,7 @@ struct covattn_cache {
   // Byte offset of head h's slot `slot` in a head-major slot region of
   // `slots` slots per head (outliers, retained).
   size_t SlotRow(size_t h, size_t slots, size_t slot) const {
-    return (h * slots + slot) * Dim() * elem;
+    return (h * slots + slot) * vec_bytes;
   }
 };
 
@@ -174,7 +188,7 @@ KvRows<Cache> ExactRows(Cache* c, size_t k_region, size_t v_region, size_t offse
   return {c->template At<unsigned char>(k_region) + offset,
           c->template At<unsigned char>(v_region) + offset};
 }
-// The sinks, token-major: token t at t * RowElems() elements.
+// The sinks, token-major: token t at t * RowBytes() bytes.
 template <class Cache>
 KvRows<Cache> Sinks(Cache* c) {
   return ExactRows(c, c->layout.sink_k, c->layout.sink_v, 0);
@@ -184,13 +198,13 @@ template <class Cache>
 KvRows<Cache> Window(Cache* c) {
   return ExactRows(c, c->layout.window_k, c->layout.window_v, 0);
 }
-// Head h's outlier slots from `slot` on, head_dim elements apart.
+// Head h's outlier slots from `slot` on, vec_bytes apart.
 template <class Cache>
 KvRows<Cache> Outliers(Cache* c, size_t h, size_t slot) {
   return ExactRows(c, c->layout.outlier_k, c->layout.outlier_v,
                    c->SlotRow(h, c->config.n_outliers, slot));
 }
-// Head h's retained slots from `slot` on, head_dim elements apart.
+// Head h's retained slots from `slot` on, vec_bytes apart.
 template <class Cache>
 KvRows<Cache> Retained(Cache* c, size_t h, size_t slot) {
   return ExactRows(c, c->layout.retained_k, c->layout.retained_v,
@@ -238,8 +252,12 @@ bool AppendBlockInRange(const covattn_cache* cache, const covattn_kv_cache& bloc
 // + 64 bytes.
 void AppendTokens(covattn_cache* cache, const covattn_kv_cache& block, void* scratch);
 
-// Stores n f32 values as the cache's dtype (cache.cc).
-void StoreRow(uint32_t dtype, const float* src, size_t n, unsigned char* dst);
+// Stores a vector of head_dim f32 values as the cache's dtype (cache.cc):
+// vec_bytes at dst, for int8 its scale and zero padding too.
+void StoreRow(const covattn_cache* cache, const float* src, unsigned char* dst);
+// n stored vectors, `stride` elements apart, as f32 rows ld apart.
+void StoredRowsToF32(const covattn_cache* cache, const unsigned char* src, size_t stride, size_t n,
+                     float* dst, size_t ld);
 
 // Rows bound for the next stage of an eviction (f32, in the append scratch):
 // K and V, and for the retained slots each row's score and token number.
@@ -258,10 +276,10 @@ struct StageRows {
     ++n;
   }
   // A stored row (the cache's dtype), converted.
-  void AddStored(uint32_t dtype, const unsigned char* k_row, const unsigned char* v_row, float s,
-                 uint64_t t) {
-    CacheRowsToF32(dtype, k_row, 0, 1, dim, k + n * dim, dim);
-    CacheRowsToF32(dtype, v_row, 0, 1, dim, v + n * dim, dim);
+  void AddStored(const covattn_cache* cache, const unsigned char* k_row, const unsigned char* v_row,
+                 float s, uint64_t t) {
+    StoredRowsToF32(cache, k_row, 0, 1, k + n * dim, dim);
+    StoredRowsToF32(cache, v_row, 0, 1, v + n * dim, dim);
     if (score != nullptr) score[n] = s, stamp[n] = t;
     ++n;
   }

@@ -37,18 +37,18 @@ struct Block {
 // the cache, converting the element type through tmp (head_dim floats).
 void StoreToken(covattn_cache* cache, const Block& block, size_t t, unsigned char* k_slot,
                 unsigned char* v_slot, float* tmp) {
-  const size_t d = cache->Dim(), bytes = d * cache->elem;
+  const size_t d = cache->Dim(), vec = cache->vec_bytes;
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const unsigned char* k = block.K(t, h);
     const unsigned char* v = block.V(t, h);
-    if (block.kv.dtype == cache->config.dtype) {
-      std::memcpy(k_slot + h * bytes, k, bytes);
-      std::memcpy(v_slot + h * bytes, v, bytes);
+    if (block.kv.dtype == cache->config.dtype) {  // a float dtype: blocks are never int8
+      std::memcpy(k_slot + h * vec, k, vec);
+      std::memcpy(v_slot + h * vec, v, vec);
     } else {
       CacheRowsToF32(block.kv.dtype, k, 0, 1, d, tmp, d);
-      StoreRow(cache->config.dtype, tmp, d, k_slot + h * bytes);
+      StoreRow(cache, tmp, k_slot + h * vec);
       CacheRowsToF32(block.kv.dtype, v, 0, 1, d, tmp, d);
-      StoreRow(cache->config.dtype, tmp, d, v_slot + h * bytes);
+      StoreRow(cache, tmp, v_slot + h * vec);
     }
   }
 }
@@ -87,13 +87,12 @@ StageRows GatherEvicted(covattn_cache* cache, const Block& block, size_t b0, con
                  scratch.At<uint64_t>(l.evicted_stamp),
                  cache->Dim(),
                  e.count};
-  const size_t d = cache->Dim(), head = h * d * cache->elem, row = cache->RowElems() * cache->elem;
-  const uint32_t dtype = cache->config.dtype;
+  const size_t d = cache->Dim(), head = h * cache->vec_bytes, row = cache->RowBytes();
   const float* window_scores = Head(cache, h).window_scores;
   for (size_t i = 0; i < e.from_window; ++i) {
     const size_t slot = WindowSlot(cache, e.oldest + i);
-    CacheRowsToF32(dtype, Window(cache).k + slot * row + head, 0, 1, d, rows.k + i * d, d);
-    CacheRowsToF32(dtype, Window(cache).v + slot * row + head, 0, 1, d, rows.v + i * d, d);
+    StoredRowsToF32(cache, Window(cache).k + slot * row + head, 0, 1, rows.k + i * d, d);
+    StoredRowsToF32(cache, Window(cache).v + slot * row + head, 0, 1, rows.v + i * d, d);
     rows.score[i] = window_scores != nullptr ? window_scores[slot] : 0.0f;
     rows.stamp[i] = e.oldest + i;
   }
@@ -162,7 +161,7 @@ void AppendBatch(covattn_cache* cache, const Block& block, size_t b0, size_t b1,
     }
   }
   float* tmp = scratch.At<float>(cache->append_scratch.mahalanobis);
-  const size_t row = cache->RowElems() * cache->elem;
+  const size_t row = cache->RowBytes();
   for (size_t i = e.from_batch; i < m; ++i) {
     const size_t slot = WindowSlot(cache, cache->n_tokens + i);
     StoreToken(cache, block, b0 + i, Window(cache).k + slot * row, Window(cache).v + slot * row,
@@ -200,7 +199,7 @@ void AppendTokens(covattn_cache* cache, const covattn_kv_cache& block, void* scr
   float* tmp = work_area.At<float>(cache->append_scratch.mahalanobis);
   size_t b = 0;
   for (; b < block.n_tokens && cache->n_tokens < cache->config.n_sinks; ++b, ++cache->n_tokens) {
-    const size_t offset = static_cast<size_t>(cache->n_tokens) * cache->RowElems() * cache->elem;
+    const size_t offset = static_cast<size_t>(cache->n_tokens) * cache->RowBytes();
     StoreToken(cache, tokens, b, Sinks(cache).k + offset, Sinks(cache).v + offset, tmp);
   }
   // Batches bound the work area; with no window every token is evicted at once.

@@ -24,8 +24,9 @@ bool InUnitInterval(float x) { return x > 0.0f && x <= 1.0f; }
 // The first rule `c` (defaults already filled in) breaks, in the order of
 // cache.h.
 Rule FirstBrokenRule(const covattn_cache_config& c) {
-  if (DtypeSize(c.dtype) == 0) {
-    return {COVATTN_ERR_UNSUPPORTED_DTYPE, "dtype is not COVATTN_F32, COVATTN_F16 or COVATTN_BF16"};
+  if (KvElementSize(c.dtype) == 0) {
+    return {COVATTN_ERR_UNSUPPORTED_DTYPE,
+            "dtype is not COVATTN_F32, COVATTN_F16, COVATTN_BF16 or COVATTN_INT8"};
   }
   if (c.head_dim == 0 || c.head_dim > COVATTN_MAX_HEAD_DIM) {
     return {COVATTN_ERR_INVALID_HEAD_DIM, "head_dim is 0 or above COVATTN_MAX_HEAD_DIM"};

@@ -66,7 +66,7 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
                             0,
                             0,
                             seg.n_tokens,
-                            nullptr};  // the cache stores float dtypes only
+                            seg.dtype == COVATTN_INT8 ? &seg.int8_scales : nullptr};
   // Into an empty exact state, a segment of every head is the state itself.
   const bool direct = empty != nullptr && *empty && first_head == 0 && n_heads == cq.n_q_heads;
   if (empty != nullptr) *empty = false;
@@ -88,17 +88,29 @@ bool AddSegment(const covattn_cache* cache, const Segment& seg, const CacheQueri
 
 namespace {
 
-// Stored tokens of the cache (the cache's dtype, seen by every query).
+// Stored tokens of the cache (the cache's dtype, seen by every query),
+// strides in elements. An int8 vector's scale follows its elements
+// (StoredVectorBytes), so the scales are floats at the same strides / 4.
 Segment StoredSegment(const covattn_cache* cache, KvRows<const covattn_cache> rows, size_t n_tokens,
                       size_t n_kv_heads, size_t token_stride, size_t head_stride) {
-  return Segment{cache->config.dtype, rows.k,      rows.v,   token_stride, head_stride,
-                 token_stride,        head_stride, n_tokens, n_kv_heads,   n_tokens - 1};
+  Segment seg{cache->config.dtype, rows.k,   rows.v,     token_stride, head_stride, token_stride,
+              head_stride,         n_tokens, n_kv_heads, n_tokens - 1, {}};
+  if (seg.dtype == COVATTN_INT8) {
+    const size_t at = Int8ScaleOffset(cache->Dim()), f = sizeof(float);
+    seg.int8_scales = covattn_int8_scales{reinterpret_cast<const float*>(rows.k + at),
+                                          reinterpret_cast<const float*>(rows.v + at),
+                                          token_stride / f,
+                                          head_stride / f,
+                                          token_stride / f,
+                                          head_stride / f};
+  }
+  return seg;
 }
 
 // Token-major rows (sinks, window) from KV head `first` on.
 KvRows<const covattn_cache> FromHead(const covattn_cache* cache, KvRows<const covattn_cache> rows,
                                      size_t first) {
-  const size_t offset = first * cache->Dim() * cache->elem;
+  const size_t offset = first * cache->vec_bytes;
   return KvRows<const covattn_cache>{rows.k + offset, rows.v + offset};
 }
 
@@ -106,18 +118,19 @@ KvRows<const covattn_cache> FromHead(const covattn_cache* cache, KvRows<const co
 // retained and outlier slots; each may hold no token.
 Segment SinkSegment(const covattn_cache* cache, KvHeadRange heads) {
   return StoredSegment(cache, FromHead(cache, Sinks(cache), heads.first), cache->SinkCount(),
-                       heads.count, cache->RowElems(), cache->Dim());
+                       heads.count, cache->RowStride(), cache->VecStride());
 }
 Segment WindowSegment(const covattn_cache* cache, KvHeadRange heads) {
   return StoredSegment(cache, FromHead(cache, Window(cache), heads.first), cache->WindowCount(),
-                       heads.count, cache->RowElems(), cache->Dim());
+                       heads.count, cache->RowStride(), cache->VecStride());
 }
 Segment RetainedSegment(const covattn_cache* cache, size_t h) {
   const size_t n = cache->HasRetained() ? *Head(cache, h).retained_count : 0;
-  return StoredSegment(cache, Retained(cache, h, 0), n, 1, cache->Dim(), 0);
+  return StoredSegment(cache, Retained(cache, h, 0), n, 1, cache->VecStride(), 0);
 }
 Segment OutlierSegment(const covattn_cache* cache, size_t h) {
-  return StoredSegment(cache, Outliers(cache, h, 0), *Head(cache, h).count, 1, cache->Dim(), 0);
+  return StoredSegment(cache, Outliers(cache, h, 0), *Head(cache, h).count, 1, cache->VecStride(),
+                       0);
 }
 
 void ClearState(const covattn_partial& state, size_t n_rows, size_t d) {
@@ -349,14 +362,19 @@ covattn_status StatusOf(const DecodeOutcome& outcome) {
   return outcome.masked ? COVATTN_FULLY_MASKED : COVATTN_OK;
 }
 
-// Tokens [begin, end) of a segment as a segment of its own: K and V moved on
-// by `begin` tokens, positions counted from there (begin <= first_position,
-// so the first query still sees the range's first token).
+// Tokens [begin, end) of a segment as a segment of its own: K and V (and an
+// int8 segment's scales) moved on by `begin` tokens, positions counted from
+// there (begin <= first_position, so the first query still sees the range's
+// first token).
 Segment SegmentTokens(const Segment& seg, size_t begin, size_t end) {
   const size_t elem = KvElementSize(seg.dtype);
   Segment range = seg;
   range.k = static_cast<const unsigned char*>(seg.k) + begin * seg.k_token_stride * elem;
   range.v = static_cast<const unsigned char*>(seg.v) + begin * seg.v_token_stride * elem;
+  if (seg.dtype == COVATTN_INT8) {
+    range.int8_scales.k_scale += begin * seg.int8_scales.k_token_stride;
+    range.int8_scales.v_scale += begin * seg.int8_scales.v_token_stride;
+  }
   range.n_tokens = end - begin;
   range.first_position = seg.first_position - begin;
   return range;

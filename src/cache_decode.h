@@ -73,6 +73,7 @@ struct Segment {
   const void* v;
   size_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;
   size_t n_tokens, n_kv_heads, first_position;
+  covattn_int8_scales int8_scales;  // COVATTN_INT8 only
 };
 
 // Attention of query heads [first_head, first_head + n_heads) of every

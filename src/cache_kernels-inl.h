@@ -9,6 +9,10 @@
 
 #include <hwy/highway.h>
 
+#include <cstring>
+#include <type_traits>
+
+#include "cache_kernels.h"
 #include "load-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -25,8 +29,18 @@ void RowsToF32Typed(const T* src, size_t stride, size_t n, size_t dim, float* ds
     const T* row = src + r * stride;
     float* out = dst + r * ld;
     size_t i = 0;
-    for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, row + i), d, out + i);
-    for (; i < dim; ++i) out[i] = ElementAsF32(row + i);
+    if constexpr (std::is_same_v<T, int8_t>) {
+      float scale;
+      std::memcpy(&scale,
+                  reinterpret_cast<const unsigned char*>(row) + detail::Int8ScaleOffset(dim),
+                  sizeof(scale));
+      const auto vs = hn::Set(d, scale);
+      for (; i + N <= dim; i += N) hn::StoreU(hn::Mul(LoadAsF32(d, row + i), vs), d, out + i);
+      for (; i < dim; ++i) out[i] = ElementAsF32(row + i) * scale;
+    } else {
+      for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, row + i), d, out + i);
+      for (; i < dim; ++i) out[i] = ElementAsF32(row + i);
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 // Per-target kernels of the bounded cache: reading token rows of any dtype
-// as f32, and squared Mahalanobis distances of keys under a whitening
+// (int8 as the cache stores it) as f32, and squared Mahalanobis distances of keys under a whitening
 // matrix (the outlier policy of include/covattn/cache.h). The bodies are in
 // cache_kernels-inl.h.
 
@@ -21,6 +21,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 void RowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, size_t dim, float* dst,
                size_t ld) {
+  if (dtype == COVATTN_INT8) {
+    return RowsToF32Typed(static_cast<const int8_t*>(src), stride, n, dim, dst, ld);
+  }
   WithElementType(dtype, [&](auto* tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     RowsToF32Typed(static_cast<const T*>(src), stride, n, dim, dst, ld);

@@ -9,8 +9,13 @@
 namespace covattn {
 namespace detail {
 
+// A stored int8 vector (cache.h, StoredVectorBytes) holds its f32 scale at
+// this byte offset, after its dim elements padded to 4 bytes.
+inline size_t Int8ScaleOffset(size_t dim) { return (dim + 3) / 4 * 4; }
+
 // dst[r][0..dim) = row r of src (dtype elements, rows `stride` elements
-// apart) as f32; dst rows are ld floats apart.
+// apart) as f32; dst rows are ld floats apart. An int8 row is a stored int8
+// vector: its elements times its scale.
 void CacheRowsToF32(uint32_t dtype, const void* src, size_t stride, size_t n, size_t dim,
                     float* dst, size_t ld);
 

@@ -102,15 +102,15 @@ covattn_status covattn_cache_observe(covattn_cache* cache, const float* q, size_
   for (size_t r = 0; r < n_q_heads; ++r) {
     s.log_z[r] = log_z[r] == -HUGE_VALF ? HUGE_VALF : log_z[r];
   }
-  const size_t row = cache->RowElems();
+  const size_t row = cache->RowStride();
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<covattn_cache> head = Head(cache, h);
     const float* a = s.a + h * group * d;
     const float* lz = s.log_z + h * group;
-    ObserveRows(cache, Window(cache).k + h * d * cache->elem, row, cache->WindowCount(),
+    ObserveRows(cache, Window(cache).k + h * cache->vec_bytes, row, cache->WindowCount(),
                 head.window_scores, a, lz, group, s.weights);
-    ObserveRows(cache, Retained(cache, h, 0).k, d, *head.retained_count, head.retained_scores, a,
-                lz, group, s.weights);
+    ObserveRows(cache, Retained(cache, h, 0).k, cache->VecStride(), *head.retained_count,
+                head.retained_scores, a, lz, group, s.weights);
   }
   return COVATTN_OK;
 }

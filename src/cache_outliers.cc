@@ -101,7 +101,7 @@ void RefreshWhitening(covattn_cache* cache, size_t h, const AppendScratch& scrat
   float* work = scratch.At<float>(l.mahalanobis);
   for (size_t s0 = 0; s0 < count; s0 += kAppendBatch) {
     const size_t n = std::min(kAppendBatch, count - s0);
-    CacheRowsToF32(cache->config.dtype, Outliers(cache, h, s0).k, d, n, d, rows, d);
+    StoredRowsToF32(cache, Outliers(cache, h, s0).k, cache->VecStride(), n, rows, d);
     CacheMahalanobis(head.whitening, head.whitening_mean, rows, d, n, d, work, head.scores + s0);
   }
 }

@@ -70,7 +70,8 @@ Segment CausalBlock(const covattn_kv_cache& block, size_t t0, size_t t1) {
                  block.v_head_stride,
                  /*n_tokens=*/t1,
                  block.n_heads,
-                 /*first_position=*/t0};
+                 /*first_position=*/t0,
+                 {}};  // blocks are never int8
 }
 
 // Positions [t0, t1) of a validated call: the exact part of the stored

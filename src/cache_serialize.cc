@@ -12,7 +12,9 @@
 //              u64 n_dropped, u64 payload bytes,
 //         104  format 2: u64 n_retained, u32 retention, f32 retention_decay,
 //              u32 summary, u32 rope; format 1: 24 reserved bytes (0)
-//         128  payload:
+//         128  payload (a "row" is a stored (token, head) vector: head_dim
+//              elements of the dtype; for int8 head_dim bytes, zeros to a
+//              multiple of 4, then its f32 scale):
 //              sink K then V rows (min(n_tokens, n_sinks) tokens, all heads),
 //              window K then V slots 0 .. window count - 1,
 //              u32 outlier count per head, then per head: scores (f32),
@@ -31,7 +33,7 @@
 //         end  u64 FNV-1a of every byte before it
 //
 // A cache whose configuration format 1 (covattn 0.1) describes (no retained
-// slots, a covariance summary or none, COVATTN_ROPE_NONE) writes format 1,
+// slots, a covariance summary or none, COVATTN_ROPE_NONE, not int8) writes format 1,
 // byte for byte what 0.1 wrote; every other cache writes format 2.
 
 #include <algorithm>
@@ -53,20 +55,20 @@ constexpr size_t kChecksumBytes = 8;
 
 // The format a configuration writes (see above).
 uint32_t FormatOf(const covattn_cache_config& c) {
-  const bool v1 =
-      c.n_retained == 0 && c.rope == COVATTN_ROPE_NONE && c.summary != COVATTN_SUMMARY_COMPACT;
+  const bool v1 = c.n_retained == 0 && c.rope == COVATTN_ROPE_NONE &&
+                  c.summary != COVATTN_SUMMARY_COMPACT && c.dtype != COVATTN_INT8;
   return v1 ? kFormat1 : kFormat2;
 }
 
 // Serialized payload bytes for a cache in this state.
 size_t PayloadBytes(const covattn_cache* cache) {
-  const size_t d = cache->Dim(), row = cache->RowElems() * cache->elem;
-  size_t bytes = 2 * (cache->SinkCount() + cache->WindowCount()) * row;
+  const size_t d = cache->Dim(), vec = cache->vec_bytes;
+  size_t bytes = 2 * (cache->SinkCount() + cache->WindowCount()) * cache->RowBytes();
   bytes += 4 * cache->Heads();
   for (size_t h = 0; h < cache->Heads(); ++h) {
-    bytes += *Head(cache, h).count * (4 + 2 * d * cache->elem);
+    bytes += *Head(cache, h).count * (4 + 2 * vec);
     if (cache->HasRetained()) {
-      bytes += 4 + *Head(cache, h).retained_count * (12 + 2 * d * cache->elem);
+      bytes += 4 + *Head(cache, h).retained_count * (12 + 2 * vec);
       bytes += 4 * cache->WindowCount();
     }
   }
@@ -84,6 +86,24 @@ size_t SerializedBytes(const covattn_cache* cache) {
 unsigned char* PutElements(unsigned char* p, const void* src, size_t n, size_t elem) {
   CopyLE(p, static_cast<const unsigned char*>(src), n, elem);
   return p + n * elem;
+}
+
+// Copies n stored vectors (vec_bytes each) between the cache and a file,
+// either way: elements in little-endian order, an int8 vector as its bytes
+// (padding included) and its scale.
+void CopyVectorsLE(const covattn_cache* cache, unsigned char* dst, const unsigned char* src,
+                   size_t n) {
+  if (cache->config.dtype != COVATTN_INT8) return CopyLE(dst, src, n * cache->Dim(), cache->elem);
+  const size_t at = Int8ScaleOffset(cache->Dim()), vec = cache->vec_bytes;
+  for (size_t i = 0; i < n; ++i, dst += vec, src += vec) {
+    std::memcpy(dst, src, at);
+    CopyLE(dst + at, src + at, 1, sizeof(float));
+  }
+}
+unsigned char* PutVectors(const covattn_cache* cache, unsigned char* p, const unsigned char* src,
+                          size_t n) {
+  CopyVectorsLE(cache, p, src, n);
+  return p + n * cache->vec_bytes;
 }
 
 void PutHeader(const covattn_cache* cache, unsigned char* p) {
@@ -115,15 +135,14 @@ void PutHeader(const covattn_cache* cache, unsigned char* p) {
 
 // The retained slots' section (format 2, cache.h's retained slots only).
 unsigned char* PutRetained(const covattn_cache* cache, unsigned char* at) {
-  const size_t d = cache->Dim(), elem = cache->elem;
   at = PutElements(at, Head(cache, 0).retained_count, cache->Heads(), 4);  // every head's
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<const covattn_cache> head = Head(cache, h);
     const size_t n = *head.retained_count;
     at = PutElements(at, head.retained_scores, n, 4);
     at = PutElements(at, head.retained_stamps, n, 8);
-    at = PutElements(at, Retained(cache, h, 0).k, n * d, elem);
-    at = PutElements(at, Retained(cache, h, 0).v, n * d, elem);
+    at = PutVectors(cache, at, Retained(cache, h, 0).k, n);
+    at = PutVectors(cache, at, Retained(cache, h, 0).v, n);
   }
   for (size_t h = 0; h < cache->Heads(); ++h) {
     at = PutElements(at, Head(cache, h).window_scores, cache->WindowCount(), 4);
@@ -133,19 +152,19 @@ unsigned char* PutRetained(const covattn_cache* cache, unsigned char* at) {
 
 // Writes the payload at p; returns its end.
 unsigned char* PutPayload(const covattn_cache* cache, unsigned char* at) {
-  const size_t d = cache->Dim(), row = cache->RowElems(), elem = cache->elem;
-  const size_t sinks = cache->SinkCount() * row, window = cache->WindowCount() * row;
-  at = PutElements(at, Sinks(cache).k, sinks, elem);
-  at = PutElements(at, Sinks(cache).v, sinks, elem);
-  at = PutElements(at, Window(cache).k, window, elem);
-  at = PutElements(at, Window(cache).v, window, elem);
+  const size_t d = cache->Dim(), heads = cache->Heads();
+  const size_t sinks = cache->SinkCount() * heads, window = cache->WindowCount() * heads;
+  at = PutVectors(cache, at, Sinks(cache).k, sinks);
+  at = PutVectors(cache, at, Sinks(cache).v, sinks);
+  at = PutVectors(cache, at, Window(cache).k, window);
+  at = PutVectors(cache, at, Window(cache).v, window);
   at = PutElements(at, Head(cache, 0).count, cache->Heads(), 4);  // every head's
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const size_t n = *Head(cache, h).count;
     if (n == 0) continue;
     at = PutElements(at, Head(cache, h).scores, n, 4);
-    at = PutElements(at, Outliers(cache, h, 0).k, n * d, elem);
-    at = PutElements(at, Outliers(cache, h, 0).v, n * d, elem);
+    at = PutVectors(cache, at, Outliers(cache, h, 0).k, n);
+    at = PutVectors(cache, at, Outliers(cache, h, 0).v, n);
   }
   if (cache->HasRetained()) at = PutRetained(cache, at);
   for (size_t h = 0; h < cache->Heads(); ++h) {
@@ -176,6 +195,26 @@ bool ElementsFinite(const unsigned char* p, size_t n, uint32_t dtype) {
       const uint16_t exponent_mask = dtype == COVATTN_F16 ? 0x7C00 : 0x7F80;
       if ((bits & exponent_mask) == exponent_mask) return false;
     }
+  }
+  return true;
+}
+
+// Whether n stored vectors of the cache (little-endian bytes) hold values it
+// could have stored: finite elements; for int8, elements in -127 .. 127,
+// zero padding and a scale in [0, 2^33] (so |x| <= 2^40, the append's limit).
+bool VectorsValid(const covattn_cache* cache, const unsigned char* p, size_t n) {
+  const size_t d = cache->Dim();
+  if (cache->config.dtype != COVATTN_INT8) return ElementsFinite(p, n * d, cache->config.dtype);
+  const size_t at = Int8ScaleOffset(d);
+  for (size_t i = 0; i < n; ++i, p += cache->vec_bytes) {
+    for (size_t j = 0; j < d; ++j) {
+      if (p[j] == 0x80) return false;  // -128
+    }
+    for (size_t j = d; j < at; ++j) {
+      if (p[j] != 0) return false;
+    }
+    const float scale = F32FromLE(p + at);
+    if (!(scale >= 0.0f && scale <= 0x1p33f)) return false;
   }
   return true;
 }
@@ -253,25 +292,25 @@ struct PayloadReader {
 bool ReadExactRows(const covattn_cache* cache, PayloadReader* in, Payload* out,
                    uint64_t* rows_held) {
   const covattn_cache_config& c = cache->config;
-  const size_t d = c.head_dim, row = cache->RowElems(), elem = cache->elem;
+  const size_t vec = cache->vec_bytes;
   const size_t exact = out->sinks + out->window;
-  out->exact_rows = in->Take(2 * exact * row * elem);
+  out->exact_rows = in->Take(2 * exact * cache->RowBytes());
   out->counts = in->Take(4 * c.n_kv_heads);
   if (out->exact_rows == nullptr || out->counts == nullptr) return false;
-  if (!ElementsFinite(out->exact_rows, 2 * exact * row, c.dtype)) return false;
+  if (!VectorsValid(cache, out->exact_rows, 2 * exact * c.n_kv_heads)) return false;
   *rows_held += exact * uint64_t{c.n_kv_heads};
   out->outliers = in->at;
   for (size_t h = 0; h < c.n_kv_heads; ++h) {
     const uint64_t n = GetLE(out->counts + 4 * h, 4);
     if (n > c.n_outliers) return false;
     const unsigned char* scores = in->Take(4 * n);
-    const unsigned char* rows = in->Take(2 * n * d * elem);
+    const unsigned char* rows = in->Take(2 * n * vec);
     if (scores == nullptr || rows == nullptr) return false;
     for (size_t i = 0; i < n; ++i) {
       const float score = F32FromLE(scores + 4 * i);
       if (!(score >= 0.0f) || !std::isfinite(score)) return false;
     }
-    if (!ElementsFinite(rows, 2 * n * d, c.dtype)) return false;
+    if (!VectorsValid(cache, rows, 2 * n)) return false;
     *rows_held += n;
   }
   return true;
@@ -293,7 +332,6 @@ bool ReadRetained(const covattn_cache* cache, uint64_t n_tokens, PayloadReader* 
   out->retained_counts = out->retained = out->window_scores = nullptr;
   if (!cache->HasRetained()) return true;
   const covattn_cache_config& c = cache->config;
-  const size_t d = c.head_dim, elem = cache->elem;
   out->retained_counts = in->Take(4 * c.n_kv_heads);
   if (out->retained_counts == nullptr) return false;
   out->retained = in->at;
@@ -303,9 +341,9 @@ bool ReadRetained(const covattn_cache* cache, uint64_t n_tokens, PayloadReader* 
     if (n > c.n_retained) return false;
     const unsigned char* scores = in->Take(4 * n);
     const unsigned char* stamps = in->Take(8 * n);
-    const unsigned char* rows = in->Take(2 * n * d * elem);
+    const unsigned char* rows = in->Take(2 * n * cache->vec_bytes);
     if (scores == nullptr || stamps == nullptr || rows == nullptr) return false;
-    if (!ScoresValid(scores, n) || !ElementsFinite(rows, 2 * n * d, c.dtype)) return false;
+    if (!ScoresValid(scores, n) || !VectorsValid(cache, rows, 2 * n)) return false;
     for (size_t i = 0; i < n; ++i) {
       const uint64_t stamp = GetLE(stamps + 8 * i, 8);
       if (stamp < c.n_sinks || stamp >= left_window) return false;
@@ -371,7 +409,7 @@ bool ReadPayload(const covattn_cache* cache, const FileCounts& counts, const uns
 
 // Copies a checked retained section into the cache.
 void CopyRetained(covattn_cache* cache, const Payload& in) {
-  const size_t d = cache->Dim(), elem = cache->elem;
+  const size_t vec = cache->vec_bytes;
   const unsigned char* at = in.retained;
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<covattn_cache> head = Head(cache, h);
@@ -379,9 +417,9 @@ void CopyRetained(covattn_cache* cache, const Payload& in) {
     *head.retained_count = static_cast<uint32_t>(n);
     CopyLE(reinterpret_cast<unsigned char*>(head.retained_scores), at, n, 4);
     CopyLE(reinterpret_cast<unsigned char*>(head.retained_stamps), at + 4 * n, n, 8);
-    CopyLE(Retained(cache, h, 0).k, at + 12 * n, n * d, elem);
-    CopyLE(Retained(cache, h, 0).v, at + 12 * n + n * d * elem, n * d, elem);
-    at += 12 * n + 2 * n * d * elem;
+    CopyVectorsLE(cache, Retained(cache, h, 0).k, at + 12 * n, n);
+    CopyVectorsLE(cache, Retained(cache, h, 0).v, at + 12 * n + n * vec, n);
+    at += 12 * n + 2 * n * vec;
     CopyLE(reinterpret_cast<unsigned char*>(head.window_scores),
            in.window_scores + 4 * h * in.window, in.window, 4);
   }
@@ -389,14 +427,14 @@ void CopyRetained(covattn_cache* cache, const Payload& in) {
 
 // Copies a checked payload into the cache.
 void CopyPayload(covattn_cache* cache, const Payload& in) {
-  const size_t d = cache->Dim(), row = cache->RowElems(), elem = cache->elem;
+  const size_t d = cache->Dim(), vec = cache->vec_bytes, heads = cache->Heads();
   const unsigned char* at = in.exact_rows;
-  const size_t sink_bytes = in.sinks * row * elem, window_bytes = in.window * row * elem;
-  CopyLE(Sinks(cache).k, at, in.sinks * row, elem);
-  CopyLE(Sinks(cache).v, at + sink_bytes, in.sinks * row, elem);
+  const size_t sink_bytes = in.sinks * heads * vec, window_bytes = in.window * heads * vec;
+  CopyVectorsLE(cache, Sinks(cache).k, at, in.sinks * heads);
+  CopyVectorsLE(cache, Sinks(cache).v, at + sink_bytes, in.sinks * heads);
   at += 2 * sink_bytes;
-  CopyLE(Window(cache).k, at, in.window * row, elem);
-  CopyLE(Window(cache).v, at + window_bytes, in.window * row, elem);
+  CopyVectorsLE(cache, Window(cache).k, at, in.window * heads);
+  CopyVectorsLE(cache, Window(cache).v, at + window_bytes, in.window * heads);
   at = in.outliers;
   for (size_t h = 0; h < cache->Heads(); ++h) {
     const HeadRegions<covattn_cache> head = Head(cache, h);
@@ -404,9 +442,9 @@ void CopyPayload(covattn_cache* cache, const Payload& in) {
     *head.count = static_cast<uint32_t>(n);
     if (n == 0) continue;
     CopyLE(reinterpret_cast<unsigned char*>(head.scores), at, n, 4);
-    CopyLE(Outliers(cache, h, 0).k, at + 4 * n, n * d, elem);
-    CopyLE(Outliers(cache, h, 0).v, at + 4 * n + n * d * elem, n * d, elem);
-    at += 4 * n + 2 * n * d * elem;
+    CopyVectorsLE(cache, Outliers(cache, h, 0).k, at + 4 * n, n);
+    CopyVectorsLE(cache, Outliers(cache, h, 0).v, at + 4 * n + n * vec, n);
+    at += 4 * n + 2 * n * vec;
   }
   if (cache->HasRetained()) CopyRetained(cache, in);
   at = in.whitening;

@@ -4,6 +4,8 @@
 // and plain double arithmetic gives the same bits on every target and under
 // any floating-point rounding mode the caller has set (CMakeLists.txt
 // compiles this file without fused multiply-adds).
+#include "quantize.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -20,7 +22,9 @@ double RoundHalfEven(double x) {
   return (r - x == 0.5 && std::fmod(r, 2.0) != 0.0) ? r - 1.0 : r;
 }
 
-void QuantizeVector(const float* x, size_t dim, int8_t* q, float* scale) {
+}  // namespace
+
+void QuantizeInt8Vector(const float* x, size_t dim, int8_t* q, float* scale) {
   float max_abs = 0.0f;
   for (size_t i = 0; i < dim; ++i) max_abs = std::fmax(max_abs, std::fabs(x[i]));
   if (max_abs == 0.0f) {
@@ -37,7 +41,6 @@ void QuantizeVector(const float* x, size_t dim, int8_t* q, float* scale) {
   *scale = static_cast<float>(static_cast<double>(max_abs) / 127.0);
 }
 
-}  // namespace
 }  // namespace detail
 }  // namespace covattn
 
@@ -64,7 +67,7 @@ extern "C" covattn_status covattn_quantize_int8(const float* src, size_t n_vecto
     }
   }
   for (size_t r = 0; r < n_vectors; ++r) {
-    QuantizeVector(src + r * src_stride, dim, dst + r * dst_stride, scales + r * scale_stride);
+    QuantizeInt8Vector(src + r * src_stride, dim, dst + r * dst_stride, scales + r * scale_stride);
   }
   return COVATTN_OK;
 }

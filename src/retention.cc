@@ -54,8 +54,7 @@ const RetentionPolicy& QueryPolicy(uint32_t retention) {
 
 void AdmitToSlots(covattn_cache* cache, const SlotSet& slots, const RetentionPolicy& policy,
                   const StageRows& in, const float* scores, StageRows* out) {
-  const size_t d = cache->Dim(), row = d * cache->elem;
-  const uint32_t dtype = cache->config.dtype;
+  const size_t d = cache->Dim(), row = cache->vec_bytes;
   uint32_t& count = *slots.count;
   for (size_t e = 0; e < in.n; ++e) {
     const float* k = in.k + e * d;
@@ -72,11 +71,11 @@ void AdmitToSlots(covattn_cache* cache, const SlotSet& slots, const RetentionPol
         out->Add(k, v, scores[e], stamp);
         continue;
       }
-      out->AddStored(dtype, slots.k + slot * row, slots.v + slot * row, slots.scores[slot],
+      out->AddStored(cache, slots.k + slot * row, slots.v + slot * row, slots.scores[slot],
                      slots.stamps != nullptr ? slots.stamps[slot] : 0);
     }
-    StoreRow(dtype, k, d, slots.k + slot * row);
-    StoreRow(dtype, v, d, slots.v + slot * row);
+    StoreRow(cache, k, slots.k + slot * row);
+    StoreRow(cache, v, slots.v + slot * row);
     slots.scores[slot] = scores[e];
     if (slots.stamps != nullptr) slots.stamps[slot] = stamp;
   }

@@ -18,7 +18,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
+#include "cache_kernels.h"
 #include "load-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -88,6 +91,16 @@ void WeightsTyped(const T* k, size_t stride, size_t n, size_t dim, const float* 
       size_t t = 0;
       for (; t + 4 <= nt; t += 4) Dots<4>(d, ar, kb + t * stride, stride, dim, s + t);
       for (; t < nt; ++t) Dots<1>(d, ar, kb + t * stride, stride, dim, s + t);
+      if constexpr (std::is_same_v<T, int8_t>) {  // a stored int8 vector's scale follows it
+        for (t = 0; t < nt; ++t) {
+          float scale;
+          std::memcpy(&scale,
+                      reinterpret_cast<const unsigned char*>(kb + t * stride) +
+                          detail::Int8ScaleOffset(dim),
+                      sizeof(scale));
+          s[t] *= scale;
+        }
+      }
       AddWeights(d, s, nt, log_z[r], w);
     }
     std::copy(w, w + nt, weights + t0);
@@ -96,6 +109,9 @@ void WeightsTyped(const T* k, size_t stride, size_t n, size_t dim, const float* 
 
 void Weights(uint32_t dtype, const void* k, size_t stride, size_t n, size_t dim, const float* a,
              size_t n_rows, const float* log_z, float* weights) {
+  if (dtype == COVATTN_INT8) {
+    return WeightsTyped(static_cast<const int8_t*>(k), stride, n, dim, a, n_rows, log_z, weights);
+  }
   WithElementType(dtype, [&](auto* tag) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
     WeightsTyped(static_cast<const T*>(k), stride, n, dim, a, n_rows, log_z, weights);

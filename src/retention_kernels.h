@@ -10,7 +10,8 @@ namespace covattn {
 namespace detail {
 
 // weights[j] = sum_r min(1, exp(a_r . k_j - log_z[r])) for n token rows k_j
-// (dtype elements, `stride` elements apart, dim each) and n_rows scaled
+// (dtype elements, `stride` elements apart, dim each; int8 rows as the
+// cache stores them, with their scale: CacheRowsToF32) and n_rows scaled
 // queries a_r ([n_rows][dim]); a row whose difference is not a number (an
 // overflowed score, or log_z = +inf) adds nothing.
 void ExactTokenWeights(uint32_t dtype, const void* k, size_t stride, size_t n, size_t dim,

@@ -19,11 +19,14 @@ size_t R(size_t x) { return (x + 63) / 64 * 64; }
 
 // The formula of covattn_cache_size's comment in include/covattn/cache.h.
 size_t HeaderFormula(const covattn_cache_config& c) {
-  const size_t e = c.dtype == COVATTN_F32 ? 4 : 2, H = c.n_kv_heads, d = c.head_dim;
+  const size_t H = c.n_kv_heads, d = c.head_dim;
+  // v: the bytes of a stored vector; int8 pads to 4 bytes and adds its scale.
+  const size_t v =
+      c.dtype == COVATTN_INT8 ? (d + 3) / 4 * 4 + 4 : d * (c.dtype == COVATTN_F32 ? 4 : 2);
   const size_t S = c.n_sinks, W = c.window, N = c.n_retained, O = c.n_outliers;
-  size_t bytes = 576 + 2 * R(S * H * d * e) + 2 * R(W * H * d * e);
-  if (N != 0) bytes += 2 * R(N * H * d * e) + R(4 * N * H) + R(8 * N * H) + R(4 * H) + R(4 * W * H);
-  bytes += 2 * R(O * H * d * e) + R(4 * O * H) + R(4 * H);
+  size_t bytes = 576 + 2 * R(S * H * v) + 2 * R(W * H * v);
+  if (N != 0) bytes += 2 * R(N * H * v) + R(4 * N * H) + R(8 * N * H) + R(4 * H) + R(4 * W * H);
+  bytes += 2 * R(O * H * v) + R(4 * O * H) + R(4 * H);
   if (O != 0) bytes += R(2 * H * d * d) + R(4 * H * d);
   bytes += R(16 * H);
   const bool none = c.summary == COVATTN_SUMMARY_NONE || (c.flags & COVATTN_CACHE_DROP_EVICTED);
@@ -55,6 +58,8 @@ TEST_CASE("covattn_cache_size is the header's formula") {
       Full(1, 9, COVATTN_F16, 2, 3, 0, 5, COVATTN_SUMMARY_NONE),
       Full(4, COVATTN_MAX_HEAD_DIM, COVATTN_F32, 0, 1, 1, 1, COVATTN_SUMMARY_COMPACT),
       Full(2, 16, COVATTN_F32, 0, 10, 0, 0, COVATTN_SUMMARY_NONE),
+      Full(3, 42, COVATTN_INT8, 4, 60, 6, 8, COVATTN_SUMMARY_COVARIANCE, COVATTN_ROPE_INTERLEAVED),
+      Full(1, 7, COVATTN_INT8, 1, 5, 0, 0, COVATTN_SUMMARY_NONE),
   };
   for (const covattn_cache_config& c : configs) {
     INFO("H " << c.n_kv_heads << " d " << c.head_dim << " S/W/O/N " << c.n_sinks << "/" << c.window

@@ -39,19 +39,6 @@ void Run(covattn_cache* cache, const TestCache& data, size_t t0, size_t t1, uint
   }
 }
 
-uint64_t Fnv1a(const uint8_t* p, size_t n) {
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; ++i) hash = (hash ^ p[i]) * 0x100000001b3ull;
-  return hash;
-}
-
-// The file with its checksum made to match again.
-std::vector<uint8_t> Resealed(std::vector<uint8_t> file) {
-  const uint64_t hash = Fnv1a(file.data(), file.size() - 8);
-  for (int i = 0; i < 8; ++i) file[file.size() - 8 + i] = static_cast<uint8_t>(hash >> (8 * i));
-  return file;
-}
-
 void PutU32(std::vector<uint8_t>* file, size_t at, uint32_t x) {
   for (int i = 0; i < 4; ++i) file->at(at + i) = static_cast<uint8_t>(x >> (8 * i));
 }
@@ -75,10 +62,10 @@ TEST_CASE("format 2: bit-exact round trips, and the loaded cache goes on as the 
   TestCache data(COVATTN_F32, Layout::kTokenMajor, 200, 2, 8);
   data.FillRandom(rng, 1.0, 0.3);
   for (const covattn_cache_config& base : configs) {
-    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16}) {
+    for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_INT8}) {
       covattn_cache_config config = base;
       config.dtype = dtype;
-      config.n_outliers = dtype == COVATTN_F16 && config.summary != COVATTN_SUMMARY_NONE ? 2 : 0;
+      config.n_outliers = dtype != COVATTN_F32 && config.summary != COVATTN_SUMMARY_NONE ? 2 : 0;
       INFO("summary " << config.summary << " rope " << config.rope << " retained "
                       << config.n_retained << " dtype " << dtype);
       TestCache mine(COVATTN_F32, Layout::kTokenMajor, 200, config.n_kv_heads, config.head_dim);

@@ -1,15 +1,15 @@
-// covattn_cache_prefill (include/covattn/cache.h) on every target, f32, f16
-// and bf16, GQA 4:1 and MHA, an even and an odd head_dim: a prompt into an
-// empty cache is covattn_prefill; while the block evicts nothing it is
-// append + decode token by token; with the summary, the slots and the ring in
-// use it is the exact merge of decode on the cache before the block and a
-// double-precision softmax over the causal block; the cache ends as append
-// leaves it; every status, and a failed call changes nothing.
+// covattn_cache_prefill (include/covattn/cache.h) on every target, f32, f16,
+// bf16 and int8 (where the block is read as given), GQA 4:1 and MHA, an even and an odd head_dim: a
+// prompt into an empty cache is covattn_prefill; while the block evicts nothing it is append +
+// decode token by token; with the summary, the slots and the ring in use it is the exact merge of
+// decode on the cache before the block and a double-precision softmax over the causal block; the
+// cache ends as append leaves it; every status, and a failed call changes nothing.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "cache_test_util.h"
@@ -103,6 +103,21 @@ struct Shape {
 // GQA 4:1 with an even head_dim, MHA with an odd one.
 constexpr Shape kShapes[] = {{2, 4, 64}, {3, 1, 33}};
 
+// The f32 values an INT8 test cache quantised, as an f32 test cache: what an
+// int8 bounded cache's prefill reads of a block (the block as given).
+TestCache InputsOf(const TestCache& data) {
+  const covattn_kv_cache& in = data.input_view();
+  TestCache f32(COVATTN_F32, Layout::kTokenMajor, data.n_tokens(), data.n_heads(), data.dim());
+  for (size_t t = 0; t < data.n_tokens(); ++t)
+    for (size_t h = 0; h < data.n_heads(); ++h)
+      for (size_t i = 0; i < data.dim(); ++i) {
+        const size_t at = t * in.k_token_stride + h * in.k_head_stride + i;
+        f32.SetK(t, h, i, static_cast<const float*>(in.k)[at]);
+        f32.SetV(t, h, i, static_cast<const float*>(in.v)[at]);
+      }
+  return f32;
+}
+
 double RowRelativeL2(const float* got, const double* ref, size_t dim) {
   double num = 0.0, den = 0.0;
   for (size_t i = 0; i < dim; ++i) {
@@ -116,7 +131,8 @@ double RowRelativeL2(const float* got, const double* ref, size_t dim) {
 
 TEST_CASE("a prompt into an empty cache is covattn_prefill over the prompt") {
   const size_t n = 150;
-  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
+  // int8: the cache quantises what it stores; the prompt is read as given (f32).
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8}) {
     for (const Shape& shape : kShapes) {
       INFO("dtype " << DtypeName(dtype) << ", " << shape.heads << " KV heads x " << shape.group
                     << ", d " << shape.dim);
@@ -132,7 +148,7 @@ TEST_CASE("a prompt into an empty cache is covattn_prefill over the prompt") {
         Outputs expected(n, n_q, d);
         const covattn_queries qv = q.view();
         const covattn_outputs ev = expected.view();
-        REQUIRE(covattn_prefill(&data.view(), &qv, 0, nullptr, &ev, attention_scratch.data(),
+        REQUIRE(covattn_prefill(&data.input_view(), &qv, 0, nullptr, &ev, attention_scratch.data(),
                                 attention_scratch.size()) == COVATTN_OK);
         // The window overflows during the block or not; with or without a summary.
         for (const covattn_cache_config& config :
@@ -141,7 +157,7 @@ TEST_CASE("a prompt into an empty cache is covattn_prefill over the prompt") {
           INFO("window " << config.window);
           CachePtr cache = MakeCache(config), appended = MakeCache(config);
           Outputs got(n, n_q, d);
-          REQUIRE(Prefill(cache.get(), data.view(), q, &got) == COVATTN_OK);
+          REQUIRE(Prefill(cache.get(), data.input_view(), q, &got) == COVATTN_OK);
           double worst = 0.0, worst_log_z = 0.0;
           for (size_t t = 0; t < n; ++t) {
             for (size_t h = 0; h < n_q; ++h) {
@@ -164,6 +180,7 @@ TEST_CASE("a prompt into an empty cache is covattn_prefill over the prompt") {
 
 TEST_CASE("while the block evicts nothing, prefill is append and decode token by token") {
   const size_t before = 30, n = 70;  // 100 tokens: 4 sinks + 96 window
+  // Not int8: decode sees the stored (quantised) tokens, prefill the f32 block.
   for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
     for (const Shape& shape : kShapes) {
       INFO("dtype " << DtypeName(dtype) << ", " << shape.heads << " KV heads x " << shape.group
@@ -210,7 +227,7 @@ TEST_CASE("while the block evicts nothing, prefill is append and decode token by
 // double-precision softmax over the block's tokens 0 .. t (MATH.md section 4).
 TEST_CASE("with summary, slots and ring in use, prefill is decode merged with the causal block") {
   const size_t before = 300, n = 90;  // the block is longer than the window
-  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8}) {
     for (const Shape& shape : kShapes) {
       for (uint32_t summary : {COVATTN_SUMMARY_COVARIANCE, COVATTN_SUMMARY_COMPACT}) {
         INFO("dtype " << DtypeName(dtype) << ", " << shape.heads << " KV heads x " << shape.group
@@ -219,6 +236,10 @@ TEST_CASE("with summary, slots and ring in use, prefill is decode merged with th
         Rng rng(31 + d + summary);
         TestCache data(dtype, Layout::kHeadMajor, before + n, shape.heads, d);
         data.FillRandom(rng, 1.0, 0.4);
+        // The block as prefill reads it (int8: the f32 values before quantisation).
+        std::optional<TestCache> inputs;
+        if (dtype == COVATTN_INT8) inputs.emplace(InputsOf(data));
+        const TestCache& exact_block = inputs ? *inputs : data;
         const Queries q(rng, n, n_q, d, /*padded=*/true, 1.0);
         const std::vector<float> probe = RandomQueries(rng, n_q * d, 1.0);
         const float scale = 1.0f / std::sqrt(float(d));
@@ -241,14 +262,15 @@ TEST_CASE("with summary, slots and ring in use, prefill is decode merged with th
           REQUIRE(info.n_summarized > 0);
           CachePtr pre = Copy(cache.get()), appended = Copy(cache.get());
           Outputs got(n, n_q, d);
-          REQUIRE(Prefill(cache.get(), Slice(data.view(), before, n), q, &got) == COVATTN_OK);
+          REQUIRE(Prefill(cache.get(), Slice(data.input_view(), before, n), q, &got) == COVATTN_OK);
           double worst = 0.0, worst_log_z = 0.0, share_sum = 0.0;
           for (size_t t = 0; t < n; ++t) {
             const Decoded a = Decode(pre.get(), q.Position(t), n_q, d);
             REQUIRE(a.status == COVATTN_OK);
             for (size_t h = 0; h < n_q; ++h) {
-              const ReferenceRow b = ReferenceAttention(data, q.At(t, h), scale, h / shape.group,
-                                                        before + t, 0, 0, before, before + t + 1);
+              const ReferenceRow b =
+                  ReferenceAttention(exact_block, q.At(t, h), scale, h / shape.group, before + t, 0,
+                                     0, before, before + t + 1);
               const double m = std::max<double>(a.log_z[h], b.log_z);
               const double w_a = std::exp(a.log_z[h] - m), w_b = std::exp(b.log_z - m);
               std::vector<double> merged(d);

@@ -19,11 +19,11 @@ using namespace covattn_test;
 
 TEST_CASE("until the first eviction the cache is exact attention") {
   const size_t dim = 48, heads = 2, group = 3;
-  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16}) {
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8}) {
     INFO("dtype " << DtypeName(dtype));
     Rng rng(1);
-    // The data is already rounded to the cache's dtype, so the cache stores
-    // exactly the values the reference sees.
+    // The data is already rounded to the cache's dtype (int8: quantised the
+    // cache's way), so the cache stores exactly the values the reference sees.
     TestCache data(dtype, Layout::kTokenMajor, 100, heads, dim);
     data.FillRandom(rng, 1.5, 0.3);
     const std::vector<float> q = RandomQueries(rng, heads * group * dim, 1.0);

@@ -58,9 +58,10 @@ inline covattn_status AppendStatus(covattn_cache* cache, const covattn_kv_cache*
   return covattn_cache_append(cache, block, scratch.data(), scratch.size());
 }
 
-// Appends tokens [t0, t0 + n) of a test cache.
+// Appends tokens [t0, t0 + n) of a test cache; of an INT8 one, the f32
+// values it quantised, which an int8 cache quantises the same way.
 inline void Append(covattn_cache* cache, const TestCache& data, size_t t0, size_t n) {
-  const covattn_kv_cache block = Slice(data.view(), t0, n);
+  const covattn_kv_cache block = Slice(data.input_view(), t0, n);
   REQUIRE(AppendStatus(cache, &block) == COVATTN_OK);
 }
 
@@ -113,6 +114,15 @@ inline std::vector<uint8_t> Serialize(const covattn_cache* cache) {
   REQUIRE(covattn_cache_serialize(cache, buffer.data(), buffer.size(), &written) == COVATTN_OK);
   REQUIRE(written == bytes);
   return buffer;
+}
+
+// A cache file with its checksum (FNV-1a of every byte before it) made to
+// match again, so that a test's change reaches the checks behind it.
+inline std::vector<uint8_t> Resealed(std::vector<uint8_t> file) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i + 8 < file.size(); ++i) hash = (hash ^ file[i]) * 0x100000001b3ull;
+  for (int i = 0; i < 8; ++i) file[file.size() - 8 + i] = static_cast<uint8_t>(hash >> (8 * i));
+  return file;
 }
 
 }  // namespace covattn_test

@@ -294,6 +294,38 @@ TEST_CASE("a budget sweep: a series per budget, the budget in every row") {
   CHECK(memory["24"] != memory["32"]);
 }
 
+TEST_CASE("--cache-dtype: the bounded methods store int8, in fewer bytes at the same budget") {
+  ScratchDir dir;
+  std::map<std::string, std::map<std::string, double>> memory;  // dtype -> method -> bytes
+  for (const std::string dtype : {"f32", "int8"}) {
+    const std::string csv = dir.File(dtype + ".csv");
+    const RunResult r =
+        Run(Concat(kTiny, {"--workloads", "gaussian", "--cache-dtype", dtype, "--contexts", "96",
+                           "--csv", csv, "--output-dir", dir.path().string()}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK((r.out.find("bounded caches store int8") != std::string::npos) == (dtype == "int8"));
+    const auto rows = ParseCsv(ReadBytes(csv));
+    std::map<std::string, size_t> col;
+    for (size_t i = 0; i < rows[0].size(); ++i) col[rows[0][i]] = i;
+    REQUIRE(col.count("cache_dtype") == 1);
+    for (size_t i = 1; i < rows.size(); ++i) {
+      CHECK(rows[i][col["cache_dtype"]] == dtype);
+      memory[dtype][rows[i][col["method"]]] = std::stod(rows[i][col["memory_bytes"]]);
+      const double rel_l2 = std::stod(rows[i][col["rel_l2_median"]]);
+      CHECK(std::isfinite(rel_l2));
+    }
+  }
+  // The exact methods do not change; each bounded one keeps its tokens in
+  // about a quarter of the bytes (the summary, whitening and scores stay f32).
+  CHECK(memory["int8"]["exact"] == memory["f32"]["exact"]);
+  for (const char* method : {"window", "hybrid", "outliers"}) {
+    INFO(method);
+    CHECK(memory["int8"][method] < memory["f32"][method]);
+  }
+  CHECK(Run(Concat(kTiny, {"--cache-dtype", "int4", "--no-files"})).status != 0);
+}
+
 TEST_CASE("heads spread over threads give the same errors") {
   ScratchDir dir;
   auto errors = [&](const std::string& threads) {

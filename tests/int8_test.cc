@@ -1,12 +1,11 @@
 // int8 KV caches (MATH.md section 7): the quantiser against its definition,
 // the statuses of int8 calls, non-finite scales, the covariance state's
-// update of int8 blocks, the refusal of int8 where it is not supported, and
+// update of int8 blocks, covattn_convert's refusal of int8, and
 // the error of int8 attention against f32. The kernels' results against the
 // double references on the dequantised values are checked with the other
 // dtypes in attention_test.cc, covariance_test.cc and threads_test.cc.
 #include <doctest/doctest.h>
 
-#include "covattn/cache.h"
 #include "covattn/covariance.h"
 #include "test_util.h"
 
@@ -230,32 +229,8 @@ TEST_CASE("the covariance state absorbs int8 blocks, and checks their scales") {
   });
 }
 
-TEST_CASE("int8 is refused where it is not supported") {
-  const size_t dim = 8;
-  TestCache cache(COVATTN_INT8, Layout::kTokenMajor, 4, 1, dim);
-  Rng rng(84);
-  cache.FillRandom(rng);
-  size_t bytes = 0;
-  covattn_cache_config config{};
-  config.n_kv_heads = 1;
-  config.head_dim = dim;
-  config.dtype = COVATTN_INT8;
-  config.window = 16;
-  covattn_cache* bounded = nullptr;
-  CHECK(covattn_cache_create(&config, &bounded) == COVATTN_ERR_UNSUPPORTED_DTYPE);
-  CHECK(bounded == nullptr);
-  CHECK(covattn_cache_config_error(&config) != nullptr);
-  config.dtype = COVATTN_F32;
-  REQUIRE(covattn_cache_create(&config, &bounded) == COVATTN_OK);
-  REQUIRE(covattn_cache_scratch_size(&config, 1, &bytes) == COVATTN_OK);
-  std::vector<uint8_t> scratch(bytes);
-  CHECK(covattn_cache_append(bounded, &cache.view(), scratch.data(), scratch.size()) ==
-        COVATTN_ERR_UNSUPPORTED_DTYPE);
-  covattn_cache_info info;
-  REQUIRE(covattn_cache_info_get(bounded, &info) == COVATTN_OK);
-  CHECK(info.n_tokens == 0);
-  covattn_cache_destroy(bounded);
-
+TEST_CASE("covattn_convert refuses int8") {
+  // (The bounded cache stores int8 and refuses int8 blocks: cache_int8_test.cc.)
   float f[4] = {1, 2, 3, 4};
   int8_t b[4];
   CHECK(covattn_convert(b, COVATTN_INT8, f, COVATTN_F32, 4) == COVATTN_ERR_UNSUPPORTED_DTYPE);

@@ -161,6 +161,12 @@ class TestCache {
           covattn_int8_scales{k_scale_.data(), v_scale_.data(), scale_token_stride,
                               scale_head_stride, scale_token_stride, scale_head_stride});
       view_.int8_scales = scales_.get();
+      input_view_ = covattn_kv_cache{COVATTN_F32,     k_input_.data(),
+                                     v_input_.data(), n_tokens,
+                                     n_heads,         dim,
+                                     n_heads * dim,   dim,
+                                     n_heads * dim,   dim,
+                                     nullptr};
       std::fill(k_storage_.begin(), k_storage_.end(), 0);
       std::fill(v_storage_.begin(), v_storage_.end(), 0);
     }
@@ -199,6 +205,12 @@ class TestCache {
   double K(size_t t, size_t h, size_t i) const { return k_[(t * n_heads_ + h) * dim_ + i]; }
   double V(size_t t, size_t h, size_t i) const { return v_[(t * n_heads_ + h) * dim_ + i]; }
   const covattn_kv_cache& view() const { return view_; }
+  // What an engine would hand covattn to store: for INT8 the f32 values set
+  // before quantisation ([token][head][dim]), which the bounded cache
+  // quantises as covattn_quantize_int8 and this class do; else view().
+  const covattn_kv_cache& input_view() const {
+    return dtype_ == COVATTN_INT8 ? input_view_ : view_;
+  }
   size_t n_tokens() const { return n_tokens_; }
   size_t n_heads() const { return n_heads_; }
   size_t dim() const { return dim_; }
@@ -244,7 +256,7 @@ class TestCache {
   size_t n_tokens_, n_heads_, dim_;
   std::vector<uint8_t> k_storage_, v_storage_;
   std::vector<double> k_, v_;
-  covattn_kv_cache view_;
+  covattn_kv_cache view_, input_view_{};
   // INT8 only: the values set, before quantisation, and the scales.
   std::vector<float> k_input_, v_input_, k_scale_, v_scale_;
   // On the heap, like the vectors' data, so the view survives a move (and

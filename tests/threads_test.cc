@@ -713,6 +713,9 @@ TEST_CASE("cache decode over more threads than KV heads: split by range, same bi
        SlotsConfig(2, 32, COVATTN_F32, 2, 2000, 0, 24, COVATTN_SUMMARY_COMPACT,
                    COVATTN_ROPE_HALF_SPLIT),
        2, 2800, false},
+      // int8: the ranges' scales move with their tokens.
+      {"one KV head, int8, covariance and outliers",
+       SlotsConfig(1, 64, COVATTN_INT8, 4, 2000, 16, 0, 0, 0), 4, 3000, false},
       {"one KV head, too few tokens to split",
        SlotsConfig(1, 64, COVATTN_F32, 4, 2000, 16, 0, 0, 0), 4, 300, false},
   };

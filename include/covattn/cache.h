@@ -116,7 +116,9 @@ typedef enum covattn_retention {
 typedef struct covattn_cache_config {
   size_t n_kv_heads;
   size_t head_dim;   /* 1 .. COVATTN_MAX_HEAD_DIM */
-  uint32_t dtype;    /* covattn_dtype of the stored exact K and V */
+  uint32_t dtype;    /* covattn_dtype of the stored exact K and V; COVATTN_INT8
+                      * quantises each stored (token, head) vector as
+                      * covattn_quantize_int8 does, its scale beside it */
   size_t n_sinks;    /* first tokens, always kept exact */
   size_t window;     /* most recent tokens kept exact */
   size_t n_outliers; /* outlier key slots per KV head */
@@ -134,25 +136,28 @@ typedef struct covattn_cache_config {
 COVATTN_API const char* covattn_cache_config_error(const covattn_cache_config* config);
 
 /* Persistent bytes of a cache with this configuration: everything it keeps
- * between calls, nothing else (work memory is the caller's scratch). With e
- * the bytes of the dtype, H = n_kv_heads, d = head_dim, R(x) = x rounded up
- * to a multiple of 64, S, W, N, O = n_sinks, window, n_retained, n_outliers:
+ * between calls, nothing else (work memory is the caller's scratch). With v
+ * the bytes of a stored vector (d e for a dtype of e bytes; int8: d rounded up
+ * to a multiple of 4, plus 4 for its f32 scale), H = n_kv_heads, d =
+ * head_dim, R(x) = x rounded up to a multiple of 64, S, W, N, O = n_sinks,
+ * window, n_retained, n_outliers:
  *
  *   576                                          header and alignment slack
- *   + 2 R(S H d e) + 2 R(W H d e)                sinks, window (K and V)
- *   + 2 R(N H d e) + R(4 N H) + R(8 N H) + R(4 H) + R(4 W H)
+ *   + 2 R(S H v) + 2 R(W H v)                    sinks, window (K and V)
+ *   + 2 R(N H v) + R(4 N H) + R(8 N H) + R(4 H) + R(4 W H)
  *                                                retained slots: rows, scores,
  *                                                token numbers, counts, window
  *                                                scores (all 0 when N = 0)
- *   + 2 R(O H d e) + R(4 O H) + R(4 H)           outlier slots, scores, counts
+ *   + 2 R(O H v) + R(4 O H) + R(4 H)             outlier slots, scores, counts
  *   + R(2 H d^2) + R(4 H d)                      whitening (0 when O = 0)
  *   + R(16 H)                                    per-head fold counts
  *   + summary: COVARIANCE  R(191 + H (R(8 (1 + 2d)) + R(8 d^2 + 256)))
  *              COMPACT     H R(8 (1 + 3d))
  *              NONE        0
  *
- * At d = 64 in f32 a token costs 512 bytes per head, the covariance summary
- * 34112 bytes per head (67 tokens), the compact one 1600 (3 tokens). */
+ * At d = 64 in f32 a token costs 512 bytes per head (int8: 136), the
+ * covariance summary 34112 bytes per head (67 f32 tokens), the compact one
+ * 1600 (3). */
 COVATTN_API covattn_status covattn_cache_size(const covattn_cache_config* config, size_t* bytes);
 
 /* Bytes of scratch that serve append, prefill, decode and observe on every
@@ -194,8 +199,9 @@ typedef struct covattn_cache_info {
 COVATTN_API covattn_status covattn_cache_info_get(const covattn_cache* cache,
                                                   covattn_cache_info* info);
 
-/* Appends block->n_tokens tokens (K and V of every KV head, post-RoPE, any
- * supported dtype and strides; n_heads and head_dim must match). Append the
+/* Appends block->n_tokens tokens (K and V of every KV head, post-RoPE, f32,
+ * f16 or bf16 in any strides, whatever the cache stores: an int8 block gives
+ * COVATTN_ERR_UNSUPPORTED_DTYPE; n_heads and head_dim must match). Append the
  * current token before decoding its queries. Never fails for lack of room:
  * tokens beyond the budget are evicted (see above). Long blocks (prefill) are
  * processed in batches of 64 tokens: eviction, slot selection and the

@@ -129,8 +129,9 @@ typedef enum covattn_dtype {
   /* int8_t with one f32 scale per (token, head) vector: element i of the
    * vector stands for scale * q[i] (covattn_int8_scales; MATH.md section 7).
    * Exact attention (decode, prefill, partial states) and the covariance
-   * state's update read it; the bounded cache and covattn_convert refuse it
-   * with COVATTN_ERR_UNSUPPORTED_DTYPE. */
+   * state's update read it; the bounded cache stores it (covattn/cache.h:
+   * config.dtype, fed float blocks); covattn_convert refuses it with
+   * COVATTN_ERR_UNSUPPORTED_DTYPE. */
   COVATTN_INT8 = 3
 } covattn_dtype;
 

@@ -5,7 +5,7 @@
 //  0: load arbitrary bytes into a cache that already holds tokens;
 //  1: serialize a valid cache, damage the bytes (truncate, flip bits,
 //     overwrite), then load them into a cache of the same configuration;
-//  2: a sequence of calls (append hostile blocks in any dtype and layout,
+//  2: a sequence of calls (append hostile blocks in any float dtype and layout,
 //     decode with hostile queries, scales and scratch, prefill hostile blocks
 //     with hostile strided queries, reset) on caches in exactly sized caller
 //     memory.
@@ -15,6 +15,7 @@
 // outputs of a successful call are finite, and the diagnostics are in range;
 // a successful prefill leaves the cache as append of its block would.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "covattn/cache.h"
@@ -91,7 +92,11 @@ std::vector<uint8_t> Scratch(const covattn_cache_config& config, size_t n_q) {
 struct HostileBlock {
   std::vector<uint8_t> k, v;
   covattn_kv_cache block;
-  bool wrong_shape = false, planted = false;
+  bool wrong_shape = false;
+  // A planted value the cache must refuse before anything changes: not
+  // finite, above 2^40 or, for an f16 cache, beyond f16 (cache.h's append).
+  // Other specials (zeros, subnormals, 65504) are values like any other.
+  bool refused_value = false;
 };
 
 void BuildBlock(ByteReader& in, const covattn_cache_config& config, size_t n_tokens,
@@ -116,10 +121,13 @@ void BuildBlock(ByteReader& in, const covattn_cache_config& config, size_t n_tok
     StoreElement(out->k.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
     StoreElement(out->v.data(), dtype, i, static_cast<float>(magnitude * (2 * rng.Uniform() - 1)));
   }
-  out->planted = n_elems > 0 && in.U8() >= 0xF0;
-  if (out->planted) {
-    StoreElement(in.U8() % 2 ? out->k.data() : out->v.data(), dtype, in.U32() % n_elems,
-                 ByteReader::Special(in.U8()));
+  if (n_elems > 0 && in.U8() >= 0xF0) {
+    uint8_t* tensor = in.U8() % 2 ? out->k.data() : out->v.data();
+    const size_t at = in.U32() % n_elems;
+    StoreElement(tensor, dtype, at, ByteReader::Special(in.U8()));
+    const double x = std::fabs(LoadElement(tensor, dtype, at));  // as the block holds it
+    out->refused_value =
+        !std::isfinite(x) || x > 0x1p40 || (config.dtype == COVATTN_F16 && x >= 65520.0);
   }
   covattn_kv_cache& block = out->block;
   block = covattn_kv_cache{
@@ -196,7 +204,7 @@ void CheckPrefill(ByteReader& in, OwnedCache& c, const covattn_cache_config& con
   if (wrong_heads) faults.push_back(COVATTN_ERR_HEAD_MISMATCH);
   if (short_scratch) faults.push_back(COVATTN_ERR_SCRATCH_TOO_SMALL);
   if (!std::isfinite(scale)) faults.push_back(COVATTN_ERR_INVALID_SCALE);
-  const bool bad_values = b.planted || bad_query;
+  const bool bad_values = b.refused_value || bad_query;
   if (status == COVATTN_OK) {
     FUZZ_CHECK(faults.empty(), "prefill with %zu planted faults succeeded", faults.size());
     for (float x : out) FUZZ_CHECK(std::isfinite(x) && (n > 0 || x == 7.0f), "output %g", x);
@@ -325,7 +333,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   covattn_cache_config config{};
   config.n_kv_heads = 1 + in.U8() % 3;
   config.head_dim = 1 + in.U8() % 40;
-  config.dtype = in.U8() % 3;
+  config.dtype = in.U8() % 4;  // f32, f16, bf16, int8 (blocks are float: Append)
   config.n_sinks = in.U8() % 4;
   config.window = in.U8() % 12;
   config.n_outliers = in.U8() % 5;

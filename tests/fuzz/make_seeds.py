@@ -251,6 +251,11 @@ def main():
     write('fuzz_cache', 'calls', cache(2) + u8(0) + append(70, dtype=1, head_major=1) + decode +
           u8(3) + u8(1) + append(5, dtype=2) + decode)
     write('fuzz_cache', 'readout_only', cache(2, sinks=0, window=0, outliers=0) + decode)
+    # An int8 cache (dtype 3): a file of vectors with padding (d = 6), and calls.
+    write('fuzz_cache', 'int8_file_bitflip', cache(1, dim=6, dtype=3) + u8(1) + u8(1) + u32(140) +
+          u8(3))
+    write('fuzz_cache', 'int8_calls', cache(2, dtype=3) + u8(0) + append(70, dtype=1) + decode +
+          u8(3) + u8(1) + append(5, dtype=2) + decode)
 
     # The same target with format 2's config fields after flags' place: n_retained,
     # retention, retention_decay, summary, rope (even head_dim), the drop byte, then the
@@ -274,6 +279,8 @@ def main():
         return out + u8(0) + u8(1) + u8(0)
     write('fuzz_cache', 'prefill', cache2() + prefill(12) +
           u8(0) + append(40, dtype=2, head_major=1) + prefill(9, pad=0) + prefill(3, nan_at=40))
+    write('fuzz_cache', 'int8_prefill', cache2(dtype=3) + prefill(12) +
+          u8(0) + append(40, dtype=2, head_major=1) + prefill(9, pad=0))
 
     # fuzz_checkpoint mode 1: head_dim / 2 - 1, KV heads - 1, group - 1, hidden - 1,
     # layers - 1, vocab - 1, seq_len - 1, shared (odd) or separate, a header field to

@@ -22,6 +22,18 @@ size_t TokenBytes(size_t dim) { return 2 * dim * sizeof(float); }
 
 size_t Int8TokenBytes(size_t dim) { return 2 * (dim + sizeof(float)); }
 
+size_t CacheTokenBytes(size_t dim, uint32_t dtype) {
+  switch (dtype) {
+    case COVATTN_INT8:
+      return 2 * ((dim + 3) / 4 * 4 + sizeof(float));
+    case COVATTN_F16:
+    case COVATTN_BF16:
+      return 2 * dim * 2;
+    default:
+      return TokenBytes(dim);
+  }
+}
+
 size_t SummaryBytes(size_t dim) { return 8 * (1 + 2 * dim) + 4 * 2 * dim * dim; }
 
 size_t WhiteningBytes(size_t dim, size_t outlier_slots) {
@@ -283,11 +295,11 @@ class BoundedHead : public HeadMethod {
 }  // namespace
 
 covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
-                                 float forgetting, uint32_t flags) {
+                                 float forgetting, uint32_t flags, uint32_t dtype) {
   covattn_cache_config c{};
   c.n_kv_heads = 1;
   c.head_dim = dim;
-  c.dtype = COVATTN_F32;
+  c.dtype = dtype;
   c.n_sinks = sinks;
   c.window = window;
   c.n_outliers = outliers;
@@ -298,7 +310,8 @@ covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t
 
 bool PlanRetention(Method method, const Options& options, size_t dim, size_t bytes,
                    covattn_cache_config* config, std::string* error) {
-  covattn_cache_config c = CacheConfig(dim, options.sinks, 1, 0, options.forgetting, 0);
+  covattn_cache_config c =
+      CacheConfig(dim, options.sinks, 1, 0, options.forgetting, 0, options.cache_dtype);
   c.n_retained = 1;
   if (method == Method::kHeavyHitters) {
     c.retention = COVATTN_RETENTION_H2O;
@@ -335,24 +348,25 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
   MethodPlan p;
   p.method = method;
   p.dim = dim;
-  const size_t token = TokenBytes(dim), summary = SummaryBytes(dim);
+  const size_t token = CacheTokenBytes(dim, options.cache_dtype), summary = SummaryBytes(dim);
   const size_t budget = options.budget, sinks = options.sinks;
+  const uint32_t dtype = options.cache_dtype;
   switch (method) {
     case Method::kExact:
     case Method::kExactInt8:
     case Method::kOneDnn:
       break;
     case Method::kReadout:
-      p.config = CacheConfig(dim, 0, 0, 0, options.forgetting, 0);
+      p.config = CacheConfig(dim, 0, 0, 0, options.forgetting, 0, dtype);
       p.bounded_bytes = summary;
       break;
     case Method::kHybrid:
-      p.config = CacheConfig(dim, sinks, budget - sinks, 0, options.forgetting, 0);
+      p.config = CacheConfig(dim, sinks, budget - sinks, 0, options.forgetting, 0, dtype);
       p.bounded_bytes = budget * token + summary;
       break;
     case Method::kSinkWindow: {
       const size_t window = budget - sinks + CeilDiv(summary, token);
-      p.config = CacheConfig(dim, sinks, window, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED);
+      p.config = CacheConfig(dim, sinks, window, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED, dtype);
       p.bounded_bytes = (sinks + window) * token;
       break;
     }
@@ -367,7 +381,7 @@ bool PlanMethod(Method method, const Options& options, size_t dim, MethodPlan* p
         return false;
       }
       const size_t window = budget - sinks - slots - given_up;
-      p.config = CacheConfig(dim, sinks, window, slots, options.forgetting, 0);
+      p.config = CacheConfig(dim, sinks, window, slots, options.forgetting, 0, dtype);
       p.bounded_bytes = (sinks + window + slots) * token + summary + WhiteningBytes(dim, slots);
       break;
     }

@@ -1,7 +1,8 @@
 // The compared methods on one KV head, and the memory each keeps.
 //
 // Equal-memory accounting (docs/compare.md): a token of one KV head costs
-// 2 * head_dim * 4 bytes (K and V in f32). The covariance summary costs what
+// 2 * head_dim * 4 bytes (K and V in f32; with --cache-dtype, the bounded
+// caches' tokens cost what that dtype stores: CacheTokenBytes). The covariance summary costs what
 // covattn stores for it: W and the means in f64 (8 (1 + 2d) bytes) and the
 // co-moments M_kk, M_vk in f32 (4 * 2d^2 bytes). The outlier policy adds its
 // whitening (packed Cholesky factor and mean, 4 (d(d+1)/2 + d) bytes) and a
@@ -30,12 +31,15 @@ namespace covattn_compare {
 size_t TokenBytes(size_t dim);
 // An int8 token: K and V of dim bytes with one f32 scale each.
 size_t Int8TokenBytes(size_t dim);
+// A token of one KV head as a bounded cache of that dtype stores it (its
+// int8 vectors pad dim to a multiple of 4 before the scale: covattn/cache.h).
+size_t CacheTokenBytes(size_t dim, uint32_t dtype);
 size_t SummaryBytes(size_t dim);
 size_t WhiteningBytes(size_t dim, size_t outlier_slots);
 
-// A cache of one KV head, f32 K and V.
+// A cache of one KV head storing K and V as dtype.
 covattn_cache_config CacheConfig(size_t dim, size_t sinks, size_t window, size_t outliers,
-                                 float forgetting, uint32_t flags);
+                                 float forgetting, uint32_t flags, uint32_t dtype);
 
 // A method's configuration for one head_dim.
 struct MethodPlan {

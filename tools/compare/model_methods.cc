@@ -80,11 +80,12 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
     return true;
   }
   const size_t sinks = options.sinks;
+  const uint32_t dtype = options.cache_dtype;
   const covattn_cache_config hybrid =
-      CacheConfig(d, sinks, budget - sinks, 0, options.forgetting, 0);
+      CacheConfig(d, sinks, budget - sinks, 0, options.forgetting, 0, dtype);
   size_t hybrid_bytes = 0;
   if (!CacheBytesPerKvHead(hybrid, d, &hybrid_bytes, error)) return false;
-  const size_t max_window = budget + hybrid_bytes / covattn_model::TokenBytes(d) + 1;
+  const size_t max_window = budget + hybrid_bytes / CacheTokenBytes(d, dtype) + 1;
   switch (method) {
     case Method::kExact:  // planned above
     case Method::kExactInt8:
@@ -92,7 +93,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
       p.cache = hybrid;
       break;
     case Method::kSinkWindow: {
-      p.cache = CacheConfig(d, sinks, 0, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED);
+      p.cache = CacheConfig(d, sinks, 0, 0, 1.0f, COVATTN_CACHE_DROP_EVICTED, dtype);
       error->clear();
       if (!FindWindow(p.cache, d, budget - sinks, max_window, hybrid_bytes, true, &p.cache.window,
                       error)) {
@@ -103,7 +104,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
     }
     case Method::kHybridOutliers: {
       const size_t slots = OutlierSlots(options, budget);
-      p.cache = CacheConfig(d, sinks, 0, slots, options.forgetting, 0);
+      p.cache = CacheConfig(d, sinks, 0, slots, options.forgetting, 0, dtype);
       error->clear();
       if (!FindWindow(p.cache, d, 1, budget, hybrid_bytes, false, &p.cache.window, error)) {
         if (error->empty()) {
@@ -117,7 +118,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
       break;
     }
     case Method::kReadout:
-      p.cache = CacheConfig(d, 0, 0, 0, options.forgetting, 0);
+      p.cache = CacheConfig(d, 0, 0, 0, options.forgetting, 0, dtype);
       break;
     case Method::kHeavyHitters:
     case Method::kEmaRing: {
@@ -134,6 +135,7 @@ bool PlanModelMethod(Method method, size_t budget, const Options& options, size_
   if (!CacheBytesPerKvHead(p.cache, d, &p.persistent_bytes_per_kv_head, error)) return false;
   p.name = std::string(MethodName(method)) + " B=" + std::to_string(budget) + " (" +
            Tokens(p.cache) + ")";
+  if (dtype != COVATTN_F32) p.name += std::string(" ") + CacheDtypeName(dtype);
   *spec = p;
   return true;
 }

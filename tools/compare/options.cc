@@ -12,6 +12,19 @@
 
 namespace covattn_compare {
 
+const char* CacheDtypeName(uint32_t dtype) {
+  switch (dtype) {
+    case COVATTN_F16:
+      return "f16";
+    case COVATTN_BF16:
+      return "bf16";
+    case COVATTN_INT8:
+      return "int8";
+    default:
+      return "f32";
+  }
+}
+
 const char* MethodName(Method method) {
   switch (method) {
     case Method::kExact:
@@ -291,11 +304,22 @@ bool ApplyMethods(Parser& p, const std::string&, const std::string& v) {
     }
     if (!found) {
       return p.Fail("unknown method '" + item +
-                    "' (exact, onednn, readout, window, hybrid, outliers, all)");
+                    "' (exact, exact-int8, onednn, readout, window, hybrid, outliers, h2o, "
+                    "ema-ring, all)");
     }
   }
   std::sort(out.begin(), out.end());
   return true;
+}
+
+bool ApplyCacheDtype(Parser& p, const std::string&, const std::string& v) {
+  for (uint32_t dtype : {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8}) {
+    if (v == CacheDtypeName(dtype)) {
+      p.o->cache_dtype = dtype;
+      return true;
+    }
+  }
+  return p.Fail("unknown --cache-dtype '" + v + "' (f32, f16, bf16, int8)");
 }
 
 bool ApplyPath(std::string Options::*field, Parser& p, const std::string& name,
@@ -404,6 +428,10 @@ const std::vector<OptionGroup>& OptionTable() {
             SizeIn(&Options::outliers, 1, size_t{1} << 20)},
            {"forgetting", "X", "summary forgetting factor in (0, 1] [1]",
             RealIn(&Options::forgetting, 0.0, 1.0, true)},
+           {"cache-dtype", "T",
+            "what the bounded methods store their exact tokens in:\n"
+            "f32, f16, bf16, int8; --budget counts tokens of T [f32]",
+            ApplyCacheDtype},
        }},
       {"Timing",
        {

@@ -84,7 +84,8 @@ struct Options {
   std::vector<size_t> budgets = {256};  // --budget: one, or a sweep
   size_t budget = 256;  // the budget being evaluated (budgets.front() after parsing)
   size_t sinks = 4;
-  size_t outliers = 0;  // outlier slots of the hybrid with outliers; 0: budget / 2
+  size_t outliers = 0;                 // outlier slots of the hybrid with outliers; 0: budget / 2
+  uint32_t cache_dtype = COVATTN_F32;  // --cache-dtype: the bounded caches' stored tokens
   float forgetting = 1.0f;
 
   // Timing.
@@ -109,6 +110,9 @@ enum class ParseOutcome { kRun, kHelp, kVersion, kUsageError };
 ParseOutcome ParseOptions(int argc, const char* const* argv, Options* options, std::string* error);
 
 std::string UsageText();
+
+// "f32", "f16", "bf16" or "int8": --cache-dtype's names.
+const char* CacheDtypeName(uint32_t dtype);
 
 // "a,b,,c" -> {"a", "b", "", "c"}: the lists of the command line.
 std::vector<std::string> SplitList(const std::string& s);

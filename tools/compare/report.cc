@@ -25,6 +25,7 @@ std::vector<Field> Fields(const Measurement& m, const RunInfo& info, const Optio
       Text("method", MethodKey(m.method)),
       Text("method_name", MethodName(m.method)),
       Number("budget", double(m.budget)),
+      Text("cache_dtype", CacheDtypeName(options.cache_dtype)),
       Number("memory_bytes", double(m.memory_bytes)),
       Number("allocated_bytes", double(m.allocated_bytes)),
       Number("decode_seconds_median", m.time_median),
@@ -225,8 +226,13 @@ void WriteTable(std::FILE* out, const RunInfo& info, const Options& options,
         break;
       }
     }
-    std::fprintf(out, "\n%s%s\n", SeriesHeading(*first).c_str(),
-                 all ? "" : (", context " + std::to_string(longest[series])).c_str());
+    const std::string stored =
+        options.cache_dtype == COVATTN_F32
+            ? std::string()
+            : std::string(", bounded caches store ") + CacheDtypeName(options.cache_dtype);
+    std::fprintf(out, "\n%s%s%s\n", SeriesHeading(*first).c_str(),
+                 all ? "" : (", context " + std::to_string(longest[series])).c_str(),
+                 stored.c_str());
     if (all) std::fprintf(out, "%8s  ", "context");
     std::fprintf(out, "%-20s %12s %10s %8s %9s %9s %9s\n", "method", "memory/layer", "decode",
                  "speedup", "rel L2", "cosine", "|dlog Z|");
