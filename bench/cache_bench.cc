@@ -11,8 +11,10 @@
 // the summary's memory as extra window tokens. cache_block/: a 512-token
 // block through covattn_cache_prefill against append alone, covattn_prefill
 // alone and append + decode per token. cache_decode_threads/: decode on the
-// calling thread against a pool of 1 and 2 threads (tests/thread_pool.h; one
-// task per KV head here).
+// calling thread against a pool of 1 and 2 threads (tests/thread_pool.h): one
+// task per KV head for the 2-head caches above, and a 1-KV-head cache with a
+// window of 4096 tokens (kv1/.../hybrid+window4096), whose exact tokens are
+// cut into ranges over the pool.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -38,7 +40,7 @@ using covattn_tools::WorkloadSpec;
 
 constexpr size_t kKvHeads = 2, kQHeads = 8, kBudget = 256, kSinks = 4;
 
-enum class Method { kExact, kReadout, kWindow, kHybrid, kOutliers };
+enum class Method { kExact, kReadout, kWindow, kHybrid, kOutliers, kLongWindow };
 
 const char* MethodName(Method m) {
   switch (m) {
@@ -52,6 +54,8 @@ const char* MethodName(Method m) {
       return "hybrid";
     case Method::kOutliers:
       return "hybrid+outliers";
+    case Method::kLongWindow:
+      return "hybrid+window4096";
   }
   return "?";
 }
@@ -65,8 +69,8 @@ size_t SummaryTokens(size_t dim, bool with_whitening) {
   return (bytes + token_bytes - 1) / token_bytes;
 }
 
-covattn_cache_config ConfigFor(Method m, size_t dim) {
-  covattn_cache_config c{kKvHeads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
+covattn_cache_config ConfigFor(Method m, size_t dim, size_t kv_heads = kKvHeads) {
+  covattn_cache_config c{kv_heads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
   switch (m) {
     case Method::kReadout:
       break;
@@ -78,6 +82,10 @@ covattn_cache_config ConfigFor(Method m, size_t dim) {
     case Method::kHybrid:
       c.n_sinks = kSinks;
       c.window = kBudget - kSinks;
+      break;
+    case Method::kLongWindow:
+      c.n_sinks = kSinks;
+      c.window = 4096;
       break;
     default:  // kOutliers
       c.n_sinks = kSinks;
@@ -93,14 +101,14 @@ struct CacheDeleter {
 };
 using CachePtr = std::unique_ptr<covattn_cache, CacheDeleter>;
 
-const Layer& SharedLayer(Workload workload, size_t dim, size_t n) {
-  static std::map<std::tuple<int, size_t, size_t>, std::unique_ptr<Layer>> layers;
-  auto& slot = layers[{static_cast<int>(workload), dim, n}];
+const Layer& SharedLayer(Workload workload, size_t dim, size_t n, size_t kv_heads = kKvHeads) {
+  static std::map<std::tuple<int, size_t, size_t, size_t>, std::unique_ptr<Layer>> layers;
+  auto& slot = layers[{static_cast<int>(workload), dim, n, kv_heads}];
   if (!slot) {
     WorkloadSpec spec;
     spec.workload = workload;
     spec.n_tokens = n;
-    spec.n_kv_heads = kKvHeads;
+    spec.n_kv_heads = kv_heads;
     spec.n_q_heads = kQHeads;
     spec.head_dim = dim;
     spec.sigma = 1.0;
@@ -133,7 +141,7 @@ CachePtr CreateCache(const covattn_cache_config& config, benchmark::State* state
 }
 
 CachePtr BuildCache(Method m, const Layer& layer) {
-  const covattn_cache_config config = ConfigFor(m, layer.head_dim);
+  const covattn_cache_config config = ConfigFor(m, layer.head_dim, layer.n_kv_heads);
   CachePtr cache = CreateCache(config);
   if (cache == nullptr) return nullptr;
   covattn_cache* c = cache.get();
@@ -159,7 +167,7 @@ class Decoder {
       scratch_.resize(bytes);
       view_ = ViewOf(layer);
     } else {
-      const covattn_cache_config config = ConfigFor(method, d);
+      const covattn_cache_config config = ConfigFor(method, d, layer.n_kv_heads);
       cache_ = BuildCache(method, layer);
       size_t bytes = 0;
       if (pool == nullptr) {
@@ -248,8 +256,8 @@ void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
 
 // Decode on the calling thread (n_threads 0) or over a pool of n_threads.
 void DecodeThreadsBench(benchmark::State& state, Method method, size_t dim, size_t n,
-                        size_t n_threads) {
-  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
+                        size_t kv_heads, size_t n_threads) {
+  const Layer& layer = SharedLayer(Workload::kGaussian, dim, n, kv_heads);
   covattn_test::ThreadPool pool(std::max<size_t>(n_threads, 1));
   const covattn_thread_pool view = pool.Pool();
   Decoder decoder(method, layer, n_threads == 0 ? nullptr : &view);
@@ -396,14 +404,17 @@ void RegisterAll() {
             ->Unit(benchmark::kMicrosecond);
       }
     }
-    for (Method m : {Method::kHybrid, Method::kOutliers}) {
+    for (Method m : {Method::kHybrid, Method::kOutliers, Method::kLongWindow}) {
+      // The long window on one KV head: more threads than heads.
+      const size_t kv_heads = m == Method::kLongWindow ? 1 : kKvHeads;
       for (size_t n_threads : {0, 1, 2}) {
         const std::string threads =
             n_threads == 0 ? "/calling_thread" : "/pool_threads:" + std::to_string(n_threads);
-        const std::string name = std::string("cache_decode_threads/") + MethodName(m) + "/d" +
+        const std::string name = std::string("cache_decode_threads/") +
+                                 (kv_heads == 1 ? "kv1/" : "") + MethodName(m) + "/d" +
                                  std::to_string(dim) + "/ctx8192" + threads;
         benchmark::RegisterBenchmark(name.c_str(), DecodeThreadsBench, m, dim, size_t{8192},
-                                     n_threads)
+                                     kv_heads, n_threads)
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       }

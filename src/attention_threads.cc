@@ -62,9 +62,6 @@ ThreadedLayout LayoutFor(size_t head_dim, size_t n_threads) {
   return layout;
 }
 
-// floor(k * n / parts) for k <= parts <= kMaxParts, without overflow.
-size_t Cut(size_t k, size_t n, size_t parts) { return k * (n / parts) + k * (n % parts) / parts; }
-
 size_t CeilDiv(size_t a, size_t b) { return a / b + (a % b != 0); }
 
 struct Plan {

@@ -23,6 +23,12 @@ constexpr size_t kMaxPoolTasks = size_t{1} << 16;
 
 inline size_t PlannedThreads(size_t n_threads) { return std::min(n_threads, kMaxPlannedThreads); }
 
+// floor(k * n / parts) for k <= parts, without overflow while parts * parts
+// fits: where part k of n things cut into near-equal parts begins.
+inline size_t Cut(size_t k, size_t n, size_t parts) {
+  return k * (n / parts) + k * (n % parts) / parts;
+}
+
 class PoolTasks {
  public:
   // n_tasks <= kMaxPoolTasks, for a pool of n_threads workers; only the

@@ -3,9 +3,11 @@
 // GQA, decode, prefill and partial states, 1..4 threads; the same bits
 // whatever order and threads the pool runs the tasks on; the pool and its
 // scratch validated. The bounded cache's decode over a pool
-// (covattn_cache_decode_threads): the one-thread bits, diagnostics included,
-// for every schedule; its pool and scratch validated. Run under
-// ThreadSanitizer by the tsan preset.
+// (covattn_cache_decode_threads): split by whole KV heads, the one-thread
+// bits, diagnostics included, for every schedule; split by range (fewer heads
+// than threads), the same bits for every schedule, within rounding of one
+// thread and of the double reference; its pool and scratch validated. Run
+// under ThreadSanitizer by the tsan preset.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -446,17 +448,28 @@ namespace {
 struct FilledCache {
   FilledCache(const covattn_cache_config& config, size_t n_tokens, size_t group, uint64_t seed,
               double q_std_dev = 1.5)
-      : cache(MakeCache(config)), n_q_heads(config.n_kv_heads * group), dim(config.head_dim) {
+      : cache(MakeCache(config)),
+        n_q_heads(config.n_kv_heads * group),
+        dim(config.head_dim),
+        data(COVATTN_F32, Layout::kTokenMajor, n_tokens, config.n_kv_heads, dim) {
     Rng rng(seed);
-    TestCache data(COVATTN_F32, Layout::kTokenMajor, n_tokens, config.n_kv_heads, dim);
     data.FillRandom(rng);
     if (n_tokens != 0) AppendAll(cache.get(), data, seed);
     q = RandomQueries(rng, n_q_heads * dim, q_std_dev);
   }
   CachePtr cache;
   size_t n_q_heads, dim;
+  TestCache data;  // every token appended
   std::vector<float> q;
 };
+
+covattn_cache_config SlotsConfig(size_t heads, size_t dim, uint32_t dtype, size_t sinks,
+                                 size_t window, size_t outliers, size_t retained, uint32_t summary,
+                                 uint32_t rope) {
+  covattn_cache_config c = Config(heads, dim, sinks, window, outliers, dtype);
+  c.n_retained = retained, c.summary = summary, c.rope = rope;
+  return c;
+}
 
 std::vector<uint8_t> CacheThreadScratch(const FilledCache& c, size_t n_threads) {
   covattn_cache_info info;
@@ -511,27 +524,23 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
     double q_std_dev;
     covattn_status status;  // on one thread, and so over every pool
   };
-  auto config = [](size_t heads, size_t dim, uint32_t dtype, size_t sinks, size_t window,
-                   size_t outliers, size_t retained, uint32_t summary, uint32_t rope) {
-    covattn_cache_config c = Config(heads, dim, sinks, window, outliers, dtype);
-    c.n_retained = retained, c.summary = summary, c.rope = rope;
-    return c;
-  };
   const Case cases[] = {
-      {"covariance, outliers", config(5, 64, COVATTN_F32, 4, 60, 16, 0, 0, 0), 2, 700, 1.5,
+      {"covariance, outliers", SlotsConfig(5, 64, COVATTN_F32, 4, 60, 16, 0, 0, 0), 2, 700, 1.5,
        COVATTN_OK},
       {"compact, retained, half-split RoPE",
-       config(3, 32, COVATTN_F16, 2, 40, 0, 8, COVATTN_SUMMARY_COMPACT, COVATTN_ROPE_HALF_SPLIT), 3,
-       500, 1.5, COVATTN_OK},
+       SlotsConfig(3, 32, COVATTN_F16, 2, 40, 0, 8, COVATTN_SUMMARY_COMPACT,
+                   COVATTN_ROPE_HALF_SPLIT),
+       3, 500, 1.5, COVATTN_OK},
       {"no summary, one KV head",
-       config(1, 48, COVATTN_BF16, 0, 100, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 300, 1.5, COVATTN_OK},
-      {"covariance, interleaved RoPE, retained and outliers, MHA",
-       config(8, 16, COVATTN_F32, 0, 16, 4, 6, 0, COVATTN_ROPE_INTERLEAVED), 1, 400, 1.5,
+       SlotsConfig(1, 48, COVATTN_BF16, 0, 100, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 300, 1.5,
        COVATTN_OK},
-      {"summary only", config(4, 24, COVATTN_F32, 0, 0, 0, 0, 0, 0), 2, 200, 1.5, COVATTN_OK},
-      {"empty", config(2, 32, COVATTN_F16, 2, 8, 0, 0, 0, 0), 2, 0, 1.5, COVATTN_FULLY_MASKED},
+      {"covariance, interleaved RoPE, retained and outliers, MHA",
+       SlotsConfig(8, 16, COVATTN_F32, 0, 16, 4, 6, 0, COVATTN_ROPE_INTERLEAVED), 1, 400, 1.5,
+       COVATTN_OK},
+      {"summary only", SlotsConfig(4, 24, COVATTN_F32, 0, 0, 0, 0, 0, 0), 2, 200, 1.5, COVATTN_OK},
+      {"empty", SlotsConfig(2, 32, COVATTN_F16, 2, 8, 0, 0, 0, 0), 2, 0, 1.5, COVATTN_FULLY_MASKED},
       // Scores that overflow: the nonfinite status from whichever task.
-      {"overflowing scores", config(3, 16, COVATTN_F32, 1, 20, 0, 0, 0, 0), 2, 100, 1e30,
+      {"overflowing scores", SlotsConfig(3, 16, COVATTN_F32, 1, 20, 0, 0, 0, 0), 2, 100, 1e30,
        COVATTN_ERR_NONFINITE},
   };
   uint64_t seed = 1200;
@@ -558,8 +567,242 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
           CHECK(bare.status == alone_bare.status);
           CHECK(SameBits(bare.out, alone_bare.out));
         }
-        // One task per KV head up to two per thread, each a run of heads.
+        // One task per KV head up to two per thread, each a run of heads
+        // (too few exact tokens to split by range).
         CHECK(in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
+      }
+    });
+  }
+}
+
+namespace {
+
+// The ranges per KV head covattn_cache_decode_threads cuts the exact tokens
+// into (cache.h): 1 is a split by whole heads.
+size_t DocumentedRanges(size_t kv_heads, size_t exact_tokens, size_t n_threads) {
+  const size_t wanted = 2 * n_threads;
+  if (n_threads < 2 || kv_heads >= wanted) return 1;
+  return std::max<size_t>(1, std::min((wanted + kv_heads - 1) / kv_heads, exact_tokens / 256));
+}
+
+double Norm(const float* x, size_t n) {
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += double(x[i]) * x[i];
+  return std::sqrt(sum);
+}
+
+// Checks a decode split into `ranges` ranges per KV head against the
+// one-thread decode of the same cache, whose fullest head holds at most
+// `exact_tokens` exact tokens. Each is the exact part's (l, o) merged with
+// the summary's readout (the same bits in both). Following the model of
+// ReferenceAttention's bound (test_util.h), a relative error delta of the
+// exact part's l and o moves out_i by at most delta (M_i + |out_i|) (the
+// merge's derivatives), M_i = max |v_i| over the head's tokens, among which
+// are its exact ones. delta counts, per weight: the score's rounding (d + 2) u
+// A, where A = scale |q| max |k| >= |score| (Cauchy-Schwarz, RoPE or not);
+// s - m's (2 A u); exp's (4 u); one rescale per merge (4 u each: the ranges'
+// and the summary's); m_exact - m's (m <= log Z, so 2 u (|log Z| + A)); and
+// the sums' 4 u sqrt(n) (4 standard deviations of independent roundings).
+// The two differ by twice that, plus each final division's 2 u |out_i|.
+// log Z moves by delta and share by delta share, each also twice.
+void CheckSplitClose(const FilledCache& c, const Decoded& got, const Decoded& alone, size_t ranges,
+                     size_t exact_tokens) {
+  const size_t d = c.dim, kv_heads = c.data.n_heads(), group = c.n_q_heads / kv_heads;
+  const double scale = 1.0 / std::sqrt(double(d)), u = kU;
+  CHECK(got.status == alone.status);
+  CHECK(SameBits(got.ess, alone.ess));
+  for (size_t h = 0; h < c.n_q_heads; ++h) {
+    const size_t kv = h / group;
+    double max_k = 0.0;
+    std::vector<double> max_v(d, 0.0);
+    for (size_t t = 0; t < c.data.n_tokens(); ++t) {
+      double k2 = 0.0;
+      for (size_t i = 0; i < d; ++i) {
+        k2 += c.data.K(t, kv, i) * c.data.K(t, kv, i);
+        max_v[i] = std::max(max_v[i], std::fabs(c.data.V(t, kv, i)));
+      }
+      max_k = std::max(max_k, std::sqrt(k2));
+    }
+    const double a = scale * Norm(c.q.data() + h * d, d) * max_k;
+    const double delta = u * ((d + 2) * a + 2 * a + 4 + 4 * (ranges + 1) +
+                              2 * (std::fabs(alone.log_z[h]) + a) + 4 * std::sqrt(exact_tokens));
+    INFO("query head " << h << ", delta " << delta);
+    double worst_ratio = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < d; ++i) {
+      const double want = alone.out[h * d + i];
+      const double bound = 2 * delta * (max_v[i] + std::fabs(want)) + 4 * u * std::fabs(want);
+      const double ratio = std::fabs(got.out[h * d + i] - want) / bound;
+      if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;  // NaN counts as worst
+    }
+    INFO("dim " << worst << ": got " << got.out[h * d + worst] << ", one thread "
+                << alone.out[h * d + worst]);
+    CHECK(worst_ratio <= 1.0);
+    CHECK(std::fabs(got.log_z[h] - alone.log_z[h]) <=
+          2 * delta + 4 * u * (std::fabs(alone.log_z[h]) + 1));
+    CHECK(std::fabs(got.share[h] - alone.share[h]) <= 2 * delta * alone.share[h] + 4 * u);
+  }
+}
+
+// Checks a decode of a cache holding only its sinks and window against the
+// double reference of exact attention over those tokens.
+void CheckWindowReference(const FilledCache& c, const Decoded& got, size_t window, size_t sinks) {
+  const size_t d = c.dim, group = c.n_q_heads / c.data.n_heads();
+  for (size_t h = 0; h < c.n_q_heads; ++h) {
+    INFO("query head " << h);
+    const ReferenceRow ref =
+        ReferenceAttention(c.data, c.q.data() + h * d, 1.0f / std::sqrt(float(d)), h / group,
+                           c.data.n_tokens() - 1, window, sinks);
+    CheckRow(got.out.data() + h * d, ref, d);
+    CHECK(std::fabs(got.log_z[h] - ref.log_z) <= ref.log_z_bound);
+    CHECK(got.share[h] == 0.0f);
+  }
+}
+
+// Decodes over the pool into outputs and diagnostics of 3s, which a failed
+// call must leave so.
+covattn_status DecodeOrUntouched(const FilledCache& filled, const covattn_thread_pool* pool,
+                                 void* scratch, size_t scratch_bytes) {
+  const size_t n = filled.n_q_heads;
+  std::vector<float> out(n * filled.dim, 3.0f), share(n, 3.0f), ess(n, 3.0f), log_z(n, 3.0f);
+  const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
+  const covattn_status s =
+      covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, pool, out.data(),
+                                   &diagnostics, scratch, scratch_bytes);
+  if (s < 0) {
+    for (const std::vector<float>* v : {&out, &share, &ess, &log_z}) {
+      CHECK(std::all_of(v->begin(), v->end(), [](float x) { return x == 3.0f; }));
+    }
+  }
+  return s;
+}
+
+// Each pool that breaks the contract, as two threads, is found out with
+// nothing written; the decode must have at least two tasks on two threads.
+void CheckBrokenPoolsRefused(const FilledCache& filled, std::vector<uint8_t>* scratch) {
+  covattn_thread_pool skipping{SkippingParallelFor, nullptr, 2},
+      bad_thread{BadThreadParallelFor, nullptr, 2}, twice{TwiceParallelFor, nullptr, 2},
+      repeating{RepeatingParallelFor, nullptr, 2};
+  bad_thread.pool_context = &bad_thread;
+  for (const covattn_thread_pool* pool : {&skipping, &bad_thread, &twice, &repeating}) {
+    CHECK(DecodeOrUntouched(filled, pool, scratch->data(), scratch->size()) ==
+          COVATTN_ERR_INVALID_THREAD_POOL);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cache decode over more threads than KV heads: split by range, same bits per schedule") {
+  // Long windows of one and two KV heads, alone (against the double
+  // reference) or with retained and outlier slots and a summary; and one
+  // holding too few tokens to split (the one-thread bits then).
+  struct Case {
+    const char* name;
+    covattn_cache_config config;
+    size_t group, n_tokens;
+    bool window_only;  // the cache holds its sinks and window only
+  };
+  const Case cases[] = {
+      {"one KV head, sinks + window",
+       SlotsConfig(1, 64, COVATTN_F32, 4, 2000, 0, 0, COVATTN_SUMMARY_NONE, 0), 4, 3000, true},
+      {"two KV heads, sinks + window",
+       SlotsConfig(2, 48, COVATTN_F32, 3, 2000, 0, 0, COVATTN_SUMMARY_NONE, 0), 3, 2600, true},
+      {"one KV head, covariance, retained and outliers",
+       SlotsConfig(1, 64, COVATTN_F32, 4, 2000, 16, 32, 0, 0), 4, 3000, false},
+      {"two KV heads, compact, retained, half-split RoPE",
+       SlotsConfig(2, 32, COVATTN_F32, 2, 2000, 0, 24, COVATTN_SUMMARY_COMPACT,
+                   COVATTN_ROPE_HALF_SPLIT),
+       2, 2800, false},
+      // int8: the ranges' scales move with their tokens.
+      {"one KV head, int8, covariance and outliers",
+       SlotsConfig(1, 64, COVATTN_INT8, 4, 2000, 16, 0, 0, 0), 4, 3000, false},
+      {"one KV head, too few tokens to split",
+       SlotsConfig(1, 64, COVATTN_F32, 4, 2000, 16, 0, 0, 0), 4, 300, false},
+  };
+  uint64_t seed = 1250;
+  for (const Case& c : cases) {
+    INFO(std::string(c.name));
+    const FilledCache filled(c.config, c.n_tokens, c.group, seed++);
+    const covattn_cache_config& config = c.config;
+    covattn_cache_info info;
+    REQUIRE(covattn_cache_info_get(filled.cache.get(), &info) == COVATTN_OK);
+    // The exact tokens the fullest head holds: sinks and window, and up to
+    // all of its slots.
+    const size_t held = std::min(c.n_tokens, config.n_sinks + config.window);
+    const size_t most = held + (c.n_tokens > held ? config.n_retained + config.n_outliers : 0);
+    const size_t kv_heads = config.n_kv_heads,
+                 summary_tasks = info.n_summarized != 0 ? kv_heads : 0;
+    ForEachTarget([&] {
+      std::vector<uint8_t> one = Scratch(filled.cache.get(), filled.n_q_heads);
+      const Decoded alone = CacheDecode(filled, nullptr, &one);
+      REQUIRE(alone.status == COVATTN_OK);
+      if (c.window_only) CheckWindowReference(filled, alone, config.window, config.n_sinks);
+      for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+        INFO(n_threads << " threads");
+        std::vector<uint8_t> scratch = CacheThreadScratch(filled, n_threads);
+        OrderedPool in_order{Order::kInOrder, n_threads, 1},
+            reversed{Order::kReversed, n_threads, 2}, shuffled{Order::kShuffled, n_threads, 3};
+        ThreadPool real(n_threads);
+        const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
+                                             real.Pool()};
+        const Decoded first = CacheDecode(filled, &pools[0], &scratch);
+        const Decoded first_bare = CacheDecode(filled, &pools[0], &scratch, false);
+        CHECK(SameBits(first_bare.out, first.out));
+        for (size_t p = 1; p < 4; ++p) {
+          INFO("pool " << p);
+          CheckSameBits(CacheDecode(filled, &pools[p], &scratch), first);
+          CHECK(SameBits(CacheDecode(filled, &pools[p], &scratch, false).out, first.out));
+        }
+        // The tasks cache.h documents: ranges of every head, one summary
+        // task per head; or runs of whole heads.
+        const size_t fewest = DocumentedRanges(kv_heads, held, n_threads);
+        const size_t ranges = DocumentedRanges(kv_heads, most, n_threads);
+        const size_t tasks = in_order.last_n_tasks;
+        if (ranges == 1) {
+          CHECK(tasks == std::min(kv_heads, 2 * n_threads));
+          CheckSameBits(first, alone);
+          continue;
+        }
+        CHECK(tasks >= kv_heads * fewest + summary_tasks);
+        CHECK(tasks <= kv_heads * ranges + summary_tasks);
+        CHECK(tasks >= n_threads);  // every thread has work
+        CheckSplitClose(filled, first, alone, ranges, most);
+        if (c.window_only) CheckWindowReference(filled, first, config.window, config.n_sinks);
+      }
+    });
+  }
+}
+
+TEST_CASE("cache decode split by range: a score that overflows in one range is reported") {
+  const size_t dim = 64, n_tokens = 2500, sinks = 4, window = 2000;
+  const covattn_cache_config config =
+      SlotsConfig(1, dim, COVATTN_F32, sinks, window, 0, 0, COVATTN_SUMMARY_NONE, 0);
+  // One key of 2^40 (the largest the cache takes) against queries of 1e28:
+  // its score overflows, every other one is finite. In the first range of
+  // the window, or in the last.
+  for (size_t poisoned : {n_tokens - window + 10, n_tokens - 5}) {
+    INFO("huge key at token " << poisoned);
+    Rng rng(1270);
+    TestCache data(COVATTN_F32, Layout::kTokenMajor, n_tokens, 1, dim);
+    data.FillRandom(rng);
+    for (size_t i = 0; i < dim; ++i) data.SetK(poisoned, 0, i, std::ldexp(1.0, 40));
+    FilledCache filled(config, 0, 4, 1271);
+    AppendAll(filled.cache.get(), data, 1272);
+    std::fill(filled.q.begin(), filled.q.end(), 1e28f);
+    ForEachTarget([&] {
+      std::vector<uint8_t> one = Scratch(filled.cache.get(), filled.n_q_heads);
+      CHECK(CacheDecode(filled, nullptr, &one).status == COVATTN_ERR_NONFINITE);
+      for (size_t n_threads = 2; n_threads <= 4; ++n_threads) {
+        INFO(n_threads << " threads");
+        std::vector<uint8_t> scratch = CacheThreadScratch(filled, n_threads);
+        OrderedPool shuffled{Order::kShuffled, n_threads, 4};
+        ThreadPool real(n_threads);
+        const covattn_thread_pool pools[] = {shuffled.Pool(), real.Pool()};
+        for (const covattn_thread_pool& pool : pools) {
+          CHECK(CacheDecode(filled, &pool, &scratch).status == COVATTN_ERR_NONFINITE);
+          CHECK(CacheDecode(filled, &pool, &scratch, false).status == COVATTN_ERR_NONFINITE);
+        }
+        CHECK(shuffled.last_n_tasks > 1);  // split
       }
     });
   }
@@ -591,18 +834,8 @@ TEST_CASE("cache decode over a pool: the pool and the scratch are validated, not
   std::vector<uint8_t> scratch(two);
   ThreadPool real(2);
   const covattn_thread_pool good = real.Pool();
-  // out and diagnostics start at 3; a failed call must leave them so.
   auto decode = [&](const covattn_thread_pool* pool, void* scratch_data, size_t scratch_bytes) {
-    std::vector<float> out(n * dim, 3.0f), share(n, 3.0f), ess(n, 3.0f), log_z(n, 3.0f);
-    const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
-    const covattn_status s =
-        covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, pool, out.data(),
-                                     &diagnostics, scratch_data, scratch_bytes);
-    if (s < 0) {
-      for (const std::vector<float>* v : {&out, &share, &ess, &log_z}) {
-        CHECK(std::all_of(v->begin(), v->end(), [](float x) { return x == 3.0f; }));
-      }
-    }
+    const covattn_status s = DecodeOrUntouched(filled, pool, scratch_data, scratch_bytes);
     CHECK(Serialize(filled.cache.get()) == file);  // decode never changes the cache
     return s;
   };
@@ -629,46 +862,69 @@ TEST_CASE("cache decode over a pool: the pool and the scratch are validated, not
   CHECK(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, &good,
                                      reinterpret_cast<float*>(scratch.data()), nullptr,
                                      scratch.data(), two) == COVATTN_ERR_ALIASING);
-  ForEachTarget([&] {
-    // Four KV heads on two threads: four tasks, so each breach is visible.
-    covattn_thread_pool skipping{SkippingParallelFor, nullptr, 2};
-    CHECK(decode(&skipping, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
-    covattn_thread_pool bad_thread{BadThreadParallelFor, nullptr, 2};
-    bad_thread.pool_context = &bad_thread;
-    CHECK(decode(&bad_thread, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
-    covattn_thread_pool twice{TwiceParallelFor, nullptr, 2};
-    CHECK(decode(&twice, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
-    covattn_thread_pool repeating{RepeatingParallelFor, nullptr, 2};
-    CHECK(decode(&repeating, scratch.data(), two) == COVATTN_ERR_INVALID_THREAD_POOL);
-  });
+  // Four KV heads on two threads: four tasks, so each breach is visible.
+  ForEachTarget([&] { CheckBrokenPoolsRefused(filled, &scratch); });
+  CHECK(Serialize(filled.cache.get()) == file);
+}
+
+TEST_CASE("cache decode split by range: broken pools are found out, nothing written") {
+  // One KV head on two threads: four ranges and the summary's task.
+  const covattn_cache_config config = SlotsConfig(1, 32, COVATTN_F32, 4, 2000, 8, 0, 0, 0);
+  const FilledCache filled(config, 2600, 4, 1320);
+  std::vector<uint8_t> scratch = CacheThreadScratch(filled, 2);
+  // The formula in cache.h: N_max = min(ceil(4 / 1), floor(2012 / 256)) = 4
+  // range states of g = 4 query rows, and the summary's readouts.
+  size_t one = 0;
+  REQUIRE(covattn_cache_scratch_size(&config, 4, &one) == COVATTN_OK);
+  auto round_up = [](size_t x) { return (x + 63) / 64 * 64; };
+  CHECK(scratch.size() == 64 + round_up(4 * 4 * 35) + 2 * round_up(one) + 4 * round_up(4 * 4 * 34) +
+                              round_up(4 * 4 * 34));
+  OrderedPool in_order{Order::kInOrder, 2, 0};
+  const covattn_thread_pool view = in_order.Pool();
+  REQUIRE(DecodeOrUntouched(filled, &view, scratch.data(), scratch.size()) == COVATTN_OK);
+  CHECK(in_order.last_n_tasks == 5);
+  ForEachTarget([&] { CheckBrokenPoolsRefused(filled, &scratch); });
 }
 
 TEST_CASE("cache decode over a pool writes nothing beyond the scratch size it asked for") {
-  covattn_cache_config config = Config(3, 40, 1, 20, 4);
-  config.rope = COVATTN_ROPE_HALF_SPLIT;  // the readout's work area in use
-  const FilledCache filled(config, 250, 2, 1400);
-  ForEachTarget([&] {
-    for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
-      INFO(n_threads << " threads");
-      size_t bytes = 0;
-      REQUIRE(covattn_cache_scratch_size_threads(&config, filled.n_q_heads, n_threads, &bytes) ==
-              COVATTN_OK);
-      for (size_t offset : {0, 4, 60}) {
-        std::vector<uint8_t> memory(offset + bytes + 256, 0xAB);
-        OrderedPool pool{Order::kShuffled, n_threads, 7};
-        const covattn_thread_pool view = pool.Pool();
-        std::vector<float> out(filled.n_q_heads * filled.dim), log_z(filled.n_q_heads);
-        const covattn_cache_diagnostics diagnostics{nullptr, nullptr, log_z.data()};
-        REQUIRE(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), filled.n_q_heads,
-                                             0.0f, &view, out.data(), &diagnostics,
-                                             memory.data() + offset, bytes) == COVATTN_OK);
-        CHECK(std::all_of(memory.begin() + offset + bytes, memory.end(),
-                          [](uint8_t b) { return b == 0xAB; }));
-        CHECK(std::all_of(memory.begin(), memory.begin() + offset,
-                          [](uint8_t b) { return b == 0xAB; }));
+  // By whole heads, and split by range on 2..4 threads (the range states
+  // and the summary's readouts at the end of the scratch).
+  // RoPE: the readout's work area in use.
+  const struct {
+    covattn_cache_config config;
+    size_t n_tokens;
+  } cases[] = {{SlotsConfig(3, 40, COVATTN_F32, 1, 20, 4, 0, 0, COVATTN_ROPE_HALF_SPLIT), 250},
+               {SlotsConfig(1, 40, COVATTN_F32, 3, 2000, 4, 8, 0, COVATTN_ROPE_HALF_SPLIT), 2500}};
+  for (const auto& c : cases) {
+    const covattn_cache_config& config = c.config;
+    INFO(config.n_kv_heads << " KV heads");
+    const FilledCache filled(config, c.n_tokens, 2, 1400);
+    ForEachTarget([&] {
+      for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
+        INFO(n_threads << " threads");
+        size_t bytes = 0;
+        REQUIRE(covattn_cache_scratch_size_threads(&config, filled.n_q_heads, n_threads, &bytes) ==
+                COVATTN_OK);
+        for (size_t offset : {0, 4, 60}) {
+          std::vector<uint8_t> memory(offset + bytes + 256, 0xAB);
+          OrderedPool pool{Order::kShuffled, n_threads, 7};
+          const covattn_thread_pool view = pool.Pool();
+          const size_t n = filled.n_q_heads;
+          std::vector<float> out(n * filled.dim), share(n), ess(n), log_z(n);
+          const covattn_cache_diagnostics diagnostics{share.data(), ess.data(), log_z.data()};
+          REQUIRE(covattn_cache_decode_threads(filled.cache.get(), filled.q.data(), n, 0.0f, &view,
+                                               out.data(), &diagnostics, memory.data() + offset,
+                                               bytes) == COVATTN_OK);
+          // The one-KV-head cache is split from two threads on.
+          CHECK((pool.last_n_tasks > config.n_kv_heads) == (c.n_tokens > 1000 && n_threads > 1));
+          CHECK(std::all_of(memory.begin() + offset + bytes, memory.end(),
+                            [](uint8_t b) { return b == 0xAB; }));
+          CHECK(std::all_of(memory.begin(), memory.begin() + offset,
+                            [](uint8_t b) { return b == 0xAB; }));
+        }
       }
-    }
-  });
+    });
+  }
 }
 
 TEST_CASE("the C++ wrapper's cache decode sizes its scratch for the pool") {

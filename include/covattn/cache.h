@@ -294,17 +294,31 @@ COVATTN_API covattn_status covattn_cache_decode(const covattn_cache* cache, cons
 
 /* covattn_cache_decode over the caller's thread pool (covattn.h's
  * covattn_thread_pool); threads NULL is covattn_cache_decode itself, with its
- * scratch. The work is split by KV head: task k of n_tasks = min(n_kv_heads,
- * 2 min(n_threads, 1024)) reads KV heads [k H / n_tasks, (k + 1) H / n_tasks) (H =
- * n_kv_heads) with all their query heads (exact part, summary readout and
- * merge), on the scratch of the worker running it. A query head's result is
- * computed by the same code whatever the split, so results are the same bits
- * as covattn_cache_decode's, however the pool schedules the tasks; with
- * fewer KV heads than threads, some threads have nothing to do. Outputs and
- * diagnostics are staged in the scratch and written once every task has run.
- * The scratch must hold covattn_cache_scratch_size_threads bytes (enough for
- * every other call on the cache too). Statuses as for covattn_cache_decode,
- * plus COVATTN_ERR_INVALID_THREAD_POOL for a pool with no parallel_for or
+ * scratch. With H = n_kv_heads, P = min(n_threads, 1024) and W = 2 P tasks
+ * wanted, the work is split one of two ways, by the cache's counts and
+ * n_threads only, never by how the pool schedules the tasks:
+ *  - by KV head, when P = 1, H >= W, or N below is 1 (E < 512): task
+ *    k of n_tasks = min(H, W) reads KV heads [k H / n_tasks, (k + 1) H /
+ *    n_tasks) with all their query heads (exact part, summary readout and
+ *    merge). A query head's result is computed by the same code whatever the
+ *    split, so the results are the same bits as covattn_cache_decode's;
+ *  - by KV range otherwise (split-KV): with E the exact tokens (sinks,
+ *    window, retained and outlier slots) of the fullest head, each head's
+ *    exact tokens are cut into N = min(ceil(W / H), floor(E / 256)) near-equal
+ *    ranges (at 64-token boundaries), one task each, into partial states;
+ *    one more task per KV head reads its summary, if the cache has folded
+ *    any (n_tasks = H N, or H N + H). The calling thread then merges each
+ *    head's ranges in range order, then the summary (MATH.md section 4). The
+ *    results are the same bits for every schedule and every pool of the same
+ *    n_threads, and differ from covattn_cache_decode's by float rounding
+ *    only: the exact part's sums are grouped by range, each range rescaled to
+ *    its own running max, as in exact attention's split-KV (covattn.h). The
+ *    summary's readout, and so summary_ess, is the same bits.
+ * Each task runs on the scratch of the worker running it. Outputs and
+ * diagnostics reach the caller only once every task has run. The scratch
+ * must hold covattn_cache_scratch_size_threads bytes (enough for every other
+ * call on the cache too). Statuses as for covattn_cache_decode, plus
+ * COVATTN_ERR_INVALID_THREAD_POOL for a pool with no parallel_for or
  * n_threads 0 (checked with the other arguments), or one found after
  * parallel_for returns to have skipped a task, run one twice or named a
  * thread >= n_threads; out and diagnostics are untouched then too. */
@@ -317,10 +331,17 @@ COVATTN_API covattn_status covattn_cache_decode_threads(
  * (n_threads >= 1, else COVATTN_ERR_INVALID_THREAD_POOL), for up to
  * n_q_heads query heads; other statuses as covattn_cache_scratch_size. With
  * S = covattn_cache_scratch_size's bytes for the same config and n_q_heads,
- * and R(x) = x rounded up to a multiple of 64:
+ * R(x) = x rounded up to a multiple of 64, H = n_kv_heads, g = n_q_heads / H
+ * and N_max the ranges per head of covattn_cache_decode_threads with E = the
+ * most exact tokens a head can hold (n_sinks + window + n_retained +
+ * n_outliers):
  *   bytes = 64 + R(4 n_q_heads (head_dim + 3)) + n_threads R(S)
- * (the staged outputs and diagnostics, then one S per worker). Any
- * alignment is accepted. */
+ *           + (N_max > 1 ? H N_max R(4 g (head_dim + 2))
+ *                          + R(4 n_q_heads (head_dim + 2)) : 0)
+ * (the staged outputs and diagnostics, one S per worker, then for a config
+ * that may split by KV range one partial state per range and the summary's
+ * readouts). It serves every decode on caches of the config, whatever they
+ * hold. Any alignment is accepted. */
 COVATTN_API covattn_status covattn_cache_scratch_size_threads(const covattn_cache_config* config,
                                                               size_t n_q_heads, size_t n_threads,
                                                               size_t* bytes);
