@@ -52,6 +52,21 @@ struct OrderedPool {
   }
 };
 
+// The schedules every pooled call is checked under, for n_threads workers:
+// in order, reversed and shuffled (each under its own thread scramble), and
+// a real pool of threads.
+struct Schedules {
+  explicit Schedules(size_t n_threads)
+      : in_order{Order::kInOrder, n_threads, 1},
+        reversed{Order::kReversed, n_threads, 2},
+        shuffled{Order::kShuffled, n_threads, 3},
+        real(n_threads),
+        pools{in_order.Pool(), reversed.Pool(), shuffled.Pool(), real.Pool()} {}
+  OrderedPool in_order, reversed, shuffled;
+  ThreadPool real;
+  covattn_thread_pool pools[4];
+};
+
 std::vector<uint8_t> ThreadScratch(size_t dim, size_t n_threads) {
   size_t bytes = 0;
   REQUIRE(covattn_attention_scratch_size_threads(dim, n_threads, &bytes) == COVATTN_OK);
@@ -80,11 +95,8 @@ void ForEachPool(size_t dim, Run&& run, Check&& check) {
   for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
     INFO(n_threads << " threads");
     std::vector<uint8_t> thread_scratch = ThreadScratch(dim, n_threads);
-    OrderedPool in_order{Order::kInOrder, n_threads, 1}, reversed{Order::kReversed, n_threads, 2},
-        shuffled{Order::kShuffled, n_threads, 3};
-    ThreadPool real(n_threads);
-    const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
-                                         real.Pool()};
+    Schedules schedules(n_threads);
+    const covattn_thread_pool* pools = schedules.pools;
     const std::vector<float> first = run(&pools[0], &thread_scratch);
     check(first, n_threads);
     CHECK(RelL2(first, alone) <= 1e-6);
@@ -555,11 +567,8 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
       for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
         INFO(n_threads << " threads");
         std::vector<uint8_t> scratch = CacheThreadScratch(filled, n_threads);
-        OrderedPool in_order{Order::kInOrder, n_threads, 1},
-            reversed{Order::kReversed, n_threads, 2}, shuffled{Order::kShuffled, n_threads, 3};
-        ThreadPool real(n_threads);
-        const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
-                                             real.Pool()};
+        Schedules schedules(n_threads);
+        const covattn_thread_pool* pools = schedules.pools;
         for (size_t p = 0; p < 4; ++p) {
           INFO("pool " << p);
           CheckSameBits(CacheDecode(filled, &pools[p], &scratch), alone);
@@ -569,7 +578,7 @@ TEST_CASE("cache decode over a pool: the one-thread bits, diagnostics included, 
         }
         // One task per KV head up to two per thread, each a run of heads
         // (too few exact tokens to split by range).
-        CHECK(in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
+        CHECK(schedules.in_order.last_n_tasks == std::min(c.config.n_kv_heads, 2 * n_threads));
       }
     });
   }
@@ -740,11 +749,8 @@ TEST_CASE("cache decode over more threads than KV heads: split by range, same bi
       for (size_t n_threads = 1; n_threads <= 4; ++n_threads) {
         INFO(n_threads << " threads");
         std::vector<uint8_t> scratch = CacheThreadScratch(filled, n_threads);
-        OrderedPool in_order{Order::kInOrder, n_threads, 1},
-            reversed{Order::kReversed, n_threads, 2}, shuffled{Order::kShuffled, n_threads, 3};
-        ThreadPool real(n_threads);
-        const covattn_thread_pool pools[] = {in_order.Pool(), reversed.Pool(), shuffled.Pool(),
-                                             real.Pool()};
+        Schedules schedules(n_threads);
+        const covattn_thread_pool* pools = schedules.pools;
         const Decoded first = CacheDecode(filled, &pools[0], &scratch);
         const Decoded first_bare = CacheDecode(filled, &pools[0], &scratch, false);
         CHECK(SameBits(first_bare.out, first.out));
@@ -757,7 +763,7 @@ TEST_CASE("cache decode over more threads than KV heads: split by range, same bi
         // task per head; or runs of whole heads.
         const size_t fewest = DocumentedRanges(kv_heads, held, n_threads);
         const size_t ranges = DocumentedRanges(kv_heads, most, n_threads);
-        const size_t tasks = in_order.last_n_tasks;
+        const size_t tasks = schedules.in_order.last_n_tasks;
         if (ranges == 1) {
           CHECK(tasks == std::min(kv_heads, 2 * n_threads));
           CheckSameBits(first, alone);
