@@ -69,8 +69,11 @@ size_t SummaryTokens(size_t dim, bool with_whitening) {
   return (bytes + token_bytes - 1) / token_bytes;
 }
 
-covattn_cache_config ConfigFor(Method m, size_t dim, size_t kv_heads = kKvHeads) {
-  covattn_cache_config c{kv_heads, dim, COVATTN_F32, 0, 0, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
+// dtype: what the cache stores its exact tokens in (the token counts stay
+// those of f32, so an int8 cache here is the same policy in fewer bytes).
+covattn_cache_config ConfigFor(Method m, size_t dim, size_t kv_heads = kKvHeads,
+                               uint32_t dtype = COVATTN_F32) {
+  covattn_cache_config c{kv_heads, dim, dtype, 0, 0, 0, 1.0f, 0, 0, 0, 0.0f, 0, 0};
   switch (m) {
     case Method::kReadout:
       break;
@@ -140,8 +143,8 @@ CachePtr CreateCache(const covattn_cache_config& config, benchmark::State* state
   return nullptr;
 }
 
-CachePtr BuildCache(Method m, const Layer& layer) {
-  const covattn_cache_config config = ConfigFor(m, layer.head_dim, layer.n_kv_heads);
+CachePtr BuildCache(Method m, const Layer& layer, uint32_t dtype) {
+  const covattn_cache_config config = ConfigFor(m, layer.head_dim, layer.n_kv_heads, dtype);
   CachePtr cache = CreateCache(config);
   if (cache == nullptr) return nullptr;
   covattn_cache* c = cache.get();
@@ -157,7 +160,8 @@ CachePtr BuildCache(Method m, const Layer& layer) {
 // thread (pool null) or over the pool; Run() returns false on failure.
 class Decoder {
  public:
-  Decoder(Method method, const Layer& layer, const covattn_thread_pool* pool = nullptr)
+  Decoder(Method method, const Layer& layer, const covattn_thread_pool* pool = nullptr,
+          uint32_t dtype = COVATTN_F32)
       : method_(method), layer_(layer), pool_(pool) {
     const size_t d = layer.head_dim;
     out_.resize(kQHeads * d);
@@ -167,8 +171,8 @@ class Decoder {
       scratch_.resize(bytes);
       view_ = ViewOf(layer);
     } else {
-      const covattn_cache_config config = ConfigFor(method, d, layer.n_kv_heads);
-      cache_ = BuildCache(method, layer);
+      const covattn_cache_config config = ConfigFor(method, d, layer.n_kv_heads, dtype);
+      cache_ = BuildCache(method, layer, dtype);
       size_t bytes = 0;
       if (pool == nullptr) {
         covattn_cache_scratch_size(&config, kQHeads, &bytes);
@@ -207,9 +211,9 @@ class Decoder {
 };
 
 // Median over query heads of ||out - exact|| / ||exact||.
-double RelativeError(Method method, Workload workload, size_t dim, size_t n) {
+double RelativeError(Method method, Workload workload, size_t dim, size_t n, uint32_t dtype) {
   const Layer& layer = SharedLayer(workload, dim, n);
-  Decoder exact(Method::kExact, layer), approx(method, layer);
+  Decoder exact(Method::kExact, layer), approx(method, layer, nullptr, dtype);
   if (!approx.ok() || !exact.Run() || !approx.Run()) return NAN;
   std::vector<double> errors;
   for (size_t h = 0; h < kQHeads; ++h) {
@@ -240,17 +244,17 @@ bool TimeDecodes(benchmark::State& state, Decoder& decoder) {
   return !state.error_occurred();
 }
 
-void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n) {
+void DecodeBench(benchmark::State& state, Method method, size_t dim, size_t n, uint32_t dtype) {
   const Layer& layer = SharedLayer(Workload::kGaussian, dim, n);
-  Decoder decoder(method, layer);
+  Decoder decoder(method, layer, nullptr, dtype);
   if (!TimeDecodes(state, decoder)) return;
   state.counters["memory_bytes"] = static_cast<double>(decoder.MemoryBytes());
   state.counters["tokens_per_second"] =
       benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
   if (method != Method::kExact) {
-    state.counters["err_gaussian"] = RelativeError(method, Workload::kGaussian, dim, n);
-    state.counters["err_drift"] = RelativeError(method, Workload::kDrift, dim, n);
-    state.counters["err_student_t"] = RelativeError(method, Workload::kStudentT, dim, n);
+    state.counters["err_gaussian"] = RelativeError(method, Workload::kGaussian, dim, n, dtype);
+    state.counters["err_drift"] = RelativeError(method, Workload::kDrift, dim, n, dtype);
+    state.counters["err_student_t"] = RelativeError(method, Workload::kStudentT, dim, n, dtype);
   }
 }
 
@@ -399,10 +403,19 @@ void RegisterAll() {
       for (Method m : methods) {
         const std::string name = std::string("cache_decode/") + MethodName(m) + "/d" +
                                  std::to_string(dim) + "/ctx" + std::to_string(n);
-        benchmark::RegisterBenchmark(name.c_str(), DecodeBench, m, dim, n)
+        benchmark::RegisterBenchmark(name.c_str(), DecodeBench, m, dim, n, COVATTN_F32)
             ->UseRealTime()
             ->Unit(benchmark::kMicrosecond);
       }
+    }
+    // The same caches storing int8 (one f32 scale per vector): the same
+    // tokens in about a quarter of their bytes.
+    for (Method m : {Method::kWindow, Method::kHybrid, Method::kOutliers}) {
+      const std::string name = std::string("cache_decode/") + MethodName(m) + "/d" +
+                               std::to_string(dim) + "/ctx8192/int8";
+      benchmark::RegisterBenchmark(name.c_str(), DecodeBench, m, dim, size_t{8192}, COVATTN_INT8)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
     }
     for (Method m : {Method::kHybrid, Method::kOutliers, Method::kLongWindow}) {
       // The long window on one KV head: more threads than heads.
