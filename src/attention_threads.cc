@@ -24,9 +24,6 @@ namespace {
 // Tasks per thread wanted (passes, cache ranges or runs of tiles): a late
 // thread then delays the call by about half a thread's share at most.
 constexpr size_t kUnitsPerThread = 2;
-// At most one cache range per this many visible tokens, so that the merge
-// and the task stay small next to the range's work.
-constexpr size_t kMinSplitTokens = 256;
 // Caps on units and splits, so that u * (n % units) and s * (n % splits)
 // below fit in 32 bits.
 constexpr size_t kMaxParts = size_t{1} << 16;
@@ -132,9 +129,7 @@ Plan MakePlan(const AttentionProblem& pb, size_t n_threads) {
 // cut into near-equal runs at chunk boundaries from the first visible token.
 void SplitRange(const VisibleTokens& v, size_t s, size_t splits, size_t* begin, size_t* end) {
   const size_t n_sink = v.sink_end - v.sink_begin, n = Count(v);
-  auto offset = [&](size_t k) {
-    return k == splits ? n : Cut(k, n, splits) / kChunkTokens * kChunkTokens;
-  };
+  auto offset = [&](size_t k) { return RangeBegin(k, n, splits, kChunkTokens); };
   auto token = [&](size_t off) {
     return off < n_sink || v.window_begin == v.window_end ? v.sink_begin + off
                                                           : v.window_begin + (off - n_sink);

@@ -215,9 +215,6 @@ struct DecodeQuery {
 // Tasks per worker wanted of a decode over a pool: a late worker then delays
 // the call by about half a worker's share.
 constexpr size_t kTasksPerThread = 2;
-// At most one range per this many exact tokens of a head, so that a range's
-// task and merge stay small next to its attention.
-constexpr size_t kMinSplitTokens = 256;
 // Runs of whole heads are at most kTasksPerThread * planned threads tasks.
 // A split has fewer KV heads H than that, W: H ceil(W / H) < 2 W range
 // tasks and H < W summary tasks.
@@ -471,9 +468,7 @@ void RunRangeTask(ThreadedDecode& call, size_t thread, size_t task) {
   const size_t h = task / call.ranges, r = task % call.ranges;
   const HeadSegments segments = ExactSegments(call.cache, h);
   const size_t n = TokenCount(segments);
-  auto begin = [&](size_t k) {
-    return k == call.ranges ? n : Cut(k, n, call.ranges) / kChunkTokens * kChunkTokens;
-  };
+  auto begin = [&](size_t k) { return RangeBegin(k, n, call.ranges, kChunkTokens); };
   ReadScratch s = call.Worker(thread);
   s.exact = call.State(task);
   if (!ExactRange(call.cache, segments, begin(r), begin(r + 1), call.HeadQueries(h), s)) {

@@ -29,6 +29,16 @@ inline size_t Cut(size_t k, size_t n, size_t parts) {
   return k * (n / parts) + k * (n % parts) / parts;
 }
 
+// Splits of a cache's tokens over a pool (split-KV: exact attention's and the
+// bounded cache's): at most one range per this many tokens, so that a
+// range's task and merge stay small next to its attention; range k of parts
+// begins at a multiple of `align` tokens (the kernels' chunk), the last ends
+// at n.
+constexpr size_t kMinSplitTokens = 256;
+inline size_t RangeBegin(size_t k, size_t n, size_t parts, size_t align) {
+  return k == parts ? n : Cut(k, n, parts) / align * align;
+}
+
 class PoolTasks {
  public:
   // n_tasks <= kMaxPoolTasks, for a pool of n_threads workers; only the

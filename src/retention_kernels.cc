@@ -86,20 +86,22 @@ void WeightsTyped(const T* k, size_t stride, size_t n, size_t dim, const float* 
     const size_t nt = HWY_MIN(kBlockTokens, n - t0);
     const T* kb = k + t0 * stride;
     std::fill(w, w + kBlockTokens + kMaxLanes, 0.0f);
+    float scales[kBlockTokens];  // int8: each stored vector's scale follows it
+    if constexpr (std::is_same_v<T, int8_t>) {
+      for (size_t t = 0; t < nt; ++t) {
+        std::memcpy(
+            &scales[t],
+            reinterpret_cast<const unsigned char*>(kb + t * stride) + detail::Int8ScaleOffset(dim),
+            sizeof(float));
+      }
+    }
     for (size_t r = 0; r < n_rows; ++r) {
       const float* ar = a + r * dim;
       size_t t = 0;
       for (; t + 4 <= nt; t += 4) Dots<4>(d, ar, kb + t * stride, stride, dim, s + t);
       for (; t < nt; ++t) Dots<1>(d, ar, kb + t * stride, stride, dim, s + t);
-      if constexpr (std::is_same_v<T, int8_t>) {  // a stored int8 vector's scale follows it
-        for (t = 0; t < nt; ++t) {
-          float scale;
-          std::memcpy(&scale,
-                      reinterpret_cast<const unsigned char*>(kb + t * stride) +
-                          detail::Int8ScaleOffset(dim),
-                      sizeof(scale));
-          s[t] *= scale;
-        }
+      if constexpr (std::is_same_v<T, int8_t>) {
+        for (t = 0; t < nt; ++t) s[t] *= scales[t];
       }
       AddWeights(d, s, nt, log_z[r], w);
     }
