@@ -73,30 +73,40 @@ class PrefetchCursor {
   }
 
  private:
+  // The state lives in locals while lines are issued, a row's lines in one
+  // tight loop: kept in the members, the bookkeeping cost more than the
+  // prefetches (18% of a cache-resident decode, docs/results.md).
   HWY_NOINLINE void Fetch() {
-    while (budget_ >= 64 && row_ != nullptr) {
+    const char* row = row_;
+    size_t offset = offset_, budget = budget_;
+    while (budget >= 64 && row != nullptr) {
+      const size_t lines_left = (row_bytes_ - offset + 63) / 64;
+      const size_t n = std::min(budget / 64, lines_left);
       // Into L2, not L1 (prefetcht1; PLDL2KEEP on Arm): a chunk of a layer
       // is up to 512 KiB, far more than L1 holds until it is read, and L1
       // prefetches tie up its few miss buffers. Measured on Zen 5: f32 layer
       // decode 23.9 -> 17.3 ms (docs/results.md).
-      __builtin_prefetch(row_ + offset_, /*rw=*/0, /*locality=*/2);
-      budget_ -= 64;
-      offset_ += 64;
-      if (offset_ < row_bytes_) continue;
-      offset_ = 0;  // next row: K then V of each (token, head), in memory order
+      for (size_t i = 0; i < n; ++i) __builtin_prefetch(row + offset + 64 * i, /*rw=*/0, 2);
+      budget -= 64 * n;
+      offset += 64 * n;
+      if (offset < row_bytes_) break;  // the credit ran out within the row
+      offset = 0;                      // next row: K then V of each (token, head), in memory order
       if (!in_v_) {
         in_v_ = true;
       } else {
         in_v_ = false;
         if (++inner_ == n_inner_) inner_ = 0, ++outer_;
         if (outer_ == n_outer_) {
-          row_ = nullptr;
-          return;
+          row = nullptr;
+          break;
         }
       }
-      row_ = (in_v_ ? v_ + outer_ * outer_v_ + inner_ * inner_v_
-                    : k_ + outer_ * outer_k_ + inner_ * inner_k_);
+      row = in_v_ ? v_ + outer_ * outer_v_ + inner_ * inner_v_
+                  : k_ + outer_ * outer_k_ + inner_ * inner_k_;
     }
+    row_ = row;
+    offset_ = offset;
+    budget_ = budget;
   }
 
   const char* k_ = nullptr;
@@ -189,6 +199,72 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
   for (size_t p = 0; p < kPairs; ++p) sums[p] = out[p];
 }
 
+// Tokens a four-row score step takes at once: its 4 x kTok accumulators, the
+// four query vectors and a key fit in the vector registers (32 on AVX-512 and
+// 64-bit Arm, 16 elsewhere). Each query vector loaded then serves kTok
+// tokens: with one token per step the loads of a, not the FMAs, were the
+// limit (docs/results.md, "Four tokens per score step").
+#if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3) || (HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_EMU128)
+constexpr size_t kScoreTokens4 = 4;
+#else
+constexpr size_t kScoreTokens4 = 2;
+#endif
+
+// sums[t * 4 + r] = a_r . k_t for four rows and kTok (2 or 4) consecutive
+// tokens, one accumulator per dot product (there are enough of them to hide
+// the FMA latency).
+template <size_t kTok, class D, typename T>
+HWY_INLINE void ScoreStep4Rows(D d, const float* HWY_RESTRICT a, size_t lda,
+                               const T* HWY_RESTRICT k, size_t k_stride, size_t dim,
+                               float* HWY_RESTRICT sums) {
+  static_assert(kTok == 2 || kTok == 4, "two or four tokens");
+  const size_t N = hn::Lanes(d);
+  const size_t dim_vec = dim - dim % N;
+  const float* HWY_RESTRICT a0 = a;
+  const float* HWY_RESTRICT a1 = a + lda;
+  const float* HWY_RESTRICT a2 = a + 2 * lda;
+  const float* HWY_RESTRICT a3 = a + 3 * lda;
+  const T* HWY_RESTRICT k0 = k;
+  const T* HWY_RESTRICT k1 = k + k_stride;
+  const T* HWY_RESTRICT k2 = k + (kTok > 2 ? 2 * k_stride : 0);
+  const T* HWY_RESTRICT k3 = k + (kTok > 2 ? 3 * k_stride : 0);
+  auto c00 = hn::Zero(d), c01 = hn::Zero(d), c02 = hn::Zero(d), c03 = hn::Zero(d);
+  auto c10 = hn::Zero(d), c11 = hn::Zero(d), c12 = hn::Zero(d), c13 = hn::Zero(d);
+  auto c20 = hn::Zero(d), c21 = hn::Zero(d), c22 = hn::Zero(d), c23 = hn::Zero(d);
+  auto c30 = hn::Zero(d), c31 = hn::Zero(d), c32 = hn::Zero(d), c33 = hn::Zero(d);
+  size_t i = 0;
+  for (; i < dim_vec; i += N) {  // c<t><r> += a_r * k_t
+    const auto q0 = hn::LoadU(d, a0 + i), q1 = hn::LoadU(d, a1 + i);
+    const auto q2 = hn::LoadU(d, a2 + i), q3 = hn::LoadU(d, a3 + i);
+    const auto x0 = LoadAsF32(d, k0 + i);
+    c00 = hn::MulAdd(q0, x0, c00), c01 = hn::MulAdd(q1, x0, c01);
+    c02 = hn::MulAdd(q2, x0, c02), c03 = hn::MulAdd(q3, x0, c03);
+    const auto x1 = LoadAsF32(d, k1 + i);
+    c10 = hn::MulAdd(q0, x1, c10), c11 = hn::MulAdd(q1, x1, c11);
+    c12 = hn::MulAdd(q2, x1, c12), c13 = hn::MulAdd(q3, x1, c13);
+    if constexpr (kTok > 2) {
+      const auto x2 = LoadAsF32(d, k2 + i);
+      c20 = hn::MulAdd(q0, x2, c20), c21 = hn::MulAdd(q1, x2, c21);
+      c22 = hn::MulAdd(q2, x2, c22), c23 = hn::MulAdd(q3, x2, c23);
+      const auto x3 = LoadAsF32(d, k3 + i);
+      c30 = hn::MulAdd(q0, x3, c30), c31 = hn::MulAdd(q1, x3, c31);
+      c32 = hn::MulAdd(q2, x3, c32), c33 = hn::MulAdd(q3, x3, c33);
+    }
+  }
+  SumOfLanes4(d, c00, c01, c02, c03, sums);
+  SumOfLanes4(d, c10, c11, c12, c13, sums + 4);
+  if constexpr (kTok > 2) {
+    SumOfLanes4(d, c20, c21, c22, c23, sums + 8);
+    SumOfLanes4(d, c30, c31, c32, c33, sums + 12);
+  }
+  for (; i < dim; ++i) {  // the dims after the last whole vector
+    for (size_t t = 0; t < kTok; ++t) {
+      const float kt = ElementAsF32(k + t * k_stride + i);
+      for (size_t r = 0; r < 4; ++r) sums[t * 4 + r] += a[r * lda + i] * kt;
+    }
+  }
+}
+
 // Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens, four dot
 // products at a time (one token for four rows, two for two, four for one).
 // Not inlined, like AccumulateRows and ProcessRowGroup: each runs once per
@@ -200,8 +276,18 @@ HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const 
                             size_t k_stride, size_t n_tokens, size_t dim, float* HWY_RESTRICT s,
                             size_t lds, PrefetchCursor<T>& prefetch) {
   constexpr size_t kTok = kRows == 1 ? 4 : kRows == 2 ? 2 : 1;
-  float sums[4];
+  float sums[16];
   size_t j = 0;
+  if constexpr (kRows == 4) {
+    constexpr size_t kTok4 = kScoreTokens4;
+    for (; j + kTok4 <= n_tokens; j += kTok4) {
+      prefetch.Advance(kTok4 * dim * sizeof(T));
+      ScoreStep4Rows<kTok4>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
+      for (size_t t = 0; t < kTok4; ++t) {
+        for (size_t r = 0; r < 4; ++r) s[r * lds + j + t] = sums[t * 4 + r];
+      }
+    }
+  }
   for (; j + kTok <= n_tokens; j += kTok) {
     prefetch.Advance(kTok * dim * sizeof(T));
     ScoreStep<kRows, kTok>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
