@@ -30,10 +30,7 @@ void RowsToF32Typed(const T* src, size_t stride, size_t n, size_t dim, float* ds
     float* out = dst + r * ld;
     size_t i = 0;
     if constexpr (std::is_same_v<T, int8_t>) {
-      float scale;
-      std::memcpy(&scale,
-                  reinterpret_cast<const unsigned char*>(row) + detail::Int8ScaleOffset(dim),
-                  sizeof(scale));
+      const float scale = detail::StoredInt8Scale(row, dim);
       const auto vs = hn::Set(d, scale);
       for (; i + N <= dim; i += N) hn::StoreU(hn::Mul(LoadAsF32(d, row + i), vs), d, out + i);
       for (; i < dim; ++i) out[i] = ElementAsF32(row + i) * scale;

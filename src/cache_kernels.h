@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace covattn {
 namespace detail {
@@ -12,6 +13,14 @@ namespace detail {
 // A stored int8 vector (cache.h, StoredVectorBytes) holds its f32 scale at
 // this byte offset, after its dim elements padded to 4 bytes.
 inline size_t Int8ScaleOffset(size_t dim) { return (dim + 3) / 4 * 4; }
+
+// The scale of the stored int8 vector at `vector` (dim elements).
+inline float StoredInt8Scale(const int8_t* vector, size_t dim) {
+  float scale;
+  std::memcpy(&scale, reinterpret_cast<const unsigned char*>(vector) + Int8ScaleOffset(dim),
+              sizeof(scale));
+  return scale;
+}
 
 // dst[r][0..dim) = row r of src (dtype elements, rows `stride` elements
 // apart) as f32; dst rows are ld floats apart. An int8 row is a stored int8

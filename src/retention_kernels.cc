@@ -88,12 +88,7 @@ void WeightsTyped(const T* k, size_t stride, size_t n, size_t dim, const float* 
     std::fill(w, w + kBlockTokens + kMaxLanes, 0.0f);
     float scales[kBlockTokens];  // int8: each stored vector's scale follows it
     if constexpr (std::is_same_v<T, int8_t>) {
-      for (size_t t = 0; t < nt; ++t) {
-        std::memcpy(
-            &scales[t],
-            reinterpret_cast<const unsigned char*>(kb + t * stride) + detail::Int8ScaleOffset(dim),
-            sizeof(float));
-      }
+      for (size_t t = 0; t < nt; ++t) scales[t] = detail::StoredInt8Scale(kb + t * stride, dim);
     }
     for (size_t r = 0; r < n_rows; ++r) {
       const float* ar = a + r * dim;
