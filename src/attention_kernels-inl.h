@@ -265,6 +265,33 @@ HWY_INLINE void ScoreStep4Rows(D d, const float* HWY_RESTRICT a, size_t lda,
   }
 }
 
+// s[r * lds + t] = sums[t * 4 + r] for four rows and kTok tokens: with four
+// tokens, a 4 x 4 transpose and one vector store per row.
+template <size_t kTok>
+HWY_INLINE void StoreScores4Rows(const float* HWY_RESTRICT sums, float* HWY_RESTRICT s,
+                                 size_t lds) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (kTok == 4) {
+    const hn::CappedTag<float, 4> d4;
+    const hn::Repartition<uint64_t, decltype(d4)> d64;
+    const auto x0 = hn::LoadU(d4, sums), x1 = hn::LoadU(d4, sums + 4);
+    const auto x2 = hn::LoadU(d4, sums + 8), x3 = hn::LoadU(d4, sums + 12);
+    const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d4, x0, x1));  // x0[0] x1[0] x0[1] x1[1]
+    const auto t1 = hn::BitCast(d64, hn::InterleaveLower(d4, x2, x3));
+    const auto t2 = hn::BitCast(d64, hn::InterleaveUpper(d4, x0, x1));  // x0[2] x1[2] x0[3] x1[3]
+    const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d4, x2, x3));
+    hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t0, t1)), d4, s);
+    hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t0, t1)), d4, s + lds);
+    hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t2, t3)), d4, s + 2 * lds);
+    hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t2, t3)), d4, s + 3 * lds);
+    return;
+  }
+#endif
+  for (size_t t = 0; t < kTok; ++t) {
+    for (size_t r = 0; r < 4; ++r) s[r * lds + t] = sums[t * 4 + r];
+  }
+}
+
 // Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens, four dot
 // products at a time (one token for four rows, two for two, four for one).
 // Not inlined, like AccumulateRows and ProcessRowGroup: each runs once per
@@ -283,9 +310,7 @@ HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const 
     for (; j + kTok4 <= n_tokens; j += kTok4) {
       prefetch.Advance(kTok4 * dim * sizeof(T));
       ScoreStep4Rows<kTok4>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
-      for (size_t t = 0; t < kTok4; ++t) {
-        for (size_t r = 0; r < 4; ++r) s[r * lds + j + t] = sums[t * 4 + r];
-      }
+      StoreScores4Rows<kTok4>(sums, s + j, lds);
     }
   }
   for (; j + kTok <= n_tokens; j += kTok) {
