@@ -353,6 +353,21 @@ void RegisterAll() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
+  // Every group size engines use (MHA, GQA 2, 3, 4, 7 as in Qwen2-7B, 8):
+  // the score step takes two to four rows at once, so 3 and 7 rows per KV
+  // head (tiles of 4 + 3) are the uneven cases. One cache-resident KV head.
+  for (size_t group : {1, 2, 3, 4, 7, 8}) {
+    const DecodeShape head{1, group, 128, 4096, false, Layout::kTokenMajor};
+    for (size_t i = 0; i < covattn_available_target_count(); ++i) {
+      const std::string target = covattn_available_target(i);
+      benchmark::RegisterBenchmark(
+          ("decode_groups/head_gqa" + std::to_string(group) + "_d128_ctx4096/f32/" + target)
+              .c_str(),
+          Decode, target, COVATTN_F32, head, size_t{0})
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
   // Every head_dim, small ones included, per target and against the naive
   // loop: one KV head of 512 tokens (a tiny model's layer) and a layer of 8
   // KV heads and 4096 tokens; both cache-resident.

@@ -199,31 +199,32 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
   for (size_t p = 0; p < kPairs; ++p) sums[p] = out[p];
 }
 
-// Tokens a four-row score step takes at once: its 4 x kTok accumulators, the
-// four query vectors and a key fit in the vector registers (32 on AVX-512 and
-// 64-bit Arm, 16 elsewhere). Each query vector loaded then serves kTok
-// tokens: with one token per step the loads of a, not the FMAs, were the
-// limit (docs/results.md, "Four tokens per score step").
+// Tokens a score step of two to four rows takes at once: its 4 x kTok
+// accumulators, the four query vectors and a key fit in the vector registers
+// (32 on AVX-512 and 64-bit Arm, 16 elsewhere). Each query vector loaded then
+// serves kTok tokens: with one token per step the loads of a, not the FMAs,
+// were the limit (docs/results.md, "Four tokens per score step").
 #if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3) || (HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_EMU128)
-constexpr size_t kScoreTokens4 = 4;
+constexpr size_t kScoreTokens = 4;
 #else
-constexpr size_t kScoreTokens4 = 2;
+constexpr size_t kScoreTokens = 2;
 #endif
 
-// sums[t * 4 + r] = a_r . k_t for four rows and kTok (2 or 4) consecutive
-// tokens, one accumulator per dot product (there are enough of them to hide
-// the FMA latency).
-template <size_t kTok, class D, typename T>
-HWY_INLINE void ScoreStep4Rows(D d, const float* HWY_RESTRICT a, size_t lda,
-                               const T* HWY_RESTRICT k, size_t k_stride, size_t dim,
-                               float* HWY_RESTRICT sums) {
-  static_assert(kTok == 2 || kTok == 4, "two or four tokens");
+// sums[t * 4 + r] = a_r . k_t for kRows (2 to 4) rows and kTok (2 or 4)
+// consecutive tokens, one accumulator per dot product (there are enough of
+// them to hide the FMA latency); rows from kRows on are left 0.
+template <size_t kRows, size_t kTok, class D, typename T>
+HWY_INLINE void ScoreStepTokens(D d, const float* HWY_RESTRICT a, size_t lda,
+                                const T* HWY_RESTRICT k, size_t k_stride, size_t dim,
+                                float* HWY_RESTRICT sums) {
+  static_assert(kRows >= 2 && kRows <= 4 && (kTok == 2 || kTok == 4), "a step of 2-4 x 2 or 4");
   const size_t N = hn::Lanes(d);
   const size_t dim_vec = dim - dim % N;
+  // Rows from kRows on point at row 0 and are never used.
   const float* HWY_RESTRICT a0 = a;
   const float* HWY_RESTRICT a1 = a + lda;
-  const float* HWY_RESTRICT a2 = a + 2 * lda;
-  const float* HWY_RESTRICT a3 = a + 3 * lda;
+  const float* HWY_RESTRICT a2 = a + (kRows > 2 ? 2 * lda : 0);
+  const float* HWY_RESTRICT a3 = a + (kRows > 3 ? 3 * lda : 0);
   const T* HWY_RESTRICT k0 = k;
   const T* HWY_RESTRICT k1 = k + k_stride;
   const T* HWY_RESTRICT k2 = k + (kTok > 2 ? 2 * k_stride : 0);
@@ -236,19 +237,23 @@ HWY_INLINE void ScoreStep4Rows(D d, const float* HWY_RESTRICT a, size_t lda,
   for (; i < dim_vec; i += N) {  // c<t><r> += a_r * k_t
     const auto q0 = hn::LoadU(d, a0 + i), q1 = hn::LoadU(d, a1 + i);
     const auto q2 = hn::LoadU(d, a2 + i), q3 = hn::LoadU(d, a3 + i);
-    const auto x0 = LoadAsF32(d, k0 + i);
+    const auto x0 = LoadAsF32Shared(d, k0 + i);
     c00 = hn::MulAdd(q0, x0, c00), c01 = hn::MulAdd(q1, x0, c01);
-    c02 = hn::MulAdd(q2, x0, c02), c03 = hn::MulAdd(q3, x0, c03);
-    const auto x1 = LoadAsF32(d, k1 + i);
+    if constexpr (kRows > 2) c02 = hn::MulAdd(q2, x0, c02);
+    if constexpr (kRows > 3) c03 = hn::MulAdd(q3, x0, c03);
+    const auto x1 = LoadAsF32Shared(d, k1 + i);
     c10 = hn::MulAdd(q0, x1, c10), c11 = hn::MulAdd(q1, x1, c11);
-    c12 = hn::MulAdd(q2, x1, c12), c13 = hn::MulAdd(q3, x1, c13);
+    if constexpr (kRows > 2) c12 = hn::MulAdd(q2, x1, c12);
+    if constexpr (kRows > 3) c13 = hn::MulAdd(q3, x1, c13);
     if constexpr (kTok > 2) {
-      const auto x2 = LoadAsF32(d, k2 + i);
+      const auto x2 = LoadAsF32Shared(d, k2 + i);
       c20 = hn::MulAdd(q0, x2, c20), c21 = hn::MulAdd(q1, x2, c21);
-      c22 = hn::MulAdd(q2, x2, c22), c23 = hn::MulAdd(q3, x2, c23);
-      const auto x3 = LoadAsF32(d, k3 + i);
+      if constexpr (kRows > 2) c22 = hn::MulAdd(q2, x2, c22);
+      if constexpr (kRows > 3) c23 = hn::MulAdd(q3, x2, c23);
+      const auto x3 = LoadAsF32Shared(d, k3 + i);
       c30 = hn::MulAdd(q0, x3, c30), c31 = hn::MulAdd(q1, x3, c31);
-      c32 = hn::MulAdd(q2, x3, c32), c33 = hn::MulAdd(q3, x3, c33);
+      if constexpr (kRows > 2) c32 = hn::MulAdd(q2, x3, c32);
+      if constexpr (kRows > 3) c33 = hn::MulAdd(q3, x3, c33);
     }
   }
   SumOfLanes4(d, c00, c01, c02, c03, sums);
@@ -260,15 +265,15 @@ HWY_INLINE void ScoreStep4Rows(D d, const float* HWY_RESTRICT a, size_t lda,
   for (; i < dim; ++i) {  // the dims after the last whole vector
     for (size_t t = 0; t < kTok; ++t) {
       const float kt = ElementAsF32(k + t * k_stride + i);
-      for (size_t r = 0; r < 4; ++r) sums[t * 4 + r] += a[r * lda + i] * kt;
+      for (size_t r = 0; r < kRows; ++r) sums[t * 4 + r] += a[r * lda + i] * kt;
     }
   }
 }
 
-// s[r * lds + t] = sums[t * 4 + r] for four rows and kTok tokens: with four
+// s[r * lds + t] = sums[t * 4 + r] for kRows rows and kTok tokens: with four
 // tokens, a 4 x 4 transpose and one vector store per row.
-template <size_t kTok>
-HWY_INLINE void StoreScores4Rows(const float* HWY_RESTRICT sums, float* HWY_RESTRICT s,
+template <size_t kRows, size_t kTok>
+HWY_INLINE void StoreScoreTokens(const float* HWY_RESTRICT sums, float* HWY_RESTRICT s,
                                  size_t lds) {
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (kTok == 4) {
@@ -282,18 +287,23 @@ HWY_INLINE void StoreScores4Rows(const float* HWY_RESTRICT sums, float* HWY_REST
     const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d4, x2, x3));
     hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t0, t1)), d4, s);
     hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t0, t1)), d4, s + lds);
-    hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t2, t3)), d4, s + 2 * lds);
-    hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t2, t3)), d4, s + 3 * lds);
+    if constexpr (kRows > 2) {
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveLower(d64, t2, t3)), d4, s + 2 * lds);
+    }
+    if constexpr (kRows > 3) {
+      hn::StoreU(hn::BitCast(d4, hn::InterleaveUpper(d64, t2, t3)), d4, s + 3 * lds);
+    }
     return;
   }
 #endif
   for (size_t t = 0; t < kTok; ++t) {
-    for (size_t r = 0; r < 4; ++r) s[r * lds + t] = sums[t * 4 + r];
+    for (size_t r = 0; r < kRows; ++r) s[r * lds + t] = sums[t * 4 + r];
   }
 }
 
-// Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens, four dot
-// products at a time (one token for four rows, two for two, four for one).
+// Scores s[r][j] = a_r . k_j for kRows rows and n_tokens tokens: two to four
+// rows kScoreTokens tokens at a time, one row four tokens at a time, and the
+// tokens left over four dot products at a time.
 // Not inlined, like AccumulateRows and ProcessRowGroup: each runs once per
 // chunk, so the call costs nothing measurable, while inlining every tile
 // shape into one function per element type and target made that function
@@ -305,12 +315,11 @@ HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const 
   constexpr size_t kTok = kRows == 1 ? 4 : kRows == 2 ? 2 : 1;
   float sums[16];
   size_t j = 0;
-  if constexpr (kRows == 4) {
-    constexpr size_t kTok4 = kScoreTokens4;
-    for (; j + kTok4 <= n_tokens; j += kTok4) {
-      prefetch.Advance(kTok4 * dim * sizeof(T));
-      ScoreStep4Rows<kTok4>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
-      StoreScores4Rows<kTok4>(sums, s + j, lds);
+  if constexpr (kRows >= 2) {
+    for (; j + kScoreTokens <= n_tokens; j += kScoreTokens) {
+      prefetch.Advance(kScoreTokens * dim * sizeof(T));
+      ScoreStepTokens<kRows, kScoreTokens>(d, a, lda, k + j * k_stride, k_stride, dim, sums);
+      StoreScoreTokens<kRows, kScoreTokens>(sums, s + j, lds);
     }
   }
   for (; j + kTok <= n_tokens; j += kTok) {
@@ -359,8 +368,8 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
     for (size_t j = 0; j < n_tokens; ++j) {
       const T* HWY_RESTRICT vj = v + j * v_stride + i;
       if (j % 8 == 0) prefetch.Advance(8 * 2 * N * sizeof(T));
-      const auto vx = LoadAsF32(d, vj);
-      const auto vy = LoadAsF32(d, vj + N);
+      const auto vx = LoadAsF32Shared(d, vj);
+      const auto vy = LoadAsF32Shared(d, vj + N);
       const auto w0 = hn::Set(d, p0[j]);
       x0 = hn::MulAdd(w0, vx, x0);
       y0 = hn::MulAdd(w0, vy, y0);

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "covattn/covattn.h"
 #include "half.h"
@@ -81,6 +82,24 @@ template <class D>
 HWY_INLINE hn::Vec<D> LoadAsF32(D d, const int8_t* HWY_RESTRICT p) {
   const hn::RebindToSigned<D> di;
   return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(hn::Rebind<int8_t, D>(), p)));
+}
+
+// LoadAsF32 of a vector that two or three FMAs use (the K and V vectors of
+// groups of two or three rows). On AVX-512, GCC 12 folds a plain f32 load
+// into each of up to three uses, so each use loads again, and the kernels
+// are bound by loads (three rows per KV head ran slower than four): an empty
+// asm statement that needs the vector in a register stops the folding
+// (GCC also turns an all-lanes masked load back into a plain one).
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadAsF32Shared(D d, const T* HWY_RESTRICT p) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3 && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, float>) {
+    auto v = hn::LoadU(d, p);
+    asm("" : "+v"(v.raw));
+    return v;
+  }
+#endif
+  return LoadAsF32(d, p);
 }
 
 // One element as f32.
