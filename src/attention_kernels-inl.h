@@ -199,16 +199,19 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
   for (size_t p = 0; p < kPairs; ++p) sums[p] = out[p];
 }
 
-// Tokens a score step of two to four rows takes at once: its 4 x kTok
-// accumulators, the four query vectors and a key fit in the vector registers
-// (32 on AVX-512 and 64-bit Arm, 16 elsewhere). Each query vector loaded then
-// serves kTok tokens: with one token per step the loads of a, not the FMAs,
-// were the limit (docs/results.md, "Four tokens per score step").
+// Vector registers of the target, which size the register blocks below.
 #if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3) || (HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_EMU128)
-constexpr size_t kScoreTokens = 4;
+constexpr size_t kVectorRegisters = 32;
 #else
-constexpr size_t kScoreTokens = 2;
+constexpr size_t kVectorRegisters = 16;
 #endif
+
+// Tokens a score step of two to four rows takes at once: its 4 x kTok
+// accumulators, the four query vectors and a key fit in the registers. Each
+// query vector loaded then serves kTok tokens: with one token per step the
+// loads of a, not the FMAs, were the limit (docs/results.md, "Four tokens per
+// score step").
+constexpr size_t kScoreTokens = kVectorRegisters >= 32 ? 4 : 2;
 
 // sums[t * 4 + r] = a_r . k_t for kRows (2 to 4) rows and kTok (2 or 4)
 // consecutive tokens, one accumulator per dot product (there are enough of
@@ -342,17 +345,85 @@ HWY_INLINE void AddTo(D d, V x, float* HWY_RESTRICT o) {
   hn::StoreU(hn::Add(hn::LoadU(d, o), x), d, o);
 }
 
-// o_r += sum_j p[r][j] * v_j for kRows rows. Each pass keeps two vectors of
-// every row's chunk sum in registers while streaming the chunk's values, then
-// adds them to o (a block's part of the output, MATH.md section 1).
+// Vectors of V a pass of AccumulateRows keeps per row: 4 x 3 sums, three
+// values and a weight fit in 32 registers, not in 16.
+constexpr size_t kMaxPassVectors = kVectorRegisters >= 32 ? 3 : 2;
+
+// o_r[i, i + kVecs N) += sum_j p_r[j] * v_j[i, i + kVecs N) for kRows rows:
+// the kVecs vectors of every row's chunk sum stay in registers while the
+// chunk's values stream, then are added to o (a block's part of the output,
+// MATH.md section 1).
+template <size_t kRows, size_t kVecs, class D, typename T>
+HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, const T* HWY_RESTRICT v,
+                               size_t v_stride, size_t n_tokens, float* HWY_RESTRICT const* o,
+                               PrefetchCursor<T>& prefetch) {
+  const size_t N = hn::Lanes(d);
+  auto x0 = hn::Zero(d), y0 = hn::Zero(d), z0 = hn::Zero(d);
+  auto x1 = hn::Zero(d), y1 = hn::Zero(d), z1 = hn::Zero(d);
+  auto x2 = hn::Zero(d), y2 = hn::Zero(d), z2 = hn::Zero(d);
+  auto x3 = hn::Zero(d), y3 = hn::Zero(d), z3 = hn::Zero(d);
+  for (size_t j = 0; j < n_tokens; ++j) {
+    const T* HWY_RESTRICT vj = v + j * v_stride;
+    if (j % 8 == 0) prefetch.Advance(8 * kVecs * N * sizeof(T));
+    // Fewer than three vectors: the unused loads (of vj) are dead code.
+    const auto vx = LoadAsF32Shared(d, vj);
+    const auto vy = LoadAsF32Shared(d, vj + (kVecs > 1 ? N : 0));
+    const auto vz = LoadAsF32Shared(d, vj + (kVecs > 2 ? 2 * N : 0));
+    const auto w0 = hn::Set(d, p[0][j]);
+    x0 = hn::MulAdd(w0, vx, x0);
+    if constexpr (kVecs > 1) y0 = hn::MulAdd(w0, vy, y0);
+    if constexpr (kVecs > 2) z0 = hn::MulAdd(w0, vz, z0);
+    if constexpr (kRows > 1) {
+      const auto w1 = hn::Set(d, p[1][j]);
+      x1 = hn::MulAdd(w1, vx, x1);
+      if constexpr (kVecs > 1) y1 = hn::MulAdd(w1, vy, y1);
+      if constexpr (kVecs > 2) z1 = hn::MulAdd(w1, vz, z1);
+    }
+    if constexpr (kRows > 2) {
+      const auto w2 = hn::Set(d, p[2][j]);
+      x2 = hn::MulAdd(w2, vx, x2);
+      if constexpr (kVecs > 1) y2 = hn::MulAdd(w2, vy, y2);
+      if constexpr (kVecs > 2) z2 = hn::MulAdd(w2, vz, z2);
+    }
+    if constexpr (kRows > 3) {
+      const auto w3 = hn::Set(d, p[3][j]);
+      x3 = hn::MulAdd(w3, vx, x3);
+      if constexpr (kVecs > 1) y3 = hn::MulAdd(w3, vy, y3);
+      if constexpr (kVecs > 2) z3 = hn::MulAdd(w3, vz, z3);
+    }
+  }
+  AddTo(d, x0, o[0]);
+  if constexpr (kVecs > 1) AddTo(d, y0, o[0] + N);
+  if constexpr (kVecs > 2) AddTo(d, z0, o[0] + 2 * N);
+  if constexpr (kRows > 1) {
+    AddTo(d, x1, o[1]);
+    if constexpr (kVecs > 1) AddTo(d, y1, o[1] + N);
+    if constexpr (kVecs > 2) AddTo(d, z1, o[1] + 2 * N);
+  }
+  if constexpr (kRows > 2) {
+    AddTo(d, x2, o[2]);
+    if constexpr (kVecs > 1) AddTo(d, y2, o[2] + N);
+    if constexpr (kVecs > 2) AddTo(d, z2, o[2] + 2 * N);
+  }
+  if constexpr (kRows > 3) {
+    AddTo(d, x3, o[3]);
+    if constexpr (kVecs > 1) AddTo(d, y3, o[3] + N);
+    if constexpr (kVecs > 2) AddTo(d, z3, o[3] + 2 * N);
+  }
+}
+
+// o_r += sum_j p[r][j] * v_j for kRows rows, in passes of two vectors. An odd
+// count of three or more starts with a pass of three where the registers
+// allow: a pass of one streams every token again for a quarter of a pair's
+// FMAs, which cost AVX-512 its lead over AVX2 at d = 48 and 80
+// (docs/results.md, "Four tokens per score step").
 template <size_t kRows, class D, typename T>
 HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
                                  const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
                                  size_t dim, float* HWY_RESTRICT o, size_t ldo,
                                  PrefetchCursor<T>& prefetch) {
   const size_t N = hn::Lanes(d);
-  const size_t dim_vec = dim - dim % N;
-  const size_t dim_vec2 = dim - dim % (2 * N);
+  const size_t n_vec = dim / N;
   float* HWY_RESTRICT o0 = o;
   float* HWY_RESTRICT o1 = o + (kRows > 1 ? ldo : 0);
   float* HWY_RESTRICT o2 = o + (kRows > 2 ? 2 * ldo : 0);
@@ -361,54 +432,23 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   const float* HWY_RESTRICT p1 = p + (kRows > 1 ? ldp : 0);
   const float* HWY_RESTRICT p2 = p + (kRows > 2 ? 2 * ldp : 0);
   const float* HWY_RESTRICT p3 = p + (kRows > 3 ? 3 * ldp : 0);
-  size_t i = 0;
-  for (; i < dim_vec2; i += 2 * N) {
-    auto x0 = hn::Zero(d), y0 = hn::Zero(d), x1 = hn::Zero(d), y1 = hn::Zero(d);
-    auto x2 = hn::Zero(d), y2 = hn::Zero(d), x3 = hn::Zero(d), y3 = hn::Zero(d);
-    for (size_t j = 0; j < n_tokens; ++j) {
-      const T* HWY_RESTRICT vj = v + j * v_stride + i;
-      if (j % 8 == 0) prefetch.Advance(8 * 2 * N * sizeof(T));
-      const auto vx = LoadAsF32Shared(d, vj);
-      const auto vy = LoadAsF32Shared(d, vj + N);
-      const auto w0 = hn::Set(d, p0[j]);
-      x0 = hn::MulAdd(w0, vx, x0);
-      y0 = hn::MulAdd(w0, vy, y0);
-      if constexpr (kRows > 1) {
-        const auto w1 = hn::Set(d, p1[j]);
-        x1 = hn::MulAdd(w1, vx, x1);
-        y1 = hn::MulAdd(w1, vy, y1);
-      }
-      if constexpr (kRows > 2) {
-        const auto w2 = hn::Set(d, p2[j]);
-        x2 = hn::MulAdd(w2, vx, x2);
-        y2 = hn::MulAdd(w2, vy, y2);
-      }
-      if constexpr (kRows > 3) {
-        const auto w3 = hn::Set(d, p3[j]);
-        x3 = hn::MulAdd(w3, vx, x3);
-        y3 = hn::MulAdd(w3, vy, y3);
-      }
-    }
-    AddTo(d, x0, o0 + i), AddTo(d, y0, o0 + i + N);
-    if constexpr (kRows > 1) AddTo(d, x1, o1 + i), AddTo(d, y1, o1 + i + N);
-    if constexpr (kRows > 2) AddTo(d, x2, o2 + i), AddTo(d, y2, o2 + i + N);
-    if constexpr (kRows > 3) AddTo(d, x3, o3 + i), AddTo(d, y3, o3 + i + N);
+  const float* HWY_RESTRICT const rows_p[4] = {p0, p1, p2, p3};
+  size_t vec = 0;
+  if (kMaxPassVectors >= 3 && n_vec >= 3 && n_vec % 2 == 1) {
+    float* HWY_RESTRICT const rows_o[4] = {o0, o1, o2, o3};
+    AccumulatePass<kRows, kMaxPassVectors>(d, rows_p, v, v_stride, n_tokens, rows_o, prefetch);
+    vec = 3;
   }
-  for (; i < dim_vec; i += N) {
-    auto x0 = hn::Zero(d), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
-    for (size_t j = 0; j < n_tokens; ++j) {
-      const auto vx = LoadAsF32(d, v + j * v_stride + i);
-      x0 = hn::MulAdd(hn::Set(d, p0[j]), vx, x0);
-      if constexpr (kRows > 1) x1 = hn::MulAdd(hn::Set(d, p1[j]), vx, x1);
-      if constexpr (kRows > 2) x2 = hn::MulAdd(hn::Set(d, p2[j]), vx, x2);
-      if constexpr (kRows > 3) x3 = hn::MulAdd(hn::Set(d, p3[j]), vx, x3);
+  for (; vec < n_vec; vec += 2) {
+    const size_t i = vec * N;
+    float* HWY_RESTRICT const rows_o[4] = {o0 + i, o1 + i, o2 + i, o3 + i};
+    if (vec + 2 <= n_vec) {
+      AccumulatePass<kRows, 2>(d, rows_p, v + i, v_stride, n_tokens, rows_o, prefetch);
+    } else {
+      AccumulatePass<kRows, 1>(d, rows_p, v + i, v_stride, n_tokens, rows_o, prefetch);
     }
-    AddTo(d, x0, o0 + i);
-    if constexpr (kRows > 1) AddTo(d, x1, o1 + i);
-    if constexpr (kRows > 2) AddTo(d, x2, o2 + i);
-    if constexpr (kRows > 3) AddTo(d, x3, o3 + i);
   }
-  for (; i < dim; ++i) {  // the dims after the last whole vector
+  for (size_t i = n_vec * N; i < dim; ++i) {  // the dims after the last whole vector
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     for (size_t j = 0; j < n_tokens; ++j) {
       const float vf = ElementAsF32(v + j * v_stride + i);
