@@ -49,8 +49,9 @@ typedef enum covattn_status {
   COVATTN_ERR_INVALID_RANGE = -12,     /* a token range is reversed or beyond the cache */
   COVATTN_ERR_SCRATCH_TOO_SMALL = -13, /* scratch is NULL or smaller than required */
   /* NaN or infinity: in an input the call reads (queries, the K/V of visible
-   * tokens, partial states), in a score (|scale q.k| beyond FLT_MAX) or in
-   * a result (sums of values beyond FLT_MAX). Decode and prefill outputs may
+   * tokens, partial states), in a score (|scale q.k| beyond FLT_MAX; int8
+   * dots scale q with the int8 elements before the token's scale) or in a
+   * result (sums of values beyond FLT_MAX). Decode and prefill outputs may
    * have been written and must not be used; partial_merge and
    * partial_finalize write nothing in this case. */
   COVATTN_ERR_NONFINITE = -14,

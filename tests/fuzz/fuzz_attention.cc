@@ -506,22 +506,23 @@ RowReference Reference(const Call& c, size_t t, size_t h) {
   for (size_t j = begin; j < end && j <= pos; ++j) {
     if (!Visible(c, pos, j)) continue;
     ++r.n_visible;
-    double dot = 0.0, abs_dot = 0.0, k_scale = 1.0, v_scale = 1.0;
+    double dot = 0.0, abs_dot = 0.0, code_abs_dot = 0.0, k_scale = 1.0, v_scale = 1.0;
     if (kv.dtype == COVATTN_INT8) {  // the vector stands for its scale times its elements
       const covattn_int8_scales& s = c.scales;
       k_scale = s.k_scale[j * s.k_token_stride + kv_head * s.k_head_stride];
       v_scale = s.v_scale[j * s.v_token_stride + kv_head * s.v_head_stride];
     }
     for (size_t i = 0; i < dim; ++i) {
-      const double kji =
-          k_scale *
+      const double code =
           LoadElement(kv.k, kv.dtype, j * kv.k_token_stride + kv_head * kv.k_head_stride + i);
+      const double kji = k_scale * code;
       const double vji =
           v_scale *
           LoadElement(kv.v, kv.dtype, j * kv.v_token_stride + kv_head * kv.v_head_stride + i);
       r.bad_input |= !std::isfinite(kji) || !std::isfinite(vji);
       dot += a[i] * kji;
       abs_dot += std::fabs(a[i] * kji);
+      code_abs_dot += std::fabs(a[i] * code);
       r.lo[i] = std::min(r.lo[i], vji);
       r.hi[i] = std::max(r.hi[i], vji);
       r.abs_max[i] = std::max(r.abs_max[i], std::fabs(vji));
@@ -529,7 +530,8 @@ RowReference Reference(const Call& c, size_t t, size_t h) {
     }
     r.max_score = std::max(r.max_score, dot);
     r.max_abs_dot = std::max(r.max_abs_dot, abs_dot);
-    r.may_overflow |= abs_dot > kBig;
+    // int8 scores the raw elements and scales the sum (covattn.h, COVATTN_ERR_NONFINITE).
+    r.may_overflow |= abs_dot > kBig || code_abs_dot > kBig;
   }
   if (r.n_visible > 0 && !q_finite) r.bad_input = true;
   for (double s : v_abs_sum) r.may_overflow |= s > kBig;
