@@ -21,6 +21,22 @@ constexpr size_t kTileRows = 8;
 constexpr size_t kPassRows = 32;
 constexpr size_t kChunkTokens = 64;
 
+// Tokens per chunk for K and V vectors of row_bytes bytes: kChunkTokens,
+// halved (to 16 at least) while one head's chunk of K and V exceeds 32 KiB.
+// A pass prefetches the next chunk into L2 while it works on this one: at 64
+// tokens a layer pass (8 heads of f32 K and V at d 128, 512 KiB a chunk) and
+// its successor filled Zen 5's 1 MiB L2 and prefetched lines were evicted
+// before use; 32 KiB per head keeps both in half of it, and one head's V in
+// L1 while AccumulateRows reads it once per pass (docs/results.md, "Chunks
+// that fit"). Only the row size decides, never how heads are grouped into
+// passes or tasks, so threaded runs round exactly as one thread does.
+constexpr size_t kChunkBytesPerHead = 32 * 1024;
+inline size_t ChunkTokensFor(size_t row_bytes) {
+  size_t tokens = kChunkTokens;
+  while (tokens > 16 && tokens * 2 * row_bytes > kChunkBytesPerHead) tokens /= 2;
+  return tokens;
+}
+
 struct AttentionProblem {
   uint32_t dtype;  // covattn_dtype of K and V
   const void* k;
@@ -54,8 +70,9 @@ struct AttentionOutcome {
   bool nonfinite;     // some result is NaN or infinite
 };
 
-// Chunks whose weighted values a pass sums apart before adding them to the
-// running output (MATH.md section 1, "rounding over long contexts").
+// Chunks of kChunkTokens tokens whose weighted values a pass sums apart
+// before adding them to the running output (MATH.md section 1, "rounding over
+// long contexts"); a block of smaller chunks spans as many tokens.
 constexpr size_t kChunksPerBlock = 16;
 
 // The scratch memory of one call, in floats from its first 64-byte

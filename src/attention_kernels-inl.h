@@ -3,7 +3,7 @@
 // attention_kernels_{f32,f16,bf16,int8}.cc, so the element types build in
 // parallel. Queries are processed in tiles of up to kTileRows rows (query
 // positions x query heads sharing one KV head), keys and values in chunks of
-// kChunkTokens tokens, so every K/V element loaded serves all rows of a tile
+// up to kChunkTokens tokens (ChunkTokensFor), so every K/V element loaded serves all rows of a tile
 // and no score matrix larger than a tile x a chunk ever exists.
 #if defined(COVATTN_SRC_ATTENTION_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
@@ -691,11 +691,13 @@ HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool
                                size_t begin, size_t end) {
   PrefetchCursor<T> prefetch;
   const size_t h0 = pass.tiles[0].kv_head, h1 = pass.tiles[pass.n_tiles - 1].kv_head + 1;
-  for (size_t c0 = begin; c0 < end; c0 += kChunkTokens) {
-    const size_t c1 = std::min(end, c0 + kChunkTokens);
-    prefetch.Reset(pb, c1, std::min(end - c1, kChunkTokens), h0, h1);
+  const size_t chunk = detail::ChunkTokensFor(pb.head_dim * sizeof(T));
+  const size_t chunks_per_block = kChunksPerBlock * (kChunkTokens / chunk);
+  for (size_t c0 = begin; c0 < end; c0 += chunk) {
+    const size_t c1 = std::min(end, c0 + chunk);
+    prefetch.Reset(pb, c1, std::min(end - c1, chunk), h0, h1);
     ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, prefetch);
-    if (++pass.chunks_in_block == kChunksPerBlock) FinishBlock(pb, pass);
+    if (++pass.chunks_in_block == chunks_per_block) FinishBlock(pb, pass);
   }
 }
 
