@@ -26,10 +26,9 @@ constexpr size_t kChunkTokens = 64;
 // A pass prefetches the next chunk into L2 while it works on this one: at 64
 // tokens a layer pass (8 heads of f32 K and V at d 128, 512 KiB a chunk) and
 // its successor filled Zen 5's 1 MiB L2 and prefetched lines were evicted
-// before use; 32 KiB per head keeps both in half of it, and one head's V in
-// L1 while AccumulateRows reads it once per pass (docs/results.md, "Chunks
-// that fit"). Only the row size decides, never how heads are grouped into
-// passes or tasks, so threaded runs round exactly as one thread does.
+// before use; 32 KiB per head keeps both in half of it (docs/results.md,
+// "Chunks that fit"). Only the row size decides, never how heads are grouped
+// into passes or tasks, so threaded runs round exactly as one thread does.
 constexpr size_t kChunkBytesPerHead = 32 * 1024;
 inline size_t ChunkTokensFor(size_t row_bytes) {
   size_t tokens = kChunkTokens;

@@ -3,8 +3,9 @@
 // attention_kernels_{f32,f16,bf16,int8}.cc, so the element types build in
 // parallel. Queries are processed in tiles of up to kTileRows rows (query
 // positions x query heads sharing one KV head), keys and values in chunks of
-// up to kChunkTokens tokens (ChunkTokensFor), so every K/V element loaded serves all rows of a tile
-// and no score matrix larger than a tile x a chunk ever exists.
+// up to kChunkTokens tokens (ChunkTokensFor), so every K/V element loaded
+// serves all rows of a tile and no score matrix larger than a tile x a chunk
+// ever exists.
 #if defined(COVATTN_SRC_ATTENTION_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
 #undef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
