@@ -38,28 +38,108 @@ using detail::kInitialMax;
 using detail::kPassRows;
 using detail::kTileRows;
 
-// The kernels prefetch in the order they load: each vector of K or V loaded
-// also prefetches the place the pass loads at that position one head later,
-// the same rows of the pass's next KV head in this chunk or, after its last
-// head, of its first head in the next chunk. Requests are spread over the
-// arithmetic at the pace it consumes data and need no bookkeeping; one head's
-// chunk (at most 32 KiB of K and V, ChunkTokensFor) ahead covers DRAM latency
-// many times over while the lines are still in L1 or L2 when used. This
-// replaced a cursor that walked the next chunk in memory order into L2: f32
-// layer 13.6 -> 12.8 ms token-major and 12.0 -> 11.0 ms head-major, one
-// cache-resident KV head 106 -> 88 us (docs/results.md, "Prefetch in load
-// order").
+// Prefetches the K and V rows of the next chunk while the current one is
+// processed, one cache line for every 64 bytes the kernels load, so requests
+// are spread evenly over the arithmetic at the pace it consumes data. Lines
+// are requested in memory order (token-major or head-major, whichever the
+// strides say) so DRAM sees long sequential runs even when one head's rows
+// lie a page or more apart, where hardware prefetchers give up.
+template <typename T>
+class PrefetchCursor {
+ public:
+  // Tokens [t0, t0 + n_tokens) of KV heads [h0, h1).
+  void Reset(const AttentionProblem& pb, size_t t0, size_t n_tokens, size_t h0, size_t h1) {
+    const bool token_major = pb.k_head_stride < pb.k_token_stride;
+    const size_t outer0 = token_major ? t0 : h0, inner0 = token_major ? h0 : t0;
+    outer_k_ = (token_major ? pb.k_token_stride : pb.k_head_stride) * sizeof(T);
+    inner_k_ = (token_major ? pb.k_head_stride : pb.k_token_stride) * sizeof(T);
+    outer_v_ = (token_major ? pb.v_token_stride : pb.v_head_stride) * sizeof(T);
+    inner_v_ = (token_major ? pb.v_head_stride : pb.v_token_stride) * sizeof(T);
+    k_ = static_cast<const char*>(pb.k) + outer0 * outer_k_ + inner0 * inner_k_;
+    v_ = static_cast<const char*>(pb.v) + outer0 * outer_v_ + inner0 * inner_v_;
+    n_outer_ = token_major ? n_tokens : h1 - h0;
+    n_inner_ = token_major ? h1 - h0 : n_tokens;
+    row_bytes_ = pb.head_dim * sizeof(T);
+    outer_ = inner_ = 0;
+    budget_ = 0;
+    in_v_ = false;
+    row_ = (n_outer_ == 0 || n_inner_ == 0) ? nullptr : k_;
+    offset_ = 0;
+  }
+
+  // Credits `bytes` just loaded; prefetches one line per 64 bytes of credit.
+  HWY_INLINE void Advance(size_t bytes) {
+    budget_ += bytes;
+    if (budget_ >= 64 && row_ != nullptr) Fetch();
+  }
+
+ private:
+  // The state lives in locals while lines are issued, a row's lines in one
+  // tight loop: kept in the members, the bookkeeping cost more than the
+  // prefetches (18% of a cache-resident decode, docs/results.md).
+  HWY_NOINLINE void Fetch() {
+    const char* row = row_;
+    size_t offset = offset_, budget = budget_;
+    while (budget >= 64 && row != nullptr) {
+      const size_t lines_left = (row_bytes_ - offset + 63) / 64;
+      const size_t n = std::min(budget / 64, lines_left);
+      // Into L2, not L1 (prefetcht1; PLDL2KEEP on Arm): a chunk of a layer
+      // is up to 512 KiB, far more than L1 holds until it is read, and L1
+      // prefetches tie up its few miss buffers. Measured on Zen 5: f32 layer
+      // decode 23.9 -> 17.3 ms (docs/results.md).
+      for (size_t i = 0; i < n; ++i) __builtin_prefetch(row + offset + 64 * i, /*rw=*/0, 2);
+      budget -= 64 * n;
+      offset += 64 * n;
+      if (offset < row_bytes_) break;  // the credit ran out within the row
+      offset = 0;                      // next row: K then V of each (token, head), in memory order
+      if (!in_v_) {
+        in_v_ = true;
+      } else {
+        in_v_ = false;
+        if (++inner_ == n_inner_) inner_ = 0, ++outer_;
+        if (outer_ == n_outer_) {
+          row = nullptr;
+          break;
+        }
+      }
+      row = in_v_ ? v_ + outer_ * outer_v_ + inner_ * inner_v_
+                  : k_ + outer_ * outer_k_ + inner_ * inner_k_;
+    }
+    row_ = row;
+    offset_ = offset;
+    budget_ = budget;
+  }
+
+  const char* k_ = nullptr;
+  const char* v_ = nullptr;
+  const char* row_ = nullptr;  // row being prefetched; nullptr when done
+  size_t outer_k_ = 0, inner_k_ = 0, outer_v_ = 0, inner_v_ = 0;
+  size_t n_outer_ = 0, n_inner_ = 0, row_bytes_ = 0;
+  size_t outer_ = 0, inner_ = 0, offset_ = 0, budget_ = 0;
+  bool in_v_ = false;
+};
+
+// A pass over one KV head (one head's decode, prefill) prefetches instead
+// beside its loads: each K or V vector loaded prefetches the same place one
+// chunk on, the head's next rows in memory order. No bookkeeping and evenly
+// spread, where the cursor issued lines in bursts: one cache-resident head
+// 106 -> 86 us f32, 74 -> 64 us int8. Over several heads the cursor stays:
+// prefetching beside the loads (any distance from one head to one chunk
+// ahead, L1 or L2) made f16 layers 1.5x slower (docs/results.md, "Prefetch
+// beside the loads").
 struct PrefetchDistance {
   size_t k, v;  // bytes from a loaded K (V) element to the one to prefetch; 0: none
 };
 
 // Prefetches the line `ahead` bytes on from the vector of d at p into L1 and
-// L2 (prefetcht0, PLDL1KEEP), if ahead != 0; vectors narrower than a line
-// only from the start of one, once per line. The address is never
-// dereferenced, so it may lie past the cache.
-template <class D, typename T>
+// L2 (prefetcht0, PLDL1KEEP), if kBeside; vectors narrower than a line only
+// from the start of one, once per line. The address is never dereferenced,
+// so it may lie past the cache. kBeside is a template parameter of the
+// kernels below: as a run-time test in their inner loops it cost the layer
+// passes, which do not prefetch beside their loads, 5-15%.
+template <bool kBeside, class D, typename T>
 HWY_INLINE void PrefetchLine(D d, const T* p, size_t ahead) {
-  if (ahead == 0) return;
+  if constexpr (!kBeside) return;
   const uintptr_t at = reinterpret_cast<uintptr_t>(p);
   const size_t vector_bytes = hn::Lanes(d) * sizeof(T);
   if (vector_bytes < 64 && (at & 63) >= vector_bytes) return;
@@ -96,7 +176,7 @@ HWY_INLINE void SumOfLanes4(D d, V v0, V v1, V v2, V v3, float* HWY_RESTRICT out
 // tokens, and one transposing reduction finishes all four dot products.
 // Every key vector loaded prefetches `ahead` bytes on (PrefetchLine), as in
 // the functions below.
-template <size_t kRows, size_t kTok, class D, typename T>
+template <size_t kRows, size_t kTok, bool kBeside, class D, typename T>
 HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T* HWY_RESTRICT k,
                           size_t k_stride, size_t dim, size_t ahead, float* HWY_RESTRICT sums) {
   static_assert(kRows * kTok <= 4, "four dot products at a time");
@@ -118,8 +198,8 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
   size_t i = 0;
   for (; i < dim_vec2; i += 2 * N) {  // two accumulators per pair hide FMA latency
     for (size_t t = 0; t < kTok; ++t) {
-      PrefetchLine(d, k + t * k_stride + i, ahead);
-      PrefetchLine(d, k + t * k_stride + i + N, ahead);
+      PrefetchLine<kBeside>(d, k + t * k_stride + i, ahead);
+      PrefetchLine<kBeside>(d, k + t * k_stride + i + N, ahead);
     }
     x0 = hn::MulAdd(hn::LoadU(d, a0 + i), LoadAsF32(d, k0 + i), x0);
     y0 = hn::MulAdd(hn::LoadU(d, a0 + i + N), LoadAsF32(d, k0 + i + N), y0);
@@ -137,7 +217,7 @@ HWY_INLINE void ScoreStep(D d, const float* HWY_RESTRICT a, size_t lda, const T*
     }
   }
   for (; i < dim_vec; i += N) {
-    for (size_t t = 0; t < kTok; ++t) PrefetchLine(d, k + t * k_stride + i, ahead);
+    for (size_t t = 0; t < kTok; ++t) PrefetchLine<kBeside>(d, k + t * k_stride + i, ahead);
     x0 = hn::MulAdd(hn::LoadU(d, a0 + i), LoadAsF32(d, k0 + i), x0);
     if constexpr (kPairs > 1) x1 = hn::MulAdd(hn::LoadU(d, a1 + i), LoadAsF32(d, k1 + i), x1);
     if constexpr (kPairs > 2) x2 = hn::MulAdd(hn::LoadU(d, a2 + i), LoadAsF32(d, k2 + i), x2);
@@ -171,7 +251,7 @@ constexpr size_t kScoreTokens = kVectorRegisters >= 32 ? 4 : 2;
 // sums[t * 4 + r] = a_r . k_t for kRows (2 to 4) rows and kTok (2 or 4)
 // consecutive tokens, one accumulator per dot product (there are enough of
 // them to hide the FMA latency); rows from kRows on are left 0.
-template <size_t kRows, size_t kTok, class D, typename T>
+template <size_t kRows, size_t kTok, bool kBeside, class D, typename T>
 HWY_INLINE void ScoreStepTokens(D d, const float* HWY_RESTRICT a, size_t lda,
                                 const T* HWY_RESTRICT k, size_t k_stride, size_t dim, size_t ahead,
                                 float* HWY_RESTRICT sums) {
@@ -195,8 +275,9 @@ HWY_INLINE void ScoreStepTokens(D d, const float* HWY_RESTRICT a, size_t lda,
   for (; i < dim_vec; i += N) {  // c<t><r> += a_r * k_t
     const auto q0 = hn::LoadU(d, a0 + i), q1 = hn::LoadU(d, a1 + i);
     const auto q2 = hn::LoadU(d, a2 + i), q3 = hn::LoadU(d, a3 + i);
-    PrefetchLine(d, k0 + i, ahead), PrefetchLine(d, k1 + i, ahead);
-    if constexpr (kTok > 2) PrefetchLine(d, k2 + i, ahead), PrefetchLine(d, k3 + i, ahead);
+    PrefetchLine<kBeside>(d, k0 + i, ahead), PrefetchLine<kBeside>(d, k1 + i, ahead);
+    if constexpr (kTok > 2)
+      PrefetchLine<kBeside>(d, k2 + i, ahead), PrefetchLine<kBeside>(d, k3 + i, ahead);
     const auto x0 = LoadAsF32Shared(d, k0 + i);
     c00 = hn::MulAdd(q0, x0, c00), c01 = hn::MulAdd(q1, x0, c01);
     if constexpr (kRows > 2) c02 = hn::MulAdd(q2, x0, c02);
@@ -269,28 +350,31 @@ HWY_INLINE void StoreScoreTokens(const float* HWY_RESTRICT sums, float* HWY_REST
 // chunk, so the call costs nothing measurable, while inlining every tile
 // shape into one function per element type and target made that function
 // take the compiler (under ASan) many minutes.
-template <size_t kRows, class D, typename T>
+template <size_t kRows, bool kBeside, class D, typename T>
 HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const T* HWY_RESTRICT k,
                             size_t k_stride, size_t n_tokens, size_t dim, float* HWY_RESTRICT s,
-                            size_t lds, size_t k_ahead) {
+                            size_t lds, PrefetchCursor<T>& cursor, size_t k_ahead) {
   constexpr size_t kTok = kRows == 1 ? 4 : kRows == 2 ? 2 : 1;
   float sums[16];
   size_t j = 0;
   if constexpr (kRows >= 2) {
     for (; j + kScoreTokens <= n_tokens; j += kScoreTokens) {
-      ScoreStepTokens<kRows, kScoreTokens>(d, a, lda, k + j * k_stride, k_stride, dim, k_ahead,
-                                           sums);
+      cursor.Advance(kScoreTokens * dim * sizeof(T));
+      ScoreStepTokens<kRows, kScoreTokens, kBeside>(d, a, lda, k + j * k_stride, k_stride, dim,
+                                                    k_ahead, sums);
       StoreScoreTokens<kRows, kScoreTokens>(sums, s + j, lds);
     }
   }
   for (; j + kTok <= n_tokens; j += kTok) {
-    ScoreStep<kRows, kTok>(d, a, lda, k + j * k_stride, k_stride, dim, k_ahead, sums);
+    cursor.Advance(kTok * dim * sizeof(T));
+    ScoreStep<kRows, kTok, kBeside>(d, a, lda, k + j * k_stride, k_stride, dim, k_ahead, sums);
     for (size_t t = 0; t < kTok; ++t) {
       for (size_t r = 0; r < kRows; ++r) s[r * lds + j + t] = sums[t * kRows + r];
     }
   }
   for (; j < n_tokens; ++j) {  // tokens left over when several share a step
-    ScoreStep<kRows, 1>(d, a, lda, k + j * k_stride, k_stride, dim, k_ahead, sums);
+    cursor.Advance(dim * sizeof(T));
+    ScoreStep<kRows, 1, kBeside>(d, a, lda, k + j * k_stride, k_stride, dim, k_ahead, sums);
     for (size_t r = 0; r < kRows; ++r) s[r * lds + j] = sums[r];
   }
 }
@@ -309,10 +393,10 @@ constexpr size_t kMaxPassVectors = kVectorRegisters >= 32 ? 3 : 2;
 // the kVecs vectors of every row's chunk sum stay in registers while the
 // chunk's values stream, then are added to o (a block's part of the output,
 // MATH.md section 1). v_ahead: the prefetch distance of the values.
-template <size_t kRows, size_t kVecs, class D, typename T>
+template <size_t kRows, size_t kVecs, bool kBeside, class D, typename T>
 HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, const T* HWY_RESTRICT v,
                                size_t v_stride, size_t n_tokens, float* HWY_RESTRICT const* o,
-                               size_t v_ahead) {
+                               PrefetchCursor<T>& cursor, size_t v_ahead) {
   const size_t N = hn::Lanes(d);
   auto x0 = hn::Zero(d), y0 = hn::Zero(d), z0 = hn::Zero(d);
   auto x1 = hn::Zero(d), y1 = hn::Zero(d), z1 = hn::Zero(d);
@@ -320,9 +404,10 @@ HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, const T*
   auto x3 = hn::Zero(d), y3 = hn::Zero(d), z3 = hn::Zero(d);
   for (size_t j = 0; j < n_tokens; ++j) {
     const T* HWY_RESTRICT vj = v + j * v_stride;
-    PrefetchLine(d, vj, v_ahead);
-    if constexpr (kVecs > 1) PrefetchLine(d, vj + N, v_ahead);
-    if constexpr (kVecs > 2) PrefetchLine(d, vj + 2 * N, v_ahead);
+    if (j % 8 == 0) cursor.Advance(8 * kVecs * N * sizeof(T));
+    PrefetchLine<kBeside>(d, vj, v_ahead);
+    if constexpr (kVecs > 1) PrefetchLine<kBeside>(d, vj + N, v_ahead);
+    if constexpr (kVecs > 2) PrefetchLine<kBeside>(d, vj + 2 * N, v_ahead);
     // Fewer than three vectors: the unused loads (of vj) are dead code.
     const auto vx = LoadAsF32Shared(d, vj);
     const auto vy = LoadAsF32Shared(d, vj + (kVecs > 1 ? N : 0));
@@ -375,10 +460,11 @@ HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, const T*
 // allow: a pass of one streams every token again for a quarter of a pair's
 // FMAs, which cost AVX-512 its lead over AVX2 at d = 48 and 80
 // (docs/results.md, "Four tokens per score step").
-template <size_t kRows, class D, typename T>
+template <size_t kRows, bool kBeside, class D, typename T>
 HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
                                  const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
-                                 size_t dim, float* HWY_RESTRICT o, size_t ldo, size_t v_ahead) {
+                                 size_t dim, float* HWY_RESTRICT o, size_t ldo,
+                                 PrefetchCursor<T>& cursor, size_t v_ahead) {
   const size_t N = hn::Lanes(d);
   const size_t n_vec = dim / N;
   float* HWY_RESTRICT o0 = o;
@@ -393,16 +479,19 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   size_t vec = 0;
   if (kMaxPassVectors >= 3 && n_vec >= 3 && n_vec % 2 == 1) {
     float* HWY_RESTRICT const rows_o[4] = {o0, o1, o2, o3};
-    AccumulatePass<kRows, kMaxPassVectors>(d, rows_p, v, v_stride, n_tokens, rows_o, v_ahead);
+    AccumulatePass<kRows, kMaxPassVectors, kBeside>(d, rows_p, v, v_stride, n_tokens, rows_o,
+                                                    cursor, v_ahead);
     vec = 3;
   }
   for (; vec < n_vec; vec += 2) {
     const size_t i = vec * N;
     float* HWY_RESTRICT const rows_o[4] = {o0 + i, o1 + i, o2 + i, o3 + i};
     if (vec + 2 <= n_vec) {
-      AccumulatePass<kRows, 2>(d, rows_p, v + i, v_stride, n_tokens, rows_o, v_ahead);
+      AccumulatePass<kRows, 2, kBeside>(d, rows_p, v + i, v_stride, n_tokens, rows_o, cursor,
+                                        v_ahead);
     } else {
-      AccumulatePass<kRows, 1>(d, rows_p, v + i, v_stride, n_tokens, rows_o, v_ahead);
+      AccumulatePass<kRows, 1, kBeside>(d, rows_p, v + i, v_stride, n_tokens, rows_o, cursor,
+                                        v_ahead);
     }
   }
   for (size_t i = n_vec * N; i < dim; ++i) {  // the dims after the last whole vector
@@ -540,7 +629,8 @@ HWY_INLINE void MultiplyByScales(float* HWY_RESTRICT x, const float* HWY_RESTRIC
 template <size_t kRows, class D, typename T>
 HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
                                 const T* k_head, const T* v_head, const ChunkScales* scales,
-                                bool sink_segment, size_t c0, size_t c1, PrefetchDistance ahead) {
+                                bool sink_segment, size_t c0, size_t c1, PrefetchCursor<T>& cursor,
+                                PrefetchDistance ahead) {
   Interval iv[kRows];
   size_t ja = c1, jb = c0;  // union of the rows' intervals
   for (size_t r = 0; r < kRows; ++r) {
@@ -556,8 +646,15 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   // AttentionTyped); the loops over a row's tokens use full vectors.
   const hn::ScalableTag<float> d_tokens;
   float* p = pass.p + r0 * kChunkTokens;
-  ScoreRows<kRows>(d, pass.a + r0 * pass.ld, pass.ld, k_head + ja * pb.k_token_stride,
-                   pb.k_token_stride, jb - ja, dim, p, kChunkTokens, ahead.k);
+  const float* a = pass.a + r0 * pass.ld;
+  const T* k = k_head + ja * pb.k_token_stride;
+  if (ahead.k != 0) {
+    ScoreRows<kRows, true>(d, a, pass.ld, k, pb.k_token_stride, jb - ja, dim, p, kChunkTokens,
+                           cursor, ahead.k);
+  } else {
+    ScoreRows<kRows, false>(d, a, pass.ld, k, pb.k_token_stride, jb - ja, dim, p, kChunkTokens,
+                            cursor, 0);
+  }
   for (size_t r = 0; r < kRows; ++r) {
     float* pr = p + r * kChunkTokens;  // index j - ja
     const size_t b = iv[r].begin, e = iv[r].end;
@@ -584,37 +681,36 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     std::fill(pr, pr + (b - ja), 0.0f);
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
-  AccumulateRows<kRows>(d, p, kChunkTokens, v_head + ja * pb.v_token_stride, pb.v_token_stride,
-                        jb - ja, dim, pass.o_block + r0 * pass.ld, pass.ld, ahead.v);
+  const T* v = v_head + ja * pb.v_token_stride;
+  float* o_block = pass.o_block + r0 * pass.ld;
+  if (ahead.v != 0) {
+    AccumulateRows<kRows, true>(d, p, kChunkTokens, v, pb.v_token_stride, jb - ja, dim, o_block,
+                                pass.ld, cursor, ahead.v);
+  } else {
+    AccumulateRows<kRows, false>(d, p, kChunkTokens, v, pb.v_token_stride, jb - ja, dim, o_block,
+                                 pass.ld, cursor, 0);
+  }
 }
 
 // Every tile of the pass against chunk [c0, c1); the pass's next chunk starts
 // `next_chunk` tokens on (0: there is none).
 template <class D, typename T>
 HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
-                               size_t c0, size_t c1, size_t next_chunk) {
+                               size_t c0, size_t c1, size_t next_chunk, PrefetchCursor<T>& cursor) {
   const T* k_all = static_cast<const T*>(pb.k);
   const T* v_all = static_cast<const T*>(pb.v);
   ChunkScales chunk_scales;
   const ChunkScales* scales = nullptr;
-  // The pass's KV heads are consecutive, first to last (FillPass).
-  const size_t first_head = pass.tiles[0].kv_head;
-  const size_t last_head = pass.tiles[pass.n_tiles - 1].kv_head;
-  const size_t k_head_bytes = pb.k_head_stride * sizeof(T);
-  const size_t v_head_bytes = pb.v_head_stride * sizeof(T);
+  const bool one_head = pass.tiles[0].kv_head == pass.tiles[pass.n_tiles - 1].kv_head;
   for (size_t t = 0; t < pass.n_tiles; ++t) {
     const Pass::TileRows& tile = pass.tiles[t];
     const bool first_of_head = t == 0 || tile.kv_head != pass.tiles[t - 1].kv_head;
-    // Only a head's first row group prefetches (its other groups load the
-    // same rows: prefill, wide GQA groups). Unsigned arithmetic wraps, so a
-    // distance back to the first head is a negative offset.
+    // Beside the loads only a head's first row group prefetches: its others
+    // load the same rows (prefill, wide GQA groups).
     PrefetchDistance ahead{0, 0};
-    if (first_of_head && tile.kv_head < last_head) {
-      ahead = {k_head_bytes, v_head_bytes};
-    } else if (first_of_head && next_chunk != 0) {
-      const size_t back = last_head - first_head;
-      ahead = {next_chunk * pb.k_token_stride * sizeof(T) - back * k_head_bytes,
-               next_chunk * pb.v_token_stride * sizeof(T) - back * v_head_bytes};
+    if (one_head && first_of_head && next_chunk != 0) {
+      ahead = {next_chunk * pb.k_token_stride * sizeof(T),
+               next_chunk * pb.v_token_stride * sizeof(T)};
     }
     const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
     const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
@@ -631,18 +727,22 @@ HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool
     size_t r = tile.first_row;
     const size_t end = tile.first_row + tile.n_rows;
     for (; r + 4 <= end; r += 4) {
-      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, ahead);
+      ProcessRowGroup<4>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, cursor,
+                         ahead);
       ahead = {0, 0};
     }
     switch (end - r) {
       case 3:
-        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, ahead);
+        ProcessRowGroup<3>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, cursor,
+                           ahead);
         break;
       case 2:
-        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, ahead);
+        ProcessRowGroup<2>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, cursor,
+                           ahead);
         break;
       case 1:
-        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, ahead);
+        ProcessRowGroup<1>(d, pb, pass, r, k_head, v_head, scales, sink_segment, c0, c1, cursor,
+                           ahead);
         break;
       default:
         break;
@@ -660,15 +760,20 @@ HWY_INLINE void FinishBlock(const AttentionProblem& pb, Pass& pass) {
   pass.chunks_in_block = 0;
 }
 
-// Runs the chunks of [begin, end) in order.
+// Runs the chunks of [begin, end) in order, prefetching each next one.
 template <class D, typename T>
 HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
                                size_t begin, size_t end) {
+  PrefetchCursor<T> cursor;
+  const size_t h0 = pass.tiles[0].kv_head, h1 = pass.tiles[pass.n_tiles - 1].kv_head + 1;
   const size_t chunk = detail::ChunkTokensFor(pb.head_dim * sizeof(T));
   const size_t chunks_per_block = kChunksPerBlock * (kChunkTokens / chunk);
   for (size_t c0 = begin; c0 < end; c0 += chunk) {
     const size_t c1 = std::min(end, c0 + chunk);
-    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, c1 < end ? chunk : 0);
+    // The cursor prefetches only for passes over several heads.
+    const size_t next_chunk = c1 < end ? chunk : 0;
+    cursor.Reset(pb, c1, h1 - h0 == 1 ? 0 : std::min(end - c1, chunk), h0, h1);
+    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, next_chunk, cursor);
     if (++pass.chunks_in_block == chunks_per_block) FinishBlock(pb, pass);
   }
 }
