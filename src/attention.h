@@ -23,12 +23,11 @@ constexpr size_t kChunkTokens = 64;
 
 // Tokens per chunk for K and V vectors of row_bytes bytes: kChunkTokens,
 // halved (to 16 at least) while one head's chunk of K and V exceeds 32 KiB.
-// Set when a pass prefetched its whole next chunk into L2: at 64 tokens a
-// layer pass (8 heads of f32 K and V at d 128, 512 KiB a chunk) and its
-// successor filled Zen 5's 1 MiB L2 and prefetched lines were evicted before
-// use (docs/results.md, "Chunks that fit"). Prefetching one head ahead
-// (attention_kernels-inl.h) is far less sensitive: 16, 32 and 64 KiB measured
-// within the noise. Only the row size decides, never how heads are grouped
+// A pass prefetches the next chunk while it works on this one: at 64
+// tokens a layer pass (8 heads of f32 K and V at d 128, 512 KiB a chunk) and
+// its successor filled Zen 5's 1 MiB L2 and prefetched lines were evicted
+// before use; 32 KiB per head keeps both in half of it (docs/results.md,
+// "Chunks that fit"). Only the row size decides, never how heads are grouped
 // into passes or tasks, so threaded runs round exactly as one thread does.
 constexpr size_t kChunkBytesPerHead = 32 * 1024;
 inline size_t ChunkTokensFor(size_t row_bytes) {
