@@ -692,26 +692,22 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   }
 }
 
-// Every tile of the pass against chunk [c0, c1); the pass's next chunk starts
-// `next_chunk` tokens on (0: there is none).
+// Every tile of the pass against chunk [c0, c1); beside_loads: the prefetch
+// distance of a one-head pass's loads (0 where the cursor prefetches).
 template <class D, typename T>
 HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool sink_segment,
-                               size_t c0, size_t c1, size_t next_chunk, PrefetchCursor<T>& cursor) {
+                               size_t c0, size_t c1, PrefetchCursor<T>& cursor,
+                               PrefetchDistance beside_loads) {
   const T* k_all = static_cast<const T*>(pb.k);
   const T* v_all = static_cast<const T*>(pb.v);
   ChunkScales chunk_scales;
   const ChunkScales* scales = nullptr;
-  const bool one_head = pass.tiles[0].kv_head == pass.tiles[pass.n_tiles - 1].kv_head;
   for (size_t t = 0; t < pass.n_tiles; ++t) {
     const Pass::TileRows& tile = pass.tiles[t];
     const bool first_of_head = t == 0 || tile.kv_head != pass.tiles[t - 1].kv_head;
     // Beside the loads only a head's first row group prefetches: its others
     // load the same rows (prefill, wide GQA groups).
-    PrefetchDistance ahead{0, 0};
-    if (one_head && first_of_head && next_chunk != 0) {
-      ahead = {next_chunk * pb.k_token_stride * sizeof(T),
-               next_chunk * pb.v_token_stride * sizeof(T)};
-    }
+    PrefetchDistance ahead = first_of_head ? beside_loads : PrefetchDistance{0, 0};
     const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
     const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
     if constexpr (std::is_same_v<T, int8_t>) {
@@ -766,14 +762,20 @@ HWY_INLINE void ProcessSegment(D d, const AttentionProblem& pb, Pass& pass, bool
                                size_t begin, size_t end) {
   PrefetchCursor<T> cursor;
   const size_t h0 = pass.tiles[0].kv_head, h1 = pass.tiles[pass.n_tiles - 1].kv_head + 1;
+  const bool one_head = h1 - h0 == 1;
   const size_t chunk = detail::ChunkTokensFor(pb.head_dim * sizeof(T));
   const size_t chunks_per_block = kChunksPerBlock * (kChunkTokens / chunk);
   for (size_t c0 = begin; c0 < end; c0 += chunk) {
     const size_t c1 = std::min(end, c0 + chunk);
-    // The cursor prefetches only for passes over several heads.
-    const size_t next_chunk = c1 < end ? chunk : 0;
-    cursor.Reset(pb, c1, h1 - h0 == 1 ? 0 : std::min(end - c1, chunk), h0, h1);
-    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, next_chunk, cursor);
+    // A pass over several heads prefetches through the cursor, one head's
+    // beside its loads (PrefetchDistance).
+    const size_t next_tokens = std::min(end - c1, chunk);
+    PrefetchDistance beside_loads{0, 0};
+    if (one_head && next_tokens != 0) {
+      beside_loads = {chunk * pb.k_token_stride * sizeof(T), chunk * pb.v_token_stride * sizeof(T)};
+    }
+    cursor.Reset(pb, c1, one_head ? 0 : next_tokens, h0, h1);
+    ProcessChunk<D, T>(d, pb, pass, sink_segment, c0, c1, cursor, beside_loads);
     if (++pass.chunks_in_block == chunks_per_block) FinishBlock(pb, pass);
   }
 }
