@@ -102,13 +102,6 @@ Cache& SharedCache(uint32_t dtype, size_t n_tokens, size_t n_kv_heads, size_t di
   return *slot;
 }
 
-const char* DtypeName(uint32_t dtype) {
-  return dtype == COVATTN_F32    ? "f32"
-         : dtype == COVATTN_F16  ? "f16"
-         : dtype == COVATTN_INT8 ? "int8"
-                                 : "bf16";
-}
-
 struct DecodeShape {
   size_t n_kv_heads, group, dim, n_tokens;
   bool streams_from_dram;  // the cache is far larger than the last-level cache

@@ -15,6 +15,14 @@
 
 namespace covattn_bench {
 
+// The element type's name in benchmark rows.
+inline const char* DtypeName(uint32_t dtype) {
+  return dtype == COVATTN_F32    ? "f32"
+         : dtype == COVATTN_F16  ? "f16"
+         : dtype == COVATTN_INT8 ? "int8"
+                                 : "bf16";
+}
+
 inline uint64_t NextRandom(uint64_t& state) {
   state ^= state << 13;
   state ^= state >> 7;
