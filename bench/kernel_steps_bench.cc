@@ -1,8 +1,8 @@
-// The two inner steps of exact attention in isolation: ScoreRows (scores of
-// four query rows against a chunk of keys) and AccumulateRows (their
-// weighted sum of the values), per element type and target, on one chunk of
-// 64 tokens that stays in L1. of_fma_peak says how close each step comes to
-// the FMA peak measured in the same run, with no memory traffic, prefetch or
+// The inner steps of exact attention in isolation: ScoreRows (scores of four
+// query rows against a chunk of keys), AccumulateRows (their weighted sum of
+// the values) and ScoreRowsInLanes (prefill's scores of 32 rows), per
+// element type and target, on one chunk of 64 tokens that stays in L1. of_fma_peak says how close
+// each step comes to the FMA peak measured in the same run, with no memory traffic, prefetch or
 // softmax bookkeeping around it: the whole kernel cannot beat its slower
 // step (docs/results.md, "The steps in isolation").
 // Built like a kernel file (hwy/foreach_target.h with the library's targets)
@@ -84,6 +84,37 @@ void RunStep(const StepData& data, bool score, size_t reps) {
     }
   });
 }
+// `reps` calls of the prefill score step: ScoreRowsInLanes for 32 rows, after
+// KeysAsF32 for the 16-bit and int8 keys (ScoreChunkInLanes).
+template <typename T>
+void RunLanesStep(const StepData& data, float* a_t, float* k_f32, float* s_t, size_t reps) {
+  WithHeadVectors(data.dim, [&](auto d) {
+    const T* k = static_cast<const T*>(data.k);
+    for (size_t i = 0; i < reps; ++i) {
+      if constexpr (std::is_same_v<T, float>) {
+        kernels::ScoreRowsInLanes(a_t, covattn::detail::kPassRows, k, data.dim, data.n_tokens,
+                                  data.dim, 0, s_t);
+      } else {
+        kernels::KeysAsF32(d, k, data.dim, data.n_tokens, data.dim, 0, k_f32);
+        kernels::ScoreRowsInLanes(a_t, covattn::detail::kPassRows, k_f32, data.dim, data.n_tokens,
+                                  data.dim, 0, s_t);
+      }
+    }
+  });
+}
+void LanesF32(const StepData& data, float* a_t, float* k_f32, float* s_t, size_t reps) {
+  RunLanesStep<float>(data, a_t, k_f32, s_t, reps);
+}
+void LanesF16(const StepData& data, float* a_t, float* k_f32, float* s_t, size_t reps) {
+  RunLanesStep<hwy::float16_t>(data, a_t, k_f32, s_t, reps);
+}
+void LanesBF16(const StepData& data, float* a_t, float* k_f32, float* s_t, size_t reps) {
+  RunLanesStep<hwy::bfloat16_t>(data, a_t, k_f32, s_t, reps);
+}
+void LanesInt8(const StepData& data, float* a_t, float* k_f32, float* s_t, size_t reps) {
+  RunLanesStep<int8_t>(data, a_t, k_f32, s_t, reps);
+}
+
 void StepF32(const StepData& data, bool score, size_t reps) { RunStep<float>(data, score, reps); }
 void StepF16(const StepData& data, bool score, size_t reps) {
   RunStep<hwy::float16_t>(data, score, reps);
@@ -114,6 +145,10 @@ HWY_EXPORT(StepF32);
 HWY_EXPORT(StepF16);
 HWY_EXPORT(StepBF16);
 HWY_EXPORT(StepInt8);
+HWY_EXPORT(LanesF32);
+HWY_EXPORT(LanesF16);
+HWY_EXPORT(LanesBF16);
+HWY_EXPORT(LanesInt8);
 
 namespace {
 
@@ -169,6 +204,30 @@ void Step(benchmark::State& state, const std::string& target, uint32_t dtype, si
   covattn_restrict_targets(nullptr);
 }
 
+// The prefill score step (rows in the lanes): 32 rows against the chunk.
+void LanesStep(benchmark::State& state, const std::string& target, uint32_t dtype, size_t dim) {
+  if (covattn_restrict_targets(target.c_str()) != COVATTN_OK) {
+    state.SkipWithError("target unavailable");
+    return;
+  }
+  constexpr size_t kLanesRows = covattn::detail::kPassRows;
+  const std::vector<uint8_t> k = Elements(dtype, kChunk * dim, 1);
+  std::vector<float> a_t(dim * kLanesRows, 0.05f), k_f32(kChunk * dim), s_t(kChunk * kLanesRows);
+  const StepData data{dim, kChunk, k.data(), nullptr, nullptr, nullptr, nullptr, nullptr};
+  auto step = dtype == COVATTN_F32    ? COVATTN_DISPATCH(LanesF32)
+              : dtype == COVATTN_F16  ? COVATTN_DISPATCH(LanesF16)
+              : dtype == COVATTN_BF16 ? COVATTN_DISPATCH(LanesBF16)
+                                      : COVATTN_DISPATCH(LanesInt8);
+  for (auto _ : state) {
+    step(data, a_t.data(), k_f32.data(), s_t.data(), kRepsPerIteration);
+    benchmark::DoNotOptimize(s_t.data());
+  }
+  const double flops = 2.0 * kLanesRows * kChunk * dim * kRepsPerIteration;
+  state.counters["of_fma_peak"] = benchmark::Counter(flops / Limits().fma_flops_per_second,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+  covattn_restrict_targets(nullptr);
+}
+
 void RegisterSteps() {
   const uint32_t dtypes[] = {COVATTN_F32, COVATTN_F16, COVATTN_BF16, COVATTN_INT8};
   for (size_t i = 0; i < covattn_available_target_count(); ++i) {
@@ -181,6 +240,13 @@ void RegisterSteps() {
                                    DtypeName(dtype) + "/" + target;
           benchmark::RegisterBenchmark(name.c_str(), Step, target, dtype, dim, score);
         }
+      }
+    }
+    for (uint32_t dtype : dtypes) {
+      for (size_t dim : {48, 128}) {
+        const std::string name = "steps/score_lanes_rows32_tokens64_d" + std::to_string(dim) + "/" +
+                                 DtypeName(dtype) + "/" + target;
+        benchmark::RegisterBenchmark(name.c_str(), LanesStep, target, dtype, dim);
       }
     }
   }

@@ -79,8 +79,11 @@ constexpr size_t kChunksPerBlock = 16;
 // and the current block's part of it, o_block (ld floats each), then the
 // row's scores p (kChunkTokens floats).
 struct AttentionScratchLayout {
-  size_t ld;                        // floats per row of a, o and o_block: head_dim rounded up to 16
-  size_t a, o, o_block, p, floats;  // where each starts, and the floats in all
+  size_t ld;  // floats per row of a, o and o_block: head_dim rounded up to 16
+  // where each starts, and the floats in all; then, for passes with their
+  // rows in the lanes, a transposed ([ld][kPassRows]), a chunk's scores
+  // ([kChunkTokens][kPassRows]) and keys as f32 ([kChunkTokens][ld])
+  size_t a, o, o_block, p, a_t, s_t, k_f32, floats;
 };
 
 constexpr size_t kAttentionScratchAlign = 64;
@@ -92,7 +95,10 @@ inline AttentionScratchLayout AttentionScratchFor(size_t head_dim) {
   layout.o = layout.a + kPassRows * layout.ld;
   layout.o_block = layout.o + kPassRows * layout.ld;
   layout.p = layout.o_block + kPassRows * layout.ld;
-  layout.floats = layout.p + kPassRows * kChunkTokens;
+  layout.a_t = layout.p + kPassRows * kChunkTokens;
+  layout.s_t = layout.a_t + kPassRows * layout.ld;
+  layout.k_f32 = layout.s_t + kChunkTokens * kPassRows;
+  layout.floats = layout.k_f32 + kChunkTokens * layout.ld;
   return layout;
 }
 

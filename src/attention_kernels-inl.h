@@ -4,8 +4,9 @@
 // parallel. Queries are processed in tiles of up to kTileRows rows (query
 // positions x query heads sharing one KV head), keys and values in chunks of
 // up to kChunkTokens tokens (ChunkTokensFor), so every K/V element loaded
-// serves all rows of a tile and no score matrix larger than a tile x a chunk
-// ever exists.
+// serves all rows of a tile and no score matrix larger than a pass x a chunk
+// ever exists. Passes of many rows of one KV head (prefill) score and
+// normalise with the rows in the lanes (ScoreRowsInLanes).
 #if defined(COVATTN_SRC_ATTENTION_KERNELS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
 #undef COVATTN_SRC_ATTENTION_KERNELS_INL_H_
@@ -379,6 +380,126 @@ HWY_NOINLINE void ScoreRows(D d, const float* HWY_RESTRICT a, size_t lda, const 
   }
 }
 
+// Passes whose rows all share one KV head and are many (prefill) keep the
+// rows in the lanes instead: the pass's queries transposed once (a_t,
+// [dim][kPassRows]), each key element broadcast and multiplied with a vector
+// of rows, so a chunk's scores need no reduction across lanes, and the
+// online softmax then runs on vectors of rows too (SoftmaxInLanes). Alone,
+// this score step runs at 0.88-0.99 of the FMA peak where ScoreRows reaches
+// 0.61-0.74 (`kernel_steps_bench`); f32 prefill 4096 x d 128 took 8-10%
+// less time, f16 about the same: what remains is the weighted sum and the
+// exps (docs/results.md, "Rows in the lanes"). From 16 rows of one KV head
+// in a pass, so decode of up to 8 query heads per KV head is unchanged. Not
+// on HWY_SCALAR (one lane).
+constexpr size_t kRowsInLanesMinRows = 16;
+using RowsTag = hn::CappedTag<float, 16>;
+
+// Tokens a block of the lanes kernel takes: two row vectors times kTok
+// accumulators, the two row vectors and a key element fit in the registers.
+constexpr size_t kLanesTokens = kVectorRegisters >= 32 ? 8 : 4;
+
+// s[t * kPassRows + r] = a_r . k_t for rows r of two vectors from r0 and kTok
+// (1 to 8) tokens; a_t holds a_r[i] at a_t[i * kPassRows + r], k f32 keys.
+template <size_t kTok>
+HWY_INLINE void ScoreTokensInLanes(const float* HWY_RESTRICT a_t, size_t r0,
+                                   const float* HWY_RESTRICT k, size_t k_stride, size_t dim,
+                                   float* HWY_RESTRICT s) {
+  const RowsTag d;
+  const size_t N = hn::Lanes(d);
+  auto x0 = hn::Zero(d), x1 = hn::Zero(d), x2 = hn::Zero(d), x3 = hn::Zero(d);
+  auto x4 = hn::Zero(d), x5 = hn::Zero(d), x6 = hn::Zero(d), x7 = hn::Zero(d);
+  auto y0 = hn::Zero(d), y1 = hn::Zero(d), y2 = hn::Zero(d), y3 = hn::Zero(d);
+  auto y4 = hn::Zero(d), y5 = hn::Zero(d), y6 = hn::Zero(d), y7 = hn::Zero(d);
+  for (size_t i = 0; i < dim; ++i) {
+    const auto lo = hn::LoadU(d, a_t + i * kPassRows + r0);
+    const auto hi = hn::LoadU(d, a_t + i * kPassRows + r0 + N);
+    const float* HWY_RESTRICT ki = k + i;
+    auto kt = hn::Set(d, ki[0]);
+    x0 = hn::MulAdd(lo, kt, x0), y0 = hn::MulAdd(hi, kt, y0);
+    if constexpr (kTok > 1) {
+      kt = hn::Set(d, ki[k_stride]);
+      x1 = hn::MulAdd(lo, kt, x1), y1 = hn::MulAdd(hi, kt, y1);
+    }
+    if constexpr (kTok > 2) {
+      kt = hn::Set(d, ki[2 * k_stride]);
+      x2 = hn::MulAdd(lo, kt, x2), y2 = hn::MulAdd(hi, kt, y2);
+      kt = hn::Set(d, ki[3 * k_stride]);
+      x3 = hn::MulAdd(lo, kt, x3), y3 = hn::MulAdd(hi, kt, y3);
+    }
+    if constexpr (kTok > 4) {
+      kt = hn::Set(d, ki[4 * k_stride]);
+      x4 = hn::MulAdd(lo, kt, x4), y4 = hn::MulAdd(hi, kt, y4);
+      kt = hn::Set(d, ki[5 * k_stride]);
+      x5 = hn::MulAdd(lo, kt, x5), y5 = hn::MulAdd(hi, kt, y5);
+      kt = hn::Set(d, ki[6 * k_stride]);
+      x6 = hn::MulAdd(lo, kt, x6), y6 = hn::MulAdd(hi, kt, y6);
+      kt = hn::Set(d, ki[7 * k_stride]);
+      x7 = hn::MulAdd(lo, kt, x7), y7 = hn::MulAdd(hi, kt, y7);
+    }
+  }
+  float* HWY_RESTRICT out = s + r0;
+  hn::StoreU(x0, d, out), hn::StoreU(y0, d, out + N);
+  if constexpr (kTok > 1)
+    hn::StoreU(x1, d, out + kPassRows), hn::StoreU(y1, d, out + kPassRows + N);
+  if constexpr (kTok > 2) {
+    hn::StoreU(x2, d, out + 2 * kPassRows), hn::StoreU(y2, d, out + 2 * kPassRows + N);
+    hn::StoreU(x3, d, out + 3 * kPassRows), hn::StoreU(y3, d, out + 3 * kPassRows + N);
+  }
+  if constexpr (kTok > 4) {
+    hn::StoreU(x4, d, out + 4 * kPassRows), hn::StoreU(y4, d, out + 4 * kPassRows + N);
+    hn::StoreU(x5, d, out + 5 * kPassRows), hn::StoreU(y5, d, out + 5 * kPassRows + N);
+    hn::StoreU(x6, d, out + 6 * kPassRows), hn::StoreU(y6, d, out + 6 * kPassRows + N);
+    hn::StoreU(x7, d, out + 7 * kPassRows), hn::StoreU(y7, d, out + 7 * kPassRows + N);
+  }
+}
+
+// s[t * kPassRows + r] = a_r . k_t for rows [0, n_rows) and n_tokens f32
+// keys; rows up to the next two vectors are a_t's zero padding. ahead: bytes
+// from a key to the one to prefetch (0: none), a line at a time as the first
+// rows' blocks start.
+inline HWY_NOINLINE void ScoreRowsInLanes(const float* HWY_RESTRICT a_t, size_t n_rows,
+                                          const float* HWY_RESTRICT k, size_t k_stride,
+                                          size_t n_tokens, size_t dim, size_t ahead,
+                                          float* HWY_RESTRICT s) {
+  const size_t pair = 2 * hn::Lanes(RowsTag());
+  const auto prefetch = [&](size_t j0, size_t j1) {
+    const char* row = reinterpret_cast<const char*>(k + j0 * k_stride) + ahead;
+    for (size_t j = j0; j < j1; ++j, row += k_stride * sizeof(float)) {
+      for (size_t b = 0; b < dim * sizeof(float); b += 64) __builtin_prefetch(row + b, 0, 3);
+    }
+  };
+  for (size_t r0 = 0; r0 < n_rows; r0 += pair) {
+    size_t j = 0;
+    for (; j + kLanesTokens <= n_tokens; j += kLanesTokens) {
+      if (r0 == 0 && ahead != 0) prefetch(j, j + kLanesTokens);
+      ScoreTokensInLanes<kLanesTokens>(a_t, r0, k + j * k_stride, k_stride, dim, s + j * kPassRows);
+    }
+    for (; j < n_tokens; ++j) {
+      if (r0 == 0 && ahead != 0) prefetch(j, j + 1);
+      ScoreTokensInLanes<1>(a_t, r0, k + j * k_stride, k_stride, dim, s + j * kPassRows);
+    }
+  }
+}
+
+// dst[t * dim + i] = k_t[i] as f32 for n_tokens rows (the lanes kernel
+// broadcasts f32 elements; converting each chunk once is cheaper than
+// converting each element once per two row vectors).
+template <class D, typename T>
+HWY_NOINLINE void KeysAsF32(D d, const T* HWY_RESTRICT k, size_t k_stride, size_t n_tokens,
+                            size_t dim, size_t ahead, float* HWY_RESTRICT dst) {
+  const size_t N = hn::Lanes(d);
+  for (size_t t = 0; t < n_tokens; ++t) {
+    const T* HWY_RESTRICT kt = k + t * k_stride;
+    float* HWY_RESTRICT out = dst + t * dim;
+    size_t i = 0;
+    for (; i + N <= dim; i += N) {
+      if (ahead != 0) PrefetchLine<true>(d, kt + i, ahead);
+      hn::StoreU(LoadAsF32(d, kt + i), d, out + i);
+    }
+    for (; i < dim; ++i) out[i] = ElementAsF32(kt + i);
+  }
+}
+
 // o[0, Lanes(d)) += x.
 template <class D, class V>
 HWY_INLINE void AddTo(D d, V x, float* HWY_RESTRICT o) {
@@ -571,6 +692,13 @@ struct Pass {
   float* o;        // [kPassRows][ld] un-normalised outputs of the blocks done
   float* o_block;  // [kPassRows][ld] the current block's part of them
   float* p;        // [kPassRows][kChunkTokens] scores, then softmax weights
+  // Rows in the lanes (ScoreRowsInLanes): a transposed, [dim][kPassRows];
+  // a chunk's scores, [token][kPassRows]; its keys as f32, [token][dim].
+  bool rows_in_lanes;
+  size_t s_t_first;  // the token of s_t's first row
+  float* a_t;
+  float* s_t;
+  float* k_f32;
   size_t chunks_in_block;
   float m[kPassRows];
   double l[kPassRows];  // a scalar per chunk: double costs nothing
@@ -624,33 +752,22 @@ HWY_INLINE void MultiplyByScales(float* HWY_RESTRICT x, const float* HWY_RESTRIC
   for (; j < n; ++j) x[j] *= scale[j];
 }
 
-// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1). scales:
-// the chunk's int8 scales (nullptr for the float dtypes).
+// The scores of rows r0 .. r0 + kRows - 1 against keys [ja, jb) (k: key
+// ja), then each row's online-softmax update over its interval iv[r]: its
+// weights in p, 0 outside iv[r].
 template <size_t kRows, class D, typename T>
-HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
-                                const T* k_head, const T* v_head, const ChunkScales* scales,
-                                bool sink_segment, size_t c0, size_t c1, PrefetchCursor<T>& cursor,
-                                PrefetchDistance ahead) {
-  Interval iv[kRows];
-  size_t ja = c1, jb = c0;  // union of the rows' intervals
-  for (size_t r = 0; r < kRows; ++r) {
-    iv[r] = RowInterval(pb, pass, r0 + r, sink_segment, c0, c1);
-    if (iv[r].begin < iv[r].end) {
-      ja = std::min(ja, iv[r].begin);
-      jb = std::max(jb, iv[r].end);
-    }
-  }
-  if (ja >= jb) return;
+HWY_INLINE void ScoreRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0, const T* k,
+                              size_t ja, size_t jb, const Interval* iv, const ChunkScales* scales,
+                              size_t c0, PrefetchCursor<T>& cursor, size_t k_ahead) {
   const size_t dim = pb.head_dim;
   // d spans the head dimension (it may be narrower than a full vector: see
   // AttentionTyped); the loops over a row's tokens use full vectors.
   const hn::ScalableTag<float> d_tokens;
   float* p = pass.p + r0 * kChunkTokens;
   const float* a = pass.a + r0 * pass.ld;
-  const T* k = k_head + ja * pb.k_token_stride;
-  if (ahead.k != 0) {
+  if (k_ahead != 0) {
     ScoreRows<kRows, true>(d, a, pass.ld, k, pb.k_token_stride, jb - ja, dim, p, kChunkTokens,
-                           cursor, ahead.k);
+                           cursor, k_ahead);
   } else {
     ScoreRows<kRows, false>(d, a, pass.ld, k, pb.k_token_stride, jb - ja, dim, p, kChunkTokens,
                             cursor, 0);
@@ -681,6 +798,38 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
     std::fill(pr, pr + (b - ja), 0.0f);
     std::fill(pr + (e - ja), pr + (jb - ja), 0.0f);
   }
+}
+
+// Rows r0 .. r0 + kRows - 1 (one KV head) against chunk [c0, c1). scales:
+// the chunk's int8 scales (nullptr for the float dtypes).
+template <size_t kRows, class D, typename T>
+HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, size_t r0,
+                                const T* k_head, const T* v_head, const ChunkScales* scales,
+                                bool sink_segment, size_t c0, size_t c1, PrefetchCursor<T>& cursor,
+                                PrefetchDistance ahead) {
+  Interval iv[kRows];
+  size_t ja = c1, jb = c0;  // union of the rows' intervals
+  for (size_t r = 0; r < kRows; ++r) {
+    iv[r] = RowInterval(pb, pass, r0 + r, sink_segment, c0, c1);
+    if (iv[r].begin < iv[r].end) {
+      ja = std::min(ja, iv[r].begin);
+      jb = std::max(jb, iv[r].end);
+    }
+  }
+  if (ja >= jb) return;
+  const size_t dim = pb.head_dim;
+  float* p = pass.p + r0 * kChunkTokens;
+  if (pass.rows_in_lanes) {
+    // ProcessChunk left every row's softmax weights in s_t (0 where a row
+    // does not see the token): this group's, by row.
+    const float* HWY_RESTRICT from = pass.s_t + (ja - pass.s_t_first) * kPassRows + r0;
+    for (size_t j = 0; j < jb - ja; ++j) {
+      for (size_t r = 0; r < kRows; ++r) p[r * kChunkTokens + j] = from[j * kPassRows + r];
+    }
+  } else {
+    ScoreRowGroup<kRows>(d, pb, pass, r0, k_head + ja * pb.k_token_stride, ja, jb, iv, scales, c0,
+                         cursor, ahead.k);
+  }
   const T* v = v_head + ja * pb.v_token_stride;
   float* o_block = pass.o_block + r0 * pass.ld;
   if (ahead.v != 0) {
@@ -689,6 +838,108 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   } else {
     AccumulateRows<kRows, false>(d, p, kChunkTokens, v, pb.v_token_stride, jb - ja, dim, o_block,
                                  pass.ld, cursor, 0);
+  }
+}
+
+// A rows-in-lanes pass (one KV head) against chunk [c0, c1): the keys any
+// row sees, as f32 (prefetching the next chunk's beside the loads), then
+// every row's scores into s_t.
+template <class D, typename T>
+HWY_INLINE void ScoreChunkInLanes(D d, const AttentionProblem& pb, Pass& pass, size_t ja, size_t jb,
+                                  size_t k_ahead) {
+  const T* k = static_cast<const T*>(pb.k) + pass.tiles[0].kv_head * pb.k_head_stride +
+               ja * pb.k_token_stride;
+  if constexpr (std::is_same_v<T, float>) {
+    (void)d;
+    ScoreRowsInLanes(pass.a_t, pass.n_rows, k, pb.k_token_stride, jb - ja, pb.head_dim, k_ahead,
+                     pass.s_t);
+  } else {
+    KeysAsF32(d, k, pb.k_token_stride, jb - ja, pb.head_dim, k_ahead, pass.k_f32);
+    ScoreRowsInLanes(pass.a_t, pass.n_rows, pass.k_f32, pb.head_dim, jb - ja, pb.head_dim, 0,
+                     pass.s_t);
+  }
+  pass.s_t_first = ja;
+}
+
+// The online-softmax update (MATH.md section 1) of every row of a
+// rows-in-lanes pass, whose scores of tokens [ja, jb) are in s_t: the same
+// steps as ScoreRowGroup's per row, for RowsTag's lanes of rows at a time.
+// Leaves the weights in s_t, 0 where a row does not see the token.
+HWY_INLINE void SoftmaxInLanes(const AttentionProblem& pb, Pass& pass, bool sink_segment, size_t c0,
+                               size_t c1, size_t ja, size_t jb, const ChunkScales* scales) {
+  const RowsTag d;
+  const hn::RebindToSigned<decltype(d)> di;
+  const size_t N = hn::Lanes(d);
+  const size_t n = jb - ja, dim = pb.head_dim;
+  // Each row's visible tokens, relative to ja; none for the padding rows.
+  HWY_ALIGN int32_t begin[kPassRows], end[kPassRows];
+  HWY_ALIGN float m[kPassRows], chunk_max[kPassRows], sums[kPassRows];
+  HWY_ALIGN int32_t finite[kPassRows];
+  for (size_t r = 0; r < kPassRows; ++r) {
+    begin[r] = end[r] = 0;
+    m[r] = kInitialMax;
+    if (r >= pass.n_rows) continue;
+    const Interval iv = RowInterval(pb, pass, r, sink_segment, c0, c1);
+    if (iv.begin < iv.end) {
+      begin[r] = static_cast<int32_t>(iv.begin - ja);
+      end[r] = static_cast<int32_t>(iv.end - ja);
+    }
+    m[r] = pass.m[r];
+  }
+  for (size_t r0 = 0; r0 < pass.n_rows; r0 += N) {
+    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
+    auto largest = hn::Set(d, kInitialMax);
+    auto ok = hn::Set(di, 1);
+    for (size_t j = 0; j < n; ++j) {
+      float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
+      auto x = hn::LoadU(d, sj);
+      if (scales != nullptr) {
+        x = hn::Mul(x, hn::Set(d, scales->k[ja - c0 + j]));
+        hn::StoreU(x, d, sj);
+      }
+      const auto at = hn::Set(di, static_cast<int32_t>(j));
+      const auto after = hn::Set(di, static_cast<int32_t>(j + 1));
+      const auto seen = hn::RebindMask(d, hn::And(hn::Lt(first, after), hn::Lt(at, last)));
+      largest = hn::IfThenElse(seen, hn::Max(largest, x), largest);
+      ok = hn::IfThenElseZero(hn::RebindMask(di, hn::Or(hn::Not(seen), hn::IsFinite(x))), ok);
+    }
+    hn::Store(largest, d, chunk_max + r0);
+    hn::Store(ok, di, finite + r0);
+  }
+  for (size_t r = 0; r < pass.n_rows; ++r) {
+    if (begin[r] == end[r]) continue;
+    pass.bad_score[r] |= finite[r] == 0;
+    if (chunk_max[r] > m[r]) {  // rescale what was accumulated under the old max
+      const float correction = std::exp(m[r] - chunk_max[r]);
+      pass.l[r] *= correction;
+      float* o = pass.o + r * pass.ld;
+      float* o_block = pass.o_block + r * pass.ld;
+      for (size_t i = 0; i < dim; ++i) o[i] *= correction, o_block[i] *= correction;
+      m[r] = pass.m[r] = chunk_max[r];
+    }
+  }
+  for (size_t r0 = 0; r0 < pass.n_rows; r0 += N) {
+    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
+    const auto shift = hn::Load(d, m + r0);
+    auto sum = hn::Zero(d);
+    for (size_t j = 0; j < n; ++j) {
+      float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
+      const auto at = hn::Set(di, static_cast<int32_t>(j));
+      const auto after = hn::Set(di, static_cast<int32_t>(j + 1));
+      const auto seen = hn::RebindMask(d, hn::And(hn::Lt(first, after), hn::Lt(at, last)));
+      // As ExpShiftedSum: NaN stays NaN and is never passed to Exp.
+      const auto arg = hn::Sub(hn::LoadU(d, sj), shift);
+      const auto number = hn::And(seen, hn::Eq(arg, arg));
+      auto w = hn::IfThenElse(number, hn::Exp(d, hn::IfThenElseZero(number, arg)),
+                              hn::IfThenElseZero(seen, arg));
+      sum = hn::Add(sum, w);
+      if (scales != nullptr) w = hn::Mul(w, hn::Set(d, scales->v[ja - c0 + j]));
+      hn::StoreU(w, d, sj);
+    }
+    hn::Store(sum, d, sums + r0);
+  }
+  for (size_t r = 0; r < pass.n_rows; ++r) {
+    if (begin[r] != end[r]) pass.l[r] += sums[r];
   }
 }
 
@@ -702,6 +953,25 @@ HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool
   const T* v_all = static_cast<const T*>(pb.v);
   ChunkScales chunk_scales;
   const ChunkScales* scales = nullptr;
+  const auto gather_scales = [&](size_t kv_head) {
+    const covattn_int8_scales& s = *pb.int8_scales;
+    for (size_t j = c0; j < c1; ++j) {
+      chunk_scales.k[j - c0] = s.k_scale[j * s.k_token_stride + kv_head * s.k_head_stride];
+      chunk_scales.v[j - c0] = s.v_scale[j * s.v_token_stride + kv_head * s.v_head_stride];
+    }
+    scales = &chunk_scales;
+  };
+  if (pass.rows_in_lanes) {  // scores and weights of every row here; the tiles only accumulate
+    size_t ja = c1, jb = c0;
+    for (size_t r = 0; r < pass.n_rows; ++r) {
+      const Interval iv = RowInterval(pb, pass, r, sink_segment, c0, c1);
+      if (iv.begin < iv.end) ja = std::min(ja, iv.begin), jb = std::max(jb, iv.end);
+    }
+    if (ja >= jb) return;
+    if constexpr (std::is_same_v<T, int8_t>) gather_scales(pass.tiles[0].kv_head);
+    ScoreChunkInLanes<D, T>(d, pb, pass, ja, jb, beside_loads.k);
+    SoftmaxInLanes(pb, pass, sink_segment, c0, c1, ja, jb, scales);
+  }
   for (size_t t = 0; t < pass.n_tiles; ++t) {
     const Pass::TileRows& tile = pass.tiles[t];
     const bool first_of_head = t == 0 || tile.kv_head != pass.tiles[t - 1].kv_head;
@@ -711,14 +981,7 @@ HWY_NOINLINE void ProcessChunk(D d, const AttentionProblem& pb, Pass& pass, bool
     const T* k_head = k_all + tile.kv_head * pb.k_head_stride;
     const T* v_head = v_all + tile.kv_head * pb.v_head_stride;
     if constexpr (std::is_same_v<T, int8_t>) {
-      if (first_of_head) {
-        const covattn_int8_scales& s = *pb.int8_scales;
-        for (size_t j = c0; j < c1; ++j) {
-          chunk_scales.k[j - c0] = s.k_scale[j * s.k_token_stride + tile.kv_head * s.k_head_stride];
-          chunk_scales.v[j - c0] = s.v_scale[j * s.v_token_stride + tile.kv_head * s.v_head_stride];
-        }
-      }
-      scales = &chunk_scales;
+      if (first_of_head && !pass.rows_in_lanes) gather_scales(tile.kv_head);
     }
     size_t r = tile.first_row;
     const size_t end = tile.first_row + tile.n_rows;
@@ -841,6 +1104,29 @@ HWY_INLINE void FillPass(const AttentionProblem& pb, Pass& pass, size_t begin, s
   }
 }
 
+// Decides whether the pass scores with its rows in the lanes (many rows,
+// one KV head) and if so fills a_t, zero beyond the rows up to the next
+// two vectors.
+HWY_INLINE void TransposeForLanes(const AttentionProblem& pb, Pass& pass) {
+  pass.rows_in_lanes = false;
+#if HWY_TARGET != HWY_SCALAR
+  const size_t pair = 2 * hn::Lanes(RowsTag());
+  if (pass.n_rows < kRowsInLanesMinRows || kPassRows % pair != 0 ||
+      pass.tiles[0].kv_head != pass.tiles[pass.n_tiles - 1].kv_head) {
+    return;
+  }
+  pass.rows_in_lanes = true;
+  const size_t padded = (pass.n_rows + pair - 1) / pair * pair;
+  for (size_t i = 0; i < pb.head_dim; ++i) {
+    float* HWY_RESTRICT column = pass.a_t + i * kPassRows;
+    for (size_t r = 0; r < pass.n_rows; ++r) column[r] = pass.a[r * pass.ld + i];
+    std::fill(column + pass.n_rows, column + padded, 0.0f);
+  }
+#else
+  (void)pb;
+#endif
+}
+
 // Walks the tokens any row of the pass may see: the sinks, then from the
 // lowest window start up to the highest position, clipped to the range
 // (RowInterval gives each row its part).
@@ -870,9 +1156,13 @@ HWY_NOINLINE void RunPasses(D d, const AttentionProblem& pb, const detail::Atten
   pass.o = base + layout.o;
   pass.o_block = base + layout.o_block;
   pass.p = base + layout.p;
+  pass.a_t = base + layout.a_t;
+  pass.s_t = base + layout.s_t;
+  pass.k_f32 = base + layout.k_f32;
   for (size_t begin = rows.begin; begin < rows.end;) {
     const size_t end = detail::PassEnd(pb, begin, rows.end);
     FillPass(pb, pass, begin, end);
+    TransposeForLanes(pb, pass);
     RunPass<D, T>(d, pb, pass);
     EmitPass(pb, pass, rows, begin - rows.begin, sink, outcome);
     begin = end;

@@ -299,7 +299,7 @@ TEST_CASE("the pool and its scratch are validated") {
   REQUIRE(covattn_attention_scratch_size(dim, &one) == COVATTN_OK);
   REQUIRE(covattn_attention_scratch_size_threads(dim, 2, &two) == COVATTN_OK);
   // The formula covattn.h gives: L = 64, R = 32 * 66.
-  CHECK(two == 64 + 2 * (4 * (96 * 64 + 2048) + 16 * 32 * 66 + 2));
+  CHECK(two == 64 + 2 * (4 * (192 * 64 + 4096) + 16 * 32 * 66 + 2));
   CHECK(two > 2 * one);
   CHECK(covattn_attention_scratch_size_threads(dim, 0, &bytes) == COVATTN_ERR_INVALID_THREAD_POOL);
   CHECK(covattn_attention_scratch_size_threads(0, 2, &bytes) == COVATTN_ERR_INVALID_HEAD_DIM);

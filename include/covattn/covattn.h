@@ -246,9 +246,9 @@ COVATTN_API covattn_status covattn_attention_scratch_size(size_t head_dim, size_
  * workers (n_threads >= 1, else COVATTN_ERR_INVALID_THREAD_POOL): one
  * 1-thread scratch per worker plus the partial states of the cache-range
  * split (at most 4 * n_threads states of up to 32 rows):
- *   bytes = 64 + n_threads * (4 * (96 * L + 2048) + 16 * R + 2)
+ *   bytes = 64 + n_threads * (4 * (192 * L + 4096) + 16 * R + 2)
  * with L = head_dim rounded up to a multiple of 16 and R = 32 * (head_dim +
- * 2); about n_threads * 121 KiB at head_dim 128. Any alignment is
+ * 2); about n_threads * 177 KiB at head_dim 128. Any alignment is
  * accepted. */
 COVATTN_API covattn_status covattn_attention_scratch_size_threads(size_t head_dim, size_t n_threads,
                                                                   size_t* bytes);
