@@ -51,6 +51,16 @@ class PrefetchCursor {
   // Tokens [t0, t0 + n_tokens) of KV heads [h0, h1).
   void Reset(const AttentionProblem& pb, size_t t0, size_t n_tokens, size_t h0, size_t h1) {
     const bool token_major = pb.k_head_stride < pb.k_token_stride;
+    n_outer_ = token_major ? n_tokens : h1 - h0;
+    n_inner_ = token_major ? h1 - h0 : n_tokens;
+    outer_ = inner_ = 0;
+    budget_ = 0;
+    in_v_ = false;
+    offset_ = 0;
+    row_ = nullptr;
+    // Nothing to fetch: t0 may be one past the last token, whose address
+    // (t0 times a stride) may not exist, even as a pointer.
+    if (n_outer_ == 0 || n_inner_ == 0) return;
     const size_t outer0 = token_major ? t0 : h0, inner0 = token_major ? h0 : t0;
     outer_k_ = (token_major ? pb.k_token_stride : pb.k_head_stride) * sizeof(T);
     inner_k_ = (token_major ? pb.k_head_stride : pb.k_token_stride) * sizeof(T);
@@ -58,14 +68,8 @@ class PrefetchCursor {
     inner_v_ = (token_major ? pb.v_head_stride : pb.v_token_stride) * sizeof(T);
     k_ = static_cast<const char*>(pb.k) + outer0 * outer_k_ + inner0 * inner_k_;
     v_ = static_cast<const char*>(pb.v) + outer0 * outer_v_ + inner0 * inner_v_;
-    n_outer_ = token_major ? n_tokens : h1 - h0;
-    n_inner_ = token_major ? h1 - h0 : n_tokens;
     row_bytes_ = pb.head_dim * sizeof(T);
-    outer_ = inner_ = 0;
-    budget_ = 0;
-    in_v_ = false;
-    row_ = (n_outer_ == 0 || n_inner_ == 0) ? nullptr : k_;
-    offset_ = 0;
+    row_ = k_;
   }
 
   // Credits `bytes` just loaded; prefetches one line per 64 bytes of credit.
@@ -463,9 +467,12 @@ inline HWY_NOINLINE void ScoreRowsInLanes(const float* HWY_RESTRICT a_t, size_t 
                                           float* HWY_RESTRICT s) {
   const size_t pair = 2 * hn::Lanes(RowsTag());
   const auto prefetch = [&](size_t j0, size_t j1) {
-    const char* row = reinterpret_cast<const char*>(k + j0 * k_stride) + ahead;
+    // Addresses as integers: they may lie past the cache (PrefetchLine).
+    uintptr_t row = reinterpret_cast<uintptr_t>(k) + (j0 * k_stride) * sizeof(float) + ahead;
     for (size_t j = j0; j < j1; ++j, row += k_stride * sizeof(float)) {
-      for (size_t b = 0; b < dim * sizeof(float); b += 64) __builtin_prefetch(row + b, 0, 3);
+      for (size_t b = 0; b < dim * sizeof(float); b += 64) {
+        __builtin_prefetch(reinterpret_cast<const void*>(row + b), 0, 3);
+      }
     }
   };
   for (size_t r0 = 0; r0 < n_rows; r0 += pair) {

@@ -88,7 +88,7 @@ def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, lay
               group=1, q_tokens=1, q_layout=0, past_auto=True, n_past=0, opts=u8(0),
               out_layout=0, log_z=True, range_all=True, begin=0, end=0, k_place=None,
               scratch_mode=0, scratch_offset=0, k=None, v=None, q=None, nulls=0,
-              scale_layout=0, k_scale=None, v_scale=None):
+              scale_layout=0, k_scale=None, v_scale=None, strides=None):
     """One call of fuzz_attention.cc; entry 0 decode, 1 prefill, 2 partial.
 
     dtype 3 (int8) adds the scales: their layout (0 [token][head], 1
@@ -99,6 +99,8 @@ def attention(entry, target=0, dtype=0, n_tokens=16, kv_heads=2, head_dim=8, lay
     b += u8(layout)
     if layout == 2:
         b += u8(3) + u8(5)
+    if layout == 4:  # K token, K head, V token, V head strides, as Size fields
+        b += strides
     b += u8(group - 1)
     if entry != 0:
         b += size(q_tokens) + u8(q_layout)
@@ -187,6 +189,10 @@ def main():
             'scratch_offset': attention(entry, scratch_offset=13),
             'nan_scale': attention(entry, opts=options(float_special('nan'))),
             'huge_tokens': attention(entry, n_tokens=edge(SIZE_MAX_EDGE)),
+            # One token, so any stride is valid: nothing may form the address
+            # of a token past it (the prefetch cursor once did, UBSan).
+            'huge_strides_one_token': attention(entry, n_tokens=1, kv_heads=1, layout=4,
+                                                strides=edge(SIZE_MAX_EDGE) * 4),
             'int8_gqa': attention(entry, dtype=3, group=4, head_dim=64, layout=1,
                                   k=values('1e2'), v=values('1e2', seed=2)),
             'int8_head_major_scales': attention(entry, dtype=3, head_dim=20, scale_layout=1,
