@@ -78,7 +78,7 @@ void RunStep(const StepData& data, bool score, size_t reps) {
         kernels::ScoreRows<4, false>(d, data.a, data.dim, k, data.dim, data.n_tokens, data.dim,
                                      data.s, data.n_tokens, cursor, 0);
       } else {
-        kernels::AccumulateRows<4, false>(d, data.p, data.n_tokens, v, data.dim, data.n_tokens,
+        kernels::AccumulateRows<4, false>(d, data.p, data.n_tokens, 1, v, data.dim, data.n_tokens,
                                           data.dim, data.o, data.dim, cursor, 0);
       }
     }

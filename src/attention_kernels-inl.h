@@ -513,83 +513,108 @@ HWY_INLINE void AddTo(D d, V x, float* HWY_RESTRICT o) {
   hn::StoreU(hn::Add(hn::LoadU(d, o), x), d, o);
 }
 
-// Vectors of V a pass of AccumulateRows keeps per row: 4 x 3 sums, three
-// values and a weight fit in 32 registers, not in 16.
-constexpr size_t kMaxPassVectors = kVectorRegisters >= 32 ? 3 : 2;
+// Vectors of V a pass of AccumulateRows keeps per row: 4 x 4 sums, four
+// values and a weight fit in 32 registers; 4 x 2 and their three in 16.
+// Eight sums, as 4 x 2 gives, are exactly the FMAs in flight that two
+// pipes of latency 4 need, so any stall idles them: 16 leave slack.
+constexpr size_t kMaxPassVectors = kVectorRegisters >= 32 ? 4 : 2;
 
-// o_r[i, i + kVecs N) += sum_j p_r[j] * v_j[i, i + kVecs N) for kRows rows:
-// the kVecs vectors of every row's chunk sum stay in registers while the
-// chunk's values stream, then are added to o (a block's part of the output,
-// MATH.md section 1). v_ahead: the prefetch distance of the values.
+// o_r[i, i + kVecs N) += sum_j p_r[j p_step] * v_j[i, i + kVecs N) for kRows
+// rows: the kVecs vectors of every row's chunk sum stay in registers while
+// the chunk's values stream, then are added to o (a block's part of the
+// output, MATH.md section 1). v_ahead: the prefetch distance of the values.
 template <size_t kRows, size_t kVecs, bool kBeside, class D, typename T>
-HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, const T* HWY_RESTRICT v,
-                               size_t v_stride, size_t n_tokens, float* HWY_RESTRICT const* o,
-                               PrefetchCursor<T>& cursor, size_t v_ahead) {
+HWY_INLINE void AccumulatePass(D d, const float* HWY_RESTRICT const* p, size_t p_step,
+                               const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
+                               float* HWY_RESTRICT const* o, PrefetchCursor<T>& cursor,
+                               size_t v_ahead) {
   const size_t N = hn::Lanes(d);
-  auto x0 = hn::Zero(d), y0 = hn::Zero(d), z0 = hn::Zero(d);
-  auto x1 = hn::Zero(d), y1 = hn::Zero(d), z1 = hn::Zero(d);
-  auto x2 = hn::Zero(d), y2 = hn::Zero(d), z2 = hn::Zero(d);
-  auto x3 = hn::Zero(d), y3 = hn::Zero(d), z3 = hn::Zero(d);
+  // Sizeless vectors (SVE) cannot be array elements: one name per sum.
+  auto x0 = hn::Zero(d), y0 = hn::Zero(d), z0 = hn::Zero(d), u0 = hn::Zero(d);
+  auto x1 = hn::Zero(d), y1 = hn::Zero(d), z1 = hn::Zero(d), u1 = hn::Zero(d);
+  auto x2 = hn::Zero(d), y2 = hn::Zero(d), z2 = hn::Zero(d), u2 = hn::Zero(d);
+  auto x3 = hn::Zero(d), y3 = hn::Zero(d), z3 = hn::Zero(d), u3 = hn::Zero(d);
   for (size_t j = 0; j < n_tokens; ++j) {
     const T* HWY_RESTRICT vj = v + j * v_stride;
     if (j % 8 == 0) cursor.Advance(8 * kVecs * N * sizeof(T));
     PrefetchLine<kBeside>(d, vj, v_ahead);
     if constexpr (kVecs > 1) PrefetchLine<kBeside>(d, vj + N, v_ahead);
     if constexpr (kVecs > 2) PrefetchLine<kBeside>(d, vj + 2 * N, v_ahead);
-    // Fewer than three vectors: the unused loads (of vj) are dead code.
+    if constexpr (kVecs > 3) PrefetchLine<kBeside>(d, vj + 3 * N, v_ahead);
+    // Fewer than four vectors: the unused loads (of vj) are dead code.
     const auto vx = LoadAsF32Shared(d, vj);
     const auto vy = LoadAsF32Shared(d, vj + (kVecs > 1 ? N : 0));
     const auto vz = LoadAsF32Shared(d, vj + (kVecs > 2 ? 2 * N : 0));
-    const auto w0 = hn::Set(d, p[0][j]);
+    const auto vu = LoadAsF32Shared(d, vj + (kVecs > 3 ? 3 * N : 0));
+    const auto w0 = hn::Set(d, p[0][j * p_step]);
     x0 = hn::MulAdd(w0, vx, x0);
     if constexpr (kVecs > 1) y0 = hn::MulAdd(w0, vy, y0);
     if constexpr (kVecs > 2) z0 = hn::MulAdd(w0, vz, z0);
+    if constexpr (kVecs > 3) u0 = hn::MulAdd(w0, vu, u0);
     if constexpr (kRows > 1) {
-      const auto w1 = hn::Set(d, p[1][j]);
+      const auto w1 = hn::Set(d, p[1][j * p_step]);
       x1 = hn::MulAdd(w1, vx, x1);
       if constexpr (kVecs > 1) y1 = hn::MulAdd(w1, vy, y1);
       if constexpr (kVecs > 2) z1 = hn::MulAdd(w1, vz, z1);
+      if constexpr (kVecs > 3) u1 = hn::MulAdd(w1, vu, u1);
     }
     if constexpr (kRows > 2) {
-      const auto w2 = hn::Set(d, p[2][j]);
+      const auto w2 = hn::Set(d, p[2][j * p_step]);
       x2 = hn::MulAdd(w2, vx, x2);
       if constexpr (kVecs > 1) y2 = hn::MulAdd(w2, vy, y2);
       if constexpr (kVecs > 2) z2 = hn::MulAdd(w2, vz, z2);
+      if constexpr (kVecs > 3) u2 = hn::MulAdd(w2, vu, u2);
     }
     if constexpr (kRows > 3) {
-      const auto w3 = hn::Set(d, p[3][j]);
+      const auto w3 = hn::Set(d, p[3][j * p_step]);
       x3 = hn::MulAdd(w3, vx, x3);
       if constexpr (kVecs > 1) y3 = hn::MulAdd(w3, vy, y3);
       if constexpr (kVecs > 2) z3 = hn::MulAdd(w3, vz, z3);
+      if constexpr (kVecs > 3) u3 = hn::MulAdd(w3, vu, u3);
     }
   }
   AddTo(d, x0, o[0]);
   if constexpr (kVecs > 1) AddTo(d, y0, o[0] + N);
   if constexpr (kVecs > 2) AddTo(d, z0, o[0] + 2 * N);
+  if constexpr (kVecs > 3) AddTo(d, u0, o[0] + 3 * N);
   if constexpr (kRows > 1) {
     AddTo(d, x1, o[1]);
     if constexpr (kVecs > 1) AddTo(d, y1, o[1] + N);
     if constexpr (kVecs > 2) AddTo(d, z1, o[1] + 2 * N);
+    if constexpr (kVecs > 3) AddTo(d, u1, o[1] + 3 * N);
   }
   if constexpr (kRows > 2) {
     AddTo(d, x2, o[2]);
     if constexpr (kVecs > 1) AddTo(d, y2, o[2] + N);
     if constexpr (kVecs > 2) AddTo(d, z2, o[2] + 2 * N);
+    if constexpr (kVecs > 3) AddTo(d, u2, o[2] + 3 * N);
   }
   if constexpr (kRows > 3) {
     AddTo(d, x3, o[3]);
     if constexpr (kVecs > 1) AddTo(d, y3, o[3] + N);
     if constexpr (kVecs > 2) AddTo(d, z3, o[3] + 2 * N);
+    if constexpr (kVecs > 3) AddTo(d, u3, o[3] + 3 * N);
   }
 }
 
-// o_r += sum_j p[r][j] * v_j for kRows rows, in passes of two vectors. An odd
-// count of three or more starts with a pass of three where the registers
-// allow: a pass of one streams every token again for a quarter of a pair's
-// FMAs, which cost AVX-512 its lead over AVX2 at d = 48 and 80
-// (docs/results.md, "Four tokens per score step").
+// Vectors the next pass of AccumulateRows takes when `left` remain: as many
+// as the registers allow, but never a pass of one after others (it streams
+// every token again for a quarter of a pair's FMAs, which cost AVX-512 its
+// lead over AVX2 at d = 48 and 80: docs/results.md, "Four tokens per score
+// step"), so five go as three and two, three without four registers as two
+// and one.
+constexpr size_t PassVectors(size_t left) {
+  if (left >= kMaxPassVectors + 2 || left == kMaxPassVectors) return kMaxPassVectors;
+  if (left == kMaxPassVectors + 1)
+    return kMaxPassVectors >= 3 ? kMaxPassVectors - 1 : kMaxPassVectors;
+  return left;
+}
+
+// o_r += sum_j p[r ldp + j p_step] * v_j for kRows rows (p_step: 1 for
+// weights by row, kPassRows for a rows-in-lanes chunk), in passes of
+// PassVectors vectors each.
 template <size_t kRows, bool kBeside, class D, typename T>
-HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
+HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp, size_t p_step,
                                  const T* HWY_RESTRICT v, size_t v_stride, size_t n_tokens,
                                  size_t dim, float* HWY_RESTRICT o, size_t ldo,
                                  PrefetchCursor<T>& cursor, size_t v_ahead) {
@@ -604,32 +629,29 @@ HWY_NOINLINE void AccumulateRows(D d, const float* HWY_RESTRICT p, size_t ldp,
   const float* HWY_RESTRICT p2 = p + (kRows > 2 ? 2 * ldp : 0);
   const float* HWY_RESTRICT p3 = p + (kRows > 3 ? 3 * ldp : 0);
   const float* HWY_RESTRICT const rows_p[4] = {p0, p1, p2, p3};
-  size_t vec = 0;
-  if (kMaxPassVectors >= 3 && n_vec >= 3 && n_vec % 2 == 1) {
-    float* HWY_RESTRICT const rows_o[4] = {o0, o1, o2, o3};
-    AccumulatePass<kRows, kMaxPassVectors, kBeside>(d, rows_p, v, v_stride, n_tokens, rows_o,
-                                                    cursor, v_ahead);
-    vec = 3;
-  }
-  for (; vec < n_vec; vec += 2) {
-    const size_t i = vec * N;
+  for (size_t vec = 0; vec < n_vec;) {
+    const size_t i = vec * N, take = PassVectors(n_vec - vec);
     float* HWY_RESTRICT const rows_o[4] = {o0 + i, o1 + i, o2 + i, o3 + i};
-    if (vec + 2 <= n_vec) {
-      AccumulatePass<kRows, 2, kBeside>(d, rows_p, v + i, v_stride, n_tokens, rows_o, cursor,
-                                        v_ahead);
-    } else {
-      AccumulatePass<kRows, 1, kBeside>(d, rows_p, v + i, v_stride, n_tokens, rows_o, cursor,
-                                        v_ahead);
+    const auto pass = [&](auto vecs) {
+      AccumulatePass<kRows, decltype(vecs)::value, kBeside>(d, rows_p, p_step, v + i, v_stride,
+                                                            n_tokens, rows_o, cursor, v_ahead);
+    };
+    if constexpr (kMaxPassVectors >= 4) {
+      if (take == 4) pass(std::integral_constant<size_t, 4>());
+      if (take == 3) pass(std::integral_constant<size_t, 3>());
     }
+    if (take == 2) pass(std::integral_constant<size_t, 2>());
+    if (take == 1) pass(std::integral_constant<size_t, 1>());
+    vec += take;
   }
   for (size_t i = n_vec * N; i < dim; ++i) {  // the dims after the last whole vector
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     for (size_t j = 0; j < n_tokens; ++j) {
       const float vf = ElementAsF32(v + j * v_stride + i);
-      s0 += p0[j] * vf;
-      if constexpr (kRows > 1) s1 += p1[j] * vf;
-      if constexpr (kRows > 2) s2 += p2[j] * vf;
-      if constexpr (kRows > 3) s3 += p3[j] * vf;
+      s0 += p0[j * p_step] * vf;
+      if constexpr (kRows > 1) s1 += p1[j * p_step] * vf;
+      if constexpr (kRows > 2) s2 += p2[j * p_step] * vf;
+      if constexpr (kRows > 3) s3 += p3[j * p_step] * vf;
     }
     o0[i] += s0;
     if constexpr (kRows > 1) o1[i] += s1;
@@ -825,14 +847,13 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   }
   if (ja >= jb) return;
   const size_t dim = pb.head_dim;
-  float* p = pass.p + r0 * kChunkTokens;
+  // The group's weights: by row in p, or where ProcessChunk left every row's
+  // in s_t (by token, 0 where a row does not see the token).
+  const float* p = pass.p + r0 * kChunkTokens;
+  size_t ldp = kChunkTokens, p_step = 1;
   if (pass.rows_in_lanes) {
-    // ProcessChunk left every row's softmax weights in s_t (0 where a row
-    // does not see the token): this group's, by row.
-    const float* HWY_RESTRICT from = pass.s_t + (ja - pass.s_t_first) * kPassRows + r0;
-    for (size_t j = 0; j < jb - ja; ++j) {
-      for (size_t r = 0; r < kRows; ++r) p[r * kChunkTokens + j] = from[j * kPassRows + r];
-    }
+    p = pass.s_t + (ja - pass.s_t_first) * kPassRows + r0;
+    ldp = 1, p_step = kPassRows;
   } else {
     ScoreRowGroup<kRows>(d, pb, pass, r0, k_head + ja * pb.k_token_stride, ja, jb, iv, scales, c0,
                          cursor, ahead.k);
@@ -840,10 +861,10 @@ HWY_INLINE void ProcessRowGroup(D d, const AttentionProblem& pb, Pass& pass, siz
   const T* v = v_head + ja * pb.v_token_stride;
   float* o_block = pass.o_block + r0 * pass.ld;
   if (ahead.v != 0) {
-    AccumulateRows<kRows, true>(d, p, kChunkTokens, v, pb.v_token_stride, jb - ja, dim, o_block,
+    AccumulateRows<kRows, true>(d, p, ldp, p_step, v, pb.v_token_stride, jb - ja, dim, o_block,
                                 pass.ld, cursor, ahead.v);
   } else {
-    AccumulateRows<kRows, false>(d, p, kChunkTokens, v, pb.v_token_stride, jb - ja, dim, o_block,
+    AccumulateRows<kRows, false>(d, p, ldp, p_step, v, pb.v_token_stride, jb - ja, dim, o_block,
                                  pass.ld, cursor, 0);
   }
 }
@@ -893,17 +914,44 @@ HWY_INLINE void SoftmaxInLanes(const AttentionProblem& pb, Pass& pass, bool sink
     }
     m[r] = pass.m[r];
   }
+  // Vectors of rows that all see every token of [ja, jb) (all but the
+  // diagonal chunks of causal prefill) need no interval masks, and once
+  // their scores are known to be finite, no NaN guard on the exps: 8-10%
+  // of f32 prefill 4096 x d 128 (docs/results.md, "Weights in place").
+  bool unmasked[kPassRows];
   for (size_t r0 = 0; r0 < pass.n_rows; r0 += N) {
-    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
+    bool all = true;
+    for (size_t r = r0; r < r0 + N; ++r) all &= begin[r] == 0 && end[r] == static_cast<int32_t>(n);
+    unmasked[r0 / N] = all;
+  }
+  // The scores of token j, rows [r0, r0 + N), times the int8 key scale.
+  const auto score = [&](size_t j, size_t r0) {
+    float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
+    auto x = hn::LoadU(d, sj);
+    if (scales != nullptr) {
+      x = hn::Mul(x, hn::Set(d, scales->k[ja - c0 + j]));
+      hn::StoreU(x, d, sj);
+    }
+    return x;
+  };
+  for (size_t r0 = 0; r0 < pass.n_rows; r0 += N) {
     auto largest = hn::Set(d, kInitialMax);
+    if (unmasked[r0 / N]) {
+      auto ok = hn::IsFinite(largest);
+      for (size_t j = 0; j < n; ++j) {
+        const auto x = score(j, r0);
+        largest = hn::Max(largest, x);
+        ok = hn::And(ok, hn::IsFinite(x));
+      }
+      hn::Store(largest, d, chunk_max + r0);
+      hn::Store(hn::VecFromMask(di, hn::RebindMask(di, ok)), di, finite + r0);
+      unmasked[r0 / N] = hn::AllTrue(d, ok);
+      continue;
+    }
+    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
     auto ok = hn::Set(di, 1);
     for (size_t j = 0; j < n; ++j) {
-      float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
-      auto x = hn::LoadU(d, sj);
-      if (scales != nullptr) {
-        x = hn::Mul(x, hn::Set(d, scales->k[ja - c0 + j]));
-        hn::StoreU(x, d, sj);
-      }
+      const auto x = score(j, r0);
       const auto at = hn::Set(di, static_cast<int32_t>(j));
       const auto after = hn::Set(di, static_cast<int32_t>(j + 1));
       const auto seen = hn::RebindMask(d, hn::And(hn::Lt(first, after), hn::Lt(at, last)));
@@ -926,9 +974,20 @@ HWY_INLINE void SoftmaxInLanes(const AttentionProblem& pb, Pass& pass, bool sink
     }
   }
   for (size_t r0 = 0; r0 < pass.n_rows; r0 += N) {
-    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
     const auto shift = hn::Load(d, m + r0);
     auto sum = hn::Zero(d);
+    if (unmasked[r0 / N]) {
+      for (size_t j = 0; j < n; ++j) {
+        float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
+        auto w = hn::Exp(d, hn::Sub(hn::LoadU(d, sj), shift));
+        sum = hn::Add(sum, w);
+        if (scales != nullptr) w = hn::Mul(w, hn::Set(d, scales->v[ja - c0 + j]));
+        hn::StoreU(w, d, sj);
+      }
+      hn::Store(sum, d, sums + r0);
+      continue;
+    }
+    const auto first = hn::Load(di, begin + r0), last = hn::Load(di, end + r0);
     for (size_t j = 0; j < n; ++j) {
       float* HWY_RESTRICT sj = pass.s_t + j * kPassRows + r0;
       const auto at = hn::Set(di, static_cast<int32_t>(j));

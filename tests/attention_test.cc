@@ -328,10 +328,22 @@ TEST_CASE("NaN or infinite inputs are reported, never returned as success") {
         cache.SetK(40, 0, 5, p.value);
       else
         cache.SetV(40, 0, 31, p.value);
+      // Prefill of 32 rows of the head (their scores in the lanes): every
+      // row sees token 40, in a chunk no row is masked in. q[5] < 0, so an
+      // infinite key scores -inf: a weight of 0 that only the score check
+      // can report.
+      const size_t n_new = 32;
+      std::vector<float> qs(n_new * dim);
+      for (float& x : qs) x = static_cast<float>(rng.Normal());
+      for (size_t t = 0; t < n_new; ++t) qs[t * dim + 5] = -0.5f - std::fabs(qs[t * dim + 5]);
+      const covattn_queries queries{qs.data(), n_new, 1, dim, dim};
       ForEachTarget([&] {
-        std::vector<float> out(dim);
+        std::vector<float> out(n_new * dim);
         CHECK(covattn_decode(&cache.view(), q.data(), 1, nullptr, out.data(), scratch.data(),
                              scratch.size()) == COVATTN_ERR_NONFINITE);
+        const covattn_outputs outputs{out.data(), dim, dim, nullptr};
+        CHECK(covattn_prefill(&cache.view(), &queries, n - n_new, nullptr, &outputs, scratch.data(),
+                              scratch.size()) == COVATTN_ERR_NONFINITE);
       });
     }
   }
